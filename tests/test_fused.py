@@ -1,0 +1,224 @@
+"""Fused DiT-block kernels (Triton, run in the CPU interpreter) against their PyTorch references.
+
+Error bound (as flash-attention's tests do): the kernel's error against a float64 reference may be
+at most twice the same-dtype PyTorch reference's error, plus one unit of the dtype's epsilon.
+Inputs are float32 / float16 only: the interpreter's bf16 is not trustworthy.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton reads this when it is first imported (its own helpers like tl.sum are decorated then).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import turbovid.ops.fused as fused  # noqa: E402
+from turbovid.ops.fused import reference as ref
+
+
+@pytest.fixture(scope="module")
+def interp():
+    """Reload the kernel modules under TRITON_INTERPRET=1 (Triton decides at decoration time)."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    importlib.reload(fused._ln)
+    importlib.reload(fused._rope)
+    import triton.language.standard as tls
+
+    assert type(tls.sum).__name__ == "InterpretedFunction", "triton was imported before TRITON_INTERPRET=1 was set"
+    assert fused._ln.INTERPRETED and fused._rope.INTERPRETED
+    fused.allow_interpreter(True)
+    yield
+    fused.allow_interpreter(False)
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET")
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+    importlib.reload(fused._ln)
+    importlib.reload(fused._rope)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def assert_within_bound(out, same_dtype_ref, exact):
+    err, ref_err = rel(out, exact), rel(same_dtype_ref, exact)
+    bound = 2 * ref_err + torch.finfo(out.dtype).eps
+    assert torch.isfinite(out).all()
+    assert err <= bound, f"kernel error {err:.3g} > bound {bound:.3g} (PyTorch same-dtype error {ref_err:.3g})"
+
+
+def adaln(b, c, dtype=torch.float32):
+    return [torch.randn(b, c, dtype=dtype) * 0.5 for _ in range(3)]
+
+
+DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("modulate", [False, True])
+def test_norm_modulate(interp, dtype, affine, modulate):
+    b, l, c = 2, 37, 96  # L not a multiple of the row block, C not a power of two
+    x = (torch.randn(b, l, c) * 3 + 1).to(dtype)
+    shift, scale, _ = adaln(b, c) if modulate else (None, None, None)
+    w, bias = (torch.randn(c), torch.randn(c)) if affine else (None, None)
+    out = fused.norm_modulate(x, shift, scale, weight=w, bias=bias, eps=1e-6)
+    assert fused.unavailable_reason(x) is None and out.dtype == dtype and out.shape == x.shape
+    exact = torch.nn.functional.layer_norm(x.double(), (c,), None if w is None else w.double(),
+                                           None if bias is None else bias.double(), 1e-6)
+    if modulate:
+        exact = exact * (1 + scale.double()[:, None]) + shift.double()[:, None]
+    assert_within_bound(out, ref.norm_modulate_ref(x, shift, scale, w, bias, 1e-6), exact)
+
+
+def test_norm_modulate_out_dtype_and_broadcast_shapes(interp):
+    b, l, c = 2, 5, 64
+    x = torch.randn(b, l, c)
+    shift, scale, _ = adaln(b, c)
+    out = fused.norm_modulate(x, shift[:, None], scale[:, None], out_dtype=torch.float16)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), ref.norm_modulate_ref(x, shift, scale).half().float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gated", [False, True])
+def test_add_norm_modulate(interp, dtype, gated):
+    b, l, c = 2, 19, 80
+    x, y = torch.randn(b, l, c).to(dtype), torch.randn(b, l, c).to(dtype)
+    shift, scale, gate = adaln(b, c)
+    gate = gate if gated else None
+    w, bias = torch.randn(c), torch.randn(c)
+    new_x, h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias, out_dtype=torch.float32)
+    assert new_x.dtype == dtype and h.dtype == torch.float32
+    sx = x.double() + y.double() * (1 if gate is None else gate.double()[:, None])
+    ref_x, ref_h = ref.add_norm_modulate_ref(x, y, gate, shift, scale, w, bias, 1e-6, torch.float32)
+    assert_within_bound(new_x, ref_x, sx)
+    # The norm is taken of the residual as stored (rounded to x's dtype), exactly as the unfused code does.
+    exact_h = torch.nn.functional.layer_norm(ref_x.double(), (c,), w.double(), bias.double(), 1e-6)
+    exact_h = exact_h * (1 + scale.double()[:, None]) + shift.double()[:, None]
+    assert_within_bound(h, ref_h, exact_h)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_residual(interp, dtype):
+    b, l, c = 3, 11, 48
+    x, y = torch.randn(b, l, c).to(dtype), torch.randn(b, l, c).to(dtype)
+    gate = torch.randn(b, 1, c)
+    out = fused.gated_residual(x, y, gate)
+    exact = x.double() + y.double() * gate.double()
+    assert_within_bound(out, ref.gated_residual_ref(x, y, gate[:, 0]), exact)
+    # no gate: a plain residual add
+    assert_within_bound(fused.gated_residual(x, y), ref.gated_residual_ref(x, y, None), x.double() + y.double())
+
+
+def wan_rope_apply(x: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
+    """Wan2.1's rope_apply, rewritten from its definition: complex float64 products per head."""
+    l, n, d = x.shape
+    c = d // 2
+
+    def params(dim):
+        inv = 1.0 / torch.pow(10000, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        ang = torch.outer(torch.arange(1024, dtype=torch.float64), inv)
+        return torch.polar(torch.ones_like(ang), ang)
+
+    freqs = torch.cat([params(d - 4 * (d // 6)), params(2 * (d // 6)), params(2 * (d // 6))], dim=1)
+    ft, fh, fw = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
+    grid = torch.cat([
+        ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+        fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+        fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+    ], dim=-1).reshape(l, 1, c)
+    xc = torch.view_as_complex(x.double().reshape(l, n, c, 2))
+    return torch.view_as_real(xc * grid).flatten(2)
+
+
+@pytest.mark.parametrize("head_dim", [128, 32, 24])
+def test_rope_tables_match_wans_rope(head_dim):
+    f, h, w, heads = 3, 4, 5, 2
+    x = torch.randn(f * h * w, heads, head_dim, dtype=torch.float64)
+    cos, sin = fused.rope_tables(f, h, w, head_dim)
+    assert cos.shape == (f * h * w, head_dim // 2) and cos.dtype == torch.float32
+    # the rotation exactly as rmsnorm_rope_ref / the kernel apply it, in float64
+    xe, xo = x[..., 0::2], x[..., 1::2]
+    cs, sn = cos.double()[:, None], sin.double()[:, None]
+    ours = torch.stack((xe * cs - xo * sn, xe * sn + xo * cs), -1).flatten(2)
+    assert rel(ours, wan_rope_apply(x, f, h, w)) < 1e-7  # float32 tables: ~1 ulp of the angles' cos/sin
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [(2, 32), (3, 24)])
+def test_rmsnorm_rope(interp, dtype, heads, head_dim):
+    f, h, w, b = 2, 3, 5, 2
+    l, c = f * h * w, heads * head_dim
+    x = (torch.randn(b, l, c) * 4).to(dtype)
+    weight = (1 + 0.3 * torch.randn(c)).to(dtype)
+    cos, sin = fused.rope_tables(f, h, w, head_dim)
+    out = fused.rmsnorm_rope(x, weight, cos, sin, eps=1e-6)
+    assert out.dtype == dtype and out.shape == x.shape
+    xd = x.double()
+    normed = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+    exact = torch.stack([wan_rope_apply(normed[i].view(l, heads, head_dim), f, h, w) for i in range(b)])
+    assert_within_bound(out, ref.rmsnorm_rope_ref(x, weight, cos, sin, 1e-6), exact.view(b, l, c))
+
+
+def test_custom_ops_pass_opcheck(interp):
+    """The registered ops (what torch.compile traces) agree with their fake implementations."""
+    b, l, c = 1, 6, 32
+    x, y = torch.randn(b, l, c), torch.randn(b, l, c)
+    s, sh, g = adaln(b, c)
+    w, bias = torch.randn(c), torch.randn(c)
+    cos, sin = fused.rope_tables(1, 2, 3, 16)
+    cases = [
+        (fused._norm_modulate_op, (x, w, bias, sh, s, 1e-6, torch.float16)),
+        (fused._add_norm_modulate_op, (x, y, g, None, None, sh, s, 1e-6, torch.float32)),
+        (fused._gated_residual_op, (x, y, g)),
+        (fused._rmsnorm_rope_op, (x, w, cos, sin, 1e-6, torch.float32)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_disabled_runs_reference_and_logs_once(caplog):
+    x, y = torch.randn(1, 4, 16), torch.randn(1, 4, 16)
+    fused._logged.clear()
+    with caplog.at_level(logging.INFO, logger="turbovid.fused"), fused.disabled():
+        for _ in range(3):
+            out = fused.gated_residual(x, y)
+    assert torch.equal(out, x + y)
+    lines = [r for r in caplog.records if r.name == "turbovid.fused"]
+    assert len(lines) == 1 and "disabled" in lines[0].getMessage()
+
+
+def test_cpu_tensors_fall_back_unless_the_interpreter_is_allowed():
+    x = torch.randn(2, 3, 8)
+    old = fused._cpu_interpreter
+    fused.allow_interpreter(False)
+    try:
+        assert "not CUDA" in fused.unavailable_reason(x)
+        torch.testing.assert_close(fused.norm_modulate(x), ref.norm_modulate_ref(x))
+    finally:
+        fused.allow_interpreter(old)
+
+
+def test_bad_shapes_raise_clear_errors():
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"\[B, L, C\]"):
+        fused.norm_modulate(x[0])
+    with pytest.raises(ValueError, match="shift must be"):
+        fused.norm_modulate(x, torch.randn(2, 7), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="weight and bias together"):
+        fused.norm_modulate(x, weight=torch.ones(8))
+    with pytest.raises(ValueError, match="y must match"):
+        fused.gated_residual(x, torch.randn(2, 4, 8))
+    with pytest.raises(ValueError, match="rope_tables"):
+        fused.rmsnorm_rope(x, torch.ones(8), torch.ones(3, 3), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="even head_dim"):
+        fused.rope_tables(1, 1, 1, 7)

@@ -1,0 +1,289 @@
+"""Fused kernels for the memory-bound parts of a DiT block, each with a PyTorch reference.
+
+    norm_modulate(x, shift, scale)                LayerNorm (+affine) then x * (1 + scale) + shift
+    add_norm_modulate(x, y, gate, shift, scale)   x + y * gate, then the same norm: (new x, normed)
+    gated_residual(x, y, gate)                    x + y * gate
+    rmsnorm_rope(x, weight, cos, sin)             q/k RMSNorm over all heads, then 3D RoPE per head
+    rope_tables(F, H, W, head_dim)                the cos/sin tables rmsnorm_rope takes
+
+The Triton path runs on CUDA tensors (and, for tests, on CPU tensors in Triton's interpreter);
+anything else, or TURBOVID_FUSED=0 / set_enabled(False), runs the PyTorch reference, logged once.
+The kernels are registered as torch.library custom ops so torch.compile traces through them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+
+from .reference import (
+    add_norm_modulate_ref,
+    gated_residual_ref,
+    norm_modulate_ref,
+    rmsnorm_rope_ref,
+    rope_tables,
+)
+
+log = logging.getLogger("turbovid.fused")
+
+__all__ = [
+    "add_norm_modulate", "norm_modulate", "gated_residual", "rmsnorm_rope", "rope_tables",
+    "set_enabled", "disabled", "unavailable_reason",
+    "add_norm_modulate_ref", "norm_modulate_ref", "gated_residual_ref", "rmsnorm_rope_ref",
+]
+
+_enabled = os.environ.get("TURBOVID_FUSED", "1") != "0"
+_cpu_interpreter = False  # tests opt in; elsewhere CPU tensors always take the reference
+_logged: set[str] = set()
+
+try:  # Triton is optional: without it every call takes the reference path.
+    # Looked up by attribute at call time, so a test can reload them under TRITON_INTERPRET=1.
+    from . import layernorm_kernel as _ln
+    from . import rope_kernel as _rope
+
+    _import_error = None
+except ImportError as e:  # pragma: no cover - depends on the install
+    _import_error = f"triton not importable ({e})"
+
+
+def add_norm_modulate_triton(*args):
+    return _ln.add_norm_modulate_triton(*args)
+
+
+def rmsnorm_rope_triton(*args):
+    return _rope.rmsnorm_rope_triton(*args)
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the Triton path on or off for the whole process (the reference always works)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def allow_interpreter(flag: bool) -> None:
+    """Let CPU tensors run the kernels in Triton's interpreter (tests; needs TRITON_INTERPRET=1 at import)."""
+    global _cpu_interpreter
+    _cpu_interpreter = bool(flag)
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the block under the PyTorch references (used to check the fast path against the plain one)."""
+    global _enabled
+    old, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
+def unavailable_reason(x: torch.Tensor) -> str | None:
+    """None when the Triton kernels will run on x, else why not."""
+    if not _enabled:
+        return "disabled (TURBOVID_FUSED=0 or set_enabled(False))"
+    if _import_error is not None:
+        return _import_error
+    interpreted = _ln.INTERPRETED and _rope.INTERPRETED
+    if not x.is_cuda and not (interpreted and _cpu_interpreter):
+        return f"tensors on {x.device.type}, not CUDA"
+    if x.is_cuda and (_ln.INTERPRETED or _rope.INTERPRETED):
+        return "kernels were loaded under TRITON_INTERPRET=1"
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {x.dtype} not supported"
+    return None
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    reason = unavailable_reason(x)
+    if reason is None:
+        return True
+    if reason not in _logged:
+        _logged.add(reason)
+        log.info("fused DiT kernels not used: %s; running the PyTorch reference", reason)
+    return False
+
+
+# ---- input checks (one-line errors naming the expected shapes) -------------------------------
+
+def _check_x(name: str, x: torch.Tensor) -> torch.Tensor:
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be [B, L, C], got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def _per_sample(name: str, v: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """Accept [B, C] or [B, 1, C] adaLN vectors; return contiguous [B, C]."""
+    if v is None:
+        return None
+    b, _, c = x.shape
+    if v.ndim == 3 and v.shape[1] == 1:
+        v = v[:, 0]
+    if v.ndim != 2 or v.shape[1] != c or v.shape[0] not in (1, b):
+        raise ValueError(f"{name} must be [B, C] or [B, 1, C] with B={b}, C={c}; got shape {tuple(v.shape)}")
+    return v.expand(b, c).contiguous()
+
+
+def _channel(name: str, v: torch.Tensor | None, c: int) -> torch.Tensor | None:
+    if v is not None and v.shape != (c,):
+        raise ValueError(f"{name} must have shape ({c},), got {tuple(v.shape)}")
+    return None if v is None else v.contiguous()
+
+
+# ---- custom ops: what torch.compile sees -----------------------------------------------------
+
+@torch.library.custom_op("turbovid::norm_modulate", mutates_args=())
+def _norm_modulate_op(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+    shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True)[1]
+
+
+@_norm_modulate_op.register_fake
+def _(x, weight, bias, shift, scale, eps, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@torch.library.custom_op("turbovid::add_norm_modulate", mutates_args=())
+def _add_norm_modulate_op(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
+    bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
+    eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True)
+
+
+@_add_norm_modulate_op.register_fake
+def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
+    return torch.empty_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@torch.library.custom_op("turbovid::gated_residual", mutates_args=())
+def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return add_norm_modulate_triton(x, y, gate, None, None, None, None, 0.0, x.dtype, True, False)[0]
+
+
+@_gated_residual_op.register_fake
+def _(x, y, gate):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("turbovid::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    return rmsnorm_rope_triton(x, weight, cos, sin, eps, out_dtype)
+
+
+@_rmsnorm_rope_op.register_fake
+def _(x, weight, cos, sin, eps, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+def _call(op, direct, *args):
+    # Eager calls skip the custom-op dispatcher (~10 us each); compiled graphs go through it.
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return direct(*args)
+
+
+# ---- public API --------------------------------------------------------------------------------
+
+def norm_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """LayerNorm(x) (float32, affine when weight/bias are given) * (1 + scale) + shift."""
+    x = _check_x("x", x)
+    c = x.shape[-1]
+    shift, scale = _per_sample("shift", shift, x), _per_sample("scale", scale, x)
+    weight, bias = _channel("weight", weight, c), _channel("bias", bias, c)
+    if (weight is None) != (bias is None):
+        raise ValueError("norm_modulate takes the LayerNorm weight and bias together (or neither)")
+    out_dtype = out_dtype or x.dtype
+    if not _use_triton(x):
+        return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype)
+    return _call(
+        _norm_modulate_op,
+        lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True)[1],
+        x, weight, bias, shift, scale, eps, out_dtype,
+    )
+
+
+def add_norm_modulate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + y * gate, norm_modulate(x + y * gate, ...)) in one pass; the sum keeps x's dtype."""
+    x, y = _check_x("x", x), _check_x("y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"y must match x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    c = x.shape[-1]
+    gate, shift, scale = _per_sample("gate", gate, x), _per_sample("shift", shift, x), _per_sample("scale", scale, x)
+    weight, bias = _channel("weight", weight, c), _channel("bias", bias, c)
+    if (weight is None) != (bias is None):
+        raise ValueError("add_norm_modulate takes the LayerNorm weight and bias together (or neither)")
+    out_dtype = out_dtype or x.dtype
+    if not _use_triton(x):
+        return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype)
+    return _call(
+        _add_norm_modulate_op,
+        lambda *a: add_norm_modulate_triton(*a, True, True),
+        x, y, gate, weight, bias, shift, scale, eps, out_dtype,
+    )
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """x + y * gate (float32 math), in x's dtype."""
+    x, y = _check_x("x", x), _check_x("y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"y must match x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    gate = _per_sample("gate", gate, x)
+    if not _use_triton(x):
+        return gated_residual_ref(x, y, gate)
+    return _call(
+        _gated_residual_op,
+        lambda a, b, g: add_norm_modulate_triton(a, b, g, None, None, None, None, 0.0, a.dtype, True, False)[0],
+        x, y, gate,
+    )
+
+
+def rmsnorm_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """RMSNorm of [B, L, C] q or k over all C (weight [C]), then RoPE per head; cos/sin [L, head_dim/2]."""
+    x = _check_x("x", x)
+    _, l, c = x.shape
+    if cos.shape != sin.shape or cos.ndim != 2 or cos.shape[0] != l or c % (2 * cos.shape[1]):
+        raise ValueError(
+            f"cos/sin must both be [L, head_dim/2] with L={l} and head_dim dividing C={c}; "
+            f"got {tuple(cos.shape)} and {tuple(sin.shape)} (build them with rope_tables)"
+        )
+    weight = _channel("weight", weight, c)
+    out_dtype = out_dtype or x.dtype
+    if not _use_triton(x):
+        return rmsnorm_rope_ref(x, weight, cos, sin, eps, out_dtype)
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    return _call(_rmsnorm_rope_op, rmsnorm_rope_triton, x, weight, cos, sin, eps, out_dtype)

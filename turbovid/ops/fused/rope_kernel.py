@@ -1,0 +1,70 @@
+"""Triton kernel: RMSNorm over all heads of q (or k), then 3D RoPE per head, in one pass.
+
+Per token row x [C] (C = heads x head_dim), float32 math:
+    r      = 1 / sqrt(mean(x^2) + eps)
+    n      = x * r * w
+    (e, o) = n[2j], n[2j + 1]                      one complex pair per j < C/2
+    out    = (e cos - o sin, e sin + o cos)        angle of (token, j mod head_dim/2)
+Pairs are interleaved (Wan views the last dim as complex). Even and odd elements are read
+with two stride-2 loads that touch the same cache lines, so DRAM sees one pass over x.
+cos/sin [L, head_dim/2] float32 are shared by all heads and batch items.
+Grid: (cdiv(L, BLOCK_L), B).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rmsnorm_rope_kernel(
+    X, OUT, W, COS, SIN,
+    L, C, eps,
+    HALF_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    b = tl.program_id(1)
+    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    pairs = tl.arange(0, BLOCK_P)  # (BLOCK_P,) pair index over all heads
+    pmask = pairs < C // 2
+    rmask = rows < L
+    mask = rmask[:, None] & pmask[None, :]
+    base = (b * L + rows)[:, None].to(tl.int64) * C + 2 * pairs[None, :]
+    xe = tl.load(X + base, mask=mask, other=0.0).to(tl.float32)
+    xo = tl.load(X + base + 1, mask=mask, other=0.0).to(tl.float32)
+    r = tl.rsqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / C + eps)  # (BLOCK_L,)
+    we = tl.load(W + 2 * pairs, mask=pmask, other=0.0).to(tl.float32)
+    wo = tl.load(W + 2 * pairs + 1, mask=pmask, other=0.0).to(tl.float32)
+    ne = xe * r[:, None] * we[None, :]
+    no = xo * r[:, None] * wo[None, :]
+    toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
+    cs = tl.load(COS + toff, mask=mask, other=1.0)
+    sn = tl.load(SIN + toff, mask=mask, other=0.0)
+    oe = ne * cs - no * sn
+    oo = ne * sn + no * cs
+    tl.store(OUT + base, oe.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + base + 1, oo.to(OUT.dtype.element_ty), mask=mask)
+
+
+def rmsnorm_rope_triton(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """Launch on contiguous [B, L, C] x, [C] weight, contiguous float32 [L, head_dim/2] cos/sin."""
+    bsz, l, c = x.shape
+    half = cos.shape[-1]
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    block_p = triton.next_power_of_2(c // 2)
+    block_l = max(1, min(8, 2048 // block_p))
+    num_warps = min(16, max(4, block_p * block_l // 512))
+    grid = (triton.cdiv(l, block_l), bsz)
+    _rmsnorm_rope_kernel[grid](
+        x, out, weight, cos, sin, l, c, eps,
+        HALF_D=half, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps,
+    )
+    return out
+
+
+KERNEL = _rmsnorm_rope_kernel
+# Triton picks interpreter or compiler when the kernel is decorated (at import): remember which.
+INTERPRETED = type(KERNEL).__name__ == "InterpretedFunction"
