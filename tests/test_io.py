@@ -1,0 +1,125 @@
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from turbovid import io
+
+
+def _frames(t=5, h=32, w=48):
+    # smooth gradients that move: survive lossy codecs closely
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.stack([np.stack([(x * 5 + 10 * i) % 256, (y * 7) % 256, np.full_like(x, 40 * i % 256)], -1)
+                    for i in range(t)])
+    return out.astype(np.uint8)
+
+
+def test_to_uint8_frames_rounding_and_layout():
+    v = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0, 0.5]).reshape(1, 1, 1, 1, 6).expand(2, 3, 1, 1, 6)
+    out = io.to_uint8_frames(v)
+    assert out.shape == (2, 1, 1, 6, 3) and out.dtype == np.uint8
+    # (x+1)/2*255+0.5 truncated: -1 -> 0, 0 -> 128, 1 -> 255, 0.5 -> 191 (191.75)
+    assert out[0, 0, 0, :, 0].tolist() == [0, 0, 128, 255, 255, 191]
+    with pytest.raises(ValueError, match="video batch"):
+        io.to_uint8_frames(torch.zeros(3, 2, 4, 4))
+
+
+def test_mp4_is_h264_yuv420p_16fps(tmp_path):
+    frames = _frames()
+    path = io.write_video(frames, tmp_path / "v.mp4")
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264"
+        assert s.codec_context.pix_fmt == "yuv420p"
+        assert s.average_rate == 16
+    back, fps = io.read_video(path)
+    assert back.shape == frames.shape and fps == 16
+    assert np.abs(back.astype(int) - frames).mean() < 3
+
+
+def test_webm_by_extension(tmp_path):
+    frames = _frames()
+    path = io.write_video(frames, tmp_path / "v.webm")
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+    back, fps = io.read_video(path)
+    assert back.shape == frames.shape and fps == 16
+    assert np.abs(back.astype(int) - frames).mean() < 4
+
+
+def test_gif_fits_its_palette_to_the_clip(tmp_path):
+    # 200 distinct colours, none on a fixed 3-3-2 palette: a fitted 256-colour palette keeps them all
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (200, 3), dtype=np.uint8)
+    frames = palette[rng.integers(0, 200, (5, 32, 48))]
+    path = io.write_video(frames, tmp_path / "v.gif")
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "gif"
+    back, _ = io.read_video(path)
+    assert back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() < 1.0
+
+
+def test_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unsupported video extension"):
+        io.write_video(_frames(), tmp_path / "v.avi")
+    with pytest.raises(ValueError, match="even width and height"):
+        io.write_video(_frames(h=31), tmp_path / "v.mp4")
+    with pytest.raises(ValueError, match="uint8 frames"):
+        io.write_video(_frames().astype(np.float32), tmp_path / "v.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    real = av.VideoFrame.from_ndarray
+    calls = {"n": 0}
+
+    def explode(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", explode)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_video(_frames(), tmp_path / "v.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_overwrite_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "v.mp4"
+    io.write_video(_frames(), target)
+    before = target.read_bytes()
+
+    def explode(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", explode)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_video(_frames(t=9), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+def test_write_creates_missing_folders_and_json(tmp_path):
+    path = io.write_video(_frames(t=1), tmp_path / "a" / "b" / "v.mp4")
+    assert io.read_video(path)[0].shape[0] == 1
+    j = io.write_json({"prompt": "猫", "n": 1}, tmp_path / "a" / "v.json")
+    assert json.loads(j.read_text(encoding="utf-8")) == {"prompt": "猫", "n": 1}
+    assert oct(j.stat().st_mode & 0o777) == "0o644"
+
+
+def test_check_output_path(tmp_path):
+    assert io.check_output_path(tmp_path / "new" / "dir" / "v.mp4") == tmp_path / "new" / "dir" / "v.mp4"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="it is a file"):
+        io.check_output_path(tmp_path / "file" / "v.mp4")
+    with pytest.raises(ValueError, match="unsupported extension"):
+        io.check_output_path(tmp_path / "v.mov")
+    (tmp_path / "d.mp4").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        io.check_output_path(tmp_path / "d.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mp4", "file"]
