@@ -64,6 +64,16 @@ T5_PRESETS: dict[str, T5Config] = {
 }
 
 
+WAN21_LATENTS_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """Wan2.1 causal 3D VAE: 4x temporal, 8x spatial compression, 16 latent channels."""
@@ -73,9 +83,19 @@ class VAEConfig:
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     temporal_downsample: tuple[bool, ...] = (False, True, True)
+    # Per-channel statistics of the raw latents: the DiT works in (mu - mean) / std.
+    latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
+    latents_std: tuple[float, ...] = WAN21_LATENTS_STD
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
     "tiny-random": VAEConfig(dim=8),
 }
+
+
+def vae_preset(name: str) -> VAEConfig:
+    try:
+        return VAE_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown VAE {name!r}; choose one of {', '.join(VAE_PRESETS)}") from None
