@@ -1,0 +1,231 @@
+"""Wan's encoder-only umT5 (umT5-XXL: 24 layers, dim 4096, 64 heads) and the prompt -> embeddings wrapper.
+
+T5 details kept from the reference: attention logits are not scaled by 1/sqrt(d); every layer learns its
+own relative position bias (umT5; plain T5 shares one); RMSNorm without mean subtraction whose statistics
+are float32; gated GELU(tanh) feed-forward; no biases anywhere. Dropout is left out (inference only).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from turbovid.configs import T5_PRESETS, T5Config
+from turbovid.models.tokenizer import PromptTokenizer, load_tokenizer
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Float32 statistics; for half weights the normalised value is rounded before the scale, like the reference.
+        x = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
+    """Bidirectional T5 buckets of (key - query) offsets, [L, L] int64.
+
+    Half the buckets for keys after the query, half for keys before; within each half, offsets below
+    num_buckets/4 get their own bucket, larger ones share log-spaced buckets up to max_distance.
+    """
+    pos = torch.arange(length, device=device)
+    rel = pos[None, :] - pos[:, None]  # (Lq, Lk)
+    half = num_buckets // 2
+    buckets = (rel > 0).long() * half
+    rel = rel.abs()
+    exact = half // 2
+    # Same float32 op order as the reference so offsets on a bucket boundary floor the same way;
+    # clamp(min=1) only avoids log(0) for entries the `where` below discards anyway.
+    far = exact + (
+        torch.log(rel.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (half - exact)
+    ).long()
+    far = far.clamp(max=half - 1)
+    return buckets + torch.where(rel < exact, rel, far)
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, num_buckets: int, num_heads: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, buckets: torch.Tensor) -> torch.Tensor:
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, Lq, Lk)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, dim_attn: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim_attn, bias=False)
+        self.k = nn.Linear(dim, dim_attn, bias=False)
+        self.v = nn.Linear(dim, dim_attn, bias=False)
+        self.o = nn.Linear(dim_attn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))  # (B, H, L, d)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5: unscaled logits
+        return self.o(x.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, dim_ffn: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x) * F.gelu(self.gate(x), approximate="tanh"))
+
+
+def _fp16_clamp(x: torch.Tensor) -> torch.Tensor:
+    # The reference clamps fp16 activations only once an inf appears; clamping always gives the same
+    # result without a host sync (finite values above max - 1000 do not occur in practice).
+    if x.dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max - 1000
+        x = x.clamp(-limit, limit)
+    return x
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.eps)
+        self.attn = Attention(cfg.dim, cfg.dim_attn, cfg.num_heads)
+        self.norm2 = RMSNorm(cfg.dim, cfg.eps)
+        self.ffn = FeedForward(cfg.dim, cfg.dim_ffn)
+        self.pos_embedding = RelativePositionBias(cfg.num_buckets, cfg.num_heads)
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        bias = self.pos_embedding(buckets)  # (1, H, L, L)
+        if keep is not None:  # padded keys get the most negative logit (replacing, not adding to, the bias)
+            bias = torch.where(keep, bias, torch.finfo(bias.dtype).min)  # (B, H, L, L)
+        x = _fp16_clamp(x + self.attn(self.norm1(x), bias.to(x.dtype)))
+        return _fp16_clamp(x + self.ffn(self.norm2(x)))
+
+
+class UMT5Encoder(nn.Module):
+    """Token ids [B, L] (+ attention mask [B, L], 1 = token) -> last hidden state [B, L, dim].
+
+    Padded positions are not zeroed here (their values are whatever the network computes);
+    `TextEncoder` zeroes them as the reference pipeline does.
+    """
+
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        if cfg.shared_pos:
+            raise ValueError("shared_pos=True (one bias for all layers, plain T5) is not supported; umT5 has one per layer")
+        if cfg.dim_attn % cfg.num_heads:
+            raise ValueError(f"dim_attn {cfg.dim_attn} is not divisible by num_heads {cfg.num_heads}")
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.eps)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.token_embedding(input_ids)  # (B, L, dim)
+        buckets = relative_position_buckets(input_ids.shape[1], self.cfg.num_buckets, self.cfg.max_distance, x.device)
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk)
+        for block in self.blocks:
+            x = block(x, buckets, keep)
+        return self.norm(x)
+
+
+@torch.no_grad()
+def init_weights(model: UMT5Encoder, seed: int = 0) -> UMT5Encoder:
+    """Random weights with the reference's scales (so activations stay O(1) through the layers)."""
+    cfg = model.cfg
+    g = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed)
+    model.token_embedding.weight.normal_(0, 1.0, generator=g)
+    for blk in model.blocks:
+        blk.attn.q.weight.normal_(0, (cfg.dim * cfg.dim_attn) ** -0.5, generator=g)
+        blk.attn.k.weight.normal_(0, cfg.dim ** -0.5, generator=g)
+        blk.attn.v.weight.normal_(0, cfg.dim ** -0.5, generator=g)
+        blk.attn.o.weight.normal_(0, (cfg.num_heads * cfg.dim_attn) ** -0.5, generator=g)
+        blk.ffn.gate.weight.normal_(0, cfg.dim ** -0.5, generator=g)
+        blk.ffn.fc1.weight.normal_(0, cfg.dim ** -0.5, generator=g)
+        blk.ffn.fc2.weight.normal_(0, cfg.dim_ffn ** -0.5, generator=g)
+        blk.pos_embedding.embedding.weight.normal_(0, (2 * cfg.num_buckets * cfg.num_heads) ** -0.5, generator=g)
+        blk.norm1.weight.fill_(1.0)
+        blk.norm2.weight.fill_(1.0)
+    model.norm.weight.fill_(1.0)
+    return model
+
+
+class TextEncoder:
+    """Prompts -> umT5 embeddings with every position past a prompt's tokens set to zero."""
+
+    def __init__(self, model: UMT5Encoder, tokenizer: PromptTokenizer):
+        if tokenizer.vocab_size > model.cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer {tokenizer!r} emits ids up to {tokenizer.vocab_size - 1} but the text encoder has only"
+                f" {model.cfg.vocab_size} token embeddings; use the tokenizer the checkpoint was trained with"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.token_embedding.weight.dtype
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.dim
+
+    @property
+    def text_len(self) -> int:
+        return self.tokenizer.text_len
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "TextEncoder":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @torch.no_grad()
+    def encode(self, prompts: str | list[str]) -> torch.Tensor:
+        """[B, text_len (512), dim] in the model dtype; positions past each prompt's tokens are zero."""
+        ids, mask = self.tokenizer(prompts)
+        return self.encode_ids(ids, mask)
+
+    @torch.no_grad()
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] for pre-tokenized input; positions where `attention_mask` is 0 are zero."""
+        if input_ids.ndim != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"input_ids and attention_mask must both be [B, L]; got {tuple(input_ids.shape)} and"
+                f" {tuple(attention_mask.shape)}"
+            )
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        lo, hi = int(input_ids.min()), int(input_ids.max())  # one sync per call, spares a device-side assert
+        if lo < 0 or hi >= self.model.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.model.cfg.vocab_size}); got [{lo}, {hi}]")
+        ids = input_ids.to(self.device, torch.long)
+        mask = attention_mask.to(self.device)
+        out = self.model(ids, mask)
+        return torch.where(mask.bool()[..., None], out, out.new_zeros(()))
+
+
+def build_text_encoder(
+    cfg: T5Config | str, tokenizer=None, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> TextEncoder:
+    """A TextEncoder with random weights (tests, smoke runs). `tokenizer`: anything `load_tokenizer`
+    accepts; None gives the ByteTokenizer, which only suits small-vocab test configs such as 'tiny-random'."""
+    if isinstance(cfg, str):
+        if cfg not in T5_PRESETS:
+            raise ValueError(f"unknown text encoder {cfg!r}; choose one of {', '.join(T5_PRESETS)}")
+        cfg = T5_PRESETS[cfg]
+    model = init_weights(UMT5Encoder(cfg), seed).to(device=device, dtype=dtype)
+    return TextEncoder(model, load_tokenizer("byte" if tokenizer is None else tokenizer, text_len=cfg.text_len))
