@@ -1,0 +1,65 @@
+"""turbovid.fast plumbing on the CPU (the CUDA-graph path itself is covered by tests/test_e2e_gpu.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from turbovid import fast
+from turbovid.loading.dit import build_dit
+from turbovid.models import dit as dit_module
+
+
+def tiny():
+    return build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0)
+
+
+def test_make_fast_wires_the_fused_ops_and_make_plain_restores_the_references():
+    dit = tiny()
+    keys = set(dit.state_dict())
+    runner = fast.make_fast(dit, fast.FastOptions(graph=False))
+    from turbovid.ops import fused
+
+    assert dit_module.OPS.norm_modulate is fused.norm_modulate
+    assert dit_module.OPS.rmsnorm_rope is fused.rmsnorm_rope
+    assert all(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
+    assert set(dit.state_dict()) == keys  # checkpoints still load into the fast model
+    assert runner is dit  # no graph requested: the model itself
+    fast.make_plain(runner)
+    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate
+    assert not any(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
+
+
+def test_fast_on_cpu_gives_the_plain_result():
+    # On the CPU the fused ops fall back to their references and the FFN stays unfused: same numbers.
+    dit = tiny()
+    lat, t, ctx = torch.randn(1, 16, 1, 4, 4), torch.tensor([900.0]), torch.randn(1, 5, dit.cfg.text_dim)
+    with torch.no_grad():
+        plain = dit(lat, t, ctx)
+        got = fast.make_fast(dit)(lat, t, ctx)
+    fast.make_plain(dit)
+    torch.testing.assert_close(got, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_turbovid_fast_0_leaves_the_model_alone(monkeypatch):
+    monkeypatch.setenv("TURBOVID_FAST", "0")
+    dit = tiny()
+    assert fast.make_fast(dit) is dit
+    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate
+    assert not any(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
+
+
+def test_gelu_ffn_matches_the_sequential_it_replaces():
+    seq = nn.Sequential(nn.Linear(8, 16), nn.GELU(approximate="tanh"), nn.Linear(16, 8))
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(fast.GeluFFN(*seq)(x), seq(x))
+
+
+def test_graphed_dit_forwards_attributes_and_runs_eagerly_without_cuda():
+    dit = tiny()
+    g = fast.GraphedDiT(dit, graph=False)
+    assert g.cfg is dit.cfg and g.set_attention.__self__ is dit
+    assert list(g.state_dict()) == ["dit." + k for k in dit.state_dict()]  # weights registered once
+    lat, t, ctx = torch.randn(1, 16, 1, 4, 4), torch.tensor([10.0]), torch.randn(1, 3, dit.cfg.text_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(g(lat, t, ctx), dit(lat, t, ctx))
+    assert not g._graphs

@@ -1,0 +1,5 @@
+import sys
+
+from turbovid.bench import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""The fast DiT step: fused Triton kernels for the memory-bound block steps, a bias+GELU GEMM
+epilogue in the FFN, and the whole forward captured as a CUDA graph (or torch.compile'd).
+
+    dit = make_fast(dit)            # fused + CUDA graph; make_fast(dit, graph=False) keeps eager
+    v = dit(latents, t, context)    # same call, same result within the kernels' error bounds
+
+Everything is optional: without CUDA (or with TURBOVID_FAST=0) `make_fast` returns the model
+as it was; a capture that fails (a host sync inside an attention backend, say) logs one line and
+that input shape runs eagerly from then on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger("turbovid.fast")
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    fused: bool = True  # Triton kernels for norm/modulate/residual/RMSNorm+RoPE
+    gelu_epilogue: bool = True  # FFN's first linear + bias + tanh-GELU as one cuBLASLt call
+    graph: bool = True  # capture the whole forward as a CUDA graph per input shape
+    compile: bool = False  # torch.compile the forward instead of (or under) the graph
+
+
+def fast_enabled() -> bool:
+    return os.environ.get("TURBOVID_FAST", "1") != "0"
+
+
+def use_fused_kernels(flag: bool = True) -> None:
+    """Route every WanDiT's memory-bound steps through turbovid.ops.fused (False: the references)."""
+    from turbovid.models import dit as dit_module
+
+    if not flag:
+        dit_module.set_block_ops()
+        return
+    from turbovid.ops import fused
+
+    dit_module.set_block_ops(
+        norm_modulate=fused.norm_modulate,
+        add_norm_modulate=fused.add_norm_modulate,
+        gated_residual=fused.gated_residual,
+        rmsnorm_rope=fused.rmsnorm_rope,
+    )
+
+
+class GeluFFN(nn.Sequential):
+    """Linear -> tanh-GELU -> Linear with the first bias and GELU in the GEMM's epilogue.
+
+    Same children (and state-dict keys) as the nn.Sequential it replaces; layers that are not
+    plain nn.Linear (int8 / fp8 swaps) run unfused.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, act, fc2 = self[0], self[1], self[2]
+        if type(fc1) is nn.Linear and x.is_cuda and fc1.bias is not None and x.dtype == fc1.weight.dtype:
+            h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
+            h = h.view(*x.shape[:-1], -1)
+        else:
+            h = act(fc1(x))
+        return fc2(h)
+
+
+def fuse_ffn_gelu(dit: nn.Module) -> int:
+    """Swap each block's FFN Sequential(Linear, GELU(tanh), Linear) for GeluFFN; returns how many."""
+    n = 0
+    for blk in getattr(dit, "blocks", []):
+        ffn = getattr(blk, "ffn", None)
+        if (
+            isinstance(ffn, nn.Sequential) and not isinstance(ffn, GeluFFN) and len(ffn) == 3
+            and isinstance(ffn[1], nn.GELU) and ffn[1].approximate == "tanh"
+        ):
+            blk.ffn = GeluFFN(*ffn)
+            n += 1
+    return n
+
+
+class GraphedDiT(nn.Module):
+    """Runs `dit` through one CUDA graph per (shapes, dtypes, backend); eager where capture fails.
+
+    The returned velocity is a fresh tensor (the graph's output buffer is copied), so callers can
+    keep it across calls. Inputs are copied into static buffers: no host-device sync per call.
+    """
+
+    def __init__(self, dit: nn.Module, compile: bool = False, graph: bool = True):
+        super().__init__()
+        self.dit = dit
+        self.graph = graph
+        # kept out of _modules so the weights are registered once (under .dit)
+        object.__setattr__(self, "_fn", torch.compile(dit, dynamic=False) if compile else dit)
+        self._graphs: dict[tuple, tuple] = {}
+        self._eager_keys: set[tuple] = set()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["dit"], name)  # set_attention, cfg, blocks, ...
+
+    def _key(self, latents, timesteps, context) -> tuple:
+        backend = getattr(self.dit, "attention_backend", None)
+        return (tuple(latents.shape), latents.dtype, tuple(timesteps.shape), timesteps.dtype,
+                tuple(context.shape), context.dtype, latents.device, backend)
+
+    def _capture(self, key, latents, timesteps, context):
+        static = [latents.clone(), timesteps.clone(), context.clone()]
+        side = torch.cuda.Stream(latents.device)
+        side.wait_stream(torch.cuda.current_stream(latents.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compiles Triton kernels, fills caches (RoPE tables) outside the capture
+                self._fn(*static)
+        torch.cuda.current_stream(latents.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._fn(*static)
+        self._graphs[key] = (graph, static, out)
+
+    def forward(self, latents: torch.Tensor, timesteps, context: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.as_tensor(timesteps, device=latents.device)
+        if not (self.graph and latents.is_cuda):
+            return self._fn(latents, timesteps, context)
+        key = self._key(latents, timesteps, context)
+        if key in self._eager_keys:
+            return self._fn(latents, timesteps, context)
+        if key not in self._graphs:
+            try:
+                self._capture(key, latents, timesteps, context)
+            except Exception as e:  # noqa: BLE001 - any capture failure means: run this shape eagerly
+                self._eager_keys.add(key)
+                log.warning("CUDA graph capture failed for %s (%s: %s); running eagerly",
+                            tuple(latents.shape), type(e).__name__, str(e).splitlines()[0][:200])
+                torch.cuda.synchronize(latents.device)
+                return self._fn(latents, timesteps, context)
+        graph, static, out = self._graphs[key]
+        for dst, src in zip(static, (latents, timesteps, context)):
+            dst.copy_(src)
+        graph.replay()
+        return out.clone()
+
+    def reset(self) -> None:
+        """Drop the captured graphs (after changing weights' storage, the backend or quantization)."""
+        self._graphs.clear()
+        self._eager_keys.clear()
+
+
+def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
+    """The fast version of a WanDiT (weights shared, not copied); the model itself when disabled."""
+    opts = options or FastOptions()
+    if not fast_enabled():
+        log.info("TURBOVID_FAST=0: DiT runs the plain PyTorch path")
+        return dit
+    if opts.fused:
+        use_fused_kernels(True)
+    if opts.gelu_epilogue:
+        fuse_ffn_gelu(dit)
+    if not (opts.graph or opts.compile):
+        return dit
+    device = next(dit.parameters()).device
+    if device.type != "cuda" and not opts.compile:
+        return dit
+    return GraphedDiT(dit, compile=opts.compile, graph=opts.graph and device.type == "cuda")
+
+
+def make_plain(dit: nn.Module) -> nn.Module:
+    """Undo make_fast: the wrapped model with reference block ops and an unfused FFN."""
+    use_fused_kernels(False)
+    inner = dit.dit if isinstance(dit, GraphedDiT) else dit
+    for blk in getattr(inner, "blocks", []):
+        if isinstance(getattr(blk, "ffn", None), GeluFFN):
+            blk.ffn = nn.Sequential(*blk.ffn)
+    return inner
