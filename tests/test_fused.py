@@ -93,7 +93,9 @@ def test_norm_modulate_out_dtype_and_broadcast_shapes(interp):
 def test_add_norm_modulate(interp, dtype, gated):
     b, l, c = 2, 19, 80
     x, y = torch.randn(b, l, c).to(dtype), torch.randn(b, l, c).to(dtype)
-    shift, scale, gate = adaln(b, c)
+    # strided [B, C] slices, as the DiT's (modulation + e).unbind(1) hands them over
+    shift, scale, gate = (torch.randn(b, 3, c) * 0.5).unbind(1)
+    assert shift.stride(0) == 3 * c
     gate = gate if gated else None
     w, bias = torch.randn(c), torch.randn(c)
     new_x, h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias, out_dtype=torch.float32)
@@ -169,6 +171,18 @@ def test_rmsnorm_rope(interp, dtype, heads, head_dim):
     assert_within_bound(out, ref.rmsnorm_rope_ref(x, weight, cos, sin, 1e-6), exact.view(b, l, c))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm(interp, dtype):
+    b, l, c = 2, 13, 96
+    x = (torch.randn(b, l, c) * 3).to(dtype)
+    weight = (1 + 0.3 * torch.randn(c)).to(dtype)
+    out = fused.rmsnorm(x, weight, eps=1e-6)
+    assert out.dtype == dtype
+    xd = x.double()
+    exact = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+    assert_within_bound(out, ref.rmsnorm_ref(x, weight, 1e-6), exact)
+
+
 def test_custom_ops_pass_opcheck(interp):
     """The registered ops (what torch.compile traces) agree with their fake implementations."""
     b, l, c = 1, 6, 32
@@ -181,6 +195,7 @@ def test_custom_ops_pass_opcheck(interp):
         (fused._add_norm_modulate_op, (x, y, g, None, None, sh, s, 1e-6, torch.float32)),
         (fused._gated_residual_op, (x, y, g)),
         (fused._rmsnorm_rope_op, (x, w, cos, sin, 1e-6, torch.float32)),
+        (fused._rmsnorm_op, (x, w, 1e-6, torch.float16)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

@@ -4,6 +4,7 @@
     add_norm_modulate(x, y, gate, shift, scale)   x + y * gate, then the same norm: (new x, normed)
     gated_residual(x, y, gate)                    x + y * gate
     rmsnorm_rope(x, weight, cos, sin)             q/k RMSNorm over all heads, then 3D RoPE per head
+    rmsnorm(x, weight)                            the RMSNorm alone (cross-attention's q)
     rope_tables(F, H, W, head_dim)                the cos/sin tables rmsnorm_rope takes
 
 The Triton path runs on CUDA tensors (and, for tests, on CPU tensors in Triton's interpreter);
@@ -22,6 +23,7 @@ from .reference import (
     add_norm_modulate_ref,
     gated_residual_ref,
     norm_modulate_ref,
+    rmsnorm_ref,
     rmsnorm_rope_ref,
     rope_tables,
 )
@@ -29,9 +31,9 @@ from .reference import (
 log = logging.getLogger("turbovid.fused")
 
 __all__ = [
-    "add_norm_modulate", "norm_modulate", "gated_residual", "rmsnorm_rope", "rope_tables",
+    "add_norm_modulate", "norm_modulate", "gated_residual", "rmsnorm_rope", "rmsnorm", "rope_tables",
     "set_enabled", "disabled", "unavailable_reason",
-    "add_norm_modulate_ref", "norm_modulate_ref", "gated_residual_ref", "rmsnorm_rope_ref",
+    "add_norm_modulate_ref", "norm_modulate_ref", "gated_residual_ref", "rmsnorm_rope_ref", "rmsnorm_ref",
 ]
 
 _enabled = os.environ.get("TURBOVID_FUSED", "1") != "0"
@@ -114,7 +116,10 @@ def _check_x(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _per_sample(name: str, v: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-    """Accept [B, C] or [B, 1, C] adaLN vectors; return contiguous [B, C]."""
+    """Accept [B, C] or [B, 1, C] adaLN vectors; return a [B, C] view with unit channel stride.
+
+    No copy for the usual case (the DiT's `(modulation + e).unbind(1)` slices): the kernel takes the row stride.
+    """
     if v is None:
         return None
     b, _, c = x.shape
@@ -122,7 +127,8 @@ def _per_sample(name: str, v: torch.Tensor | None, x: torch.Tensor) -> torch.Ten
         v = v[:, 0]
     if v.ndim != 2 or v.shape[1] != c or v.shape[0] not in (1, b):
         raise ValueError(f"{name} must be [B, C] or [B, 1, C] with B={b}, C={c}; got shape {tuple(v.shape)}")
-    return v.expand(b, c).contiguous()
+    v = v.expand(b, c)
+    return v if v.stride(1) == 1 else v.contiguous()
 
 
 def _channel(name: str, v: torch.Tensor | None, c: int) -> torch.Tensor | None:
@@ -179,6 +185,16 @@ def _rmsnorm_rope_op(
 
 @_rmsnorm_rope_op.register_fake
 def _(x, weight, cos, sin, eps, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@torch.library.custom_op("turbovid::rmsnorm", mutates_args=())
+def _rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    return rmsnorm_rope_triton(x, weight, None, None, eps, out_dtype)
+
+
+@_rmsnorm_op.register_fake
+def _(x, weight, eps, out_dtype):
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
@@ -287,3 +303,13 @@ def rmsnorm_rope(
         return rmsnorm_rope_ref(x, weight, cos, sin, eps, out_dtype)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     return _call(_rmsnorm_rope_op, rmsnorm_rope_triton, x, weight, cos, sin, eps, out_dtype)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """RMSNorm of [B, L, C] over C (float32 math, weight [C]), in x's dtype (cross-attention's q/k norm)."""
+    x = _check_x("x", x)
+    weight = _channel("weight", weight, x.shape[-1])
+    out_dtype = out_dtype or x.dtype
+    if x.shape[-1] % 2 or not _use_triton(x):
+        return rmsnorm_ref(x, weight, eps, out_dtype)
+    return _call(_rmsnorm_op, lambda a, w, e, d: rmsnorm_rope_triton(a, w, None, None, e, d), x, weight, eps, out_dtype)

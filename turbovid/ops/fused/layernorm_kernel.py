@@ -20,7 +20,7 @@ import triton.language as tl
 @triton.jit
 def _add_norm_modulate_kernel(
     X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE,
-    L, C, eps,
+    L, C, eps, stride_gate, stride_shift, stride_scale,
     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
     WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -36,7 +36,7 @@ def _add_norm_modulate_kernel(
     if HAS_Y:
         y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_GATE:
-            g = tl.load(GATE + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
+            g = tl.load(GATE + b * stride_gate + cols, mask=cmask, other=0.0).to(tl.float32)
             y = y * g[None, :]
         x = x + y
         # The norm sees the residual as stored, so fused == unfused bit for bit up to the norm's sums.
@@ -54,17 +54,23 @@ def _add_norm_modulate_kernel(
             bb = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
             h = h * w[None, :] + bb[None, :]
         if HAS_SCALE:
-            s = tl.load(SCALE + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
+            s = tl.load(SCALE + b * stride_scale + cols, mask=cmask, other=0.0).to(tl.float32)
             h = h * (1.0 + s[None, :])
         if HAS_SHIFT:
-            sh = tl.load(SHIFT + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
+            sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
             h = h + sh[None, :]
         tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
 
 
+# (rows per program, warps) per channel-block width; overridable for tuning on a GPU.
+LAUNCH: dict[int, tuple[int, int]] = {}
+
+
 def _launch_shape(c: int) -> tuple[int, int, int]:
-    # Enough rows per program for ~4K-8K elements in flight, a warp per 512 channels.
+    # Enough rows per program for ~4K elements in flight, a warp per 1024 of them.
     block_c = triton.next_power_of_2(c)
+    if block_c in LAUNCH:
+        return LAUNCH[block_c][0], block_c, LAUNCH[block_c][1]
     block_l = max(1, min(16, 4096 // block_c))
     num_warps = min(16, max(4, block_c * block_l // 1024))
     return block_l, block_c, num_warps
@@ -83,7 +89,7 @@ def add_norm_modulate_triton(
     write_x: bool,
     write_h: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale, [C] weight/bias."""
+    """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale (unit channel stride), [C] weight/bias."""
     bsz, l, c = x.shape
     x_out = torch.empty_like(x) if write_x else None
     h = torch.empty(x.shape, dtype=out_dtype, device=x.device) if write_h else None
@@ -96,6 +102,7 @@ def add_norm_modulate_triton(
         weight if weight is not None else dummy, bias if bias is not None else dummy,
         shift if shift is not None else dummy, scale if scale is not None else dummy,
         l, c, eps,
+        *(v.stride(0) if v is not None else 0 for v in (gate, shift, scale)),
         HAS_Y=y is not None, HAS_GATE=gate is not None, WRITE_X=write_x, WRITE_H=write_h,
         HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
         BLOCK_L=block_l, BLOCK_C=block_c, num_warps=num_warps,

@@ -80,6 +80,12 @@ def rmsnorm_rope_ref(
     return out.reshape(b, l, c).to(out_dtype or x.dtype)
 
 
+def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """RMSNorm over the last dim: float32 statistics, rounded to x's dtype before the weight, as Wan does."""
+    xf = x.float()
+    return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight).to(out_dtype or x.dtype)
+
+
 def rope_tables(
     frames: int, height: int, width: int, head_dim: int, theta: float = 10000.0,
     device: torch.device | str | None = None,

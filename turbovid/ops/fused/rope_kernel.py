@@ -1,4 +1,5 @@
-"""Triton kernel: RMSNorm over all heads of q (or k), then 3D RoPE per head, in one pass.
+"""Triton kernel: RMSNorm over all heads of q (or k), then 3D RoPE per head, in one pass
+(or the RMSNorm alone, for cross-attention's q).
 
 Per token row x [C] (C = heads x head_dim), float32 math:
     r      = 1 / sqrt(mean(x^2) + eps)
@@ -21,7 +22,7 @@ import triton.language as tl
 def _rmsnorm_rope_kernel(
     X, OUT, W, COS, SIN,
     L, C, eps,
-    HALF_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    HALF_D: tl.constexpr, HAS_ROPE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     b = tl.program_id(1)
@@ -38,29 +39,47 @@ def _rmsnorm_rope_kernel(
     wo = tl.load(W + 2 * pairs + 1, mask=pmask, other=0.0).to(tl.float32)
     ne = xe * r[:, None] * we[None, :]
     no = xo * r[:, None] * wo[None, :]
-    toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
-    cs = tl.load(COS + toff, mask=mask, other=1.0)
-    sn = tl.load(SIN + toff, mask=mask, other=0.0)
-    oe = ne * cs - no * sn
-    oo = ne * sn + no * cs
+    if HAS_ROPE:
+        toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
+        cs = tl.load(COS + toff, mask=mask, other=1.0)
+        sn = tl.load(SIN + toff, mask=mask, other=0.0)
+        oe = ne * cs - no * sn
+        oo = ne * sn + no * cs
+    else:
+        oe, oo = ne, no
     tl.store(OUT + base, oe.to(OUT.dtype.element_ty), mask=mask)
     tl.store(OUT + base + 1, oo.to(OUT.dtype.element_ty), mask=mask)
 
 
+# (rows per program, warps) per pair-block width; overridable for tuning on a GPU.
+LAUNCH: dict[int, tuple[int, int]] = {}
+
+
+def launch_config(block_p: int) -> tuple[int, int]:
+    if block_p in LAUNCH:
+        return LAUNCH[block_p]
+    block_l = max(1, min(8, 2048 // block_p))
+    return block_l, min(16, max(4, block_p * block_l // 512))
+
+
 def rmsnorm_rope_triton(
-    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, out_dtype: torch.dtype
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, eps: float,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Launch on contiguous [B, L, C] x, [C] weight, contiguous float32 [L, head_dim/2] cos/sin."""
+    """Launch on contiguous [B, L, C] x, [C] weight, contiguous float32 [L, head_dim/2] cos/sin
+    (cos = sin = None: RMSNorm alone)."""
     bsz, l, c = x.shape
-    half = cos.shape[-1]
+    if c % 2:
+        raise ValueError(f"the fused RMSNorm needs an even channel count, got {c}")
+    has_rope = cos is not None
+    half = cos.shape[-1] if has_rope else 1
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     block_p = triton.next_power_of_2(c // 2)
-    block_l = max(1, min(8, 2048 // block_p))
-    num_warps = min(16, max(4, block_p * block_l // 512))
+    block_l, num_warps = launch_config(block_p)
     grid = (triton.cdiv(l, block_l), bsz)
     _rmsnorm_rope_kernel[grid](
-        x, out, weight, cos, sin, l, c, eps,
-        HALF_D=half, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps,
+        x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps,
+        HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps,
     )
     return out
 
