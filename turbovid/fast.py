@@ -10,6 +10,7 @@ that input shape runs eagerly from then on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -128,6 +129,10 @@ class GraphedDiT(nn.Module):
         key = self._key(latents, timesteps, context)
         if key in self._eager_keys:
             return self._fn(latents, timesteps, context)
+        with torch.inference_mode():  # static buffers are inference tensors: copy into them in the same mode
+            return self._replay(key, latents, timesteps, context)
+
+    def _replay(self, key, latents, timesteps, context) -> torch.Tensor:
         if key not in self._graphs:
             try:
                 self._capture(key, latents, timesteps, context)
@@ -135,7 +140,8 @@ class GraphedDiT(nn.Module):
                 self._eager_keys.add(key)
                 log.warning("CUDA graph capture failed for %s (%s: %s); running eagerly",
                             tuple(latents.shape), type(e).__name__, str(e).splitlines()[0][:200])
-                torch.cuda.synchronize(latents.device)
+                with contextlib.suppress(RuntimeError):
+                    torch.cuda.synchronize(latents.device)
                 return self._fn(latents, timesteps, context)
         graph, static, out = self._graphs[key]
         for dst, src in zip(static, (latents, timesteps, context)):
