@@ -1,0 +1,70 @@
+"""Shared by the sla / sagesla tests: interpreter switching, input builders, error measures."""
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def interpreted_kernels():
+    """Reload the attention kernel modules under TRITON_INTERPRET=1 (Triton decides at decoration
+    time) and let CPU tensors use them; restore JIT kernels afterwards."""
+    import triton.language.standard as tls
+
+    from turbovid.ops.attention import blockmap, sagesla_kernel, sla, sla_kernel
+
+    if type(tls.sum).__name__ != "InterpretedFunction":
+        raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set; run these tests on their own")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    for mod in (blockmap, sla_kernel, sagesla_kernel):
+        importlib.reload(mod)
+    sla.allow_interpreter(True)
+    try:
+        yield
+    finally:
+        sla.allow_interpreter(False)
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+        for mod in (blockmap, sla_kernel, sagesla_kernel):
+            importlib.reload(mod)
+
+
+def random_qkv(B, L, H, D, dtype=torch.float16, device="cpu", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(B, L, H, D, generator=g, device=device).to(dtype) for _ in range(3)]
+
+
+def outlier_qkv(B, L, H, D, dtype=torch.float16, device="cpu", seed=0):
+    """DiT-like activations: a few channels of Q and K an order of magnitude larger than the rest
+    (per token, so smoothing cannot remove them), K and V with channel-wise offsets."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(B, L, H, D, generator=g, device=device) for _ in range(3))
+    big = torch.randperm(D, generator=torch.Generator().manual_seed(seed))[:4].to(device)
+    q[..., big] *= 12.0
+    k[..., big] *= 8.0
+    k += 4.0 * torch.randn(H, D, generator=g, device=device)
+    v += 2.0 * torch.randn(H, D, generator=g, device=device)
+    return [x.to(dtype) for x in (q, k, v)]
+
+
+def proj_params(D, device="cpu", seed=1):
+    g = torch.Generator(device=device).manual_seed(seed)
+    return 0.2 * torch.randn(D, D, generator=g, device=device), 0.1 * torch.randn(D, generator=g, device=device)
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()

@@ -1,0 +1,227 @@
+"""SLA: the PyTorch reference against independent formulas, the Triton kernels (CPU interpreter,
+fp16 inputs) against the reference, and the backend's dispatch, fallback and custom op.
+
+Kernel error bound (flash-attention's convention): max |kernel - fp32 reference| at most twice
+max |fp16 reference - fp32 reference| plus 1e-3.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is first imported
+
+import pytest  # noqa: E402
+from attention_helpers import interpreted_kernels, max_err, proj_params, random_qkv  # noqa: E402
+
+from turbovid.ops import attention  # noqa: E402
+from turbovid.ops.attention import sla  # noqa: E402
+from turbovid.ops.attention import sla_reference as ref  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    with interpreted_kernels():
+        from turbovid.ops.attention import blockmap, sla_kernel
+
+        yield blockmap, sla_kernel
+
+
+# ---- the reference against independent formulas -------------------------------------------
+
+@pytest.mark.parametrize(
+    "topk, n, expected",
+    [(0.10, 512, 51), (0.15, 512, 76), (0.10, 1182, 118), (0.10, 591, 59), (1.0, 7, 7), (0.1, 5, 1), (0.5, 3, 1)],
+)
+def test_keep_count_rounds_like_the_reference(topk, n, expected):
+    assert ref.keep_count(topk, n) == expected
+
+
+def test_mean_pool_ragged_last_block():
+    x = torch.arange(10, dtype=torch.float32).view(1, 1, 10, 1)
+    assert ref.mean_pool(x, 4).flatten().tolist() == [1.5, 5.5, 8.5]
+
+
+def _dense_masked(q, k, v, lut, blkq, blkk):
+    """Block-sparse attention through one dense masked softmax (float64)."""
+    B, L, H, D = q.shape
+    qh, kh, vh = (x.transpose(1, 2).double() for x in (q, k, v))
+    blocks = torch.zeros(B, H, lut.shape[2], -(-L // blkk), dtype=torch.bool)
+    blocks.scatter_(-1, lut.long(), True)
+    mask = blocks.repeat_interleave(blkq, 2).repeat_interleave(blkk, 3)[:, :, :L, :L]
+    s = (qh @ kh.transpose(-1, -2)) / math.sqrt(D)
+    return (torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ vh).transpose(1, 2)
+
+
+@pytest.mark.parametrize("B, L, H, D, blkq, blkk", [(2, 100, 2, 16, 32, 16), (1, 77, 3, 8, 16, 32)])
+def test_reference_sparse_matches_dense_masked_softmax(B, L, H, D, blkq, blkk):
+    q, k, v = random_qkv(B, L, H, D, torch.float32)
+    lut = ref.block_map(q, k, 0.4, blkq, blkk)
+    out = ref.sparse_attention(q, k, v, lut, blkq, blkk, chunk=2)
+    assert max_err(out, _dense_masked(q, k, v, lut, blkq, blkk)) < 1e-5
+
+
+def test_reference_block_map_picks_the_best_scores():
+    q, k, _ = random_qkv(1, 96, 2, 16, torch.float32)
+    lut = ref.block_map(q, k, 0.5, 16, 16)
+    scores = ref.block_scores(q, k, 16, 16)
+    assert lut.shape == (1, 2, 6, 3) and lut.dtype == torch.int32
+    assert torch.all(lut[..., 1:] > lut[..., :-1])  # ascending, distinct
+    kept = torch.gather(scores, -1, lut.long()).min(-1).values
+    dropped = scores.masked_fill(torch.zeros_like(scores, dtype=torch.bool).scatter(-1, lut.long(), True), -1e9)
+    assert torch.all(kept >= dropped.max(-1).values)
+    # smoothing K shifts each row by a constant: same blocks as unsmoothed scores
+    raw = ref.mean_pool(q.transpose(1, 2), 16) @ ref.mean_pool(k.transpose(1, 2), 16).transpose(-1, -2)
+    assert torch.equal(lut, raw.topk(3, -1).indices.sort(-1).values.int())
+
+
+def test_reference_topk_one_without_linear_is_dense_attention():
+    q, k, v = random_qkv(2, 70, 2, 16, torch.float32)
+    out = ref.sla_reference(q, k, v, 1.0, blkq=32, blkk=16)
+    dense = attention.dense_attention(q, k, v)
+    assert max_err(out, dense) < 1e-5
+
+
+def test_reference_linear_branch_formula():
+    q, k, v = random_qkv(1, 40, 2, 8, torch.float32)
+    w, b = proj_params(8)
+    out = ref.linear_attention(q, k, v, w, b)
+    phi_q, phi_k = torch.softmax(q.double(), -1), torch.softmax(k.double(), -1)
+    for h in range(2):
+        num = phi_q[0, :, h] @ (phi_k[0, :, h].T @ v[0, :, h].double())
+        den = phi_q[0, :, h] @ phi_k[0, :, h].sum(0) + 1e-5
+        expected = (num / den[:, None]) @ w.double().T + b.double()
+        assert max_err(out[0, :, h], expected) < 1e-5
+    # zero-initialised proj_l (as fine-tuning starts) adds nothing: same as skipping the branch
+    zero = ref.sla_reference(q, k, v, 0.5, torch.zeros(8, 8), torch.zeros(8), 16, 16)
+    assert torch.equal(zero, ref.sla_reference(q, k, v, 0.5, None, None, 16, 16))
+
+
+# ---- the Triton kernels in the interpreter ----------------------------------------------------
+
+SHAPES = [  # (B, L, H, D, blkq, blkk): ragged lengths, batch 2, both head dims, both block maps
+    (2, 300, 2, 64, 128, 64),
+    (1, 200, 1, 128, 128, 64),
+    (1, 333, 2, 64, 64, 128),
+]
+
+
+@pytest.mark.parametrize("B, L, H, D, blkq, blkk", SHAPES)
+def test_kernel_block_map_equals_reference(kernels, B, L, H, D, blkq, blkk):
+    blockmap, _ = kernels
+    q, k, v = random_qkv(B, L, H, D, seed=L)
+    for topk in (0.3, 0.6):
+        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk)
+        expected = ref.block_map(q, k, topk, blkq, blkk)
+        assert torch.equal(stats.lut.view_as(expected), expected)
+    # the linear-branch sums and the key mean
+    kf, vf = k.float().transpose(1, 2), v.float().transpose(1, 2)
+    phi = torch.softmax(kf, -1)
+    torch.testing.assert_close(stats.k_mean.view(B, H, D), kf.mean(2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats.phi_sum.view(B, H, D), phi.mean(2), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stats.kv.float().view(B, H, D, D), phi.transpose(-1, -2) @ vf / L, atol=2e-3, rtol=1e-2)
+
+
+def test_kernel_block_map_ties_keep_the_lower_block(kernels):
+    blockmap, _ = kernels
+    q = torch.ones(1, 256, 1, 64, dtype=torch.float16)
+    k = torch.zeros(1, 256, 1, 64, dtype=torch.float16)  # every score is 0: all tied
+    stats = blockmap.block_stats(q, k, k, 0.5, 64, 32)
+    assert stats.lut.flatten(0, 1).tolist() == [[0, 1, 2, 3]] * 4
+    assert torch.equal(stats.lut.view(1, 1, 4, 4), ref.block_map(q, k, 0.5, 64, 32))
+
+
+def _check_kernel(out, q, k, v, topk, w, b, blkq, blkk):
+    expected = ref.sla_reference(q, k, v, topk, w, b, blkq, blkk)
+    low = ref.sla_reference(q, k, v, topk, w, b, blkq, blkk, dtype=torch.float16)
+    err, bound = max_err(out, expected), 2 * max_err(low, expected) + 1e-3
+    assert err <= bound, f"kernel error {err:.2e} > bound {bound:.2e}"
+
+
+@pytest.mark.parametrize("B, L, H, D, blkq, blkk", SHAPES)
+def test_kernel_matches_reference(kernels, B, L, H, D, blkq, blkk):
+    _, sla_kernel = kernels
+    q, k, v = random_qkv(B, L, H, D, seed=L + 1)
+    w, b = proj_params(D)
+    out = sla_kernel.sla_forward(q, k, v, 0.5, w, b, blkq, blkk)
+    assert out.dtype == torch.float16 and out.shape == q.shape
+    _check_kernel(out, q, k, v, 0.5, w, b, blkq, blkk)
+
+
+@pytest.mark.parametrize("group, linear", [(2, False), (1, True)])
+def test_kernel_configs_and_no_linear_branch(kernels, group, linear):
+    _, sla_kernel = kernels
+    q, k, v = random_qkv(1, 300, 1, 64, seed=5)
+    w, b = proj_params(64) if linear else (None, None)
+    b = None  # proj without bias
+    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2)
+    out = sla_kernel.sla_forward(q, k, v, 0.7, w, b, 64, 64, config=cfg)
+    _check_kernel(out, q, k, v, 0.7, w, b, 64, 64)
+
+
+def test_kernel_keeps_one_block_when_topk_rounds_to_zero(kernels):
+    _, sla_kernel = kernels
+    q, k, v = random_qkv(1, 130, 1, 64, seed=7)  # 3 key blocks, int(0.1 * 3) = 0 -> 1
+    out = sla_kernel.sla_forward(q, k, v, 0.1, None, None, 128, 64)
+    assert torch.isfinite(out).all()
+    _check_kernel(out, q, k, v, 0.1, None, None, 128, 64)
+
+
+def test_backend_runs_the_kernel_in_the_interpreter(kernels):
+    q, k, v = random_qkv(2, 150, 1, 64, seed=9)
+    w, b = proj_params(64)
+    out = attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b)
+    # 128/64 is the backend's block map
+    _check_kernel(out, q, k, v, 0.5, w, b, 128, 64)
+
+
+# ---- dispatch, fallback, custom op -------------------------------------------------------------
+
+def test_cpu_runs_the_reference_with_one_log_line(caplog):
+    q, k, v = random_qkv(1, 50, 2, 16, torch.float32)
+    sla._logged.clear()
+    with caplog.at_level(logging.INFO, logger="turbovid.attention"):
+        out1 = attention.attention(q, k, v, "sla", topk=0.5)
+        out2 = attention.attention(q, k, v, "sla", topk=0.5)
+    lines = [r.getMessage() for r in caplog.records if "sla" in r.getMessage()]
+    assert len(lines) == 1 and "PyTorch reference" in lines[0]
+    assert torch.equal(out1, out2)
+    assert max_err(out1, ref.sla_reference(q, k, v, 0.5)) < 1e-6
+
+
+def test_auto_picks_sla_on_cpu():
+    assert attention.resolve_backend("auto", "cpu") == "sla"
+    assert attention.resolve_backend("sla", "cpu") == "sla"
+
+
+@pytest.mark.parametrize(
+    "shapes, topk, wshape, match",
+    [
+        (((1, 8, 2, 16), (1, 9, 2, 16)), 0.5, None, "one shape"),
+        (((1, 8, 2, 16), (1, 8, 2, 16)), 0.0, None, "sla_topk"),
+        (((1, 8, 2, 16), (1, 8, 2, 16)), 1.5, None, "sla_topk"),
+        (((1, 8, 2, 16), (1, 8, 2, 16)), 0.5, (8, 16), "proj_weight"),
+    ],
+)
+def test_bad_inputs_raise_one_line_errors(shapes, topk, wshape, match):
+    q = torch.randn(*shapes[0])
+    k = torch.randn(*shapes[1])
+    w = None if wshape is None else torch.randn(*wshape)
+    with pytest.raises(ValueError, match=match):
+        attention.attention(q, k, k, "sla", topk=topk, proj_weight=w)
+
+
+def test_custom_op_passes_opcheck_and_compiles():
+    q, k, v = random_qkv(1, 40, 2, 16, torch.float32)
+    w, b = proj_params(16)
+    torch.library.opcheck(torch.ops.turbovid.sla.default, (q, k, v, 0.5, w, b, 16, 16))
+
+    def f(q, k, v):
+        return attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b) * 2
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(q, k, v), f(q, k, v))

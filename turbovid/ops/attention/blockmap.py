@@ -1,0 +1,208 @@
+"""Block map and linear-branch statistics shared by the sla and sagesla kernels (Triton).
+
+Three launches, each one pass over its input:
+  key pass   over K (and V): per key block the mean of K; per chunk of blocks the partial sums of
+             K, of phi(K) = softmax_D(K), of phi(K)^T V (the linear branch's reduction) and of
+             max|V| per channel (sagesla's V scales). Chunk partials are summed afterwards
+             (deterministic; no atomics).
+  query pool over Q: per query block the mean of Q.
+  select     per group of query blocks: scores against the smoothed pooled keys (float32, exact),
+             then an exact top-k per row by bisection on the scores' order-preserving int32 keys,
+             written as an ascending list of block indices (ties keep the lower index).
+Layout: q, k, v are [B, L, H, D] with unit stride on D; statistics are per (b, h) row-major.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .sla_reference import keep_count
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
+
+
+@triton.jit
+def _key_pass_kernel(
+    K, V, PK, KSUM, PHISUM, KV, VMAX,
+    sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
+    L, H, NK, NCH, CHB,
+    D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr,
+):
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+    r = tl.arange(0, BLKK)
+    d = tl.arange(0, D)
+    k_sum = tl.zeros([D], dtype=tl.float32)
+    phi_sum = tl.zeros([D], dtype=tl.float32)
+    v_max = tl.zeros([D], dtype=tl.float32)
+    kv = tl.zeros([D, D], dtype=tl.float32)
+    for j in range(CHB):
+        blk = c * CHB + j
+        rows = blk * BLKK + r
+        row_ok = rows < L
+        k = tl.load(k_base + rows[:, None] * sk_l + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        blk_sum = tl.sum(k, 0)
+        count = tl.minimum(L - blk * BLKK, BLKK).to(tl.float32)
+        tl.store(PK + (bh * NK + blk).to(tl.int64) * D + d, blk_sum / count, mask=(blk + 0 * d) < NK)
+        k_sum += blk_sum
+        if LINEAR or VABSMAX:
+            v = tl.load(v_base + rows[:, None] * sv_l + d[None, :], mask=row_ok[:, None], other=0.0)
+        if LINEAR:
+            e = tl.exp(k - tl.max(k, 1)[:, None])
+            phi = e / tl.sum(e, 1)[:, None]
+            phi = tl.where(row_ok[:, None], phi, 0.0)
+            phi_sum += tl.sum(phi, 0)
+            kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv)  # (D, BLKK) @ (BLKK, D)
+        if VABSMAX:
+            v_max = tl.maximum(v_max, tl.max(tl.abs(v.to(tl.float32)), 0))
+    part = (bh * NCH + c).to(tl.int64)
+    tl.store(KSUM + part * D + d, k_sum)
+    if LINEAR:
+        tl.store(PHISUM + part * D + d, phi_sum)
+        tl.store(KV + part * D * D + d[:, None] * D + d[None, :], kv)
+    if VABSMAX:
+        tl.store(VMAX + part * D + d, v_max)
+
+
+@triton.jit
+def _pool_kernel(X, P, sx_b, sx_l, sx_h, L, H, NB, D: tl.constexpr, BLK: tl.constexpr):
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    base = X + (bh // H).to(tl.int64) * sx_b + (bh % H).to(tl.int64) * sx_h
+    rows = blk * BLK + tl.arange(0, BLK)
+    d = tl.arange(0, D)
+    x = tl.load(base + rows[:, None] * sx_l + d[None, :], mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    count = tl.minimum(L - blk * BLK, BLK).to(tl.float32)
+    tl.store(P + (bh * NB + blk).to(tl.int64) * D + d, tl.sum(x, 0) / count)
+
+
+@triton.jit
+def _select_kernel(
+    PQ, PK, KMEAN, S, LUT,
+    NQ, NK, KK, S_ROWS, S_STRIDE,
+    D: tl.constexpr, QT: tl.constexpr, CN: tl.constexpr, NKP: tl.constexpr, RS: tl.constexpr,
+):
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    d = tl.arange(0, D)
+    q_rows = t * QT + tl.arange(0, QT)
+    pq = tl.load(PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D + d[None, :], mask=q_rows[:, None] < NQ, other=0.0)
+    k_mean = tl.load(KMEAN + bh * D + d)
+    s_base = S + (bh * S_ROWS + t * QT).to(tl.int64) * S_STRIDE
+    # 1. scores of QT query blocks against all key blocks, CN at a time, through a scratch row
+    for c0 in range(0, NK, CN):
+        cols = c0 + tl.arange(0, CN)
+        pk = tl.load(PK + (bh * NK + cols)[:, None].to(tl.int64) * D + d[None, :], mask=cols[:, None] < NK, other=0.0)
+        s = tl.dot(pq, tl.trans(pk - k_mean[None, :]), input_precision="ieee")  # (QT, CN)
+        tl.store(s_base + tl.arange(0, QT)[:, None] * S_STRIDE + cols[None, :], s)
+    tl.debug_barrier()
+    # 2. exact top-KK per row: int32 keys whose signed order is the float order
+    cols = tl.arange(0, NKP)
+    col_ok = cols < NK
+    for r0 in tl.static_range(0, QT, RS):
+        rows = r0 + tl.arange(0, RS)
+        s = tl.load(s_base + rows[:, None] * S_STRIDE + cols[None, :], mask=col_ok[None, :], other=0.0)
+        bits = s.to(tl.int32, bitcast=True)
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        key = tl.where(col_ok[None, :], key, -2147483648)
+        # bisection for the KK-th largest key: the largest t with count(key >= t) >= KK
+        lo = tl.full([RS], -2147483648, tl.int64)
+        hi = tl.full([RS], 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            enough = tl.sum((key >= mid[:, None]).to(tl.int32), 1) >= KK
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        above = key > lo[:, None]
+        tie = (key == lo[:, None]) & col_ok[None, :]
+        need = KK - tl.sum(above.to(tl.int32), 1)
+        keep = above | (tie & (tl.cumsum(tie.to(tl.int32), 1) <= need[:, None]))
+        pos = tl.cumsum(keep.to(tl.int32), 1) - 1
+        q_idx = t * QT + rows
+        dst = LUT + (bh * NQ + q_idx)[:, None].to(tl.int64) * KK + pos
+        tl.store(dst, cols[None, :] + 0 * rows[:, None], mask=keep & (q_idx[:, None] < NQ))
+
+
+@dataclass
+class BlockStats:
+    """Per (b, h) statistics from one pass over Q, K, V; leading dim is B * H."""
+
+    lut: torch.Tensor  # int32 (B*H, nq, kk): kept key blocks per query block, ascending
+    kk: int
+    k_mean: torch.Tensor  # float32 (B*H, D): token mean of K
+    kv: torch.Tensor | None  # (B*H, D, D) in q's dtype: phi(K)^T V / L
+    phi_sum: torch.Tensor | None  # float32 (B*H, D): sum_t phi(K) / L
+    v_absmax: torch.Tensor | None  # float32 (B*H, D): max_t |V| per channel
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: few programs keep the CPU tests fast
+
+
+def block_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    blkq: int,
+    blkk: int,
+    linear: bool = True,
+    v_absmax: bool = False,
+) -> BlockStats:
+    B, L, H, D = q.shape
+    BH = B * H
+    nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
+    kk = keep_count(topk, nk)
+    dev = q.device
+    f32 = dict(dtype=torch.float32, device=dev)
+
+    # 1. key pass: about two programs per SM, each over a contiguous chunk of key blocks
+    chb = triton.cdiv(nk, max(1, min(nk, triton.cdiv(2 * _num_sms(dev), BH))))
+    nch = triton.cdiv(nk, chb)
+    pk = torch.empty(BH, nk, D, **f32)
+    k_sum = torch.empty(BH, nch, D, **f32)
+    phi_sum = torch.empty(BH, nch, D, **f32) if linear else k_sum
+    kv = torch.empty(BH, nch, D, D, **f32) if linear else k_sum
+    v_max = torch.empty(BH, nch, D, **f32) if v_absmax else k_sum
+    _key_pass_kernel[(nch, BH)](
+        k, v, pk, k_sum, phi_sum, kv, v_max,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        L, H, nk, nch, chb,
+        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, num_warps=4,
+    )
+    k_mean = k_sum.sum(1) / L
+
+    # 2. query pool
+    pq = torch.empty(BH, nq, D, **f32)
+    _pool_kernel[(nq, BH)](q, pq, q.stride(0), q.stride(1), q.stride(2), L, H, nq, D=D, BLK=blkq, num_warps=4)
+
+    # 3. scores + top-k
+    QT, CN = 16, 64
+    n_tiles = triton.cdiv(nq, QT)
+    s_stride = triton.cdiv(nk, CN) * CN
+    scratch = torch.empty(BH, n_tiles * QT, s_stride, **f32)
+    lut = torch.empty(BH, nq, kk, dtype=torch.int32, device=dev)
+    _select_kernel[(n_tiles, BH)](
+        pq, pk, k_mean, scratch, lut,
+        nq, nk, kk, n_tiles * QT, s_stride,
+        # RS rows per selection step: few on a GPU (registers), all in the interpreter (fewer steps)
+        D=D, QT=QT, CN=CN, NKP=max(16, triton.next_power_of_2(nk)), RS=QT if INTERPRETED else 4, num_warps=4,
+    )
+    return BlockStats(
+        lut=lut,
+        kk=kk,
+        k_mean=k_mean,
+        kv=(kv.sum(1) / L).to(q.dtype) if linear else None,
+        phi_sum=phi_sum.sum(1) / L if linear else None,
+        v_absmax=v_max.amax(1) if v_absmax else None,
+    )

@@ -1,0 +1,118 @@
+"""The "sla" attention backend: sparse-linear attention through Triton, PyTorch reference elsewhere.
+
+Registered as the custom op `turbovid::sla` (with a fake implementation) so torch.compile traces
+the DiT through it. proj_weight None skips the linear branch (a zero-initialised proj_l with zero
+bias contributes nothing either, so this is the same function and saves the work).
+"""
+import logging
+from typing import Optional
+
+import torch
+
+from . import Backend, register_backend
+from .sla_reference import check_topk, sla_reference
+
+log = logging.getLogger("turbovid.attention")
+
+BLKQ, BLKK = 128, 64  # block map of TurboDiffusion's SLA inference (query blocks, key blocks)
+KERNEL_HEAD_DIMS = (64, 128)  # other head dims run the reference (logged once)
+
+_logged: set[str] = set()
+_cpu_interpreter = False  # tests opt in; elsewhere CPU tensors always take the reference
+
+
+def log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.info(message)
+
+
+def allow_interpreter(flag: bool) -> None:
+    """Let CPU tensors run the kernels in Triton's interpreter (tests; needs TRITON_INTERPRET=1 at import)."""
+    global _cpu_interpreter
+    _cpu_interpreter = bool(flag)
+
+
+def kernel_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
+    """None when the Triton kernels can run on `device`, else a one-line reason."""
+    if head_dim not in KERNEL_HEAD_DIMS:
+        return f"the kernels support head_dim {KERNEL_HEAD_DIMS}, got {head_dim}"
+    try:
+        # Looked up by attribute at call time, so tests can reload them under TRITON_INTERPRET=1.
+        from . import sagesla_kernel, sla_kernel
+    except ImportError as e:
+        return f"triton is not importable ({e}); pip install 'turbovid[triton]'"
+    interpreted = sla_kernel.INTERPRETED or sagesla_kernel.INTERPRETED
+    if device.type == "cuda":
+        return "the kernels were loaded under TRITON_INTERPRET=1" if interpreted else None
+    if device.type == "cpu" and interpreted and _cpu_interpreter:
+        return None
+    return f"the Triton kernels need a CUDA device, got {device.type}"
+
+
+def check_inputs(q, k, v, topk, proj_weight, proj_bias) -> None:
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"sla expects q, k, v of one shape [B, L, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise ValueError(f"sla expects q, k, v of one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    D = q.shape[-1]
+    check_topk(topk)
+    if proj_weight is not None and tuple(proj_weight.shape) != (D, D):
+        raise ValueError(f"sla proj_weight must be [{D}, {D}] (proj_l of the layer), got {tuple(proj_weight.shape)}")
+    if proj_bias is not None and (proj_weight is None or tuple(proj_bias.shape) != (D,)):
+        raise ValueError(f"sla proj_bias must be [{D}] and come with proj_weight, got {tuple(proj_bias.shape)}")
+
+
+def kernel_inputs(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """fp16/bf16 with unit stride on D, as the kernels want; float32 computes in bf16 (as the reference does)."""
+    out = []
+    for x in xs:
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            x = x.to(torch.bfloat16)
+        out.append(x if x.stride(-1) == 1 else x.contiguous())
+    return out
+
+
+@torch.library.custom_op("turbovid::sla", mutates_args=())
+def sla_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int,
+    blkk: int,
+) -> torch.Tensor:
+    reason = kernel_unavailable(q.device, q.shape[-1])
+    if reason is not None:
+        log_once(f"sla: running the PyTorch reference ({reason})")
+        return sla_reference(q, k, v, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+    from . import sla_kernel
+
+    qk, kk, vk = kernel_inputs(q, k, v)
+    return sla_kernel.sla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+
+
+@sla_op.register_fake
+def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
+    return q.new_empty(q.shape)
+
+
+def sla_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int = BLKQ,
+    blkk: int = BLKK,
+) -> torch.Tensor:
+    """Sparse-linear attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype."""
+    check_inputs(q, k, v, topk, proj_weight, proj_bias)
+    return sla_op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+
+
+register_backend(Backend("sla", sla_attention, lambda device: None))

@@ -1,0 +1,164 @@
+"""SLA forward as one Triton attention kernel (bf16/fp16), plus the block-map launches of blockmap.py.
+
+One program per (query block of BLOCK_M = blkq tokens, b, h):
+  1. online-softmax attention over the kept key blocks (ascending, from the block map), GROUP
+     blocks of BLKK keys gathered into one BLOCK_N = GROUP * BLKK tile per step; only the last
+     tile can be partial or hold the ragged last key block, so only it is masked;
+  2. epilogue, fused: the linear branch for the same queries, phi(q) @ (phi(K)^T V) /
+     (phi(q) . sum phi(K)), then proj_l (x @ W^T + b), added to the sparse output; one store.
+Consecutive programs share (b, h), so the gathered K/V blocks of a head stay in L2.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import blockmap
+from .sla_reference import LINEAR_EPS
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tile(
+    acc, l_i, m_i, q, k_base, v_base, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
+    D: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr,
+):
+    BLOCK_N: tl.constexpr = GROUP * BLKK
+    r = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, D)
+    sub = r // BLKK
+    blk = tl.zeros([BLOCK_N], dtype=tl.int32)
+    for g in tl.static_range(GROUP):
+        if MASKED:
+            b_g = tl.load(lut_row + t * GROUP + g, mask=t * GROUP + g < KK, other=0)
+        else:
+            b_g = tl.load(lut_row + t * GROUP + g)
+        blk = tl.where(sub == g, b_g, blk)
+    keys = blk * BLKK + r % BLKK
+    if MASKED:
+        ok = (t * GROUP + sub < KK) & (keys < L)
+        k = tl.load(k_base + keys[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_base + keys[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + keys[:, None] * sk_l + d[None, :])
+        v = tl.load(v_base + keys[:, None] * sv_l + d[None, :])
+    s = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) float32
+    if MASKED:
+        s = tl.where(ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """o + proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)); kv and phi_sum come pre-divided by L."""
+    d = tl.arange(0, D)
+    qf = q.to(tl.float32)
+    e = tl.exp(qf - tl.max(qf, 1)[:, None])
+    phi = e / tl.sum(e, 1)[:, None]
+    kv = tl.load(KV + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
+    num = tl.dot(phi.to(kv.dtype), kv)
+    phi_sum = tl.load(PHISUM + bh * D + d)
+    lin = num / (tl.sum(phi * phi_sum[None, :], 1) + lin_eps)[:, None]
+    wt = tl.load(WT + d[:, None] * D + d[None, :])  # W^T: (in, out)
+    lin = tl.dot(lin.to(wt.dtype), wt)
+    if HAS_BIAS:
+        lin += tl.load(BIAS + d)[None, :]
+    return o + lin
+
+
+@triton.jit
+def _sla_fwd_kernel(
+    Q, K, V, O, LUT, KV, PHISUM, WT, BIAS,
+    sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
+    L, H, NQ, KK, qk_scale, lin_eps,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+    lut_row = LUT + (bh * NQ + pid_m).to(tl.int64) * KK
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    n_tiles = tl.cdiv(KK, GROUP)
+    for t in range(n_tiles - 1):
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
+                              D, BLKK, GROUP, False)
+    acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, lut_row, n_tiles - 1, sk_l, sv_l, L, KK, qk_scale,
+                          D, BLKK, GROUP, True)
+    o = acc / l_i[:, None]
+    if LINEAR:
+        o = _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D, HAS_BIAS)
+    tl.store(O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :], o.to(O.dtype.element_ty), mask=rows[:, None] < L)
+
+
+@dataclass(frozen=True)
+class Config:
+    group: int = 1  # key blocks per tile (BLOCK_N = group * blkk)
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def default_config(head_dim: int, device: torch.device) -> Config:
+    # Measured on H100 (benchmarks/bench_attention.py sweeps these); other chips take the same.
+    if head_dim <= 64:
+        return Config(group=2, num_warps=4, num_stages=3)
+    return Config(group=1, num_warps=8, num_stages=3)
+
+
+def sla_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    proj_weight: torch.Tensor | None,
+    proj_bias: torch.Tensor | None,
+    blkq: int = 128,
+    blkk: int = 64,
+    config: Config | None = None,
+    stats: blockmap.BlockStats | None = None,
+) -> torch.Tensor:
+    """SLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
+    B, L, H, D = q.shape
+    cfg = config or default_config(D, q.device)
+    linear = proj_weight is not None
+    if stats is None:
+        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear)
+    nq = triton.cdiv(L, blkq)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if linear:
+        wt = proj_weight.t().to(q.dtype).contiguous()
+        bias = proj_bias.float().contiguous() if proj_bias is not None else wt
+        kv, phi_sum = stats.kv, stats.phi_sum
+    else:
+        wt = bias = kv = phi_sum = q  # unused pointers
+    _sla_fwd_kernel[(nq, B * H)](
+        q, k, v, out, stats.lut, kv, phi_sum, wt, bias,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
+        D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LINEAR=linear, HAS_BIAS=proj_bias is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
