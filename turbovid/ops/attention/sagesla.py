@@ -1,0 +1,79 @@
+"""The "sagesla" attention backend: SLA with int8 Q.K^T and fp8 P.V (Triton; Hopper, Ada, Blackwell).
+
+Same block map granularity as the reference SageSLA on Hopper (query blocks of 64, key blocks of
+128) and the same linear branch as sla. Registered as the custom op `turbovid::sagesla`. On a GPU
+without fp8 (before Ada) or without Triton it runs sla instead, on the CPU the sla reference; each
+fallback logs one line. `unavailable` names the reason, so "auto" picks sla there.
+"""
+from typing import Optional
+
+import torch
+
+from . import Backend, register_backend, sla
+from .sla import check_inputs, kernel_inputs, kernel_unavailable, log_once, sla_op
+
+BLKQ, BLKK = 64, 128
+
+
+def fp8_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
+    """None when the sagesla kernel can run on `device`, else a one-line reason."""
+    reason = kernel_unavailable(device, head_dim)
+    if reason is not None or device.type != "cuda":
+        return reason
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return f"fp8 tensor cores need sm89+ (Ada, Hopper, Blackwell), this GPU is sm{major}{minor}"
+    return None
+
+
+@torch.library.custom_op("turbovid::sagesla", mutates_args=())
+def sagesla_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int,
+    blkk: int,
+) -> torch.Tensor:
+    reason = fp8_unavailable(q.device, q.shape[-1])
+    if reason is not None:
+        # sla's own block map, as the reference SageSLA uses off Hopper
+        log_once(f"sagesla: running sla instead ({reason})")
+        return sla_op(q, k, v, topk, proj_weight, proj_bias, sla.BLKQ, sla.BLKK)
+    from . import sagesla_kernel
+
+    qk, kk, vk = kernel_inputs(q, k, v)
+    return sagesla_kernel.sagesla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+
+
+@sagesla_op.register_fake
+def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
+    return q.new_empty(q.shape)
+
+
+def sagesla_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int = BLKQ,
+    blkk: int = BLKK,
+) -> torch.Tensor:
+    """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype."""
+    check_inputs(q, k, v, topk, proj_weight, proj_bias)
+    return sagesla_op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+
+
+def _unavailable(device: torch.device) -> Optional[str]:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"sagesla needs a CUDA GPU with fp8 (sm89+), got {device.type}"
+    return fp8_unavailable(device)
+
+
+register_backend(Backend("sagesla", sagesla_attention, _unavailable))
