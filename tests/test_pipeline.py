@@ -1,0 +1,167 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_fakes import FakeDiT, FakeTextEncoder, FakeVAE, fake_pipeline
+from turbovid.options import WAN_NEGATIVE_PROMPT, GenerationRequest, PipelineOptions
+from turbovid.pipeline import OutOfMemory, Pipeline, UsageError, check_options, resolve_request
+from turbovid.sampling import rcm_schedule
+
+SMALL = dict(resolution="128p", aspect_ratio="1:1", num_frames=5)
+
+
+def test_defaults_depend_on_model_and_sampler():
+    r = resolve_request(GenerationRequest(), "Wan2.1-1.3B", "rcm")
+    assert (r.prompt, r.num_steps, r.resolution, r.num_frames, r.seed, r.negative_prompt) == (
+        "A cat playing piano", 4, "480p", 81, 42, None)
+    e = resolve_request(GenerationRequest(), "Wan2.1-14B", "euler")
+    assert (e.num_steps, e.guidance_scale, e.shift, e.negative_prompt) == (50, 5.0, 5.0, WAN_NEGATIVE_PROMPT)
+    t = resolve_request(GenerationRequest(), "tiny-random", "rcm")
+    assert (t.resolution, t.num_frames) == ("128p", 9)
+    # explicit values are kept
+    assert resolve_request(GenerationRequest(num_frames=5, resolution="720p"), "tiny-random").num_frames == 5
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt="  \n"), "prompt is empty"),
+    (dict(num_frames=80), "4n+1"),
+    (dict(num_frames=0), "4n+1"),
+    (dict(num_frames=-3), "4n+1"),
+    (dict(num_steps=0), "between 1 and 4"),
+    (dict(num_steps=5), "between 1 and 4"),
+    (dict(resolution="1080p"), "unknown --resolution '1080p'; choose one of 480p, 720p"),
+    (dict(aspect_ratio="2:1"), "unknown --aspect_ratio '2:1'"),
+    (dict(seed=-1), "--seed"),
+    (dict(num_samples=0), "--num_samples"),
+    (dict(sigma_max=0.0), "--sigma_max"),
+    (dict(shift=-1.0), "--shift"),
+])
+def test_bad_requests_name_the_fix(change, message):
+    with pytest.raises(UsageError, match=message.replace("+", r"\+")):
+        resolve_request(dataclasses.replace(GenerationRequest(), **change))
+
+
+def test_num_frames_error_suggests_neighbours():
+    with pytest.raises(UsageError, match="try 77 or 81"):
+        resolve_request(GenerationRequest(num_frames=80))
+
+
+def test_euler_allows_many_steps():
+    assert resolve_request(GenerationRequest(num_steps=50), sampler="euler").num_steps == 50
+    with pytest.raises(UsageError, match="between 1 and 1000"):
+        resolve_request(GenerationRequest(num_steps=1001), sampler="euler")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(model="Wan9"), "unknown --model 'Wan9'"),
+    (dict(attention="flash"), "unknown --attention"),
+    (dict(quant="fp4"), "unknown --quant"),
+    (dict(sampler="ddim"), "unknown --sampler"),
+    (dict(vae_tiling="maybe"), "unknown --vae-tiling"),
+    (dict(sla_topk=0.0), "--sla_topk"),
+])
+def test_bad_options(change, message):
+    with pytest.raises(UsageError, match=message):
+        check_options(dataclasses.replace(PipelineOptions(), **change))
+
+
+def test_generate_frames_timings_and_calls():
+    pipe = fake_pipeline()
+    events = []
+    res = pipe.generate(GenerationRequest(prompt="a fox", num_steps=3, **SMALL), progress=lambda *e: events.append(e))
+    assert len(res.videos) == 1
+    assert res.frames.shape == (5, 128, 128, 3) and res.frames.dtype == np.uint8
+    t = res.timings
+    assert set(t) == {"text_encoding", "sampling", "steps", "vae_decode", "total"}
+    assert len(t["steps"]) == 3 and all(s >= 0 for s in t["steps"])
+    assert t["total"] >= t["text_encoding"] + t["sampling"] + t["vae_decode"] - 1e-6
+    # rcm: one network call per step, at the schedule's times, no negative prompt
+    assert pipe.text_encoder.prompts == [["a fox"]]
+    times = [c[2][0].item() for c in pipe.dit.calls]
+    assert times == pytest.approx([1000 * v for v in rcm_schedule(3).tolist()[:3]], rel=1e-6)
+    assert pipe.dit.calls[0][0] == (1, 16, 2, 16, 16)
+    assert events[0] == ("encode", 0, 1) and events[-1] == ("decode", 1, 1)
+    assert [e for e in events if e[0] == "sample"] == [("sample", i, 3) for i in range(4)]
+    assert pipe.vae.tiling == ["auto"]
+    assert res.request.num_steps == 3 and res.settings["model"] == "tiny-random"
+
+
+def test_euler_uses_cfg_with_the_negative_prompt():
+    pipe = fake_pipeline(sampler="euler")
+    pipe.generate(GenerationRequest(prompt="a fox", num_steps=2, **SMALL))
+    assert pipe.text_encoder.prompts == [["a fox", WAN_NEGATIVE_PROMPT]]
+    assert len(pipe.dit.calls) == 4  # conditional + unconditional per step
+    ctx_means = [c[3] for c in pipe.dit.calls[:2]]
+    assert ctx_means[0] != ctx_means[1]
+    pipe.dit.calls.clear()
+    pipe.generate(GenerationRequest(prompt="a fox", num_steps=2, guidance_scale=1.0, **SMALL))
+    assert len(pipe.dit.calls) == 2
+
+
+def test_seed_reproducibility_and_samples():
+    pipe = fake_pipeline()
+    a = pipe.generate(GenerationRequest(seed=1, **SMALL)).frames
+    b = pipe.generate(GenerationRequest(seed=1, **SMALL)).frames
+    c = pipe.generate(GenerationRequest(seed=2, **SMALL)).frames
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    two = pipe.generate(GenerationRequest(seed=1, num_samples=2, **SMALL))
+    assert len(two.videos) == 2 and not np.array_equal(two.videos[0], two.videos[1])
+    assert pipe.dit.calls[-1][0][0] == 2
+
+
+def test_offload_moves_models_only_while_used():
+    enc = FakeTextEncoder()
+    pipe = Pipeline(FakeDiT(), enc, FakeVAE(), offload=True)
+    pipe.device = torch.device("meta")  # pretend the accelerator is elsewhere; record where models go
+    enc.devices.clear()
+    with pipe._on_device(enc):
+        assert enc.devices == ["meta"]
+    assert enc.devices == ["meta", "cpu"]
+    pipe.offload = False
+    enc.devices.clear()
+    with pipe._on_device(enc):
+        pass
+    assert enc.devices == []
+
+
+def test_cuda_oom_becomes_a_one_line_suggestion():
+    pipe = fake_pipeline()
+
+    def boom(*a, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB")
+
+    pipe.dit.forward = boom
+    with pytest.raises(OutOfMemory, match="during sampling.*--offload.*--quant int8") as info:
+        pipe.generate(GenerationRequest(**SMALL))
+    assert isinstance(info.value, torch.cuda.OutOfMemoryError)  # callers catching CUDA OOM still do
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_sidecar_fields():
+    pipe = fake_pipeline()
+    res = pipe.generate(GenerationRequest(prompt="a fox", seed=9, **SMALL))
+    meta = res.metadata(0, "v.mp4", {"load": 1.5})
+    assert meta["prompt"] == "a fox" and meta["seed"] == 9 and meta["video"] == "v.mp4"
+    assert meta["settings"]["num_frames"] == 5 and meta["settings"]["width"] == 128 and meta["settings"]["fps"] == 16
+    assert meta["timings"]["load"] == 1.5 and len(meta["timings"]["steps"]) == 4
+    assert meta["version"] and "noise" in meta["note"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Pipeline.from_options(PipelineOptions(model="tiny-random", device="cpu"))
+
+
+def test_tiny_random_pipeline_end_to_end(tiny):
+    req = GenerationRequest(prompt="a red fox", num_frames=1, resolution="128p", aspect_ratio="1:1", num_steps=2)
+    a = tiny.generate(req)
+    assert a.frames.shape == (1, 128, 128, 3) and a.frames.dtype == np.uint8
+    assert a.frames.std() > 0  # random weights still move the pixels
+    b = tiny.generate(req)
+    c = tiny.generate(dataclasses.replace(req, seed=43))
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    assert tiny.settings["model"] == "tiny-random" and tiny.settings["attention"] in ("dense", "sla", "sagesla")

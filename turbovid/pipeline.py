@@ -1,0 +1,446 @@
+"""Prompt -> video frames: the one API the CLI, the server and benchmarks call.
+
+    pipe = Pipeline.from_options(PipelineOptions(model="Wan2.1-1.3B"))
+    result = pipe.generate(GenerationRequest(prompt="A cat playing piano", seed=1))
+    result.frames  # uint8 [T, H, W, 3]; result.timings: seconds per stage
+
+Models are loaded once and reused for every request.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from turbovid import hub
+from turbovid.configs import DIT_PRESETS
+from turbovid.io import to_uint8_frames
+from turbovid.loading.common import CheckpointError
+from turbovid.options import (
+    ASPECT_RATIOS, ATTENTIONS, DTYPES, QUANTS, RESOLUTIONS, SAMPLERS, VAE_TILING, WAN_NEGATIVE_PROMPT,
+    GenerationRequest, PipelineOptions,
+)
+from turbovid.sampling import RCM_MAX_STEPS, cfg_velocity, sample_flow_euler, sample_rcm
+
+log = logging.getLogger("turbovid.pipeline")
+
+__all__ = ["Pipeline", "GenerationRequest", "GenerationResult", "PipelineOptions", "UsageError", "OutOfMemory"]
+
+TINY = "tiny-random"
+TINY_NOTE = "tiny-random model: random weights, the video is noise (for smoke tests only)"
+LATENT_CHANNELS = 16
+VAE_STRIDE = (4, 8, 8)  # temporal, height, width
+SIZE_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
+MAX_EULER_STEPS = 1000
+INT8_AUTO_BELOW_GIB = 40  # TurboDiffusion: unquantized weights on GPUs with more than 40 GB
+
+# Callback for progress: (stage, done, total); stages: "load", "encode", "sample", "decode".
+Progress = Callable[[str, int, int], None]
+
+
+class UsageError(ValueError):
+    """Bad input from the user; the message names the fix."""
+
+
+class OutOfMemory(UsageError, torch.cuda.OutOfMemoryError):
+    """The GPU ran out of memory; the message suggests settings that need less (still a CUDA OOM to callers)."""
+
+
+@dataclass
+class GenerationResult:
+    videos: list[np.ndarray]  # one uint8 [T, H, W, 3] per sample
+    request: GenerationRequest  # with every default filled in
+    timings: dict  # seconds: text_encoding, sampling, steps [...], vae_decode, total
+    settings: dict = field(default_factory=dict)  # the pipeline's model settings
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.videos[0]
+
+    def metadata(self, index: int = 0, video_name: str | None = None, extra_timings: dict | None = None) -> dict:
+        """The JSON sidecar of sample `index`: prompt, seed, every setting, timings and versions."""
+        import datetime
+        import platform
+
+        from turbovid import __version__
+        from turbovid.io import FPS
+
+        req = self.request
+        h, w = self.videos[index].shape[1:3]
+        out = {
+            "video": video_name,
+            "prompt": req.prompt,
+            "seed": req.seed,
+            "sample": index,
+            "settings": {**dataclasses.asdict(req), **self.settings, "width": w, "height": h, "fps": FPS},
+            "timings": {**(extra_timings or {}), **self.timings},
+            "version": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.settings.get("model") == TINY:
+            out["note"] = TINY_NOTE
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _gpu_gib(device: torch.device) -> float:
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def check_options(opts: PipelineOptions) -> None:
+    """Validate pipeline options before anything is loaded."""
+    checks = [
+        ("--model", opts.model, tuple(DIT_PRESETS)),
+        ("--sampler", opts.sampler, SAMPLERS),
+        ("--attention", opts.attention, ATTENTIONS),
+        ("--quant", opts.quant, QUANTS),
+        ("--dtype", opts.dtype, DTYPES),
+        ("--vae-tiling", opts.vae_tiling, VAE_TILING),
+    ]
+    for flag, value, choices in checks:
+        if value not in choices:
+            raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
+    if not 0 < opts.sla_topk <= 1:
+        raise UsageError(f"--sla_topk must be in (0, 1], got {opts.sla_topk}")
+
+
+def _has_int8(module: torch.nn.Module) -> bool:
+    return any(b.dtype == torch.int8 for b in module.buffers())
+
+
+def request_defaults(model: str, sampler: str) -> dict:
+    """Values of the request fields left None; the tiny model defaults to a CPU-sized video."""
+    tiny = model == TINY
+    return {
+        "num_steps": RCM_MAX_STEPS if sampler == "rcm" else 50,
+        "resolution": "128p" if tiny else "480p",
+        "num_frames": 9 if tiny else 81,
+        "negative_prompt": WAN_NEGATIVE_PROMPT if sampler == "euler" else None,
+    }
+
+
+def resolve_request(request: GenerationRequest, model: str = "Wan2.1-1.3B", sampler: str = "rcm") -> GenerationRequest:
+    """Check a request and fill its unset fields for `model` and `sampler`; raises UsageError naming the fix."""
+    fill = {k: v for k, v in request_defaults(model, sampler).items() if getattr(request, k) is None}
+    req = dataclasses.replace(request, **fill)
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise UsageError("the prompt is empty; pass --prompt \"what the video shows\"")
+    max_steps = RCM_MAX_STEPS if sampler == "rcm" else MAX_EULER_STEPS
+    if not 1 <= req.num_steps <= max_steps:
+        hint = " (rCM is distilled for 1-4 steps; use --sampler euler for more)" if sampler == "rcm" else ""
+        raise UsageError(f"--num_steps must be between 1 and {max_steps}, got {req.num_steps}{hint}")
+    if req.resolution not in RESOLUTIONS:
+        raise UsageError(f"unknown --resolution {req.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
+    if req.aspect_ratio not in ASPECT_RATIOS:
+        raise UsageError(f"unknown --aspect_ratio {req.aspect_ratio!r}; choose one of {', '.join(ASPECT_RATIOS)}")
+    if req.num_frames < 1 or (req.num_frames - 1) % VAE_STRIDE[0]:
+        lo = (max(1, req.num_frames) - 1) // 4 * 4 + 1
+        raise UsageError(f"--num_frames must be 4n+1 (1, 5, 9, ..., 81), got {req.num_frames}; try {lo} or {lo + 4}")
+    if not 0 <= req.seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2^63-1, got {req.seed}")
+    if not 1 <= req.num_samples <= 64:
+        raise UsageError(f"--num_samples must be between 1 and 64, got {req.num_samples}")
+    if not req.sigma_max > 0:
+        raise UsageError(f"--sigma_max must be positive, got {req.sigma_max}")
+    if not req.shift > 0:
+        raise UsageError(f"--shift must be positive, got {req.shift}")
+    if not req.guidance_scale >= 0:
+        raise UsageError(f"--guidance_scale must be >= 0, got {req.guidance_scale}")
+    return req
+
+
+class Pipeline:
+    """Holds a loaded DiT, text encoder and VAE; `generate` turns requests into videos."""
+
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        text_encoder,
+        vae,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sampler: str = "rcm",
+        offload: bool = False,
+        vae_tiling: str = "auto",
+        model_name: str = "custom",
+        settings: dict | None = None,
+    ):
+        if sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.dit, self.text_encoder, self.vae = dit, text_encoder, vae
+        self.device, self.dtype = torch.device(device), dtype
+        self.sampler, self.offload, self.vae_tiling = sampler, offload, vae_tiling
+        self.model_name = model_name
+        self.load_seconds = 0.0
+        self.settings = {
+            "model": model_name, "sampler": sampler, "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
+            "offload": offload, "vae_tiling": vae_tiling, **(settings or {}),
+        }
+        home = torch.device("cpu") if offload else self.device
+        for m in (dit, text_encoder, vae):
+            m.to(home)
+        for m in (dit, vae):
+            if isinstance(m, torch.nn.Module):
+                m.eval()
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_options(cls, opts: PipelineOptions, progress: Progress | None = None, resolution: str = "480p") -> "Pipeline":
+        """Find (or download) the weights named by `opts` and load them.
+
+        `resolution` picks between checkpoints trained for 480p and 720p where a model has both (14B).
+        """
+        start = time.perf_counter()
+        check_options(opts)
+        device = _resolve_device(opts.device)
+        dtype = _resolve_dtype(opts.dtype, device)
+        attention = cls._pick_attention(opts, device)
+        int8 = opts.quant == "int8" or (opts.quant == "auto" and device.type == "cuda" and _gpu_gib(device) < INT8_AUTO_BELOW_GIB)
+        # load_dit: "int8" quantizes float weights on load, "none" dequantizes an int8 file, None keeps the file's
+        quant = "int8" if int8 else ("none" if opts.quant == "none" else None)
+        home = "cpu" if opts.offload else device
+        step = progress or (lambda *a: None)
+        try:
+            if opts.model == TINY and not any((opts.dit_path, opts.text_encoder_path, opts.vae_path)):
+                log.warning(TINY_NOTE)
+                dit, text_encoder, vae = cls._build_tiny(attention, home, dtype, step)
+                paths = {}
+                if quant == "int8":
+                    from turbovid.ops.quant import swap_linears
+
+                    for block in dit.blocks:
+                        swap_linears(block, skip=("proj_l",))
+            else:
+                paths = cls._checkpoint_paths(opts, int8, resolution)
+                dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, dtype, step)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise OutOfMemory(
+                "CUDA out of memory while loading the models; use --offload, --quant int8 or a smaller --model"
+            ) from None
+        dit.set_attention(attention, opts.sla_topk)
+        pipe = cls(
+            dit, text_encoder, vae, device=device, dtype=dtype, sampler=opts.sampler, offload=opts.offload,
+            vae_tiling=opts.vae_tiling, model_name=opts.model,
+            settings={
+                "attention": attention, "sla_topk": opts.sla_topk, "quant": "int8" if _has_int8(dit) else "none",
+                "checkpoints": {k: str(v) for k, v in paths.items()},
+            },
+        )
+        pipe.load_seconds = time.perf_counter() - start
+        return pipe
+
+    @staticmethod
+    def _pick_attention(opts: PipelineOptions, device: torch.device) -> str:
+        from turbovid.ops.attention import resolve_backend
+
+        if opts.attention == "auto" and opts.sampler == "euler":
+            return "dense"  # base weights were not fine-tuned for sparse attention
+        try:
+            return resolve_backend(opts.attention, device)
+        except (RuntimeError, ImportError) as e:
+            raise UsageError(f"{e}; use --attention dense or auto") from None
+
+    @staticmethod
+    def _checkpoint_paths(opts: PipelineOptions, int8: bool, resolution: str) -> dict[str, Path]:
+        """Explicit paths must exist; the rest come from the checkpoint folder, downloaded if missing."""
+        ckpt = Path(opts.checkpoint_dir)
+        explicit = {"dit": opts.dit_path, "text_encoder": opts.text_encoder_path, "vae": opts.vae_path,
+                    "tokenizer": opts.tokenizer_path}
+        for name, p in explicit.items():
+            if p is not None and not Path(p).exists():
+                raise CheckpointError(f"{p}: file not found (given as --{name}_path)")
+        if opts.model not in hub.BASE_REPOS and not (opts.dit_path and opts.text_encoder_path and opts.vae_path):
+            raise UsageError(f"--model {opts.model} has no downloadable weights; pass --dit_path, --text_encoder_path and --vae_path")
+        wanted: dict[str, list[hub.WeightFile]] = {}
+        if opts.dit_path is None:
+            if opts.sampler == "rcm":
+                wanted["dit"] = [hub.turbo_dit_file(opts.model, resolution, int8)]
+            else:
+                if opts.model == "Wan2.1-14B":  # sharded: the index names the shards
+                    hub.ensure_files([hub.base_dit_index(opts.model)], ckpt, download=not opts.offline)
+                wanted["dit"] = hub.base_dit_files(opts.model, ckpt)
+        if opts.text_encoder_path is None:
+            wanted["text_encoder"] = [hub.text_encoder_file()]
+        if opts.tokenizer_path is None:
+            wanted["tokenizer"] = hub.tokenizer_files()
+        if opts.vae_path is None:
+            wanted["vae"] = [hub.vae_file()]
+        # One call so an offline error lists every missing file at once.
+        flat = [f for files in wanted.values() for f in files]
+        local = iter(hub.ensure_files(flat, ckpt, download=not opts.offline))
+        paths = {k: Path(v) for k, v in explicit.items() if v is not None}
+        for name, files in wanted.items():
+            got = [next(local) for _ in files]
+            paths[name] = got[0] if len(got) == 1 else got[0].parent  # several files: their folder
+        return paths
+
+    @staticmethod
+    def _load(opts, paths, attention, quant, home, dtype, step: Progress):
+        from turbovid.loading import load_dit, load_text_encoder, load_vae
+
+        step("load", 0, 3)
+        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=paths.get("tokenizer"), device=home, dtype=dtype)
+        step("load", 1, 3)
+        dit = load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)
+        step("load", 2, 3)
+        vae = load_vae(paths["vae"], device=home, dtype=dtype)
+        step("load", 3, 3)
+        return dit, text_encoder, vae
+
+    @staticmethod
+    def _build_tiny(attention, home, dtype, step: Progress):
+        from turbovid.configs import T5_PRESETS, VAE_PRESETS
+        from turbovid.loading.dit import build_dit
+        from turbovid.models.t5 import build_text_encoder
+        from turbovid.models.tokenizer import ByteTokenizer
+        from turbovid.models.vae import build_vae
+
+        step("load", 0, 3)
+        text_encoder = build_text_encoder(T5_PRESETS[TINY], ByteTokenizer(), device=home, dtype=dtype, seed=0)
+        step("load", 1, 3)
+        dit = build_dit(DIT_PRESETS[TINY], attention=attention, device=home, dtype=dtype, seed=0)
+        step("load", 2, 3)
+        vae = build_vae(VAE_PRESETS[TINY], device=home, dtype=dtype, seed=0)
+        step("load", 3, 3)
+        return dit, text_encoder, vae
+
+    # ---------------------------------------------------------------- requests
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Check a request and fill its unset fields; raises UsageError naming the fix."""
+        return resolve_request(request, self.model_name, self.sampler)
+
+    def frame_size(self, request: GenerationRequest) -> tuple[int, int]:
+        """(width, height) of a resolved request."""
+        return RESOLUTIONS[request.resolution][request.aspect_ratio]
+
+    # ---------------------------------------------------------------- generation
+
+    @contextlib.contextmanager
+    def _on_device(self, model):
+        """With --offload, a model visits the GPU only for the duration of the block."""
+        if self.offload:
+            model.to(self.device)
+        try:
+            yield model
+        finally:
+            if self.offload:
+                model.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        params = inspect.signature(self.vae.decode).parameters
+        if "tiling" in params:
+            return self.vae.decode(latents, tiling=self.vae_tiling)
+        return self.vae.decode(latents)
+
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest | None = None, progress: Progress | None = None) -> GenerationResult:
+        req = self.resolve(request or GenerationRequest())
+        step = progress or (lambda *a: None)
+        width, height = self.frame_size(req)
+        b = req.num_samples
+        shape = (b, LATENT_CHANNELS, (req.num_frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
+        stage = "text encoding"
+        timings: dict = {}
+        t0 = time.perf_counter()
+        try:
+            # 1. text -> context [B, L, D]
+            step("encode", 0, 1)
+            with self._on_device(self.text_encoder):
+                prompts = [req.prompt] + ([req.negative_prompt] if self.sampler == "euler" else [])
+                ctx = self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            context = ctx[:1].expand(b, *ctx.shape[1:])
+            _sync(self.device)
+            timings["text_encoding"] = time.perf_counter() - t0
+            step("encode", 1, 1)
+
+            # 2. noise -> latents
+            stage = "sampling"
+            t1 = time.perf_counter()
+            steps: list[float] = []
+
+            def on_step(i: int, n: int, seconds: float) -> None:
+                steps.append(seconds)
+                step("sample", i + 1, n)
+
+            generator = torch.Generator(device=self.device).manual_seed(req.seed)
+            step("sample", 0, req.num_steps)
+            with self._on_device(self.dit):
+                cond = lambda x, t: self.dit(x, t, context)  # noqa: E731
+                if self.sampler == "rcm":
+                    latents = sample_rcm(
+                        cond, shape, num_steps=req.num_steps, sigma_max=req.sigma_max, generator=generator,
+                        device=self.device, dtype=self.dtype, on_step=on_step,
+                    )
+                else:
+                    negative = ctx[1:].expand(b, *ctx.shape[1:])
+                    uncond = lambda x, t: self.dit(x, t, negative)  # noqa: E731
+                    latents = sample_flow_euler(
+                        cfg_velocity(cond, uncond, req.guidance_scale), shape, num_steps=req.num_steps,
+                        shift=req.shift, generator=generator, device=self.device, dtype=self.dtype, on_step=on_step,
+                    )
+            _sync(self.device)
+            timings["sampling"] = time.perf_counter() - t1
+            timings["steps"] = steps
+
+            # 3. latents -> pixels
+            stage = "VAE decoding"
+            t2 = time.perf_counter()
+            step("decode", 0, 1)
+            with self._on_device(self.vae):
+                video = self._decode(latents.to(self.dtype))
+            videos = list(to_uint8_frames(video))
+            timings["vae_decode"] = time.perf_counter() - t2
+            step("decode", 1, 1)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"CUDA out of memory during {stage} ({width}x{height}, {req.num_frames} frames); "
+                "use --offload, --resolution 480p, --quant int8, --vae-tiling on or fewer --num_frames"
+            ) from None
+        timings["total"] = time.perf_counter() - t0
+        return GenerationResult(videos=videos, request=req, timings=timings, settings=dict(self.settings))
