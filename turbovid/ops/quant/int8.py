@@ -1,26 +1,79 @@
 """W8A8 int8 linear layer in the layout of TurboDiffusion's -quant checkpoints.
 
 Weights: int8 [N, K] plus one float32 scale per 128x128 block ([ceil(N/128), ceil(K/128)]).
-Activations: quantized on the fly per 128x128 block (tokens x channels), scale = absmax / 128,
-round to nearest, saturate to [-128, 127]. Output = sum over K blocks of the int32 block
-product times (activation block scale x weight block scale), plus bias.
+Activations: quantized on the fly per 128x128 block (tokens x channels) with the same rule.
+The rule (TurboDiffusion ops/quant): amax = max(|x| over the block, 1e-8); q = round-half-even
+(x * (128 / amax)) saturated to [-128, 127] (the divisor is 128, not 127: amax itself saturates
+to 127); scale = amax / 128; blocks cut by the tensor edge are zero-padded. Output = sum over K
+blocks of the exact int32 block product times (activation scale x weight scale), plus bias.
+
+The Triton path (int8_triton.py) runs on CUDA; elsewhere the PyTorch reference below runs.
 """
 from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
+log = logging.getLogger(__name__)
+
 BLOCK = 128
 INT8_MAX = 128.0  # the reference divides by 128 (not 127) and saturates the rounded value
 AMAX_FLOOR = 1e-8
+
+_kernel_module = None  # int8_triton, imported on first use: importing Triton fixes its interpreter mode
+_allow_interpreter = False
+_logged: set[str] = set()
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def quantize_blockwise(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D tensor per (block x block) tile. Returns (int8 [R, C], float32 scales [R/b, C/b])."""
+def kernels():
+    """The Triton kernel module (int8_triton), or None when Triton is missing."""
+    global _kernel_module
+    if _kernel_module is None:
+        try:
+            from turbovid.ops.quant import int8_triton
+
+            _kernel_module = int8_triton
+        except ImportError:
+            _kernel_module = False
+    return _kernel_module or None
+
+
+def allow_interpreter(flag: bool = True) -> None:
+    """Let CPU tensors run the kernels in Triton's interpreter (tests, under TRITON_INTERPRET=1)."""
+    global _allow_interpreter
+    _allow_interpreter = flag
+
+
+def use_kernel(x: torch.Tensor) -> bool:
+    """Whether the Triton path serves this tensor; logs the fallback once per reason."""
+    interpret = _allow_interpreter and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if x.is_cuda or interpret:
+        if kernels() is not None:
+            return True
+        reason = "Triton is not installed"
+    else:
+        reason = f"tensors are on {x.device.type}"
+    if reason not in _logged:
+        _logged.add(reason)
+        log.info("quantized linears use the PyTorch reference: %s", reason)
+    return False
+
+
+def quantize_blockwise(
+    x: torch.Tensor, block: int = BLOCK, qmax: float = INT8_MAX, dtype: torch.dtype = torch.int8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D tensor per (block x block) tile. Returns (q [R, C], float32 scales [R/b, C/b]).
+
+    int8 (default) is TurboDiffusion's rule; qmax=448 with dtype=float8_e4m3fn gives the fp8 variant.
+    """
     if x.ndim != 2:
         raise ValueError(f"quantize_blockwise expects a 2-D tensor, got shape {tuple(x.shape)}")
     r, c = x.shape
@@ -29,21 +82,27 @@ def quantize_blockwise(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tenso
     xp[:r, :c] = x.float()
     tiles = xp.view(rb, block, cb, block)
     amax = tiles.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR)  # [rb, cb]
-    q = torch.round(tiles * (INT8_MAX / amax)[:, None, :, None]).clamp_(-128, 127)
-    q = q.view(rb * block, cb * block)[:r, :c].to(torch.int8)
-    return q, (amax / INT8_MAX).float()
+    # qmax / amax as one IEEE float32 division (a python scalar over a tensor would go through
+    # reciprocal-then-multiply, which rounds differently for qmax=448), then a float32 multiply
+    v = tiles * (torch.full_like(amax, qmax) / amax)[:, None, :, None]
+    if dtype == torch.int8:
+        q = torch.round(v).clamp_(-128, 127)  # torch.round is round-half-even
+    else:
+        q = v.clamp_(-qmax, qmax)  # the cast below rounds to nearest even
+    q = q.view(rb * block, cb * block)[:r, :c].to(dtype)
+    return q, amax / torch.full_like(amax, qmax)
 
 
 def dequantize_blockwise(q: torch.Tensor, scale: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """Float32 tensor from int8 values and their per-tile scales."""
-    s = scale.repeat_interleave(block, 0).repeat_interleave(block, 1)[: q.shape[0], : q.shape[1]]
+    """Float32 tensor from quantized values and their per-tile scales."""
+    s = scale.float().repeat_interleave(block, 0).repeat_interleave(block, 1)[: q.shape[0], : q.shape[1]]
     return q.float() * s
 
 
 def int8_linear_reference(
     x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """PyTorch reference of the W8A8 block-scaled linear (float32 math, exact int products)."""
+    """PyTorch reference of the W8A8 block-scaled linear: dequantize both operands, float32 matmul."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     x_q, x_scale = quantize_blockwise(x2)
@@ -53,8 +112,54 @@ def int8_linear_reference(
     return y.to(x.dtype).reshape(*shape[:-1], w_q.shape[0])
 
 
-class Int8Linear(nn.Module):
+@torch.library.custom_op("turbovid::int8_linear", mutates_args=())
+def int8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x @ W^T + b, W given as int8 + 128x128 block scales; x quantized per 128x128 block."""
+    if use_kernel(x):
+        return kernels().linear(x, w_q, w_scale, bias)
+    return int8_linear_reference(x, w_q, w_scale, bias)
+
+
+@int8_linear.register_fake
+def _(x, w_q, w_scale, bias=None):
+    return x.new_empty(*x.shape[:-1], w_q.shape[0])
+
+
+class QuantLinearBase(nn.Module):
+    """Shared plumbing: shape checks and keeping quantized weights / float32 scales through `.to(dtype)`."""
+
+    in_features: int
+    out_features: int
+    weight_name: str
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(bfloat16) casts every floating buffer: fp8 weights and float32 scales must keep
+        # their dtype (only move device), or the layer no longer matches its checkpoint.
+        order = list(self._buffers)
+        keep = {n: self._buffers.pop(n) for n in (self.weight_name, "scale")}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(torch.empty(0, dtype=torch.int8, device=keep["scale"].device)).device
+            for n, t in keep.items():
+                keep[n] = torch.empty_like(t, device=device) if t.is_meta else t.to(device)
+            buffers = {n: keep[n] if n in keep else self._buffers[n] for n in order}
+            self._buffers.clear()
+            self._buffers.update(buffers)
+        return self
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[-1]} features, layer expects {self.in_features}")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(QuantLinearBase):
     """nn.Linear replacement holding int8 weights + 128x128 block scales (buffers, as in -quant files)."""
+
+    weight_name = "int8_weight"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
         super().__init__()
@@ -82,19 +187,18 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear_reference(x, self.int8_weight, self.scale, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        self._check(x)
+        return int8_linear(x, self.int8_weight, self.scale, self.bias)
 
 
-def swap_linears(module: nn.Module, skip: tuple[str, ...] = ("proj_l",)) -> nn.Module:
-    """Replace every nn.Linear under `module` (except names containing a `skip` part) by Int8Linear."""
+def swap_linears(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), layer_cls: type = Int8Linear) -> nn.Module:
+    """Replace every nn.Linear under `module` (except names containing a `skip` part) by a quantized
+    layer, quantizing its weight on the fly. TurboDiffusion quantizes `model.blocks` only."""
     for name, child in list(module.named_children()):
         if any(s in name for s in skip):
             continue
         if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear.from_linear(child))
+            setattr(module, name, layer_cls.from_linear(child))
         else:
-            swap_linears(child, skip)
+            swap_linears(child, skip, layer_cls)
     return module

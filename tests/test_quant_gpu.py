@@ -1,0 +1,82 @@
+"""Quantized linears on the GPU: compiled Triton kernels against the PyTorch rule (run on the device:
+`pytest -m gpu tests/test_quant_gpu.py`). Fixed kernel configs keep compile time down; the
+autotuned path is exercised by benchmarks/bench_linear.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from turbovid.ops.quant import Fp8Linear, Int8Linear, fp8_available, swap_linears
+from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8, quantize_weight_fp8
+from turbovid.ops.quant.int8 import int8_linear_reference, kernels, quantize_blockwise
+
+pytestmark = pytest.mark.gpu
+
+CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=256, SPLIT_N=2, MAGIC=True, num_warps=4, num_stages=3),
+]
+FMTS = ["int8"] + (["fp8"] if torch.cuda.is_available() and fp8_available() else [])
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def activations(m, k, dtype=torch.bfloat16):
+    x = torch.randn(m, k, device="cuda")
+    x[:, torch.randperm(k, device="cuda")[:4]] *= 8
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_act_quant_bytes_match_rule(fmt, dtype):
+    for m, k in [(4096, 1536), (77, 200), (1, 8960)]:
+        x = activations(m, k, dtype)
+        x[0, :3] = -0.0
+        q, s = kernels().quantize_act(x, fmt)
+        rq, rs = quantize_blockwise(x) if fmt == "int8" else quantize_act_fp8(x)
+        assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs), (m, k)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["128x128", "64x256split-magic"])
+@pytest.mark.parametrize("tma", [False, True], ids=["ptr", "tma"])
+def test_gemm_int32_exact(config, tma):
+    if tma and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs Hopper")
+    for m, n, k in [(1000, 640, 1536), (333, 200, 272)]:
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
+        b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+        a[0], b[0] = -128, -128
+        ones_a = torch.ones(math.ceil(m / 128), math.ceil(k / 128), device="cuda")
+        ones_b = torch.ones(math.ceil(n / 128), math.ceil(k / 128), device="cuda")
+        c = kernels().scaled_mm(a, ones_a, b, ones_b, out_dtype=torch.float32, config=config, use_tma=tma)
+        assert torch.equal(c.double(), a.double() @ b.double().t())
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_layer_matches_dequantized_reference(fmt):
+    cls, ref_fn = (Int8Linear, int8_linear_reference) if fmt == "int8" else (Fp8Linear, fp8_linear_reference)
+    lin = nn.Linear(1536, 1000, device="cuda", dtype=torch.bfloat16)
+    layer = cls.from_linear(lin)
+    x = activations(2 * 1500, 1536).reshape(2, 1500, 1536)
+    y = layer(x)
+    ref = ref_fn(x.float(), getattr(layer, layer.weight_name), layer.scale, layer.bias)
+    assert y.shape == (2, 1500, 1000) and y.dtype == torch.bfloat16
+    assert rel(y.float(), ref) < 4e-3  # bf16 output rounding only
+
+
+def test_compiled_model_matches_eager():
+    model = nn.Sequential(nn.Linear(1536, 4096), nn.GELU(approximate="tanh"), nn.Linear(4096, 1536))
+    model = swap_linears(model.to("cuda", torch.bfloat16))
+    x = activations(640, 1536)
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, fullgraph=True)(x)
+    assert rel(got.float(), want.float()) < 1e-2  # inductor may fuse the GELU differently (bf16)
+    assert isinstance(model[0], Int8Linear)

@@ -1,0 +1,113 @@
+"""FP8 (e4m3) block-scaled linear layer for bf16 checkpoints on Hopper / Ada (`--quant fp8`).
+
+Weights: e4m3 [N, K] + one float32 scale per 128x128 block, scale = amax / 448, values
+rne(w * 448 / amax) (saturating at +-448). Activations: one scale per (1 token x 128 channels)
+group, same rule: finer than int8's 128x128 tiles because e4m3 spends its bits on range, and a
+per-token group keeps outlier tokens from flattening their neighbours.
+Same GEMM as int8 (int8_triton.scaled_mm), with fp32 block products instead of int32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from turbovid.ops.quant.int8 import (
+    BLOCK, QuantLinearBase, _cdiv, dequantize_blockwise, kernels, quantize_blockwise, swap_linears, use_kernel,
+)
+
+FP8_MAX = 448.0
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+def fp8_available(device: torch.device | str | None = None) -> bool:
+    """fp8 matrix instructions need compute capability >= 8.9 (Ada, Hopper)."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantize_weight_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 [N, K], float32 scales [ceil(N/128), ceil(K/128)])."""
+    return quantize_blockwise(w, qmax=FP8_MAX, dtype=FP8_DTYPE)
+
+
+def quantize_act_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (row, 128 channels) group: (e4m3 [M, K], float32 scales [ceil(K/128), M])."""
+    m, k = x.shape
+    kb = _cdiv(k, BLOCK)
+    xp = torch.zeros(m, kb * BLOCK, dtype=torch.float32, device=x.device)
+    xp[:, :k] = x.float()
+    groups = xp.view(m, kb, BLOCK)
+    amax = groups.abs().amax(dim=2).clamp_min(1e-8)  # [m, kb]
+    qmax = torch.full_like(amax, FP8_MAX)  # IEEE divisions, as the kernel (div_rn)
+    q = (groups * (qmax / amax)[:, :, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.view(m, kb * BLOCK)[:, :k], (amax / qmax).t().contiguous()
+
+
+def fp8_linear_reference(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PyTorch reference: dequantize both operands, float32 matmul, + bias."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    x_q, x_s = quantize_act_fp8(x2)
+    x_d = x_q.float() * x_s.t().repeat_interleave(BLOCK, 1)[:, : x2.shape[1]]
+    y = x_d @ dequantize_blockwise(w_q, w_scale).t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*shape[:-1], w_q.shape[0])
+
+
+@torch.library.custom_op("turbovid::fp8_linear", mutates_args=())
+def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x @ W^T + b, W given as e4m3 + 128x128 block scales; x quantized per (1 x 128) group."""
+    if use_kernel(x) and (not x.is_cuda or fp8_available(x.device)):
+        return kernels().linear(x, w_q, w_scale, bias)
+    return fp8_linear_reference(x, w_q, w_scale, bias)
+
+
+@fp8_linear.register_fake
+def _(x, w_q, w_scale, bias=None):
+    return x.new_empty(*x.shape[:-1], w_q.shape[0])
+
+
+class Fp8Linear(QuantLinearBase):
+    """nn.Linear replacement holding e4m3 weights + 128x128 block scales."""
+
+    weight_name = "fp8_weight"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("fp8_weight", torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device))
+        self.register_buffer(
+            "scale",
+            torch.empty(_cdiv(out_features, BLOCK), _cdiv(in_features, BLOCK), dtype=torch.float32, device=device),
+        )
+        if bias:
+            self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        q, s = quantize_weight_fp8(linear.weight.detach())
+        layer.fp8_weight.copy_(q)
+        layer.scale.copy_(s)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return fp8_linear(x, self.fp8_weight, self.scale, self.bias)
+
+
+def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",)) -> nn.Module:
+    """Replace every nn.Linear under `module` (except `skip` names) by Fp8Linear, quantizing on the fly."""
+    return swap_linears(module, skip, layer_cls=Fp8Linear)
