@@ -298,8 +298,10 @@ class WanVAE(nn.Module):
         self.check_latents(latents)
         if tiling not in ("auto", "on", "off"):
             raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
-        if fast:  # the fast decoder lands with issue 8; until then it is the reference
-            return self.decode_reference(latents)
+        if fast:
+            from turbovid.models.vae_fast import fast_decode
+
+            return fast_decode(self, latents, tiling=tiling, memory_budget=memory_budget, dtype=dtype)
         if tiling == "on":
             raise ValueError("tiling='on' needs the fast decoder: call decode(latents, tiling='on', fast=True)")
         return self.decode_reference(latents)

@@ -1,0 +1,183 @@
+"""Memory plan of the fast VAE decode: temporal chunk size, spatial tiles, blending weights.
+
+The estimate walks the decoder's layers symbolically and adds up what the fast path keeps alive
+at its worst moment: the output video (float32), the middle-block output (kept for all frames),
+the stream state (the last 2 input frames of every causal conv, per tile) and the largest
+layer's working set for one chunk (input, time-padded buffer, output, shortcut). Tiles split
+only the upsampling stage: each tile is its core plus `halo` latent pixels on interior sides;
+neighbours are blended with linear ramps over the middle half of their 2*halo overlap (weights
+sum to 1), so the outer halo/2 of a tile, where its missing context shows, is never used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from turbovid.configs import VAEConfig
+
+GiB = 1 << 30
+# Without an explicit budget the decode keeps its allocations (weights excluded) under this,
+# trading a little speed from larger chunks for headroom; only the free memory decides tiling.
+DEFAULT_SOFT_CAP = int(5.5 * GiB)
+MAX_ELEMENTS = (1 << 31) - 1  # cuDNN convolutions index single tensors with 32-bit integers
+DEFAULT_HALO = 8
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    chunk: int  # latent frames per pass of the upsampling stage
+    mid_chunk: int  # latent frames per pass of the latent-resolution stage
+    grid: tuple[int, int]
+    halo: int  # latent pixels each tile reaches past its core on interior sides
+    tiles: tuple[tuple[int, int, int, int], ...]  # (row0, row1, col0, col1) in latent pixels, halo included
+    est_bytes: int
+
+
+def _decoder_dims(cfg: VAEConfig) -> list[int]:
+    return [cfg.dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+
+
+def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int) -> tuple[int, int]:
+    """(peak live elements incl. stream state, largest single tensor) of the upsampling stage."""
+    dims = _decoder_dims(cfg)
+    temporal = cfg.temporal_downsample[::-1]
+    last = len(cfg.dim_mult) - 1
+    t, h, w = k, th, tw  # worst case: a chunk after the first, every frame doubled
+    peak = state = biggest = 0
+    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        cin = cin // 2 if i else cin
+        for _ in range(cfg.num_res_blocks + 1):
+            pos, padded = t * h * w, (t + 2) * h * w
+            sc = pos * cout if cin != cout else 0
+            conv1 = pos * cin + sc + padded * cin + pos * cout
+            conv2 = pos * cin + sc + pos * cout + padded * cout + pos * cout
+            peak = max(peak, conv1, conv2)
+            biggest = max(biggest, padded * max(cin, cout))
+            state += 2 * h * w * (cin + cout)
+            cin = cout
+        if i < last:
+            if temporal[i]:
+                pos = t * h * w
+                peak = max(peak, pos * cout + (t + 2) * h * w * cout + 2 * pos * cout * 2)
+                state += 2 * h * w * cout
+                t *= 2
+            pos, half = t * h * w, cout // 2
+            sub = t * (h + 1) * (w + 1) * 4 * half
+            peak = max(peak, pos * cout + sub + 4 * pos * half)
+            biggest = max(biggest, sub, 4 * pos * half)
+            h, w = 2 * h, 2 * w
+    c = dims[-1]
+    pos, padded = t * h * w, (t + 2) * h * w
+    peak = max(peak, pos * c + padded * c + pos * 3)
+    state += 2 * h * w * c
+    return peak + state, biggest
+
+
+def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int) -> int:
+    c = _decoder_dims(cfg)[0]
+    pos, padded = k * h * w, (k + 2) * h * w
+    work = max(padded * cfg.z_dim + pos * c, pos * c + padded * c + 2 * pos * c, 7 * pos * c)  # conv_in, res, attn
+    return work + 8 * h * w * c  # + stream state of the four 3x3x3 convs of the middle
+
+
+def estimate_bytes(cfg: VAEConfig, t: int, h: int, w: int, elem: int, chunk: int, mid_chunk: int,
+                   tile: Optional[tuple[int, int]] = None) -> int:
+    sf, tf = 2 ** (len(cfg.dim_mult) - 1), 2 ** sum(cfg.temporal_downsample)
+    th, tw = tile or (h, w)
+    video = 3 * (1 + tf * (t - 1)) * sf * h * sf * w * 4
+    mid = t * h * w * _decoder_dims(cfg)[0] * elem
+    up, _ = up_stage_elements(cfg, chunk, th, tw)
+    work = max(up, latent_stage_elements(cfg, mid_chunk, h, w)) * elem
+    return int(video + mid + 1.1 * work) + 128 * (1 << 20)  # + cuDNN workspace and allocator slack
+
+
+def _edges(n: int, parts: int) -> list[int]:
+    return [round(i * n / parts) for i in range(parts + 1)]
+
+
+def _tiles(h: int, w: int, grid: tuple[int, int], halo: int) -> tuple[tuple[int, int, int, int], ...]:
+    rows, cols = _edges(h, grid[0]), _edges(w, grid[1])
+    return tuple(
+        (max(0, rows[i] - halo), min(h, rows[i + 1] + halo), max(0, cols[j] - halo), min(w, cols[j + 1] + halo))
+        for i in range(grid[0]) for j in range(grid[1])
+    )
+
+
+def _halo_for(h: int, w: int, grid: tuple[int, int], halo: int) -> int:
+    cores = []
+    if grid[0] > 1:
+        cores.append(h // grid[0])
+    if grid[1] > 1:
+        cores.append(w // grid[1])
+    return min([halo] + [c // 2 for c in cores])  # ramps of a tile's two sides must not overlap
+
+
+def plan_decode(
+    cfg: VAEConfig, t: int, h: int, w: int, elem: int, tiling: str = "auto",
+    budget: Optional[int] = None, soft_cap: Optional[int] = DEFAULT_SOFT_CAP, halo: int = DEFAULT_HALO,
+) -> DecodePlan:
+    """Pick chunk sizes and tiles. `budget`: bytes that may be allocated (None: unlimited);
+    `soft_cap`: a tighter target for the chunk sizes (None: use the whole budget)."""
+    if tiling not in ("auto", "on", "off"):
+        raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
+    hard = math.inf if budget is None else budget
+    cap = min(hard, soft_cap) if soft_cap is not None else hard
+
+    def largest_chunk(fits) -> int:
+        return max([k for k in range(1, t + 1) if fits(k)], default=1)
+
+    mid_chunk = largest_chunk(lambda k: latent_stage_elements(cfg, k, h, w) * elem <= cap / 4)
+
+    def plan_for(grid: tuple[int, int]) -> DecodePlan:
+        hl = _halo_for(h, w, grid, halo) if grid != (1, 1) else 0
+        tiles = _tiles(h, w, grid, hl)
+        th, tw = max(r1 - r0 for r0, r1, _, _ in tiles), max(c1 - c0 for _, _, c0, c1 in tiles)
+
+        def fits(k: int) -> bool:
+            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw)) <= cap
+                    and up_stage_elements(cfg, k, th, tw)[1] <= MAX_ELEMENTS)
+
+        k = largest_chunk(fits)
+        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw))
+        return DecodePlan(chunk=k, mid_chunk=mid_chunk, grid=grid, halo=hl, tiles=tiles, est_bytes=est)
+
+    whole = plan_for((1, 1))
+    if tiling == "off" or (tiling == "auto" and whole.est_bytes <= hard and whole.chunk >= 1
+                           and up_stage_elements(cfg, 1, h, w)[1] <= MAX_ELEMENTS):
+        return whole
+    # Smallest number of tiles that fits, near-square tiles first; cores of at least 2 latent pixels.
+    grids = sorted(
+        ((r, c) for r in range(1, max(1, h // 2) + 1) for c in range(1, max(1, w // 2) + 1) if r * c >= 2),
+        key=lambda g: (g[0] * g[1], abs(math.log((h / g[0]) / (w / g[1])))),
+    )
+    if not grids:
+        raise ValueError(f"latents of {h}x{w} are too small to tile; use tiling='off'")
+    best = None
+    for grid in grids[:256]:
+        best = plan_for(grid)
+        if best.est_bytes <= cap:
+            break
+    return best
+
+
+def tile_weights(plan: DecodePlan, tile: tuple[int, int, int, int], h: int, w: int, sf: int,
+                 device: torch.device) -> torch.Tensor:
+    """Blend weights (H_tile, W_tile) float32 of one tile: linear ramps on interior sides."""
+    r0, r1, c0, c1 = tile
+    ramp = plan.halo * sf  # centred on the core boundary: the outer halo/2 of each tile gets no weight
+    margin = ramp / 2
+
+    def axis(a0: int, a1: int, n: int) -> torch.Tensor:
+        length = sf * (a1 - a0)
+        y = torch.arange(length, dtype=torch.float32, device=device) + 0.5
+        wt = torch.ones(length, dtype=torch.float32, device=device)
+        if ramp and a0 > 0:
+            wt = torch.minimum(wt, ((y - margin) / ramp).clamp(min=0))
+        if ramp and a1 < n:
+            wt = torch.minimum(wt, ((length - margin - y) / ramp).clamp(min=0))
+        return wt
+
+    return axis(r0, r1, h)[:, None] * axis(c0, c1, w)[None, :]
