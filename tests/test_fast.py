@@ -21,6 +21,7 @@ def test_make_fast_wires_the_fused_ops_and_make_plain_restores_the_references():
 
     assert dit_module.OPS.norm_modulate is fused.norm_modulate
     assert dit_module.OPS.rmsnorm_rope is fused.rmsnorm_rope
+    assert dit_module.OPS.rmsnorm is fused.rmsnorm
     assert all(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
     assert set(dit.state_dict()) == keys  # checkpoints still load into the fast model
     assert runner is dit  # no graph requested: the model itself

@@ -48,6 +48,7 @@ def use_fused_kernels(flag: bool = True) -> None:
         add_norm_modulate=fused.add_norm_modulate,
         gated_residual=fused.gated_residual,
         rmsnorm_rope=fused.rmsnorm_rope,
+        rmsnorm=fused.rmsnorm,
     )
 
 

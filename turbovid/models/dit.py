@@ -154,6 +154,7 @@ class BlockOps:
     add_norm_modulate: Callable = add_norm_modulate
     gated_residual: Callable = gated_residual
     rmsnorm_rope: Callable = rmsnorm_rope
+    rmsnorm: Callable = rmsnorm
     rope_tables: Callable = rope_tables
 
 
@@ -250,8 +251,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         n, d = self.num_heads, self.head_dim
-        q = rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps).view(b, l, n, d)
-        k = rmsnorm(self.k(context), self.norm_k.weight, self.norm_k.eps).view(b, -1, n, d)
+        q = OPS.rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps).view(b, l, n, d)
+        k = OPS.rmsnorm(self.k(context), self.norm_k.weight, self.norm_k.eps).view(b, -1, n, d)
         v = self.v(context).view(b, -1, n, d)
         return self.o(attention(q, k, v, "dense").reshape(b, l, c))
 
