@@ -113,13 +113,14 @@ def test_kernel_matches_emulation_and_accuracy_bar(kernels, B, L, H, D, inputs):
     assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
 
 
-def test_kernel_one_v_term_and_plain_accumulation(kernels):
+@pytest.mark.parametrize("v_terms, two_level, tma", [(1, False, False), (2, True, True), (1, True, True)])
+def test_kernel_configs(kernels, v_terms, two_level, tma):
     blockmap, sk = kernels
-    q, k, v = random_qkv(1, 150, 1, 64, seed=11)
-    cfg = sk.Config(num_warps=4, num_stages=2, v_terms=1, two_level=False)
+    q, k, v = random_qkv(2, 150, 1, 64, seed=11)
+    cfg = sk.Config(num_warps=4, num_stages=2, v_terms=v_terms, two_level=two_level, tma=tma)
     out = sk.sagesla_forward(q, k, v, 0.5, None, None, 64, 128, config=cfg)
     lut = ref.block_map(q, k, 0.5, 64, 128)
-    emulated = sref.sagesla_sparse_emulated(q, k, v, lut, 64, 128, v_terms=1)
+    emulated = sref.sagesla_sparse_emulated(q, k, v, lut, 64, 128, v_terms=v_terms)
     assert rel_l2(out, emulated) < 2e-3
 
 

@@ -152,13 +152,13 @@ def test_kernel_matches_reference(kernels, B, L, H, D, blkq, blkk):
     _check_kernel(out, q, k, v, 0.5, w, b, blkq, blkk)
 
 
-@pytest.mark.parametrize("group, linear", [(2, False), (1, True)])
-def test_kernel_configs_and_no_linear_branch(kernels, group, linear):
+@pytest.mark.parametrize("group, linear, tma", [(2, False, False), (1, True, False), (1, True, True)])
+def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma):
     _, sla_kernel = kernels
-    q, k, v = random_qkv(1, 300, 1, 64, seed=5)
+    q, k, v = random_qkv(2, 300, 1, 64, seed=5)  # batch 2: the descriptors read across the batch seam
     w, b = proj_params(64) if linear else (None, None)
     b = None  # proj without bias
-    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2)
+    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2, tma=tma)
     out = sla_kernel.sla_forward(q, k, v, 0.7, w, b, 64, 64, config=cfg)
     _check_kernel(out, q, k, v, 0.7, w, b, 64, 64)
 

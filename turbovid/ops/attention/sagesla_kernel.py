@@ -22,7 +22,7 @@ import triton.language as tl
 
 from . import blockmap
 from .sagesla_reference import LOG2E, v_scales
-from .sla_kernel import _linear_epilogue
+from .sla_kernel import TensorDescriptor, _linear_epilogue
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -77,15 +77,18 @@ def _quant_kv_kernel(
 
 @triton.jit
 def _sage_tile(
-    acc, l_i, m_i, q_i8, q_scale, kq_base, vt_base, vt2_base, K_SCALE, lut_row, t, L, LPAD,
+    acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, K_SCALE, lut_row, t, L, LPAD, bh,
     D: tl.constexpr, BLKK: tl.constexpr, MASKED: tl.constexpr, V_TERMS: tl.constexpr,
-    TWO_LEVEL: tl.constexpr, EXACT_GRID: tl.constexpr,
+    TWO_LEVEL: tl.constexpr, EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     r = tl.arange(0, BLKK)
     d = tl.arange(0, D)
     blk = tl.load(lut_row + t)
     keys = blk * BLKK + r
-    k = tl.load(kq_base + keys[:, None] * D + d[None, :])  # int8, zero-padded past L
+    if USE_TMA:  # descriptors over K (B*H*Lpad, D) and V^T (B*H*D, Lpad)
+        k = kq_src.load([bh * LPAD + blk * BLKK, 0])
+    else:
+        k = tl.load(kq_src + keys[:, None] * D + d[None, :])  # int8, zero-padded past L
     k_scale = tl.load(K_SCALE + blk)
     s = tl.dot(q_i8, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * (q_scale * k_scale)  # log2 domain
     if MASKED:
@@ -94,12 +97,19 @@ def _sage_tile(
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    vt_offs = d[:, None] * LPAD + keys[None, :]
-    vt = tl.load(vt_base + vt_offs)  # (D, BLKK) fp8
+    if USE_TMA:
+        vt = vt_src.load([bh * D, blk * BLKK])  # (D, BLKK) fp8
+        if V_TERMS == 2:
+            vt2 = vt2_src.load([bh * D, blk * BLKK])
+    else:
+        vt_offs = d[:, None] * LPAD + keys[None, :]
+        vt = tl.load(vt_src + vt_offs)
+        if V_TERMS == 2:
+            vt2 = tl.load(vt2_src + vt_offs)
     p8 = _to_fp8(p * 448.0, EXACT_GRID)
     if TWO_LEVEL:
         if V_TERMS == 2:
-            pv = tl.dot(p8, tl.trans(tl.load(vt2_base + vt_offs)))
+            pv = tl.dot(p8, tl.trans(vt2))
             pv = tl.dot(p8, tl.trans(vt), pv)
         else:
             pv = tl.dot(p8, tl.trans(vt))
@@ -107,7 +117,7 @@ def _sage_tile(
     else:
         acc = acc * alpha[:, None]
         if V_TERMS == 2:
-            acc = tl.dot(p8, tl.trans(tl.load(vt2_base + vt_offs)), acc)
+            acc = tl.dot(p8, tl.trans(vt2), acc)
         acc = tl.dot(p8, tl.trans(vt), acc)
     return acc, l_i, m_new
 
@@ -119,7 +129,7 @@ def _sagesla_fwd_kernel(
     L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
     LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, V_TERMS: tl.constexpr, TWO_LEVEL: tl.constexpr,
-    EXACT_GRID: tl.constexpr,
+    EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -132,19 +142,24 @@ def _sagesla_fwd_kernel(
     q_scale = tl.max(tl.max(tl.abs(qf), 1), 0) / 127.0 + 1e-7
     q_i8 = _to_int8(qf / q_scale)
 
-    kq_base = KQ + bh.to(tl.int64) * LPAD * D
-    vt_base = VT + bh.to(tl.int64) * D * LPAD
-    vt2_base = VT2 + bh.to(tl.int64) * D * LPAD
+    if USE_TMA:
+        kq_src = KQ
+        vt_src = VT
+        vt2_src = VT2
+    else:
+        kq_src = KQ + bh.to(tl.int64) * LPAD * D
+        vt_src = VT + bh.to(tl.int64) * D * LPAD
+        vt2_src = VT2 + bh.to(tl.int64) * D * LPAD
     k_scales = K_SCALE + bh * NK
     lut_row = LUT + (bh * NQ + pid_m).to(tl.int64) * KK
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for t in range(KK - 1):
-        acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_base, vt_base, vt2_base, k_scales, lut_row, t,
-                                   L, LPAD, D, BLKK, False, V_TERMS, TWO_LEVEL, EXACT_GRID)
-    acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_base, vt_base, vt2_base, k_scales, lut_row, KK - 1,
-                               L, LPAD, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID)
+        acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, k_scales, lut_row, t,
+                                   L, LPAD, bh, D, BLKK, False, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
+    acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, k_scales, lut_row, KK - 1,
+                               L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
     o = acc * (v_from * (1.0 / 448.0))[None, :] / l_i[:, None]
     if LINEAR:
@@ -158,6 +173,7 @@ class Config:
     num_stages: int = 3
     v_terms: int = 2  # fp8 terms of V (see sagesla_reference.py)
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
+    tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
 
 
 def quantize_kv(k: torch.Tensor, v: torch.Tensor, stats: blockmap.BlockStats, blkk: int, v_terms: int = 2):
@@ -201,6 +217,12 @@ def sagesla_forward(
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    vt2 = vt if vt2 is None else vt2
+    use_tma = cfg.tma and TensorDescriptor is not None
+    if use_tma:
+        lpad = nk * blkk
+        kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
+        vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
     if linear:
         wt = proj_weight.t().to(q.dtype).contiguous()
         bias = proj_bias.float().contiguous() if proj_bias is not None else wt
@@ -208,11 +230,11 @@ def sagesla_forward(
     else:
         wt = bias = kv = phi_sum = q  # unused pointers
     _sagesla_fwd_kernel[(nq, B * H)](
-        q, kq, k_scale, vt, vt if vt2 is None else vt2, v_from, out, stats.lut, kv, phi_sum, wt, bias,
+        q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kv, phi_sum, wt, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
         D=D, BLOCK_M=blkq, BLKK=blkk, LINEAR=linear, HAS_BIAS=proj_bias is not None,
-        V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED,
+        V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -17,6 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
+
 from . import blockmap
 from .sla_reference import LINEAR_EPS
 
@@ -27,28 +32,37 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _tile(
-    acc, l_i, m_i, q, k_base, v_base, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
-    D: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr,
+    acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, row0, col0, L, KK, qk_scale,
+    D: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = GROUP * BLKK
     r = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
-    sub = r // BLKK
-    blk = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for g in tl.static_range(GROUP):
-        if MASKED:
-            b_g = tl.load(lut_row + t * GROUP + g, mask=t * GROUP + g < KK, other=0)
-        else:
-            b_g = tl.load(lut_row + t * GROUP + g)
-        blk = tl.where(sub == g, b_g, blk)
-    keys = blk * BLKK + r % BLKK
-    if MASKED:
-        ok = (t * GROUP + sub < KK) & (keys < L)
-        k = tl.load(k_base + keys[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(v_base + keys[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+    if USE_TMA:
+        # k_src / v_src: descriptors over (B*L, H*D); one key block per tile. Rows past L belong to
+        # the next batch or are zero-filled: their scores are masked below, their p is 0.
+        blk = tl.load(lut_row + t)
+        k = k_src.load([row0 + blk * BLKK, col0])
+        v = v_src.load([row0 + blk * BLKK, col0])
+        keys = blk * BLKK + r
+        ok = keys < L
     else:
-        k = tl.load(k_base + keys[:, None] * sk_l + d[None, :])
-        v = tl.load(v_base + keys[:, None] * sv_l + d[None, :])
+        sub = r // BLKK
+        blk = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for g in tl.static_range(GROUP):
+            if MASKED:
+                b_g = tl.load(lut_row + t * GROUP + g, mask=t * GROUP + g < KK, other=0)
+            else:
+                b_g = tl.load(lut_row + t * GROUP + g)
+            blk = tl.where(sub == g, b_g, blk)
+        keys = blk * BLKK + r % BLKK
+        if MASKED:
+            ok = (t * GROUP + sub < KK) & (keys < L)
+            k = tl.load(k_src + keys[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(v_src + keys[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_src + keys[:, None] * sk_l + d[None, :])
+            v = tl.load(v_src + keys[:, None] * sv_l + d[None, :])
     s = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) float32
     if MASKED:
         s = tl.where(ok[None, :], s, float("-inf"))
@@ -85,7 +99,7 @@ def _sla_fwd_kernel(
     sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
     L, H, NQ, KK, qk_scale, lin_eps,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -94,8 +108,14 @@ def _sla_fwd_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
     q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
+    if USE_TMA:
+        k_src = K
+        v_src = V
+    else:
+        k_src = K + b * sk_b + h * sk_h
+        v_src = V + b * sv_b + h * sv_h
+    row0 = (bh // H) * L
+    col0 = (bh % H) * D
     lut_row = LUT + (bh * NQ + pid_m).to(tl.int64) * KK
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -103,10 +123,10 @@ def _sla_fwd_kernel(
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n_tiles = tl.cdiv(KK, GROUP)
     for t in range(n_tiles - 1):
-        acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
-                              D, BLKK, GROUP, False)
-    acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, lut_row, n_tiles - 1, sk_l, sv_l, L, KK, qk_scale,
-                          D, BLKK, GROUP, True)
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, row0, col0, L, KK,
+                              qk_scale, D, BLKK, GROUP, False, USE_TMA)
+    acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, sk_l, sv_l, row0, col0, L, KK,
+                          qk_scale, D, BLKK, GROUP, True, USE_TMA)
     o = acc / l_i[:, None]
     if LINEAR:
         o = _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D, HAS_BIAS)
@@ -118,6 +138,7 @@ class Config:
     group: int = 1  # key blocks per tile (BLOCK_N = group * blkk)
     num_warps: int = 8
     num_stages: int = 3
+    tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine); group 1 only
 
 
 def default_config(head_dim: int, device: torch.device) -> Config:
@@ -147,6 +168,10 @@ def sla_forward(
         stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear)
     nq = triton.cdiv(L, blkq)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_src, v_src = k, v
+    use_tma = cfg.tma and TensorDescriptor is not None and cfg.group == 1 and k.is_contiguous() and v.is_contiguous()
+    if use_tma:
+        k_src, v_src = (TensorDescriptor.from_tensor(x.view(B * L, H * D), [blkk, D]) for x in (k, v))
     if linear:
         wt = proj_weight.t().to(q.dtype).contiguous()
         bias = proj_bias.float().contiguous() if proj_bias is not None else wt
@@ -154,11 +179,11 @@ def sla_forward(
     else:
         wt = bias = kv = phi_sum = q  # unused pointers
     _sla_fwd_kernel[(nq, B * H)](
-        q, k, v, out, stats.lut, kv, phi_sum, wt, bias,
+        q, k_src, v_src, out, stats.lut, kv, phi_sum, wt, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
         D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LINEAR=linear, HAS_BIAS=proj_bias is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -1,0 +1,113 @@
+"""SLA and SageSLA kernels on a GPU at video sizes, against the float32 PyTorch reference.
+
+Run on the device: `pytest -m gpu tests/test_attention_gpu.py` (benchmarks/bench_attention.py does).
+Kernel modules are imported inside the tests: importing Triton at collection time would stop the
+CPU suite's interpreter tests from working.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_helpers import cosine, max_err, outlier_qkv, proj_params, random_qkv, rel_l2
+
+pytestmark = pytest.mark.gpu
+
+L480 = 32760  # 480p, 81 frames: 21 x 30 x 52 latent tokens
+
+
+def assert_same_blocks(lut: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor, tol: float = 1e-5):
+    """Same kept blocks, except where two float32 scores at the cut are within `tol` (summation order)."""
+    lut = lut.view_as(expected).long()
+    expected = expected.long()
+    rows = (lut != expected).any(-1)
+    if not rows.any():
+        return
+    cut = torch.gather(scores, -1, expected).min(-1).values[rows]
+    got = torch.gather(scores, -1, lut).min(-1).values[rows]
+    assert rows.float().mean() < 1e-3 and (cut - got).abs().max() < tol, f"{int(rows.sum())} rows differ"
+
+
+@pytest.fixture(scope="module")
+def qkv480():
+    q, k, v = random_qkv(1, L480, 12, 128, torch.bfloat16, device="cuda")
+    return q, k, v, *proj_params(128, "cuda")
+
+
+def _sla_bound(out, q, k, v, topk, w, b, blkq, blkk, lut):
+    from turbovid.ops.attention import sla_reference as ref
+
+    expected = ref.sla_reference(q, k, v, topk, w, b, blkq, blkk, lut=lut)
+    low = ref.sla_reference(q, k, v, topk, w, b, blkq, blkk, dtype=torch.bfloat16, lut=lut)
+    err, bound = max_err(out, expected), 2 * max_err(low, expected) + 1e-3
+    assert err <= bound, f"kernel error {err:.3e} > bound {bound:.3e}"
+    return expected
+
+
+def test_sla_480p_matches_reference(qkv480):
+    from turbovid.ops.attention import blockmap, sla_kernel
+    from turbovid.ops.attention import sla_reference as ref
+
+    q, k, v, w, b = qkv480
+    stats = blockmap.block_stats(q, k, v, 0.1, 128, 64)
+    expected_lut = ref.block_map(q, k, 0.1, 128, 64)
+    assert stats.kk == 51
+    assert_same_blocks(stats.lut, expected_lut, ref.block_scores(q, k, 128, 64))
+    out = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats)
+    expected = _sla_bound(out, q, k, v, 0.1, w, b, 128, 64, stats.lut.view_as(expected_lut))
+    tma = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats, config=sla_kernel.Config(tma=True))
+    assert max_err(tma, expected) <= 1.05 * max_err(out, expected) + 1e-3
+
+
+def test_sla_batch2_ragged_head_dim_64():
+    from turbovid.ops.attention import blockmap, sla_kernel
+    from turbovid.ops.attention import sla_reference as ref
+
+    q, k, v = random_qkv(2, 5000, 4, 64, torch.bfloat16, device="cuda", seed=2)
+    w, b = proj_params(64, "cuda")
+    stats = blockmap.block_stats(q, k, v, 0.15, 128, 64)
+    expected_lut = ref.block_map(q, k, 0.15, 128, 64)
+    assert_same_blocks(stats.lut, expected_lut, ref.block_scores(q, k, 128, 64))
+    out = sla_kernel.sla_forward(q, k, v, 0.15, w, b, stats=stats)
+    _sla_bound(out, q, k, v, 0.15, w, b, 128, 64, stats.lut.view_as(expected_lut))
+
+
+@pytest.mark.parametrize("inputs", [random_qkv, outlier_qkv], ids=["random", "outliers"])
+def test_sagesla_480p_accuracy(inputs):
+    from turbovid.ops.attention import blockmap, sagesla_kernel
+    from turbovid.ops.attention import sla_reference as ref
+
+    q, k, v = inputs(1, L480, 12, 128, torch.bfloat16, device="cuda", seed=3)
+    w, b = proj_params(128, "cuda")
+    stats = blockmap.block_stats(q, k, v, 0.1, 64, 128, v_absmax=True)
+    out = sagesla_kernel.sagesla_forward(q, k, v, 0.1, w, b, 64, 128, stats=stats)
+    lut = stats.lut.view(1, 12, -1, stats.kk)
+    expected = ref.sla_reference(q, k, v, 0.1, w, b, 64, 128, lut=lut)
+    assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
+    sparse = ref.sparse_attention(q, k, v, lut, 64, 128)  # the quantized part alone meets the bar too
+    alone = sagesla_kernel.sagesla_forward(q, k, v, 0.1, None, None, 64, 128, stats=stats)
+    assert cosine(alone, sparse) >= 0.999 and rel_l2(alone, sparse) <= 3e-2
+
+
+def test_sagesla_batch2_ragged_head_dim_64():
+    from turbovid.ops.attention import sagesla_kernel
+    from turbovid.ops.attention import sla_reference as ref
+
+    q, k, v = outlier_qkv(2, 5000, 4, 64, torch.bfloat16, device="cuda", seed=4)
+    out = sagesla_kernel.sagesla_forward(q, k, v, 0.15, None, None, 64, 128)
+    expected = ref.sla_reference(q, k, v, 0.15, None, None, 64, 128)
+    assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
+
+
+def test_backends_resolve_and_compile():
+    from turbovid.ops import attention
+
+    major, minor = torch.cuda.get_device_capability()
+    assert attention.resolve_backend("auto", "cuda") == ("sagesla" if (major, minor) >= (8, 9) else "sla")
+    q, k, v = random_qkv(1, 1000, 2, 128, torch.bfloat16, device="cuda", seed=5)
+    w, b = proj_params(128, "cuda")
+
+    def f(q, k, v):
+        return attention.attention(q, k, v, "sla", topk=0.2, proj_weight=w, proj_bias=b) + 1
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(q, k, v), f(q, k, v))
