@@ -53,7 +53,7 @@ class GenerationRequest:
     sigma_max: float = _opt(80.0, "rcm: initial noise level (larger: less diverse, sometimes cleaner)")
     guidance_scale: float = _opt(5.0, "euler: classifier-free guidance scale")
     shift: float = _opt(5.0, "euler: noise schedule shift")
-    negative_prompt: str | None = _opt(None, "euler: negative prompt (default: Wan2.1's)")
+    negative_prompt: str | None = _opt(None, "euler: negative prompt (default and \"\": Wan2.1's)")
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationRequest":
@@ -72,11 +72,11 @@ class PipelineOptions:
     attention: str = _opt("auto", "attention backend (auto: sagesla > sla > dense for rcm, dense for euler)", ATTENTIONS)
     sla_topk: float = _opt(0.1, "fraction of key blocks SLA attends to exactly (0.15: better quality)")
     quant: str = _opt("auto", "int8 linear layers (auto: int8 on GPUs under 40 GB)", QUANTS)
-    checkpoint_dir: str = _opt("checkpoints", "folder holding (or receiving) the weights")
-    dit_path: str | None = _opt(None, "DiT checkpoint (default: from --checkpoint-dir)")
-    text_encoder_path: str | None = _opt(None, "umT5 checkpoint (default: from --checkpoint-dir)")
-    tokenizer_path: str | None = _opt(None, "umT5 tokenizer folder (default: CHECKPOINT_DIR/umt5-xxl)")
-    vae_path: str | None = _opt(None, "VAE checkpoint (default: from --checkpoint-dir)")
+    checkpoint_dir: str = _opt("checkpoints", "folder holding (or receiving) the weights", metavar="PATH")
+    dit_path: str | None = _opt(None, "DiT checkpoint (default: from --checkpoint-dir)", metavar="PATH")
+    text_encoder_path: str | None = _opt(None, "umT5 checkpoint (default: from --checkpoint-dir)", metavar="PATH")
+    tokenizer_path: str | None = _opt(None, "umT5 tokenizer folder (default: CHECKPOINT_DIR/google/umt5-xxl)", metavar="PATH")
+    vae_path: str | None = _opt(None, "VAE checkpoint (default: from --checkpoint-dir)", metavar="PATH")
     offline: bool = _opt(False, "never download: fail with the list of files to place instead")
     device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)")
     dtype: str = _opt("auto", "compute dtype (auto: bfloat16 on GPU, float32 on CPU)", DTYPES)
@@ -113,6 +113,6 @@ def from_dict(cls, data: dict):
         elif tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-            raise ValueError(f"field {name!r} must be a {tp.__name__}, got {type(value).__name__}")
+            raise ValueError(f"field {name!r} must be of type {tp.__name__}, got {type(value).__name__}")
         kw[name] = value
     return cls(**kw)

@@ -160,7 +160,9 @@ def request_defaults(model: str, sampler: str) -> dict:
 
 def resolve_request(request: GenerationRequest, model: str = "Wan2.1-1.3B", sampler: str = "rcm") -> GenerationRequest:
     """Check a request and fill its unset fields for `model` and `sampler`; raises UsageError naming the fix."""
-    fill = {k: v for k, v in request_defaults(model, sampler).items() if getattr(request, k) is None}
+    # "" means the default negative prompt, as in Wan2.1
+    fill = {k: v for k, v in request_defaults(model, sampler).items()
+            if getattr(request, k) is None or (k == "negative_prompt" and request.negative_prompt == "")}
     req = dataclasses.replace(request, **fill)
     if not isinstance(req.prompt, str) or not req.prompt.strip():
         raise UsageError("the prompt is empty; pass --prompt \"what the video shows\"")
