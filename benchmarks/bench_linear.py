@@ -15,13 +15,18 @@ import json
 import math
 import os
 import platform
+import re
+import subprocess
 import sys
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from turbovid.ops.quant import int8
 from turbovid.ops.quant import int8_triton as K
 from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8, quantize_weight_fp8
 from turbovid.ops.quant.int8 import dequantize_blockwise, int8_linear_reference, quantize_blockwise
@@ -73,9 +78,52 @@ def activations(m: int, k: int, outliers: int = 8, gain: float = 8.0) -> torch.T
     return x.to(torch.bfloat16)
 
 
+def reference_quantizer_check(results: dict, probe: str) -> bool:
+    """Our int8 rule vs the reference rule compiled as the reference compiles it (fast math),
+    byte for byte, with the measured reciprocal table and without it (plain IEEE division)."""
+    out = subprocess.run([probe], capture_output=True, text=True, check=True).stdout
+    print(out.splitlines()[0], flush=True)
+    table = tuple(int(h, 16) for h in re.search(r"table:((?: [0-9a-f]{8}){128})", out).group(1).split())
+    floor = int(re.search(r"floor: ([0-9a-f]{8})", out).group(1), 16)
+    rec = {"sweep": out.splitlines()[0], "table": [f"{t:08x}" for t in table], "floor": f"{floor:08x}"}
+    if int8.RCP128_TABLE is not None:
+        rec["table_matches_hardcoded"] = int8.RCP128_TABLE == table and int8.RCP128_FLOOR == floor
+    torch.manual_seed(2)
+    w = torch.randn(8960, 1536, device="cuda") * torch.rand(70, 1, 12, 1, device="cuda").pow(4).repeat_interleave(
+        128, 0).repeat_interleave(128, 2).view(8960, 1536) * 0.05
+    tensors = {"weight 8960x1536": w.to(torch.bfloat16), "activations 4096x1536": activations(4096, 1536),
+               "ragged 300x200": activations(300, 200), "tiny 256x256": (torch.randn(256, 256, device="cuda") * 1e-9).to(torch.bfloat16)}
+    saved = (int8.RCP128_TABLE, int8.RCP128_FLOOR)
+    ok = True
+    for name, t in tensors.items():
+        path = f"/tmp/q_{t.shape[0]}_{t.shape[1]}"
+        t.contiguous().view(torch.int16).cpu().numpy().tofile(path + ".in")
+        subprocess.run([probe, path + ".in", str(t.shape[0]), str(t.shape[1]), path + ".out"], check=True)
+        raw = torch.from_numpy(np.fromfile(path + ".out", dtype=np.uint8))
+        n = t.numel()
+        ref_q = raw[:n].view(torch.int8).view(t.shape).cuda()
+        ref_s = raw[n:].view(torch.float32).view(math.ceil(t.shape[0] / 128), math.ceil(t.shape[1] / 128)).cuda()
+        row = {"what": f"reference-rule bytes {name}"}
+        for label, tbl in (("ieee", (None, None)), ("table", (table, floor))):
+            int8.RCP128_TABLE, int8.RCP128_FLOOR = tbl
+            q, sc = quantize_blockwise(t)
+            kq, ks = K.quantize_act(t, "int8")
+            row[f"torch_{label}_differing"] = int((q != ref_q).sum())
+            row[f"triton_{label}_differing"] = int((kq != ref_q).sum())
+            row[f"scales_{label}_equal"] = torch.equal(sc, ref_s) and torch.equal(ks, ref_s)
+        ok &= row["torch_table_differing"] == 0 and row["triton_table_differing"] == 0 and row["scales_table_equal"]
+        rec.setdefault("tensors", []).append(row)
+        print(json.dumps(row), flush=True)
+    int8.RCP128_TABLE, int8.RCP128_FLOOR = saved if saved[0] is not None else (table, floor)
+    results["reference_quantizer"] = rec
+    return ok
+
+
 def check(results: dict) -> bool:
     ok = True
     torch.manual_seed(1)
+    if os.environ.get("FMQ"):
+        ok &= reference_quantizer_check(results, os.environ["FMQ"])
     # 1. activation quantization: the kernel's bytes == the PyTorch rule's bytes
     for m, k in [(M, 1536), (1000, 8960), (77, 200)]:
         x = activations(m, k)

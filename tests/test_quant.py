@@ -103,6 +103,33 @@ def test_act_quant_kernel_matches_rule_bytes(fmt, dtype):
         assert torch.equal(s, rs), (m, k)
 
 
+def test_reciprocal_table_is_applied_alike_by_rule_and_kernel(monkeypatch):
+    """With a table, the multiplier of a bf16 amax = table[mantissa] * 2**-exponent; exact ties then
+    follow the table's rounding. A table one ulp above IEEE for mantissa 0 (IEEE: exactly 128) moves
+    the ties of an amax 2**e up; half to even without the table."""
+    ieee = [torch.tensor(128.0 / (1 + m / 128), dtype=torch.float32).view(torch.int32).item() for m in range(128)]
+    table = list(ieee)
+    table[0] += 1  # 128 * (1 + 2**-23)
+    floor = torch.tensor(128.0, dtype=torch.float32).div(torch.tensor(1e-8, dtype=torch.float32)).view(torch.int32).item()
+    monkeypatch.setattr(int8, "RCP128_TABLE", tuple(table))
+    monkeypatch.setattr(int8, "RCP128_FLOOR", floor)
+    x = torch.zeros(128, 384)
+    x[0, 0], x[0, 128], x[0, 256] = 4.0, 1.5, 3e-9  # tile amax: 2**2 (table entry 0), 1.5, the 1e-8 floor
+    ties = torch.arange(0, 127, 2) + 0.5  # k + 0.5 for even k: IEEE rounds down, the table up
+    x[1, :64] = ties * 4.0 / 128
+    x[1, 128:192] = ties * 1.5 / 128
+    x[1, 256:320] = torch.linspace(-3e-9, 3e-9, 64)
+    x = x.to(torch.bfloat16)
+    assert torch.equal(x[1, :64].float(), ties * 4.0 / 128)  # the ties are exact in bf16
+    q, s = quantize_blockwise(x)
+    kq, ks = int8_triton.quantize_act(x, "int8")
+    assert torch.equal(q, kq) and torch.equal(s, ks)
+    assert torch.equal(q[1, :64].long(), (ties + 0.5).long())  # rounded up: the table's quotient
+    monkeypatch.setattr(int8, "RCP128_TABLE", None)
+    q_ieee, _ = quantize_blockwise(x)
+    assert torch.equal(q_ieee[1, :64].long(), (ties - 0.5).long())
+
+
 GEMM_CONFIGS = [
     dict(BLOCK_M=32, BLOCK_N=64),
     dict(BLOCK_M=64, BLOCK_N=256, SPLIT_N=2, MAGIC=True),  # two weight-scale blocks per tile

@@ -24,6 +24,18 @@ BLOCK = 128
 INT8_MAX = 128.0  # the reference divides by 128 (not 127) and saturates the rounded value
 AMAX_FLOOR = 1e-8
 
+# TurboDiffusion builds its quantizer with --use_fast_math, so `128.f / amax` is div.approx.ftz.f32
+# (128 x an approximate reciprocal): for some amax it is one ulp off the IEEE quotient, which moves
+# exact ties (x * 128/amax = k + 0.5) to the other integer. For a bf16 amax (bf16 weights and
+# activations: the real case) the quotient depends only on amax's 7 mantissa bits, so a table of
+# 128 float32 bit patterns (128 / (1 + m/128), read off an H100 by benchmarks/fastmath_quant_check.cu)
+# reproduces it; other amax values use IEEE division. None: IEEE everywhere.
+RCP128_TABLE: tuple[int, ...] | None = None
+RCP128_FLOOR: int | None = None  # the quotient for the 1e-8 amax floor
+TABLE_EXPONENTS = (127 - 24, 127 + 15)  # biased exponents of amax the device check covered
+FLOOR_BITS = 0x322BCC77  # float32(1e-8)
+_table_cache: dict = {}
+
 _kernel_module = None  # int8_triton, imported on first use: importing Triton fixes its interpreter mode
 _allow_interpreter = False
 _logged: set[str] = set()
@@ -67,6 +79,32 @@ def use_kernel(x: torch.Tensor) -> bool:
     return False
 
 
+def rcp_table(device: torch.device) -> torch.Tensor | None:
+    """RCP128_TABLE + [RCP128_FLOOR] as a float32 tensor on `device` (cached), or None."""
+    if RCP128_TABLE is None:
+        return None
+    key = (str(device), RCP128_TABLE, RCP128_FLOOR)
+    if key not in _table_cache:
+        bits = torch.tensor(list(RCP128_TABLE) + [RCP128_FLOOR], dtype=torch.int64).to(torch.int32)
+        _table_cache[key] = bits.view(torch.float32).to(device)
+    return _table_cache[key]
+
+
+def int8_multiplier(amax: torch.Tensor) -> torch.Tensor:
+    """128 / amax (float32) the way the reference quantizer computes it; see RCP128_TABLE."""
+    quotient = torch.full_like(amax, INT8_MAX) / amax
+    table = rcp_table(amax.device)
+    if table is None:
+        return quotient
+    bits = amax.view(torch.int32)
+    exp = (bits >> 23) & 0xFF
+    use = ((bits & 0xFFFF) == 0) & (exp >= TABLE_EXPONENTS[0]) & (exp < TABLE_EXPONENTS[1])
+    pow2 = ((254 - exp).clamp(1, 254) << 23).view(torch.float32)  # 2 ** -(exp - 127), exact
+    approx = table[((bits >> 16) & 0x7F).long()] * pow2
+    quotient = torch.where(use, approx, quotient)
+    return torch.where(bits == FLOOR_BITS, table[128], quotient)
+
+
 def quantize_blockwise(
     x: torch.Tensor, block: int = BLOCK, qmax: float = INT8_MAX, dtype: torch.dtype = torch.int8
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,9 +120,10 @@ def quantize_blockwise(
     xp[:r, :c] = x.float()
     tiles = xp.view(rb, block, cb, block)
     amax = tiles.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR)  # [rb, cb]
-    # qmax / amax as one IEEE float32 division (a python scalar over a tensor would go through
-    # reciprocal-then-multiply, which rounds differently for qmax=448), then a float32 multiply
-    v = tiles * (torch.full_like(amax, qmax) / amax)[:, None, :, None]
+    # qmax / amax in float32 (the reference's quotient for int8; for fp8 one IEEE division: a python
+    # scalar over a tensor would go through reciprocal-then-multiply), then a float32 multiply
+    mult = int8_multiplier(amax) if dtype == torch.int8 else torch.full_like(amax, qmax) / amax
+    v = tiles * mult[:, None, :, None]
     if dtype == torch.int8:
         q = torch.round(v).clamp_(-128, 127)  # torch.round is round-half-even
     else:

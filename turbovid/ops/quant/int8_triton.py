@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from turbovid.ops.quant import int8
+
 try:  # present on Triton >= 3.1; the device loop falls back to pointer loads without it
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover
@@ -75,11 +77,28 @@ def _to_e4m3(v, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _int8_multiplier(amax, tbl_ptr, USE_TABLE: tl.constexpr, EXP_LO: tl.constexpr, EXP_HI: tl.constexpr):
+    # 128 / amax as the reference computes it (int8.RCP128_TABLE): table[mantissa] * 2**-exponent
+    # for a bf16 amax in the checked range, the floor's own value, else IEEE division
+    quotient = tl.math.div_rn(tl.full([], 128.0, tl.float32), amax)
+    if USE_TABLE:
+        bits = amax.to(tl.int32, bitcast=True)
+        exp = (bits >> 23) & 0xFF
+        use = ((bits & 0xFFFF) == 0) & (exp >= EXP_LO) & (exp < EXP_HI)
+        pow2 = ((254 - tl.minimum(tl.maximum(exp, 1), 253)) << 23).to(tl.float32, bitcast=True)
+        approx = tl.load(tbl_ptr + ((bits >> 16) & 0x7F)) * pow2
+        quotient = tl.where(use, approx, quotient)
+        quotient = tl.where(bits == 0x322BCC77, tl.load(tbl_ptr + 128), quotient)
+    return quotient
+
+
+@triton.jit
 def _quant_act_kernel(
-    x_ptr, q_ptr, s_ptr, M, K,
+    x_ptr, q_ptr, s_ptr, tbl_ptr, M, K,
     stride_xm, stride_qm, stride_sr, stride_sk,
     ROW_SCALES: tl.constexpr,  # False: one scale per 128x128 tile (int8); True: per row of it (fp8)
     IS_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+    USE_TABLE: tl.constexpr, EXP_LO: tl.constexpr, EXP_HI: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -97,7 +116,10 @@ def _quant_act_kernel(
         tl.store(s_ptr + rm * stride_sr + pid_k * stride_sk, scale, mask=row_ok)
     else:
         amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-8)  # scalar
-        mult = tl.math.div_rn(tl.full([], qmax, tl.float32), amax)
+        if IS_FP8:
+            mult = tl.math.div_rn(tl.full([], qmax, tl.float32), amax)
+        else:
+            mult = _int8_multiplier(amax, tbl_ptr, USE_TABLE, EXP_LO, EXP_HI)
         scale = tl.math.div_rn(amax, tl.full([], qmax, tl.float32))
         tl.store(s_ptr + pid_m * stride_sr + pid_k * stride_sk, scale)
     v = x * mult
@@ -129,9 +151,11 @@ def quantize_act(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torc
         raise ValueError(f"unknown quant format {fmt!r}: use 'int8' or 'fp8'")
     if m == 0 or k == 0:
         return q, s
+    table = int8.rcp_table(x.device) if fmt == "int8" else None
     _quant_act_kernel[(mb, kb)](
-        x, q, s, m, k, x.stride(0), q.stride(0), stride_sr, stride_sk,
-        ROW_SCALES=fmt == "fp8", IS_FP8=fmt == "fp8", INTERPRET=interpreting(), num_warps=8,
+        x, q, s, s if table is None else table, m, k, x.stride(0), q.stride(0), stride_sr, stride_sk,
+        ROW_SCALES=fmt == "fp8", IS_FP8=fmt == "fp8", INTERPRET=interpreting(),
+        USE_TABLE=table is not None, EXP_LO=int8.TABLE_EXPONENTS[0], EXP_HI=int8.TABLE_EXPONENTS[1], num_warps=8,
     )
     return q, s
 
@@ -144,7 +168,7 @@ def _block_dot(acc, a, b, s, IS_INT8: tl.constexpr, MAGIC: tl.constexpr):
     # acc (BM, BN) fp32 += (a (BM, 128) . b (BN, 128)^T) * s (BM,)
     if IS_INT8:
         if MAGIC:
-            blk = tl.dot(a, tl.trans(b), tl.full(acc.shape, 0x4B400000, tl.int32))
+            blk = tl.dot(a, tl.trans(b), tl.full(acc.shape, 0x4B400000, tl.int32), out_dtype=tl.int32)
             part = blk.to(tl.float32, bitcast=True) - 12582912.0
         else:
             part = tl.dot(a, tl.trans(b), out_dtype=tl.int32).to(tl.float32)
