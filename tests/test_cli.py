@@ -78,20 +78,21 @@ def test_generate_end_to_end_with_checkpoints(tmp_path, ckpts, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "v2.json", "v2.mp4", "v3.json", "v3.mp4"]
 
 
-def test_tiny_random_through_the_module_entry_point(tmp_path):
-    """`python -m turbovid generate --model tiny-random`: the console script's code path, in a fresh process."""
-    out = tmp_path / "smoke.gif"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(
-        [sys.executable, "-m", "turbovid", "generate", "--model", "tiny-random", "--num_frames", "1",
-         "--num_steps", "1", "--output", str(out)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
-    )
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="predict.sh needs ./build.sh's .venv")
+def test_predict_sh_tiny_random(tmp_path):
+    """./predict.sh --model tiny-random from another folder: the user's command, in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([str(ROOT / "predict.sh"), "--model", "tiny-random", "--num_frames", "1", "--num_steps", "1"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "noise" in p.stderr  # clearly labelled
+    out = tmp_path / "outputs" / "generated_video.mp4"  # the default --output, relative to the caller's folder
+    assert "noise" in p.stderr and "saved outputs/generated_video.mp4" in p.stdout  # clearly labelled
     frames, _ = read_video(out)
     assert frames.shape == (1, 128, 224, 3)  # tiny-random defaults: 128p 16:9
     assert "noise" in json.loads(out.with_suffix(".json").read_text())["note"]
+    bad = subprocess.run([str(ROOT / "predict.sh"), "--num_frames", "8"], capture_output=True, text=True, timeout=300,
+                         env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "4n+1" in bad.stderr
 
 
 def test_num_samples_write_one_file_each(tmp_path, monkeypatch, capsys):
@@ -200,6 +201,20 @@ def test_ctrl_c_leaves_no_file(tmp_path, monkeypatch, capsys):
     rc, _, err = run([*SMALL, "--output", str(out)], capsys)
     assert rc == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_to_int8_then_generate(tmp_path, ckpts, capsys):
+    dst = tmp_path / "tiny-int8.safetensors"
+    assert cli.main(["convert", str(ckpts["dit"]), str(dst), "--model", "tiny-random"]) == 0
+    assert f"wrote {dst}" in capsys.readouterr().out
+    args = ckpt_args(ckpts)
+    args[args.index("--dit_path") + 1] = str(dst)
+    out = tmp_path / "v.mp4"
+    rc, _, err = run([*args, *SMALL, "--num_frames", "1", "--num_steps", "1", "--output", str(out)], capsys)
+    assert rc == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["quant"] == "int8"
+    rc = cli.main(["convert", str(ckpts["dit"]), str(tmp_path / "x.safetensors"), "--format", "int4"])
+    _assert_usage_error(rc, capsys.readouterr().err, "unknown quant format 'int4'", tmp_path / "x.safetensors")
 
 
 def test_help_lists_every_option(capsys):

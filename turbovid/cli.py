@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="jobs waiting at most; more are refused with 503 (default: 16)")
     add_dataclass_arguments(srv, PipelineOptions, "model")
 
-    conv = sub.add_parser("convert", help="convert a DiT checkpoint (e.g. to int8)", description="Convert a DiT checkpoint.")
+    conv = sub.add_parser("convert", help="quantize a DiT checkpoint offline (int8 / fp8 block-scaled)",
+                          description="Quantize the block linears of a float DiT checkpoint into a .safetensors file.")
     conv.add_argument("src", help="source checkpoint")
     conv.add_argument("dst", help="destination file (.safetensors)")
-    conv.add_argument("--format", default="int8", help="target format (default: int8)")
+    conv.add_argument("--format", default="int8", help="int8 (TurboDiffusion's -quant layout) or fp8 (default: int8)")
     conv.add_argument("--model", default=None, help="model preset, when it cannot be inferred from the weights")
     return parser
 
@@ -192,13 +193,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from turbovid.loading.common import CheckpointError
+    from turbovid.loading.convert import convert_checkpoint
+    from turbovid.pipeline import UsageError
+
+    if not Path(args.src).exists():
+        raise UsageError(f"{args.src}: file not found")
     try:
-        from turbovid.loading.convert import convert_checkpoint
-    except ImportError:
-        raise SystemExit(
-            "turbovid convert: error: the checkpoint converter is not part of this build (turbovid.loading.convert)"
-        ) from None
-    convert_checkpoint(args.src, args.dst, args.format, args.model)
+        convert_checkpoint(args.src, args.dst, args.format, args.model)
+    except CheckpointError:
+        raise
+    except ValueError as e:  # unknown format or model, dst == src
+        raise UsageError(str(e)) from None
     print(f"wrote {args.dst}")
     return 0
 

@@ -262,11 +262,19 @@ class Pipeline:
                 "CUDA out of memory while loading the models; use --offload, --quant int8 or a smaller --model"
             ) from None
         dit.set_attention(attention, opts.sla_topk)
+        fast = False
+        if device.type == "cuda":
+            from turbovid.fast import FastOptions, make_fast
+
+            # A CUDA graph holds the weights' addresses: with --offload they move, so no graph then.
+            dit = make_fast(dit, FastOptions(graph=not opts.offload))
+            fast = type(dit).__name__ == "GraphedDiT"
         pipe = cls(
             dit, text_encoder, vae, device=device, dtype=dtype, sampler=opts.sampler, offload=opts.offload,
             vae_tiling=opts.vae_tiling, model_name=opts.model,
             settings={
                 "attention": attention, "sla_topk": opts.sla_topk, "quant": "int8" if _has_int8(dit) else "none",
+                "cuda_graph": fast,
                 "checkpoints": {k: str(v) for k, v in paths.items()},
             },
         )
