@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where finished videos are kept (default: outputs/server)")
     srv.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=16,
                      help="jobs waiting at most; more are refused with 503 (default: 16)")
+    srv.add_argument("--resolution", default="480p", choices=("480p", "720p"),
+                     help="which weights to fetch where a model has both (14B); requests still pick any size")
     add_dataclass_arguments(srv, PipelineOptions, "model")
 
     conv = sub.add_parser("convert", help="quantize a DiT checkpoint offline (int8 / fp8 block-scaled)",
@@ -183,7 +185,7 @@ def run_serve(args: argparse.Namespace) -> int:
     check_options(options)
     bars = _Bars(enabled=True)
     try:
-        pipe = Pipeline.from_options(options, progress=bars)
+        pipe = Pipeline.from_options(options, progress=bars, resolution=args.resolution)
     finally:
         bars.close()
     app = create_app(pipe, output_dir=args.output_dir, max_queue=args.max_queue)
