@@ -1,7 +1,6 @@
 """A FIFO of video jobs run one at a time by a worker thread (one GPU, one model: no parallel runs)."""
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import secrets
@@ -65,7 +64,6 @@ class JobQueue:
         self.output_dir = Path(output_dir)
         self.max_queue, self.keep = max_queue, keep
         self.jobs: dict[str, Job] = {}
-        self._order = itertools.count()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="turbovid-worker", daemon=True)
