@@ -156,6 +156,21 @@ def test_missing_checkpoints_offline_names_files_and_folder(tmp_path, capsys, mo
     assert rc == 2 and "TurboWan2.1-T2V-1.3B-480P-quant.pth" in err
 
 
+def test_tiny_checkpoints_default_to_the_byte_tokenizer_and_bad_tokenizer_is_one_line(tmp_path, ckpts, capsys):
+    args = ckpt_args(ckpts)
+    i = args.index("--tokenizer_path")
+    no_tok = args[:i] + args[i + 2:]
+    out = tmp_path / "v.mp4"
+    rc, _, err = run([*no_tok, *SMALL, "--num_frames", "1", "--num_steps", "1", "--output", str(out)], capsys)
+    assert rc == 0, err
+    empty = tmp_path / "emptytok"
+    empty.mkdir()
+    args[i + 1] = str(empty)
+    out2 = tmp_path / "w.mp4"
+    rc, _, err = run([*args, *SMALL, "--output", str(out2)], capsys)
+    _assert_usage_error(rc, err, "emptytok", out2)
+
+
 def test_explicit_missing_path(tmp_path, capsys):
     out = tmp_path / "v.mp4"
     rc, _, err = run(["--dit_path", str(tmp_path / "nope.pth"), "--output", str(out), "--device", "cpu"], capsys)

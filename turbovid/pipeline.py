@@ -261,6 +261,10 @@ class Pipeline:
             raise OutOfMemory(
                 "CUDA out of memory while loading the models; use --offload, --quant int8 or a smaller --model"
             ) from None
+        except (CheckpointError, UsageError):
+            raise
+        except ValueError as e:  # the loaders' own one-line messages (tokenizer folder, vocab mismatch, ...)
+            raise UsageError(str(e)) from None
         dit.set_attention(attention, opts.sla_topk)
         fast = False
         if device.type == "cuda":
@@ -313,7 +317,7 @@ class Pipeline:
                 wanted["dit"] = hub.base_dit_files(opts.model, ckpt)
         if opts.text_encoder_path is None:
             wanted["text_encoder"] = [hub.text_encoder_file()]
-        if opts.tokenizer_path is None:
+        if opts.tokenizer_path is None and opts.model != TINY:  # tiny-random: the byte tokenizer, no files
             wanted["tokenizer"] = hub.tokenizer_files()
         if opts.vae_path is None:
             wanted["vae"] = [hub.vae_file()]
@@ -331,7 +335,8 @@ class Pipeline:
         from turbovid.loading import load_dit, load_text_encoder, load_vae
 
         step("load", 0, 3)
-        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=paths.get("tokenizer"), device=home, dtype=dtype)
+        tokenizer = paths.get("tokenizer", "byte" if opts.model == TINY else None)
+        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=home, dtype=dtype)
         step("load", 1, 3)
         dit = load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)
         step("load", 2, 3)
