@@ -334,13 +334,14 @@ class Pipeline:
     def _load(opts, paths, attention, quant, home, dtype, step: Progress):
         from turbovid.loading import load_dit, load_text_encoder, load_vae
 
+        # The DiT first: a checkpoint that does not match --model fails before the 11 GB text encoder loads.
         step("load", 0, 3)
+        dit = load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)
+        step("load", 1, 3)
+        vae = load_vae(paths["vae"], device=home, dtype=dtype)
+        step("load", 2, 3)
         tokenizer = paths.get("tokenizer", "byte" if opts.model == TINY else None)
         text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=home, dtype=dtype)
-        step("load", 1, 3)
-        dit = load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)
-        step("load", 2, 3)
-        vae = load_vae(paths["vae"], device=home, dtype=dtype)
         step("load", 3, 3)
         return dit, text_encoder, vae
 
