@@ -256,6 +256,25 @@ def test_swapped_mlp_stack_matches_float_twin(swap):
     assert rel(got, want) <= 3e-2
 
 
+@pytest.mark.parametrize("swap", [swap_linears, swap_linears_fp8])
+def test_swapped_tiny_dit_velocity_matches_float_twin(swap):
+    from turbovid.loading.dit import build_dit
+
+    cfg = DiTConfig(dim=256, ffn_dim=384, num_heads=2, num_layers=2, text_dim=64, freq_dim=64)
+    model = build_dit(cfg, dtype=torch.float32, seed=0).eval()
+    qmodel = build_dit(cfg, dtype=torch.float32, seed=0).eval()
+    swap(qmodel.blocks)  # TurboDiffusion quantizes the blocks' linears only, not proj_l
+    quantized = [m for m in qmodel.modules() if isinstance(m, (Int8Linear, Fp8Linear))]
+    assert len(quantized) == 10 * cfg.num_layers
+    assert all(isinstance(b.self_attn.proj_l, nn.Linear) for b in qmodel.blocks)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 16, 2, 8, 8, generator=g), torch.tensor([700.0])
+    ctx = torch.randn(1, 12, cfg.text_dim, generator=g)
+    with torch.no_grad():
+        want, got = model(x, t, ctx), qmodel(x, t, ctx)
+    assert rel(got, want) <= 3e-2
+
+
 def test_to_dtype_keeps_quantized_buffers():
     q8 = Int8Linear.from_linear(nn.Linear(256, 128))
     f8 = Fp8Linear.from_linear(nn.Linear(256, 128))
