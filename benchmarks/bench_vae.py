@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from turbovid.configs import VAE_PRESETS
 from turbovid.loading.vae import to_ours
 from turbovid.models.vae import WanVAE
+from turbovid.models import vae_fast
 from turbovid.models.vae_fast import fast_decode
 from turbovid.models.vae_tiling import GiB, estimate_bytes, plan_decode
 
@@ -126,14 +127,17 @@ def conv_microbench(rows: list):
             return out
 
         variants["3x conv2d NHWC"] = taps
-        for bench_mode in (False, True):
+        xs = torch.randn(t, h, w, 3 * c, device="cuda", dtype=torch.bfloat16).permute(0, 3, 1, 2)
+        ws = wt.permute(0, 2, 1, 3, 4).reshape(c, 3 * c, 3, 3).contiguous(memory_format=torch.channels_last)
+        variants["stacked conv2d"] = lambda: F.conv2d(xs, ws, padding=1)
+        for bench_mode in (False,):
             torch.backends.cudnn.benchmark = bench_mode
             for name, fn in variants.items():
                 ms = do_bench(fn, warmup=50, rep=200, return_mode="median")
                 rows.append({"shape": f"C{c} {t}x{h}x{w}", "variant": name, "cudnn_benchmark": bench_mode,
                              "ms": ms, "tflops": flop / ms / 1e9})
         torch.backends.cudnn.benchmark = False
-        del x, xl, x2
+        del x, xl, x2, xs
 
 
 def kernel_microbench(rows: list):
@@ -164,47 +168,59 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     t, h, w = SIZES[name]
     z = z.to(DEV)
     r["tflop_decode"] = decode_tflop(cfg, t, h, w, subpixel=True)
-    plan = plan_decode(cfg, t, h, w, 2, "auto", 70 * GiB)
+    # each way of running the full-resolution (96-channel) convs; the fastest at 480p is used after
+    modes = r["modes"] = {}
+    keep = {}
+    for mode in (("stacked", "taps", "conv3d") if name == "480p" else dict.fromkeys((vae_fast.SMALL_CONV, "conv3d"))):
+        vae_fast.SMALL_CONV = mode
+        vae._fast_cache.clear()
+
+        def one():
+            sec, peak, out, times = timed(lambda: vae.decode(z), repeats)
+            modes[mode] = {"s": sec, "times": times, "peak_gib": peak, "psnr_vs_fp32": psnr(out, ref)}
+            keep[mode] = out
+            log(name, mode, f"{sec:.3f}s peak {peak:.2f} GiB psnr {modes[mode]['psnr_vs_fp32']:.1f} dB", times)
+
+        guarded(res, f"{name}_{mode}", one)
+        empty_cache()
+    best = min(modes, key=lambda m: modes[m]["s"])
+    if name == "480p":
+        res["small_conv"] = best
+    vae_fast.SMALL_CONV = res.get("small_conv", best)
+    vae._fast_cache.clear()
+    use = vae_fast.SMALL_CONV
+    plan = plan_decode(cfg, t, h, w, 2, "auto", 70 * GiB, small_conv=use)
     r["plan_auto"] = {k: v for k, v in asdict(plan).items() if k != "tiles"}
-    sec, peak, out, times = timed(lambda: vae.decode(z), repeats)
-    r.update(fast_s=sec, fast_times=times, fast_peak_gib=peak, fast_psnr_vs_fp32=psnr(out, ref),
-             fast_tflops=r["tflop_decode"] / sec)
-    log(name, f"fast {sec:.3f}s peak {peak:.2f} GiB psnr {r['fast_psnr_vs_fp32']:.1f} dB", times)
-    untiled = out
-    del out
+    r.update(small_conv=use, fast_s=modes[use]["s"], fast_peak_gib=modes[use]["peak_gib"],
+             fast_psnr_vs_fp32=modes[use]["psnr_vs_fp32"], fast_tflops=r["tflop_decode"] / modes[use]["s"])
+    untiled = keep[use]
+    keep.clear()
 
     def sweep():
         rows = r["chunk_sweep"] = []
-        for k in ((1, 2, 3) if name == "480p" else (1, 2)):
+        for k in ((1, 2) if name == "480p" else (1,)):
             p = replace(plan, chunk=k)
             s2, pk2, _, _ = timed(lambda: fast_decode(vae, z, plan=p), 1)
             rows.append({"chunk": k, "s": s2, "peak_gib": pk2,
-                         "est_gib": estimate_bytes(cfg, t, h, w, 2, k, plan.mid_chunk) / GiB})
+                         "est_gib": estimate_bytes(cfg, t, h, w, 2, k, plan.mid_chunk, small_conv=use) / GiB})
             log(name, "chunk", rows[-1])
 
-    def cudnn_benchmark():
-        torch.backends.cudnn.benchmark = True
-        try:
-            s3, pk3, _, times3 = timed(lambda: vae.decode(z), repeats)
-        finally:
-            torch.backends.cudnn.benchmark = False
-        r.update(fast_cudnn_benchmark_s=s3, fast_cudnn_benchmark_peak_gib=pk3)
-        log(name, f"fast cudnn.benchmark {s3:.3f}s", times3)
-
     def tiled():
-        tplan = plan_decode(cfg, t, h, w, 2, "on", 70 * GiB)
+        tplan = plan_decode(cfg, t, h, w, 2, "on", 70 * GiB, small_conv=use)
         r["plan_tiled"] = {k: v for k, v in asdict(tplan).items() if k != "tiles"}
         s4, pk4, o4, times4 = timed(lambda: vae.decode(z, tiling="on"), repeats)
         r.update(tiled_s=s4, tiled_peak_gib=pk4, tiled_psnr_vs_untiled=psnr(o4, untiled),
-                 tiled_psnr_vs_fp32=psnr(o4, ref))
+                 tiled_psnr_vs_fp32=psnr(o4, ref),
+                 tiled_est_gib=estimate_bytes(cfg, t, h, w, 2, tplan.chunk, tplan.mid_chunk,
+                                              (max(a[1] - a[0] for a in tplan.tiles), max(a[3] - a[2] for a in tplan.tiles)),
+                                              small_conv=use) / GiB)
         log(name, f"tiled {s4:.3f}s peak {pk4:.2f} GiB psnr/untiled {r['tiled_psnr_vs_untiled']:.1f}", times4)
-        b8 = plan_decode(cfg, t, h, w, 2, "auto", 8 * GiB)
+        b8 = plan_decode(cfg, t, h, w, 2, "auto", 8 * GiB, small_conv=use)
         s5, pk5, _, _ = timed(lambda: vae.decode(z, tiling="auto", memory_budget=8 * GiB), 1)
         r.update(auto8_plan={k: v for k, v in asdict(b8).items() if k != "tiles"}, auto8_s=s5, auto8_peak_gib=pk5)
         log(name, f"auto with 8 GiB budget {s5:.3f}s peak {pk5:.2f} GiB grid {b8.grid}")
 
     guarded(res, f"{name}_sweep", sweep)
-    guarded(res, f"{name}_cudnn_benchmark", cudnn_benchmark)
     if name == "720p":
         guarded(res, f"{name}_tiled", tiled)
 
@@ -319,13 +335,16 @@ def main() -> int:
         print(f"  conv {c['shape']:<18} {c['variant']:<15} bench={c['cudnn_benchmark']!s:<5} {c['ms']:7.3f} ms {c['tflops']:6.1f} TFLOP/s")
     for c in res["micro"].get("rms_silu", []):
         print(f"  {c['kernel']:<16} {c['ms']:.3f} ms {c['GB/s']:.0f} GB/s")
-    print(f"{'size':<5} {'ours fast':>10} {'peak':>9} {'PSNR':>7} {'cudnn.bm':>9} {'diffusers':>10} {'peak':>9} {'speedup':>8}")
+    print(f"{'size':<5} {'ours fast':>10} {'peak':>9} {'PSNR':>7} {'diffusers':>10} {'peak':>9} {'speedup':>8}"
+          f"   small-conv mode: {res.get('small_conv')}")
     for name, r in res["sizes"].items():
         f, d = r.get("fast_s", nan), r.get("diffusers_s", nan)
         print(f"{name:<5} {f:9.3f}s {r.get('fast_peak_gib', nan):7.2f}G {r.get('fast_psnr_vs_fp32', nan):6.1f}dB "
-              f"{r.get('fast_cudnn_benchmark_s', nan):8.3f}s {d:9.3f}s {r.get('diffusers_peak_gib', nan):7.2f}G {d / f:7.2f}x"
+              f"{d:9.3f}s {r.get('diffusers_peak_gib', nan):7.2f}G {d / f:7.2f}x"
               f"   ({r.get('tflop_decode', nan):.0f} TFLOP, {r.get('fast_tflops', nan):.0f} TFLOP/s; "
               f"fp32 ref {r.get('ref_fp32_chunked_s', nan):.2f}s)")
+        for m, v in r.get("modes", {}).items():
+            print(f"      mode {m:<8} {v['s']:.3f}s peak {v['peak_gib']:.2f}G PSNR {v['psnr_vs_fp32']:.1f} dB")
         for s in r.get("chunk_sweep", []):
             print(f"      chunk {s['chunk']}: {s['s']:.3f}s peak {s['peak_gib']:.2f}G (estimate {s['est_gib']:.2f}G)")
         if "tiled_s" in r:

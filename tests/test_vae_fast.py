@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from turbovid.configs import VAE_PRESETS, VAEConfig
+from turbovid.models import vae_fast
 from turbovid.models.vae import Resample, build_vae
 from turbovid.models.vae_fast import FastUpsample, fast_decode
 from turbovid.models.vae_tiling import (
@@ -46,13 +47,22 @@ def latents_and_reference(vae):
     return zn, vae.decode(zn, fast=False)
 
 
+@pytest.mark.parametrize("mode", ["stacked", "taps", "conv3d"])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_fast_equals_chunked_reference(vae, latents_and_reference, chunk):
+def test_fast_equals_chunked_reference(vae, latents_and_reference, chunk, mode, monkeypatch):
+    monkeypatch.setattr(vae_fast, "SMALL_CONV", mode)  # the tiny config's convs are all "small"
     zn, ref = latents_and_reference
     plan = replace(plan_decode(vae.cfg, 3, 3, 5, 4, "off"), chunk=chunk, mid_chunk=chunk)
     out = fast_decode(vae, zn, plan=plan)
+    assert {c.mode for c in _convs(vae_fast.prepared(vae, zn.device, torch.float32))} == {mode, "conv3d"}
     assert out.shape == ref.shape == (1, 3, 9, 24, 40)
     assert rel(out, ref) < 1e-5  # float32 rounding: the sub-pixel conv sums taps in another order
+
+
+def _convs(dec):
+    for layer in (*dec.mid, *dec.up):
+        yield from (getattr(layer, n) for n in ("conv1", "conv2") if hasattr(layer, n))
+    yield dec.conv_in
 
 
 def test_default_decode_is_fast_and_batched(vae):
@@ -153,20 +163,44 @@ def test_real_config_plans():
 KERNEL_CHECK = textwrap.dedent(
     """
     import torch
-    from turbovid.ops.rms_silu import rms_silu, rms_silu_reference, _use_kernel
+    from turbovid.ops import rms_silu as ops
     torch.manual_seed(0)
+    nan = float("nan")
     for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 2e-3)):
         x = torch.randn(2, 3, 5, 7, 96).to(dtype)   # 210 rows of 96 channels (not powers of 2)
         g = 1 + 0.3 * torch.randn(96)
-        assert _use_kernel(x)
+        b = 0.5 * torch.randn(96)
+        assert ops._use_kernel(x)
         for silu in (True, False):
-            ref = rms_silu_reference(x.float(), g, silu)
-            buf = torch.full((2, 5, 5, 7, 96), float("nan"), dtype=dtype)
-            out = rms_silu(x[:1].contiguous(), g, silu, out=buf[:1, 2:])  # into a slice of a buffer
-            assert out.data_ptr() == buf[:1, 2:].data_ptr()
-            err = ((out.float() - ref[:1]).norm() / ref[:1].norm()).item()
-            assert err < tol, (dtype, silu, err)
-            assert torch.isnan(buf[:1, :2]).all() and torch.isnan(buf[1:]).all()  # nothing outside written
+            for bias in (None, b):
+                ref = ops.rms_silu_reference(x.float(), g, silu, bias)
+                buf = torch.full((2, 5, 5, 7, 96), nan, dtype=dtype)
+                out = ops.rms_silu(x[:1].contiguous(), g, silu, out=buf[:1, 2:], bias=bias)  # into a slice
+                assert out.data_ptr() == buf[:1, 2:].data_ptr()
+                err = ((out.float() - ref[:1]).norm() / ref[:1].norm()).item()
+                assert err < tol, (dtype, silu, err)
+                assert torch.isnan(buf[:1, :2]).all() and torch.isnan(buf[1:]).all()  # nothing outside written
+        # taps=3: three time-shifted copies side by side; the same layout as the PyTorch path
+        frames = x[0]  # (3 frames, 5, 7, 96)
+        got = torch.full((3, 5, 7, 288), nan, dtype=dtype)
+        ops.rms_silu(frames, g, True, out=got, bias=b, taps=3, frame_rows=35)
+        ref = ops.rms_silu_reference(frames.float(), g, True, b)
+        for tap, shift in ((0, 2), (1, 1), (2, 0)):
+            part = got[shift:, ..., tap * 96:(tap + 1) * 96].float()
+            err = ((part - ref[: 3 - shift]).norm() / ref[: 3 - shift].norm()).item()
+            assert err < tol, ("taps", dtype, tap, err)
+            assert torch.isnan(got[:shift, ..., tap * 96:(tap + 1) * 96]).all()  # rows no frame reaches
+        ops._use_kernel = lambda t: False
+        want = torch.full((3, 5, 7, 288), nan, dtype=dtype)
+        ops.rms_silu(frames, g, True, out=want, bias=b, taps=3, frame_rows=35)
+        assert torch.allclose(got.float().nan_to_num(7.0), want.float().nan_to_num(7.0), atol=tol * 10)
+        del ops._use_kernel
+        import importlib; importlib.reload(ops)
+        # bias + residual add, in place
+        y, r = torch.randn(3, 7, 96).to(dtype), torch.randn(3, 7, 96).to(dtype)
+        want = (y.float() + r.float() + b).to(dtype)
+        ops.add_bias_residual_(y, b, r)
+        assert torch.allclose(y.float(), want.float(), atol=tol * 10), "add_bias_residual_"
     print("kernel ok")
     """
 )

@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from turbovid.models import vae_fast
 from turbovid.models.vae import build_vae
 from turbovid.models.vae_fast import fast_decode
 from turbovid.ops.rms_silu import rms_silu, rms_silu_reference
@@ -43,8 +44,19 @@ def case():
 
 
 def test_fast_float32_matches_reference():
-    _, ref, fast32 = case()
+    z, ref, fast32 = case()
     assert ((fast32 - ref).norm() / ref.norm()).item() < 1e-4
+    default = vae_fast.SMALL_CONV
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for mode in ("stacked", "taps", "conv3d"):
+            vae_fast.SMALL_CONV = mode
+            out = vae32().decode(z)
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-4, mode
+    finally:
+        vae_fast.SMALL_CONV = default
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_fast_bf16_psnr():

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
-from turbovid.models.vae_tiling import DecodePlan, plan_decode, tile_weights
-from turbovid.ops.rms_silu import rms_silu
+from turbovid.models.vae_tiling import SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
+from turbovid.ops.rms_silu import add_bias_residual_, rms_silu
 
 log = logging.getLogger("turbovid.vae")
 
@@ -31,18 +31,41 @@ log = logging.getLogger("turbovid.vae")
 _SUBPIXEL_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 
 
-class FastConv:
-    """A causal conv over channels-last activations, optionally preceded by RMS norm (+ SiLU)."""
+# How a 3x3x3 conv over few channels (the full-resolution 96) runs: cuDNN's conv3d picks slow
+# kernels there. "stacked": the norm kernel writes the three time taps side by side as 3C
+# channels and one 2D conv does the rest; "taps": three 2D convs summed; "conv3d": plain cuDNN.
+SMALL_CONV = "stacked"
 
-    def __init__(self, conv: CausalConv3d, dtype: torch.dtype):
-        self.weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last_3d)
+
+class FastConv:
+    """A causal conv over channels-last activations, optionally preceded by RMS norm (+ SiLU).
+
+    With `fused_bias` it returns the conv output without its bias; the caller adds `self.bias`
+    inside the next kernel (norm or residual add) instead of in a separate pass.
+    """
+
+    def __init__(self, conv: CausalConv3d, dtype: torch.dtype, fused_bias: bool = False, normed: bool = False):
+        w = conv.weight.detach()
+        cout, cin, kt, kh, kw = w.shape
+        small = normed and (kt, kh, kw) == (3, 3, 3) and cin <= SMALL_CHANNELS and conv.stride == (1, 1, 1)
+        self.mode = SMALL_CONV if small else "conv3d"
+        if self.mode == "stacked":  # W2[o, tau*C + c] = W[o, c, tau]
+            self.weight = w.permute(0, 2, 1, 3, 4).reshape(cout, kt * cin, kh, kw)
+            self.weight = self.weight.to(dtype).contiguous(memory_format=torch.channels_last)
+        elif self.mode == "taps":
+            self.weight = [w[:, :, k].to(dtype).contiguous(memory_format=torch.channels_last) for k in range(kt)]
+        else:
+            self.weight = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+        self.fused_bias = fused_bias
         self.time_pad = conv.time_pad
         self.space_pad = conv.space_pad[2], conv.space_pad[0]  # (h, w)
         self.stride = conv.stride
 
     def __call__(self, x: torch.Tensor, state: dict, key: str, gamma: Optional[torch.Tensor] = None,
-                 silu: bool = True) -> torch.Tensor:
+                 silu: bool = True, in_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.mode == "stacked":
+            return self._stacked(x, state, key, gamma, silu, in_bias)
         _, t, h, w, c = x.shape  # (1, T, H, W, C)
         p = self.time_pad
         if p:
@@ -56,21 +79,51 @@ class FastConv:
         else:
             buf = body = torch.empty_like(x) if gamma is not None else x
         if gamma is not None:
-            rms_silu(x, gamma, silu, out=body)
+            rms_silu(x, gamma, silu, out=body, bias=in_bias)
         elif p:
             body.copy_(x)
         if p:
             state[key] = buf[:, t:].clone()  # the last p input frames, for the next chunk
-        y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, self.bias, self.stride, (0, *self.space_pad))
+        bias = None if self.fused_bias else self.bias
+        if self.mode == "taps":
+            frames = buf[0].permute(0, 3, 1, 2)  # (p+T, C, H, W), channels-last
+            y = F.conv2d(frames[:t], self.weight[0], bias, padding=self.space_pad)
+            for k in range(1, p + 1):
+                y += F.conv2d(frames[k:k + t], self.weight[k], None, padding=self.space_pad)
+            return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
+        y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
+
+    def _stacked(self, x, state, key, gamma, silu, in_bias) -> torch.Tensor:
+        _, t, h, w, c = x.shape
+        stacked = x.new_empty(t, h, w, 3 * c)  # [t', ..., tau*C + c] = input frame t' + tau - 2
+        prev = state.get(key)  # the last two normalised input frames of the previous chunk
+        if prev is None:
+            stacked[0, ..., : 2 * c].zero_()
+            if t > 1:
+                stacked[1, ..., :c].zero_()
+        else:
+            stacked[0, ..., :c] = prev[0]
+            stacked[0, ..., c:2 * c] = prev[1]
+            if t > 1:
+                stacked[1, ..., :c] = prev[1]
+        rms_silu(x[0], gamma, silu, out=stacked, bias=in_bias, taps=3, frame_rows=h * w)
+        if t > 1:
+            state[key] = stacked[t - 2:, ..., 2 * c:].clone()
+        else:
+            older = prev[1:] if prev is not None else x.new_zeros(1, h, w, c)
+            state[key] = torch.cat([older, stacked[:, ..., 2 * c:]])
+        bias = None if self.fused_bias else self.bias
+        y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
+        return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
 
 
 class FastRes:
     def __init__(self, block: ResBlock, dtype: torch.dtype):
         self.gamma1 = block.norm1.gamma.detach().flatten().float()
         self.gamma2 = block.norm2.gamma.detach().flatten().float()
-        self.conv1 = FastConv(block.conv1, dtype)
-        self.conv2 = FastConv(block.conv2, dtype)
+        self.conv1 = FastConv(block.conv1, dtype, fused_bias=True, normed=True)
+        self.conv2 = FastConv(block.conv2, dtype, fused_bias=True, normed=True)
         self.shortcut = None
         if block.shortcut is not None:
             w = block.shortcut.weight.detach()
@@ -78,9 +131,9 @@ class FastRes:
 
     def __call__(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
         h = x if self.shortcut is None else F.linear(x, *self.shortcut)
-        y = self.conv1(x, state, key + ".1", self.gamma1)
-        y = self.conv2(y, state, key + ".2", self.gamma2)
-        return y.add_(h)
+        y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
+        y = self.conv2(y, state, key + ".2", self.gamma2, in_bias=self.conv1.bias)
+        return add_bias_residual_(y, self.conv2.bias, h)
 
 
 class FastAttention:
@@ -116,20 +169,22 @@ class FastUpsample:
                     for s, cols in enumerate(_SUBPIXEL_TAPS[px]):
                         sub[py, px, :, :, r, s] = w[:, :, list(rows)][:, :, :, list(cols)].sum(dim=(2, 3))
         self.weight = sub.reshape(4 * self.cout, w.shape[1], 2, 2).to(dtype).contiguous(memory_format=torch.channels_last)
-        self.bias = block.conv.bias.detach().float().repeat(4).to(dtype)
-        self.time = FastConv(block.time_conv, dtype) if block.mode == "up3d" else None
+        self.bias = block.conv.bias.detach().to(dtype)
+        self.time = FastConv(block.time_conv, dtype, fused_bias=True) if block.mode == "up3d" else None
 
     def __call__(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
         if self.time is not None:
             x = self._double_frames(x, state, key)
         b, t, h, w, c = x.shape
-        o = F.conv2d(x.view(b * t, h, w, c).permute(0, 3, 1, 2), self.weight, self.bias, padding=1)
+        o = F.conv2d(x.view(b * t, h, w, c).permute(0, 3, 1, 2), self.weight, None, padding=1)
         o = o.permute(0, 2, 3, 1).contiguous()  # (bt, h+1, w+1, 4C'): channel group 2*py+px is phase (py, px)
         n, sh, sw, _ = o.stride()
         cout = self.cout
-        # out[n, i, py, j, px, :] = o[n, i+py, j+px, (2py+px)C' : (2py+px+1)C']
-        y = o.as_strided((b * t, h, 2, w, 2, cout), (n, sh, sh + 2 * cout, sw, sw + cout, 1))
-        return y.reshape(b, t, 2 * h, 2 * w, cout)
+        # out[n, i, py, j, px, :] = o[n, i+py, j+px, (2py+px)C' : (2py+px+1)C'] + bias, in one copy
+        phases = o.as_strided((b * t, h, 2, w, 2, cout), (n, sh, sh + 2 * cout, sw, sw + cout, 1))
+        y = o.new_empty(b * t, h, 2, w, 2, cout)
+        torch.add(phases, self.bias, out=y)
+        return y.view(b, t, 2 * h, 2 * w, cout)
 
     def _double_frames(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
         first = None
@@ -139,7 +194,10 @@ class FastUpsample:
         if x.shape[1]:
             y = self.time(x, state, key + ".t")  # (1, T, H, W, 2C): channel half j is output frame 2t+j
             b, t, h, w, c2 = y.shape
-            x = y.view(b, t, h, w, 2, c2 // 2).permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, c2 // 2)
+            x = y.new_empty(b, t, 2, h, w, c2 // 2)
+            bias = self.time.bias.view(2, 1, 1, c2 // 2)
+            torch.add(y.view(b, t, h, w, 2, c2 // 2).permute(0, 1, 4, 2, 3, 5), bias, out=x)  # + bias, interleaved
+            x = x.view(b, 2 * t, h, w, c2 // 2)
         return x if first is None else torch.cat([first, x], dim=1)
 
 
@@ -154,7 +212,7 @@ class FastDecoder:
         self.mid = [self._layer(m, dtype) for m in dec.mid]
         self.up = [self._layer(m, dtype) for m in dec.up]
         self.gamma_out = dec.norm_out.gamma.detach().flatten().float()
-        self.conv_out = FastConv(dec.conv_out, dtype)
+        self.conv_out = FastConv(dec.conv_out, dtype, normed=True)
         self.dtype = dtype
 
     @staticmethod
@@ -184,7 +242,7 @@ def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecod
     """The FastDecoder for (device, dtype), rebuilt when the module's weights were replaced or changed."""
     params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
     version = tuple((id(p), p._version) for p in params)
-    key = (str(device), dtype)
+    key = (str(device), dtype, SMALL_CONV)
     hit = vae._fast_cache.get(key)
     if hit is None or hit[0] != version:
         vae._fast_cache.pop(key, None)
@@ -221,9 +279,9 @@ def fast_decode(
     if plan is None:
         elem = torch.finfo(dtype).bits // 8
         if memory_budget is not None:  # an explicit budget: chunks may use all of it
-            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, memory_budget, soft_cap=None)
+            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, memory_budget, soft_cap=None, small_conv=SMALL_CONV)
         else:
-            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, default_budget(device))
+            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, default_budget(device), small_conv=SMALL_CONV)
     log.debug("VAE decode plan: %s", plan)
     video = torch.empty(bsz, 3, 1 + tf * (t - 1), sf * h, sf * w, dtype=torch.float32, device=device)
     tiled = len(plan.tiles) > 1

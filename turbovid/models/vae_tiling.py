@@ -24,6 +24,7 @@ GiB = 1 << 30
 DEFAULT_SOFT_CAP = int(5.5 * GiB)
 MAX_ELEMENTS = (1 << 31) - 1  # cuDNN convolutions index single tensors with 32-bit integers
 DEFAULT_HALO = 8
+SMALL_CHANNELS = 128  # 3x3x3 convs with at most this many input channels take the small-conv path
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,16 @@ def _decoder_dims(cfg: VAEConfig) -> list[int]:
     return [cfg.dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
 
 
-def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int) -> tuple[int, int]:
+def _conv_input(t: int, hw: int, cin: int, cout: int, small_conv: str) -> tuple[int, int]:
+    """(elements of a 3x3x3 conv's input buffer + temporaries, largest single tensor) for T frames."""
+    if cin <= SMALL_CHANNELS and small_conv == "stacked":
+        return 3 * t * hw * cin, 3 * t * hw * cin
+    if cin <= SMALL_CHANNELS and small_conv == "taps":
+        return (t + 2) * hw * cin + t * hw * cout, (t + 2) * hw * cin
+    return (t + 2) * hw * cin, (t + 2) * hw * cin
+
+
+def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str = "stacked") -> tuple[int, int]:
     """(peak live elements incl. stream state, largest single tensor) of the upsampling stage."""
     dims = _decoder_dims(cfg)
     temporal = cfg.temporal_downsample[::-1]
@@ -50,12 +60,14 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int) -> tuple[int, in
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
         cin = cin // 2 if i else cin
         for _ in range(cfg.num_res_blocks + 1):
-            pos, padded = t * h * w, (t + 2) * h * w
+            pos = t * h * w
             sc = pos * cout if cin != cout else 0
-            conv1 = pos * cin + sc + padded * cin + pos * cout
-            conv2 = pos * cin + sc + pos * cout + padded * cout + pos * cout
+            buf1, big1 = _conv_input(t, h * w, cin, cout, small_conv)
+            buf2, big2 = _conv_input(t, h * w, cout, cout, small_conv)
+            conv1 = pos * cin + sc + buf1 + pos * cout
+            conv2 = pos * cin + sc + pos * cout + buf2 + pos * cout
             peak = max(peak, conv1, conv2)
-            biggest = max(biggest, padded * max(cin, cout))
+            biggest = max(biggest, big1, big2)
             state += 2 * h * w * (cin + cout)
             cin = cout
         if i < last:
@@ -70,10 +82,10 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int) -> tuple[int, in
             biggest = max(biggest, sub, 4 * pos * half)
             h, w = 2 * h, 2 * w
     c = dims[-1]
-    pos, padded = t * h * w, (t + 2) * h * w
-    peak = max(peak, pos * c + padded * c + pos * 3)
+    buf, big = _conv_input(t, h * w, c, 3, small_conv)
+    peak = max(peak, t * h * w * c + buf + t * h * w * 3)
     state += 2 * h * w * c
-    return peak + state, biggest
+    return peak + state, max(biggest, big)
 
 
 def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int) -> int:
@@ -84,12 +96,12 @@ def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int) -> int:
 
 
 def estimate_bytes(cfg: VAEConfig, t: int, h: int, w: int, elem: int, chunk: int, mid_chunk: int,
-                   tile: Optional[tuple[int, int]] = None) -> int:
+                   tile: Optional[tuple[int, int]] = None, small_conv: str = "stacked") -> int:
     sf, tf = 2 ** (len(cfg.dim_mult) - 1), 2 ** sum(cfg.temporal_downsample)
     th, tw = tile or (h, w)
     video = 3 * (1 + tf * (t - 1)) * sf * h * sf * w * 4
     mid = t * h * w * _decoder_dims(cfg)[0] * elem
-    up, _ = up_stage_elements(cfg, chunk, th, tw)
+    up, _ = up_stage_elements(cfg, chunk, th, tw, small_conv)
     work = max(up, latent_stage_elements(cfg, mid_chunk, h, w)) * elem
     return int(video + mid + 1.1 * work) + 128 * (1 << 20)  # + cuDNN workspace and allocator slack
 
@@ -118,6 +130,7 @@ def _halo_for(h: int, w: int, grid: tuple[int, int], halo: int) -> int:
 def plan_decode(
     cfg: VAEConfig, t: int, h: int, w: int, elem: int, tiling: str = "auto",
     budget: Optional[int] = None, soft_cap: Optional[int] = DEFAULT_SOFT_CAP, halo: int = DEFAULT_HALO,
+    small_conv: str = "stacked",
 ) -> DecodePlan:
     """Pick chunk sizes and tiles. `budget`: bytes that may be allocated (None: unlimited);
     `soft_cap`: a tighter target for the chunk sizes (None: use the whole budget)."""
@@ -137,16 +150,16 @@ def plan_decode(
         th, tw = max(r1 - r0 for r0, r1, _, _ in tiles), max(c1 - c0 for _, _, c0, c1 in tiles)
 
         def fits(k: int) -> bool:
-            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw)) <= cap
-                    and up_stage_elements(cfg, k, th, tw)[1] <= MAX_ELEMENTS)
+            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv) <= cap
+                    and up_stage_elements(cfg, k, th, tw, small_conv)[1] <= MAX_ELEMENTS)
 
         k = largest_chunk(fits)
-        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw))
+        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv)
         return DecodePlan(chunk=k, mid_chunk=mid_chunk, grid=grid, halo=hl, tiles=tiles, est_bytes=est)
 
     whole = plan_for((1, 1))
-    if tiling == "off" or (tiling == "auto" and whole.est_bytes <= hard and whole.chunk >= 1
-                           and up_stage_elements(cfg, 1, h, w)[1] <= MAX_ELEMENTS):
+    if tiling == "off" or (tiling == "auto" and whole.est_bytes <= hard
+                           and up_stage_elements(cfg, 1, h, w, small_conv)[1] <= MAX_ELEMENTS):
         return whole
     # Smallest number of tiles that fits, near-square tiles first; cores of at least 2 latent pixels.
     grids = sorted(
@@ -156,9 +169,9 @@ def plan_decode(
     if not grids:
         raise ValueError(f"latents of {h}x{w} are too small to tile; use tiling='off'")
     best = None
-    for grid in grids[:256]:
+    for grid in grids[:256]:  # the fewest tiles whose one-frame chunks fit the budget
         best = plan_for(grid)
-        if best.est_bytes <= cap:
+        if best.chunk > 1 or best.est_bytes <= hard:
             break
     return best
 
