@@ -155,9 +155,18 @@ def test_rope_tables_match_wans_rope(head_dim):
     assert rel(ours, wan_rope_apply(x, f, h, w)) < 1e-7  # float32 tables: ~1 ulp of the angles' cos/sin
 
 
+@pytest.fixture(params=[1, 0], ids=["split", "strided"])
+def load_pattern(request, interp):
+    """Both load patterns of the RMSNorm kernel (on a GPU a two-config autotune picks one)."""
+    old = fused._rope.SPLIT_FOR_INTERPRETER
+    fused._rope.SPLIT_FOR_INTERPRETER = request.param
+    yield request.param
+    fused._rope.SPLIT_FOR_INTERPRETER = old
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,head_dim", [(2, 32), (3, 24)])
-def test_rmsnorm_rope(interp, dtype, heads, head_dim):
+def test_rmsnorm_rope(load_pattern, dtype, heads, head_dim):
     f, h, w, b = 2, 3, 5, 2
     l, c = f * h * w, heads * head_dim
     x = (torch.randn(b, l, c) * 4).to(dtype)
@@ -172,7 +181,7 @@ def test_rmsnorm_rope(interp, dtype, heads, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rmsnorm(interp, dtype):
+def test_rmsnorm(load_pattern, dtype):
     b, l, c = 2, 13, 96
     x = (torch.randn(b, l, c) * 3).to(dtype)
     weight = (1 + 0.3 * torch.randn(c)).to(dtype)

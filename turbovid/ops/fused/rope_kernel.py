@@ -6,8 +6,10 @@ Per token row x [C] (C = heads x head_dim), float32 math:
     n      = x * r * w
     (e, o) = n[2j], n[2j + 1]                      one complex pair per j < C/2
     out    = (e cos - o sin, e sin + o cos)        angle of (token, j mod head_dim/2)
-Pairs are interleaved (Wan views the last dim as complex). Even and odd elements are read
-with two stride-2 loads that touch the same cache lines, so DRAM sees one pass over x.
+Pairs are interleaved (Wan views the last dim as complex). Two load patterns, picked by a
+two-config autotune on first use: SPLIT=1 loads the row contiguously (16-byte vectors) and
+splits the pairs in registers (tl.reshape + tl.split / tl.join); SPLIT=0 reads even and odd
+elements with two stride-2 loads over the same cache lines.
 cos/sin [L, head_dim/2] float32 are shared by all heads and batch items.
 Grid: (cdiv(L, BLOCK_L), B).
 """
@@ -22,33 +24,61 @@ import triton.language as tl
 def _rmsnorm_rope_kernel(
     X, OUT, W, COS, SIN,
     L, C, eps,
-    HALF_D: tl.constexpr, HAS_ROPE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    HALF_D: tl.constexpr, HAS_ROPE: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     b = tl.program_id(1)
     rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    rmask = rows < L
     pairs = tl.arange(0, BLOCK_P)  # (BLOCK_P,) pair index over all heads
     pmask = pairs < C // 2
-    rmask = rows < L
-    mask = rmask[:, None] & pmask[None, :]
-    base = (b * L + rows)[:, None].to(tl.int64) * C + 2 * pairs[None, :]
-    xe = tl.load(X + base, mask=mask, other=0.0).to(tl.float32)
-    xo = tl.load(X + base + 1, mask=mask, other=0.0).to(tl.float32)
-    r = tl.rsqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / C + eps)  # (BLOCK_L,)
-    we = tl.load(W + 2 * pairs, mask=pmask, other=0.0).to(tl.float32)
-    wo = tl.load(W + 2 * pairs + 1, mask=pmask, other=0.0).to(tl.float32)
-    ne = xe * r[:, None] * we[None, :]
-    no = xo * r[:, None] * wo[None, :]
-    if HAS_ROPE:
-        toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
-        cs = tl.load(COS + toff, mask=mask, other=1.0)
-        sn = tl.load(SIN + toff, mask=mask, other=0.0)
-        oe = ne * cs - no * sn
-        oo = ne * sn + no * cs
+    pair_mask = rmask[:, None] & pmask[None, :]
+    if SPLIT:
+        # contiguous (vectorised) row loads; the pairs are split apart in registers
+        cols = tl.arange(0, 2 * BLOCK_P)
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = (b * L + rows)[:, None].to(tl.int64) * C + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        r = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)  # (BLOCK_L,)
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        n = x * r[:, None] * w[None, :]
+        if HAS_ROPE:
+            ne, no = tl.split(tl.reshape(n, (BLOCK_L, BLOCK_P, 2)))
+            toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
+            cs = tl.load(COS + toff, mask=pair_mask, other=1.0)
+            sn = tl.load(SIN + toff, mask=pair_mask, other=0.0)
+            n = tl.reshape(tl.join(ne * cs - no * sn, ne * sn + no * cs), (BLOCK_L, 2 * BLOCK_P))
+        tl.store(OUT + offs, n.to(OUT.dtype.element_ty), mask=mask)
     else:
-        oe, oo = ne, no
-    tl.store(OUT + base, oe.to(OUT.dtype.element_ty), mask=mask)
-    tl.store(OUT + base + 1, oo.to(OUT.dtype.element_ty), mask=mask)
+        # two stride-2 loads (even / odd elements) over the same cache lines
+        base = (b * L + rows)[:, None].to(tl.int64) * C + 2 * pairs[None, :]
+        xe = tl.load(X + base, mask=pair_mask, other=0.0).to(tl.float32)
+        xo = tl.load(X + base + 1, mask=pair_mask, other=0.0).to(tl.float32)
+        r = tl.rsqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / C + eps)  # (BLOCK_L,)
+        we = tl.load(W + 2 * pairs, mask=pmask, other=0.0).to(tl.float32)
+        wo = tl.load(W + 2 * pairs + 1, mask=pmask, other=0.0).to(tl.float32)
+        ne = xe * r[:, None] * we[None, :]
+        no = xo * r[:, None] * wo[None, :]
+        if HAS_ROPE:
+            toff = rows[:, None] * HALF_D + (pairs % HALF_D)[None, :]
+            cs = tl.load(COS + toff, mask=pair_mask, other=1.0)
+            sn = tl.load(SIN + toff, mask=pair_mask, other=0.0)
+            oe = ne * cs - no * sn
+            oo = ne * sn + no * cs
+        else:
+            oe, oo = ne, no
+        tl.store(OUT + base, oe.to(OUT.dtype.element_ty), mask=pair_mask)
+        tl.store(OUT + base + 1, oo.to(OUT.dtype.element_ty), mask=pair_mask)
+
+
+# Which load pattern is faster depends on the compiler: time both on first use (cheap: 2 configs).
+_rmsnorm_rope_tuned = triton.autotune(
+    configs=[triton.Config({"SPLIT": 1}), triton.Config({"SPLIT": 0})],
+    key=["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"],
+)(_rmsnorm_rope_kernel)
+SPLIT_FOR_INTERPRETER = 1  # tests set 0 / 1 to cover both paths
 
 
 # (rows per program, warps) per pair-block width; overridable for tuning on a GPU.
@@ -58,8 +88,9 @@ LAUNCH: dict[int, tuple[int, int]] = {}
 def launch_config(block_p: int) -> tuple[int, int]:
     if block_p in LAUNCH:
         return LAUNCH[block_p]
-    block_l = max(1, min(8, 2048 // block_p))
-    return block_l, min(16, max(4, block_p * block_l // 512))
+    # measured on an H100 (benchmarks/gpu_fast_debug.py): one row per program, 4 warps, at C=1536 and 5120
+    block_l = max(1, min(8, 1024 // block_p))
+    return block_l, 4
 
 
 def rmsnorm_rope_triton(
@@ -77,13 +108,14 @@ def rmsnorm_rope_triton(
     block_p = triton.next_power_of_2(c // 2)
     block_l, num_warps = launch_config(block_p)
     grid = (triton.cdiv(l, block_l), bsz)
-    _rmsnorm_rope_kernel[grid](
-        x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps,
-        HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps,
-    )
+    args = (x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps)
+    consts = dict(HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps)
+    if INTERPRETED:
+        _rmsnorm_rope_kernel[grid](*args, SPLIT=SPLIT_FOR_INTERPRETER, **consts)
+    else:
+        _rmsnorm_rope_tuned[grid](*args, **consts)
     return out
 
 
-KERNEL = _rmsnorm_rope_kernel
 # Triton picks interpreter or compiler when the kernel is decorated (at import): remember which.
-INTERPRETED = type(KERNEL).__name__ == "InterpretedFunction"
+INTERPRETED = type(_rmsnorm_rope_kernel).__name__ == "InterpretedFunction"
