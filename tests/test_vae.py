@@ -13,7 +13,6 @@ import torch
 
 from turbovid.configs import VAE_PRESETS
 from turbovid.loading import CheckpointError, load_vae
-from turbovid.loading.vae import to_ours
 from turbovid.models.vae import WanVAE, build_vae
 
 diffusers = pytest.importorskip("diffusers")
@@ -104,6 +103,7 @@ def test_diffusers_folder_decode_and_encode_parity(reference, tmp_path):
     assert out.shape == (1, 3, 9, 32, 48) and out.dtype == torch.float32
     assert (ref.abs() < 1).float().mean() > 0.9  # the comparison is not hidden by the clamp
     assert rel(out, ref) < 1e-4
+    assert rel(vae.decode(zn), ref) < 1e-4  # the default (fast) decode too
 
     video = torch.rand(1, 3, 9, 32, 48) * 2 - 1
     lat = vae.encode(video)

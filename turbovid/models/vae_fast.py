@@ -5,6 +5,11 @@
 - Activations stay channels-last, [1, T, H, W, C]: cuDNN runs NDHWC convolutions with no layout
   transposes, 1x1 convolutions become matmuls, and the RMS norm + SiLU before each conv is one
   Triton pass that writes straight into the conv's time-padded input buffer (no torch.cat).
+- Conv biases are not added by PyTorch's separate broadcast pass: the next norm kernel or the
+  residual-add kernel takes them.
+- The 96-channel full-resolution 3x3x3 convs (cuDNN's conv3d runs them at ~250 TFLOP/s on an
+  H100) run as one 2D conv over the three time taps laid side by side as 288 channels, which the
+  norm kernel writes directly (~400 TFLOP/s); see SMALL_CONV.
 - Nearest 2x upsampling followed by a 3x3 conv is computed as one 2x2 conv over the low-resolution
   input that produces the four output phases (2.25x fewer FLOPs, no upsampled copy).
 - The decoder's latent-resolution part (conv_in, middle blocks with their frame-wide attention)
