@@ -110,3 +110,10 @@ def test_bad_options_fail_with_one_line(capsys):
     assert "unknown model" in capsys.readouterr().err
     with pytest.raises(ValueError, match="4n\\+1"):
         run(BenchOptions(models=["tiny-random"], frames=4))
+
+
+def test_turbovid_cli_hands_bench_to_the_harness(capsys):
+    from turbovid.cli import main as cli_main
+
+    assert cli_main(["bench", "--models", "Wan9"]) == 2
+    assert "turbovid bench: error: unknown model" in capsys.readouterr().err

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="destination file (.safetensors)")
     conv.add_argument("--format", default="int8", help="int8 (TurboDiffusion's -quant layout) or fp8 (default: int8)")
     conv.add_argument("--model", default=None, help="model preset, when it cannot be inferred from the weights")
+    # listed for --help only: main() hands `bench` and its own flags to turbovid.bench.main
+    sub.add_parser("bench", help="time the DiT, diffusers' baseline and the full pipeline on this GPU (turbovid bench --help)")
     return parser
 
 
@@ -215,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from turbovid.loading.common import CheckpointError
     from turbovid.pipeline import UsageError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from turbovid.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="turbovid: %(message)s")
