@@ -129,3 +129,23 @@ def test_pipeline_480p_random_weights_fast_path():
     assert len(result.timings["steps"]) == 4 and result.timings["total"] > 0
     assert runner._graphs and not runner._eager_keys
     make_plain(runner)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@torch.inference_mode()
+def test_quantized_ffn_with_the_gelu_fused_into_the_quantization(fmt):
+    import torch.nn as nn
+
+    from turbovid.fast import GeluFFN, _quant_kernel_for
+    from turbovid.ops.quant import swap_linears, swap_linears_fp8
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(1536, 8960), nn.GELU(approximate="tanh"), nn.Linear(8960, 1536)).to(DEV, torch.bfloat16)
+    x = torch.randn(1, 4096, 1536, device=DEV, dtype=torch.bfloat16)
+    exact = seq.float()(x.float())
+    seq = seq.bfloat16()
+    (swap_linears if fmt == "int8" else swap_linears_fp8)(seq)
+    assert _quant_kernel_for(seq[2], x) is not None  # the fused path is the one that runs
+    plain, fused = seq(x), GeluFFN(*seq)(x)
+    within(fused, plain, exact)
+    assert rel(fused, plain) < 0.1 * rel(plain, exact)  # GELU rounding flips only, far below the quantization error

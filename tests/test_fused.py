@@ -266,3 +266,17 @@ def test_tiny_dit_fast_path_matches_plain(interp):
     dit.float()
     assert not torch.equal(fast, plain)  # the kernels did run (they round differently)
     assert_within_bound(fast, plain, exact)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_activation_quant_with_the_ffn_gelu_fused_in(interp, fmt):
+    """int8_triton.quantize_act(h, gelu=True) == quantize_act(tanh-GELU(h) in h's dtype) (the fast FFN)."""
+    from turbovid.ops.quant import int8_triton
+
+    h = (torch.randn(200, 256) * 2).to(torch.float16)
+    q1, s1 = int8_triton.quantize_act(h, fmt, gelu=True)
+    q0, s0 = int8_triton.quantize_act(torch.nn.functional.gelu(h.float(), approximate="tanh").half(), fmt)
+    torch.testing.assert_close(s1, s0, rtol=1e-3, atol=0)
+    differ = (q1.float() != q0.float()).float().mean().item()
+    assert differ < 0.01  # only where the GELU's rounding to fp16 lands one ulp apart
+    assert (q1.float() - q0.float()).abs().max() <= (1 if fmt == "int8" else 32)

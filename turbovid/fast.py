@@ -1,5 +1,6 @@
-"""The fast DiT step: fused Triton kernels for the memory-bound block steps, a bias+GELU GEMM
-epilogue in the FFN, and the whole forward captured as a CUDA graph (or torch.compile'd).
+"""The fast DiT step: fused Triton kernels for the memory-bound block steps, the FFN's GELU fused
+into a GEMM epilogue (bf16) or the next layer's activation quantization (int8 / fp8), and the
+whole forward captured as a CUDA graph (or torch.compile'd).
 
     dit = make_fast(dit)            # fused + CUDA graph; make_fast(dit, graph=False) keeps eager
     v = dit(latents, t, context)    # same call, same result within the kernels' error bounds
@@ -52,21 +53,38 @@ def use_fused_kernels(flag: bool = True) -> None:
     )
 
 
-class GeluFFN(nn.Sequential):
-    """Linear -> tanh-GELU -> Linear with the first bias and GELU in the GEMM's epilogue.
+def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
+    """turbovid.ops.quant.int8_triton when `layer` is an int8 / fp8 layer whose Triton path serves x."""
+    try:
+        from turbovid.ops.quant.fp8 import Fp8Linear, fp8_available
+        from turbovid.ops.quant.int8 import Int8Linear, int8_triton, use_kernel
+    except ImportError:
+        return None
+    if not x.is_cuda or int8_triton is None or not isinstance(layer, (Int8Linear, Fp8Linear)):
+        return None
+    if isinstance(layer, Fp8Linear) and not fp8_available(x.device):
+        return None
+    return int8_triton if use_kernel(x) else None
 
-    Same children (and state-dict keys) as the nn.Sequential it replaces; layers that are not
-    plain nn.Linear (int8 / fp8 swaps) run unfused.
+
+class GeluFFN(nn.Sequential):
+    """Linear -> tanh-GELU -> Linear with the GELU fused into a neighbour, never a pass of its own.
+
+    bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. int8 / fp8 layers:
+    the GELU runs inside the second layer's activation quantization. Same children (and
+    state-dict keys) as the nn.Sequential it replaces; anything else runs unfused.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, act, fc2 = self[0], self[1], self[2]
         if type(fc1) is nn.Linear and x.is_cuda and fc1.bias is not None and x.dtype == fc1.weight.dtype:
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
-            h = h.view(*x.shape[:-1], -1)
-        else:
-            h = act(fc1(x))
-        return fc2(h)
+            return fc2(h.view(*x.shape[:-1], -1))
+        h = fc1(x)
+        kernels = _quant_kernel_for(fc2, h)
+        if kernels is not None:
+            return kernels.linear(h, getattr(fc2, fc2.weight_name), fc2.scale, fc2.bias, gelu_input=True)
+        return fc2(act(h))
 
 
 def fuse_ffn_gelu(dit: nn.Module) -> int:

@@ -99,6 +99,7 @@ def _quant_act_kernel(
     ROW_SCALES: tl.constexpr,  # False: one scale per 128x128 tile (int8); True: per row of it (fp8)
     IS_FP8: tl.constexpr, INTERPRET: tl.constexpr,
     USE_TABLE: tl.constexpr, EXP_LO: tl.constexpr, EXP_HI: tl.constexpr,
+    PRE_GELU: tl.constexpr = False,  # quantize tanh-GELU(x) (rounded to x's dtype), as an unfused GELU would
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -107,6 +108,10 @@ def _quant_act_kernel(
     row_ok = rm < M
     mask = row_ok[:, None] & (rk[None, :] < K)
     x = tl.load(x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :], mask=mask, other=0.0)
+    if PRE_GELU:  # FFN: the GELU between the two linears, fused here (saves a pass over [M, ffn_dim])
+        xf = x.to(tl.float32)
+        u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)
+        x = (0.5 * xf * (2.0 * tl.sigmoid(2.0 * u))).to(x.dtype)  # 1 + tanh(u) = 2 sigmoid(2u)
     x = x.to(tl.float32)  # (128, 128)
     qmax = 448.0 if IS_FP8 else 128.0
     if ROW_SCALES:
@@ -130,9 +135,10 @@ def _quant_act_kernel(
     tl.store(q_ptr + rm[:, None].to(tl.int64) * stride_qm + rk[None, :], q, mask=mask)
 
 
-def quantize_act(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_act(x: torch.Tensor, fmt: str = "int8", gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a 2-D activation [M, K]. int8: (q [M, K], scales [ceil(M/128), ceil(K/128)]);
-    fp8: (q [M, K] e4m3, scales [ceil(K/128), M], one per row and 128 channels, transposed)."""
+    fp8: (q [M, K] e4m3, scales [ceil(K/128), M], one per row and 128 channels, transposed).
+    gelu=True quantizes tanh-GELU(x) instead (x's dtype in between)."""
     if x.ndim != 2:
         raise ValueError(f"quantize_act expects a 2-D tensor, got shape {tuple(x.shape)}")
     if x.stride(1) != 1:
@@ -155,7 +161,8 @@ def quantize_act(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torc
     _quant_act_kernel[(mb, kb)](
         x, q, s, s if table is None else table, m, k, x.stride(0), q.stride(0), stride_sr, stride_sk,
         ROW_SCALES=fmt == "fp8", IS_FP8=fmt == "fp8", INTERPRET=interpreting(),
-        USE_TABLE=table is not None, EXP_LO=int8.TABLE_EXPONENTS[0], EXP_HI=int8.TABLE_EXPONENTS[1], num_warps=8,
+        USE_TABLE=table is not None, EXP_LO=int8.TABLE_EXPONENTS[0], EXP_HI=int8.TABLE_EXPONENTS[1],
+        PRE_GELU=gelu, num_warps=8,
     )
     return q, s
 
@@ -364,12 +371,13 @@ def best_config(n: int, k: int, m: int, int8: bool = True) -> str:
 
 def linear(
     x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: torch.Tensor | None = None,
-    config: dict | None = None,
+    config: dict | None = None, gelu_input: bool = False,
 ) -> torch.Tensor:
-    """y = x @ W^T + b with W given block-quantized (int8 or e4m3); x is quantized on the fly."""
+    """y = x @ W^T + b with W given block-quantized (int8 or e4m3); x is quantized on the fly
+    (gelu_input: y = tanh-GELU(x) @ W^T + b, the GELU fused into the quantization)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     fmt = "int8" if w_q.dtype == torch.int8 else "fp8"
-    x_q, x_s = quantize_act(x2, fmt)
+    x_q, x_s = quantize_act(x2, fmt, gelu=gelu_input)
     y = scaled_mm(x_q, x_s, w_q, w_s, bias, out_dtype=x.dtype, config=config)
     return y.reshape(*shape[:-1], w_q.shape[0])
