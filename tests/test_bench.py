@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory):
     rc = main([
         "--models", "tiny-random", "--resolutions", "256p", "--frames", "1", "--variants", "dense,sagesla+int8",
         "--repeats", "1", "--warmup", "0", "--out", str(out), "--name", "tiny.json", "--commit", "abc123",
-        "--docs", str(docs), "--readme", str(readme),
+        "--docs", str(docs), "--readme", str(readme), "--skip-cases", "tiny-random/256p/sagesla+int8",
     ])
     assert rc == 0
     return json.loads((out / "tiny.json").read_text()), docs, readme
@@ -41,6 +41,7 @@ def test_json_has_environment_and_every_requested_case(tiny_run):
         assert c["status"] in ("ok", "skipped")
         if c["status"] == "skipped":
             assert c["reason"]
+    assert all("--skip-cases" in c["reason"] for c in dit if c["variant"] == "sagesla+int8")
     dense = [c for c in dit if c["variant"] == "dense"]
     assert all(c["status"] == "ok" and c["finite"] and c["ms"] > 0 and c["repeats"] == 1 for c in dense)
     assert dense[0]["tokens"] == tokens_of(DIT_PRESETS["tiny-random"], latent_shape("256p", 1))

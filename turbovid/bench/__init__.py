@@ -48,6 +48,8 @@ class BenchOptions:
     repeats: int = 5
     max_case_seconds: float = 15.0  # fewer repeats for slow cases
     plain_models: list[str] | None = None  # also time the plain path (default: the first model)
+    plain_resolutions: list[str] | None = None  # ... at these resolutions (default: all)
+    skip_cases: list[str] = field(default_factory=list)  # "model/resolution/variant" DiT cases not to run
     baseline: bool = True  # diffusers' forward
     baseline_resolutions: list[str] | None = None  # default: all for the first model, 480p for the others
     pipeline: bool = True
@@ -138,8 +140,8 @@ def _dit_cases(model, opts, device, dtype, with_plain, ceilings, add, time_left)
     from turbovid.fast import make_fast, make_plain
 
     for quant, variants in _groups(opts.variants):
-        rows = [dict(what="dit_forward", model=model, resolution=r, variant=v, path=p)
-                for r in opts.resolutions for v in variants for p in (("fast", "plain") if with_plain else ("fast",))]
+        rows = [dict(what="dit_forward", model=model, resolution=r, variant=v, path="fast")
+                for r in opts.resolutions for v in variants]
         if time_left() < 0:
             for row in rows:
                 add(skipped("time budget spent", **row))
@@ -154,7 +156,12 @@ def _dit_cases(model, opts, device, dtype, with_plain, ceilings, add, time_left)
             continue
         for res in opts.resolutions:
             for variant in variants:
-                for path in ("fast", "plain") if with_plain else ("fast",):
+                plain_here = with_plain and res in (opts.plain_resolutions or opts.resolutions)
+                for path in ("fast", "plain") if plain_here else ("fast",):
+                    if f"{model}/{res}/{variant}" in opts.skip_cases:
+                        add(skipped("excluded with --skip-cases (time limit of the recorded run)", what="dit_forward",
+                                    model=model, resolution=res, variant=variant, path=path))
+                        continue
                     if time_left() < 0:
                         add(skipped("time budget spent", what="dit_forward", model=model, resolution=res,
                                     variant=variant, path=path))
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--max-case-seconds", type=float, default=d.max_case_seconds)
     p.add_argument("--plain-models", type=_csv, default=None, help="models also timed on the plain path (default: the first)")
+    p.add_argument("--plain-resolutions", type=_csv, default=None, help="resolutions of the plain-path cases (default: all)")
+    p.add_argument("--skip-cases", type=_csv, default=[], help="DiT cases not to run, as model/resolution/variant")
     p.add_argument("--pipeline-models", type=_csv, default=None, help="models run end to end (default: the first)")
     p.add_argument("--baseline-resolutions", type=_csv, default=None)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip diffusers")
