@@ -81,10 +81,23 @@ class GeluFFN(nn.Sequential):
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
             return fc2(h.view(*x.shape[:-1], -1))
         h = fc1(x)
-        kernels = _quant_kernel_for(fc2, h)
+        kernels = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
         if kernels is not None:
-            return kernels.linear(h, getattr(fc2, fc2.weight_name), fc2.scale, fc2.bias, gelu_input=True)
+            try:
+                return kernels.linear(h, getattr(fc2, fc2.weight_name), fc2.scale, fc2.bias, gelu_input=True)
+            except Exception as e:  # noqa: BLE001 - e.g. an older quant kernel without the gelu flag
+                _disable_gelu_quant(e)
         return fc2(act(h))
+
+
+_gelu_quant_ok = True
+
+
+def _disable_gelu_quant(e: Exception) -> None:
+    global _gelu_quant_ok
+    _gelu_quant_ok = False
+    log.warning("FFN: GELU fused into the activation quantization failed (%s: %s); running it unfused",
+                type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "")
 
 
 def fuse_ffn_gelu(dit: nn.Module) -> int:

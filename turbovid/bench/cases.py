@@ -153,12 +153,14 @@ def dit_case(
         log.exception("case failed")
         return skipped(f"failed: {_reason(e)}", **row)
     finite = bool(torch.isfinite(out).all())
+    graphed = bool(getattr(runner, "_graphs", None))  # False on the fast path = capture failed, ran eagerly
     flops = forward_flops(cfg, tokens, None if attn == "dense" else topk)
     rate = gemm_rate(ceilings, model, {"bf16": "bf16", "int8": "int8", "fp8": "fp8"}[quant])
     attn_rate = (ceilings or {}).get("attention", {}) or {}
     row.update(timing.as_dict())
     row.update({
-        "status": "ok", "finite": finite, "peak_gib": peak_gib(device), "attention_backend": dit.attention_backend,
+        "status": "ok", "finite": finite, "cuda_graph": graphed, "peak_gib": peak_gib(device),
+        "attention_backend": dit.attention_backend,
         "linear_layer": type(dit.blocks[0].ffn[0]).__name__, **{k: round(v, 2) for k, v in flops.items()},
     })
     if rate and attn_rate.get("tflops"):

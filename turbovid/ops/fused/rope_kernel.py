@@ -15,9 +15,13 @@ Grid: (cdiv(L, BLOCK_L), B).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
+
+log = logging.getLogger("turbovid.fused")
 
 
 @triton.jit
@@ -79,6 +83,7 @@ _rmsnorm_rope_tuned = triton.autotune(
     key=["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"],
 )(_rmsnorm_rope_kernel)
 SPLIT_FOR_INTERPRETER = 1  # tests set 0 / 1 to cover both paths
+_split_failed = False
 
 
 # (rows per program, warps) per pair-block width; overridable for tuning on a GPU.
@@ -110,10 +115,18 @@ def rmsnorm_rope_triton(
     grid = (triton.cdiv(l, block_l), bsz)
     args = (x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps)
     consts = dict(HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps)
+    global _split_failed
     if INTERPRETED:
         _rmsnorm_rope_kernel[grid](*args, SPLIT=SPLIT_FOR_INTERPRETER, **consts)
+    elif _split_failed:
+        _rmsnorm_rope_kernel[grid](*args, SPLIT=0, **consts)
     else:
-        _rmsnorm_rope_tuned[grid](*args, **consts)
+        try:
+            _rmsnorm_rope_tuned[grid](*args, **consts)
+        except Exception as e:  # noqa: BLE001 - a compiler without tl.split/join support: keep the strided path
+            _split_failed = True
+            log.warning("fused RMSNorm: split-pairs variant failed to build (%s); using strided loads", type(e).__name__)
+            _rmsnorm_rope_kernel[grid](*args, SPLIT=0, **consts)
     return out
 
 
