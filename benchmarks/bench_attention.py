@@ -119,8 +119,8 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
 
     stats = blockmap.block_stats(q, k, v, 0.1, 128, 64)
     base = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats, config=sla_kernel.Config())
-    sla_cfgs = [sla_kernel.Config(group=g, num_warps=nw, num_stages=ns, tma=tma)
-                for tma in (False, True) for g in ((1,) if tma else (1, 2)) for nw in (4, 8) for ns in (2, 3, 4)]
+    sla_cfgs = [sla_kernel.Config(group=2, num_warps=8, num_stages=ns) for ns in (2, 3)]
+    sla_cfgs += [sla_kernel.Config(group=g, num_warps=8, num_stages=ns, tma=True) for g in (1, 2) for ns in (2, 3)]
     if quick:
         sla_cfgs = sla_cfgs[:3]
     best_sla = (float("inf"), sla_kernel.Config())
@@ -131,10 +131,8 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
 
     stats = blockmap.block_stats(q, k, v, 0.1, 64, 128, v_absmax=True)
     base = sagesla_kernel.sagesla_forward(q, k, v, 0.1, w, b, stats=stats)
-    sage_cfgs = [sagesla_kernel.Config(num_warps=nw, num_stages=ns, tma=tma)
-                 for tma in (False, True) for nw in (4, 8) for ns in (2, 3, 4)]
-    sage_cfgs += [sagesla_kernel.Config(v_terms=1), sagesla_kernel.Config(v_terms=1, tma=True),
-                  sagesla_kernel.Config(two_level=False)]
+    sage_cfgs = [sagesla_kernel.Config(num_warps=4, num_stages=ns, tma=True) for ns in (2, 3, 4)]
+    sage_cfgs += [sagesla_kernel.Config(num_warps=4, num_stages=3), sagesla_kernel.Config(v_terms=1, tma=True)]
     if quick:
         sage_cfgs = sage_cfgs[:3]
     best_sage = (float("inf"), sagesla_kernel.Config())
@@ -146,6 +144,39 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
     results["best_sla_config"] = repr(best_sla[1])
     results["best_sagesla_config"] = repr(best_sage[1])
     return best_sla[1], best_sage[1]
+
+
+def breakdown(results: dict, sla_cfg, sage_cfg) -> None:
+    """Per-kernel GPU time of one whole op at 480p, topk 0.1 (torch profiler, mean of 10 calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    L = SHAPES["480p"]
+    q, k, v = random_qkv(1, L, H, D, torch.bfloat16, device="cuda", seed=14)
+    w, b = proj_params(D, "cuda")
+    Ref = load_reference_module()
+    ops = {
+        "sla": lambda: sla_kernel.sla_forward(q, k, v, 0.1, w, b, config=sla_cfg),
+        "sagesla": lambda: sagesla_kernel.sagesla_forward(q, k, v, 0.1, w, b, config=sage_cfg),
+    }
+    if Ref is not None:
+        mod = Ref(head_dim=D, topk=0.1, BLKQ=128, BLKK=64).cuda()
+        ops["reference"] = lambda: mod(q, k, v)
+    out = {}
+    for name, fn in ops.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                fn()
+            torch.cuda.synchronize()
+        rows = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if t > 0 and e.count >= 10:
+                rows[e.key[:60]] = round(t / 10, 1)  # us per op call
+        out[name] = dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
+        print(name, json.dumps(out[name], indent=1), flush=True)
+    results["breakdown_us_480p"] = out
 
 
 def load_reference_module():
@@ -229,7 +260,8 @@ def main() -> None:
     def do_sweep():
         cfgs[:] = sweep(results, args.quick, start + args.budget * 0.6)
 
-    steps += [("sweep", do_sweep), ("timings", lambda: timings(results, *cfgs))]
+    steps += [("sweep", do_sweep), ("breakdown", lambda: breakdown(results, *cfgs)),
+              ("timings", lambda: timings(results, *cfgs))]
     for name, step in steps:
         try:
             step()

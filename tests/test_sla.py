@@ -152,7 +152,7 @@ def test_kernel_matches_reference(kernels, B, L, H, D, blkq, blkk):
     _check_kernel(out, q, k, v, 0.5, w, b, blkq, blkk)
 
 
-@pytest.mark.parametrize("group, linear, tma", [(2, False, False), (1, True, False), (1, True, True)])
+@pytest.mark.parametrize("group, linear, tma", [(2, False, False), (1, True, False), (1, True, True), (2, True, True)])
 def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma):
     _, sla_kernel = kernels
     q, k, v = random_qkv(2, 300, 1, 64, seed=5)  # batch 2: the descriptors read across the batch seam

@@ -113,16 +113,19 @@ def _select_kernel(
         bits = s.to(tl.int32, bitcast=True)
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         key = tl.where(col_ok[None, :], key, -2147483648)
-        # bisection for the KK-th largest key: the largest t with count(key >= t) >= KK
-        lo = tl.full([RS], -2147483648, tl.int64)
-        hi = tl.full([RS], 2147483647, tl.int64)
+        # Radix select, most significant bit first, on the unsigned view u = key ^ MIN (same
+        # order): the largest t with count(u >= t) >= KK is the KK-th largest. u >= t exactly when
+        # key >= t ^ MIN (signed), so everything stays in int32.
+        prefix = tl.zeros([RS], dtype=tl.int32)
+        bit = tl.full([RS], -2147483648, tl.int32)
         for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            enough = tl.sum((key >= mid[:, None]).to(tl.int32), 1) >= KK
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        above = key > lo[:, None]
-        tie = (key == lo[:, None]) & col_ok[None, :]
+            cand = prefix | bit
+            enough = tl.sum((key >= (cand ^ -2147483648)[:, None]).to(tl.int32), 1) >= KK
+            prefix = tl.where(enough, cand, prefix)
+            bit = (bit >> 1) & 0x7FFFFFFF
+        cut = prefix ^ -2147483648
+        above = key > cut[:, None]
+        tie = (key == cut[:, None]) & col_ok[None, :]
         need = KK - tl.sum(above.to(tl.int32), 1)
         keep = above | (tie & (tl.cumsum(tie.to(tl.int32), 1) <= need[:, None]))
         pos = tl.cumsum(keep.to(tl.int32), 1) - 1
@@ -138,7 +141,7 @@ class BlockStats:
     lut: torch.Tensor  # int32 (B*H, nq, kk): kept key blocks per query block, ascending
     kk: int
     k_mean: torch.Tensor  # float32 (B*H, D): token mean of K
-    kv: torch.Tensor | None  # (B*H, D, D) in q's dtype: phi(K)^T V / L
+    kv: torch.Tensor | None  # float32 (B*H, D, D): phi(K)^T V / L
     phi_sum: torch.Tensor | None  # float32 (B*H, D): sum_t phi(K) / L
     v_absmax: torch.Tensor | None  # float32 (B*H, D): max_t |V| per channel
 
@@ -178,7 +181,7 @@ def block_stats(
         k, v, pk, k_sum, phi_sum, kv, v_max,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         L, H, nk, nch, chb,
-        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, num_warps=4,
+        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, num_warps=8,
     )
     k_mean = k_sum.sum(1) / L
 
@@ -190,19 +193,21 @@ def block_stats(
     QT, CN = 16, 64
     n_tiles = triton.cdiv(nq, QT)
     s_stride = triton.cdiv(nk, CN) * CN
+    nkp = max(16, triton.next_power_of_2(nk))
+    # rows per selection step: as many as 32 registers a thread allow (all in the interpreter)
+    rs = QT if INTERPRETED else min(QT, max(1, 8192 // nkp))
     scratch = torch.empty(BH, n_tiles * QT, s_stride, **f32)
     lut = torch.empty(BH, nq, kk, dtype=torch.int32, device=dev)
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
-        # RS rows per selection step: few on a GPU (registers), all in the interpreter (fewer steps)
-        D=D, QT=QT, CN=CN, NKP=max(16, triton.next_power_of_2(nk)), RS=QT if INTERPRETED else 4, num_warps=4,
+        D=D, QT=QT, CN=CN, NKP=nkp, RS=rs, num_warps=8,
     )
     return BlockStats(
         lut=lut,
         kk=kk,
         k_mean=k_mean,
-        kv=(kv.sum(1) / L).to(q.dtype) if linear else None,
+        kv=kv.sum(1) / L if linear else None,
         phi_sum=phi_sum.sum(1) / L if linear else None,
         v_absmax=v_max.amax(1) if v_absmax else None,
     )

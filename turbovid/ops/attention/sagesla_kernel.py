@@ -22,7 +22,7 @@ import triton.language as tl
 
 from . import blockmap
 from .sagesla_reference import LOG2E, v_scales
-from .sla_kernel import TensorDescriptor, _linear_epilogue
+from .sla_kernel import TensorDescriptor, _linear_epilogue, fold_proj
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -89,12 +89,16 @@ def _sage_tile(
         k = kq_src.load([bh * LPAD + blk * BLKK, 0])
     else:
         k = tl.load(kq_src + keys[:, None] * D + d[None, :])  # int8, zero-padded past L
-    k_scale = tl.load(K_SCALE + blk)
-    s = tl.dot(q_i8, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * (q_scale * k_scale)  # log2 domain
+    scale = q_scale * tl.load(K_SCALE + blk)  # int scores -> log2 domain (> 0)
+    # int32 -> float32 without the slow conversion unit: for |x| < 2^22 the float with bits
+    # x + bits(1.5 * 2^23) is exactly 1.5 * 2^23 + x; the offset folds into the FMA below
+    s = (tl.dot(q_i8, tl.trans(k), out_dtype=tl.int32) + 0x4B400000).to(tl.float32, bitcast=True)
     if MASKED:
         s = tl.where((keys < L)[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
+    m_new = tl.maximum(m_i, (tl.max(s, 1) - 12582912.0) * scale)
+    # p = 448 * exp2(s - m): the fp8 scale rides in the exponent, one FMA + ex2 per score
+    shift = m_new + 12582912.0 * scale - 8.807354922057604
+    p = tl.math.exp2(s * scale - shift[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if USE_TMA:
@@ -106,7 +110,7 @@ def _sage_tile(
         vt = tl.load(vt_src + vt_offs)
         if V_TERMS == 2:
             vt2 = tl.load(vt2_src + vt_offs)
-    p8 = _to_fp8(p * 448.0, EXACT_GRID)
+    p8 = _to_fp8(p, EXACT_GRID)
     if TWO_LEVEL:
         if V_TERMS == 2:
             pv = tl.dot(p8, tl.trans(vt2))
@@ -124,7 +128,7 @@ def _sage_tile(
 
 @triton.jit
 def _sagesla_fwd_kernel(
-    Q, KQ, K_SCALE, VT, VT2, V_FROM_FP8, O, LUT, KV, PHISUM, WT, BIAS,
+    Q, KQ, K_SCALE, VT, VT2, V_FROM_FP8, O, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, so_b, so_l, so_h,
     L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
@@ -161,9 +165,9 @@ def _sagesla_fwd_kernel(
     acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, k_scales, lut_row, KK - 1,
                                L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
-    o = acc * (v_from * (1.0 / 448.0))[None, :] / l_i[:, None]
+    o = acc * v_from[None, :] / l_i[:, None]  # l_i carries P's 448
     if LINEAR:
-        o = _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D, HAS_BIAS)
+        o = _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
     tl.store(O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :], o.to(O.dtype.element_ty), mask=rows[:, None] < L)
 
 
@@ -224,13 +228,12 @@ def sagesla_forward(
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
     if linear:
-        wt = proj_weight.t().to(q.dtype).contiguous()
-        bias = proj_bias.float().contiguous() if proj_bias is not None else wt
-        kv, phi_sum = stats.kv, stats.phi_sum
+        kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
+        bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
     else:
-        wt = bias = kv = phi_sum = q  # unused pointers
+        kvw = bias = phi_sum = q  # unused pointers
     _sagesla_fwd_kernel[(nq, B * H)](
-        q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kv, phi_sum, wt, bias,
+        q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
         D=D, BLOCK_M=blkq, BLKK=blkk, LINEAR=linear, HAS_BIAS=proj_bias is not None,

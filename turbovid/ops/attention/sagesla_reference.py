@@ -12,11 +12,14 @@ Rules (SageAttention style, as SpargeAttn's sm90 SageSLA applies them):
       error of one e4m3 V alone is ~2.6% of the output on zero-mean random V (3 mantissa bits),
       and with fp8 P's own ~2.6% the total (~3.7%) misses a 3% relative-L2 budget; the second
       term costs one more fp8 dot per tile and removes the V part of the error.
-  P   exp2(s - running max) in [0, 1], fp8(448 p); row sums l from the unquantized p.
+  P   448 exp2(s - running max) in [0, 448] (the scale folded into the exponent), to fp8; row
+      sums l from the unquantized values.
   P.V accumulates one key tile per dot, then adds in float32 (the two-level accumulation of
       SageAttention2: fp8 tensor-core accumulators keep fewer than 32 bits).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,8 @@ import torch.nn.functional as F
 FP8_MAX = 448.0
 INT8_EPS = 1e-7
 LOG2E = 1.4426950408889634
+LOG2_FP8_MAX = math.log2(FP8_MAX)
+MAGIC = 12582912.0  # 1.5 * 2^23: int32 x + bits(MAGIC) has the float bits of MAGIC + x, |x| < 2^22
 
 
 def quantize_blocks_int8(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,14 +83,16 @@ def sagesla_sparse_emulated(
         idx = lut[..., t].long()  # (B, H, nq)
         gather = idx[..., None, None].expand(-1, -1, -1, blkk, D)
         kt = torch.gather(k_i8.float(), 2, gather)
-        s = (qi @ kt.transpose(-1, -2)) * (q_scale * torch.gather(k_scale, 2, idx))[..., None, None]
-        s = s.masked_fill(~key_ok[idx][..., None, :], float("-inf"))
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        p = torch.exp2(s - m_new[..., None])
+        scale = (q_scale * torch.gather(k_scale, 2, idx))[..., None, None]
+        # integer scores offset by 1.5 * 2^23, as the kernel converts them (exact in float32)
+        s = (qi @ kt.transpose(-1, -2) + MAGIC).masked_fill(~key_ok[idx][..., None, :], float("-inf"))
+        m_new = torch.maximum(m, (s.amax(dim=-1) - MAGIC) * scale[..., 0])
+        shift = m_new + MAGIC * scale[..., 0] - LOG2_FP8_MAX
+        p = torch.exp2(s * scale - shift[..., None])  # 448 * exp2(s - m)
         alpha = torch.exp2(m - m_new)
         l = l * alpha + p.sum(dim=-1)
-        p_q = (p * FP8_MAX).to(torch.float8_e4m3fn).float()
+        p_q = p.to(torch.float8_e4m3fn).float()
         acc = acc * alpha[..., None] + p_q @ torch.gather(v_q, 2, gather)
         m = m_new
-    out = acc * (from_fp8[:, :, None, None, :] / FP8_MAX) / l[..., None]
+    out = acc * from_fp8[:, :, None, None, :] / l[..., None]
     return out.reshape(B, H, nq * blkq, D)[:, :, :L].transpose(1, 2)

@@ -2,8 +2,9 @@
 
 One program per (query block of BLOCK_M = blkq tokens, b, h):
   1. online-softmax attention over the kept key blocks (ascending, from the block map), GROUP
-     blocks of BLKK keys gathered into one BLOCK_N = GROUP * BLKK tile per step; only the last
-     tile can be partial or hold the ragged last key block, so only it is masked;
+     blocks of BLKK keys per softmax step, either gathered row by row into one tile (pointer
+     loads) or as GROUP descriptor loads (TMA) with a dot pair each; only the last step can be
+     partial or hold the ragged last key block, so only it is masked;
   2. epilogue, fused: the linear branch for the same queries, phi(q) @ (phi(K)^T V) /
      (phi(q) . sum phi(K)), then proj_l (x @ W^T + b), added to the sparse output; one store.
 Consecutive programs share (b, h), so the gathered K/V blocks of a head stay in L2.
@@ -32,37 +33,29 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _tile(
-    acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, row0, col0, L, KK, qk_scale,
-    D: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+    acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
+    D: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr,
 ):
+    """GROUP kept key blocks gathered row by row into one (GROUP * BLKK, D) tile."""
     BLOCK_N: tl.constexpr = GROUP * BLKK
     r = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
-    if USE_TMA:
-        # k_src / v_src: descriptors over (B*L, H*D); one key block per tile. Rows past L belong to
-        # the next batch or are zero-filled: their scores are masked below, their p is 0.
-        blk = tl.load(lut_row + t)
-        k = k_src.load([row0 + blk * BLKK, col0])
-        v = v_src.load([row0 + blk * BLKK, col0])
-        keys = blk * BLKK + r
-        ok = keys < L
-    else:
-        sub = r // BLKK
-        blk = tl.zeros([BLOCK_N], dtype=tl.int32)
-        for g in tl.static_range(GROUP):
-            if MASKED:
-                b_g = tl.load(lut_row + t * GROUP + g, mask=t * GROUP + g < KK, other=0)
-            else:
-                b_g = tl.load(lut_row + t * GROUP + g)
-            blk = tl.where(sub == g, b_g, blk)
-        keys = blk * BLKK + r % BLKK
+    sub = r // BLKK
+    blk = tl.zeros([BLOCK_N], dtype=tl.int32)
+    for g in tl.static_range(GROUP):
         if MASKED:
-            ok = (t * GROUP + sub < KK) & (keys < L)
-            k = tl.load(k_src + keys[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
-            v = tl.load(v_src + keys[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+            b_g = tl.load(lut_row + t * GROUP + g, mask=t * GROUP + g < KK, other=0)
         else:
-            k = tl.load(k_src + keys[:, None] * sk_l + d[None, :])
-            v = tl.load(v_src + keys[:, None] * sv_l + d[None, :])
+            b_g = tl.load(lut_row + t * GROUP + g)
+        blk = tl.where(sub == g, b_g, blk)
+    keys = blk * BLKK + r % BLKK
+    if MASKED:
+        ok = (t * GROUP + sub < KK) & (keys < L)
+        k = tl.load(k_src + keys[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_src + keys[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_src + keys[:, None] * sk_l + d[None, :])
+        v = tl.load(v_src + keys[:, None] * sv_l + d[None, :])
     s = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) float32
     if MASKED:
         s = tl.where(ok[None, :], s, float("-inf"))
@@ -76,26 +69,71 @@ def _tile(
 
 
 @triton.jit
-def _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """o + proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)); kv and phi_sum come pre-divided by L."""
+def _tile_tma(
+    acc, l_i, m_i, q, k_desc, v_desc, lut_row, t, row0, col0, L, KK, qk_scale,
+    BLKK: tl.constexpr, GROUP: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One or two kept key blocks through descriptors over (B*L, H*D), one dot pair each, one
+    softmax update. Rows past L are the next batch's or zero-filled: masked scores, p = 0."""
+    r = tl.arange(0, BLKK)
+    b0 = tl.load(lut_row + t * GROUP)
+    k0 = k_desc.load([row0 + b0 * BLKK, col0])
+    v0 = v_desc.load([row0 + b0 * BLKK, col0])
+    s0 = tl.dot(q, tl.trans(k0))
+    if MASKED:
+        s0 = tl.where((b0 * BLKK + r < L)[None, :], s0, float("-inf"))
+    mx = tl.max(s0, 1)
+    if GROUP == 2:
+        if MASKED:
+            has1 = t * 2 + 1 < KK
+            b1 = tl.load(lut_row + t * 2 + 1, mask=has1, other=0)
+        else:
+            b1 = tl.load(lut_row + t * 2 + 1)
+        k1 = k_desc.load([row0 + b1 * BLKK, col0])
+        v1 = v_desc.load([row0 + b1 * BLKK, col0])
+        s1 = tl.dot(q, tl.trans(k1))
+        if MASKED:
+            s1 = tl.where(((b1 * BLKK + r < L) & has1)[None, :], s1, float("-inf"))
+        mx = tl.maximum(mx, tl.max(s1, 1))
+    m_new = tl.maximum(m_i, mx * qk_scale)
+    alpha = tl.math.exp2(m_i - m_new)
+    p0 = tl.math.exp2(s0 * qk_scale - m_new[:, None])
+    row_sum = tl.sum(p0, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p0.to(v0.dtype), v0, acc)
+    if GROUP == 2:
+        p1 = tl.math.exp2(s1 * qk_scale - m_new[:, None])
+        row_sum += tl.sum(p1, 1)
+        acc = tl.dot(p1.to(v1.dtype), v1, acc)
+    l_i = l_i * alpha + row_sum
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """o + proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)) = o + phi(q) @ (kv @ W^T) / (...) + b:
+    the denominator is per row, so proj_l's weight is folded into kv beforehand (KVW)."""
     d = tl.arange(0, D)
     qf = q.to(tl.float32)
     e = tl.exp(qf - tl.max(qf, 1)[:, None])
     phi = e / tl.sum(e, 1)[:, None]
-    kv = tl.load(KV + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
-    num = tl.dot(phi.to(kv.dtype), kv)
+    kvw = tl.load(KVW + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
+    num = tl.dot(phi.to(kvw.dtype), kvw)
     phi_sum = tl.load(PHISUM + bh * D + d)
     lin = num / (tl.sum(phi * phi_sum[None, :], 1) + lin_eps)[:, None]
-    wt = tl.load(WT + d[:, None] * D + d[None, :])  # W^T: (in, out)
-    lin = tl.dot(lin.to(wt.dtype), wt)
     if HAS_BIAS:
         lin += tl.load(BIAS + d)[None, :]
     return o + lin
 
 
+def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B*H, D, D) float32 phi(K)^T V / L times proj_l's W^T, in the kernels' dtype."""
+    return (kv @ proj_weight.float().t()).to(dtype)
+
+
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, O, LUT, KV, PHISUM, WT, BIAS,
+    Q, K, V, O, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
     L, H, NQ, KK, qk_scale, lin_eps,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
@@ -122,14 +160,23 @@ def _sla_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n_tiles = tl.cdiv(KK, GROUP)
+    # ascending block lists: only the last tile can be partial or hold the ragged last key block
     for t in range(n_tiles - 1):
-        acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, row0, col0, L, KK,
-                              qk_scale, D, BLKK, GROUP, False, USE_TMA)
-    acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, sk_l, sv_l, row0, col0, L, KK,
-                          qk_scale, D, BLKK, GROUP, True, USE_TMA)
+        if USE_TMA:
+            acc, l_i, m_i = _tile_tma(acc, l_i, m_i, q, k_src, v_src, lut_row, t, row0, col0, L, KK, qk_scale,
+                                      BLKK, GROUP, False)
+        else:
+            acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, t, sk_l, sv_l, L, KK, qk_scale,
+                                  D, BLKK, GROUP, False)
+    if USE_TMA:
+        acc, l_i, m_i = _tile_tma(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, row0, col0, L, KK,
+                                  qk_scale, BLKK, GROUP, True)
+    else:
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, sk_l, sv_l, L, KK, qk_scale,
+                              D, BLKK, GROUP, True)
     o = acc / l_i[:, None]
     if LINEAR:
-        o = _linear_epilogue(o, q, bh, KV, PHISUM, WT, BIAS, lin_eps, D, HAS_BIAS)
+        o = _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
     tl.store(O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :], o.to(O.dtype.element_ty), mask=rows[:, None] < L)
 
 
@@ -138,7 +185,7 @@ class Config:
     group: int = 1  # key blocks per tile (BLOCK_N = group * blkk)
     num_warps: int = 8
     num_stages: int = 3
-    tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine); group 1 only
+    tma: bool = False  # K/V blocks through tensor descriptors (Hopper's bulk copy engine)
 
 
 def default_config(head_dim: int, device: torch.device) -> Config:
@@ -169,17 +216,16 @@ def sla_forward(
     nq = triton.cdiv(L, blkq)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_src, v_src = k, v
-    use_tma = cfg.tma and TensorDescriptor is not None and cfg.group == 1 and k.is_contiguous() and v.is_contiguous()
+    use_tma = cfg.tma and TensorDescriptor is not None and k.is_contiguous() and v.is_contiguous()
     if use_tma:
         k_src, v_src = (TensorDescriptor.from_tensor(x.view(B * L, H * D), [blkk, D]) for x in (k, v))
     if linear:
-        wt = proj_weight.t().to(q.dtype).contiguous()
-        bias = proj_bias.float().contiguous() if proj_bias is not None else wt
-        kv, phi_sum = stats.kv, stats.phi_sum
+        kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
+        bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
     else:
-        wt = bias = kv = phi_sum = q  # unused pointers
+        kvw = bias = phi_sum = q  # unused pointers
     _sla_fwd_kernel[(nq, B * H)](
-        q, k_src, v_src, out, stats.lut, kv, phi_sum, wt, bias,
+        q, k_src, v_src, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
