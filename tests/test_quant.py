@@ -103,6 +103,15 @@ def test_act_quant_kernel_matches_rule_bytes(fmt, dtype):
         assert torch.equal(s, rs), (m, k)
 
 
+def test_measured_reciprocal_table_is_within_one_ulp_of_ieee():
+    table = torch.tensor(list(int8.RCP128_TABLE), dtype=torch.int64).to(torch.int32)
+    ieee = (128.0 / (1 + torch.arange(128, dtype=torch.float64) / 128)).float().view(torch.int32)
+    off = (table - ieee).abs()
+    assert off.max() == 1 and off.sum() == 20 and table[0] == ieee[0]  # 2**k reciprocals are exact
+    floor = torch.tensor(128.0).div(torch.tensor(1e-8)).view(torch.int32).item()
+    assert abs(int8.RCP128_FLOOR - floor) <= 1
+
+
 def test_reciprocal_table_is_applied_alike_by_rule_and_kernel(monkeypatch):
     """With a table, the multiplier of a bf16 amax = table[mantissa] * 2**-exponent; exact ties then
     follow the table's rounding. A table one ulp above IEEE for mantissa 0 (IEEE: exactly 128) moves
@@ -134,10 +143,11 @@ GEMM_CONFIGS = [
     dict(BLOCK_M=32, BLOCK_N=64),
     dict(BLOCK_M=64, BLOCK_N=256, SPLIT_N=2, MAGIC=True),  # two weight-scale blocks per tile
     dict(BLOCK_M=128, BLOCK_N=32, MAGIC=True),
+    dict(BLOCK_M=256, BLOCK_N=32),  # two activation-scale blocks per tile (per-row scales)
 ]
 
 
-@pytest.mark.parametrize("config", GEMM_CONFIGS, ids=["32x64", "64x256split-magic", "128x32-magic"])
+@pytest.mark.parametrize("config", GEMM_CONFIGS, ids=["32x64", "64x256split-magic", "128x32-magic", "256x32"])
 @pytest.mark.parametrize("tma", [False, True], ids=["ptr", "tma"])
 def test_gemm_int32_block_sums_exact(config, tma):
     for m, n, k in [(130, 200, 272), (33, 40, 128)] + ([] if tma else [(70, 130, 300)]):  # TMA: K % 16 == 0
@@ -173,8 +183,9 @@ def test_gemm_scaled_within_float_rounding(fmt):
     else:
         (aq, as_), (bq, bs) = quantize_act_fp8(x), quantize_weight_fp8(w)
     want = _block_reference(aq, as_, bq, bs, 128 if fmt == "int8" else 1) + bias.double()
-    got = int8_triton.scaled_mm(aq, as_, bq, bs, bias, out_dtype=torch.float32, config=GEMM_CONFIGS[1])
-    assert rel(got, want) < 1e-6
+    for cfg in (GEMM_CONFIGS[1], GEMM_CONFIGS[3]):
+        got = int8_triton.scaled_mm(aq, as_, bq, bs, bias, out_dtype=torch.float32, config=cfg)
+        assert rel(got, want) < 1e-6
     got16 = int8_triton.scaled_mm(aq, as_, bq, bs, bias.half(), out_dtype=torch.float16, config=GEMM_CONFIGS[0],
                                   use_tma=False)
     assert (got16.double() - want).abs().max() <= want.abs().max() * 2**-10  # one fp16 rounding

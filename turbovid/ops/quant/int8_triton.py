@@ -171,8 +171,17 @@ def quantize_act(x: torch.Tensor, fmt: str = "int8", gelu: bool = False) -> tupl
 
 
 @triton.jit
-def _block_dot(acc, a, b, s, IS_INT8: tl.constexpr, MAGIC: tl.constexpr):
-    # acc (BM, BN) fp32 += (a (BM, 128) . b (BN, 128)^T) * s (BM,)
+def _load_sa(sa_ptrs, kb, stride_sak, rm, M, num_k, SCALAR: tl.constexpr):
+    # activation scales of K block kb (zeros past the last block)
+    if SCALAR:
+        return tl.load(sa_ptrs + kb * stride_sak, mask=kb < num_k, other=0.0)
+    else:
+        return tl.load(sa_ptrs + kb * stride_sak, mask=(rm < M) & (rm * 0 + kb < num_k), other=0.0)
+
+
+@triton.jit
+def _block_dot(acc, a, b, s, IS_INT8: tl.constexpr, MAGIC: tl.constexpr, SCALAR: tl.constexpr):
+    # acc (BM, BN) fp32 += (a (BM, 128) . b (BN, 128)^T) * s (a scalar, or one per row (BM,))
     if IS_INT8:
         if MAGIC:
             blk = tl.dot(a, tl.trans(b), tl.full(acc.shape, 0x4B400000, tl.int32), out_dtype=tl.int32)
@@ -181,7 +190,10 @@ def _block_dot(acc, a, b, s, IS_INT8: tl.constexpr, MAGIC: tl.constexpr):
             part = tl.dot(a, tl.trans(b), out_dtype=tl.int32).to(tl.float32)
     else:
         part = tl.dot(a, tl.trans(b), out_dtype=tl.float32)
-    return acc + part * s[:, None]
+    if SCALAR:
+        return acc + part * s
+    else:
+        return acc + part * s[:, None]
 
 
 @triton.jit
@@ -223,16 +235,29 @@ def _scaled_mm_kernel(
     rn0 = off_n + tl.arange(0, BN)
     rn1 = rn0 + BN
     rk = tl.arange(0, BLOCK_K)
-    sa_ptrs = sa_ptr + (rm // ACT_ROWS) * stride_sam
+    # one activation scale for the whole tile (int8, BLOCK_M <= 128) or one per row
+    SCALAR_SA: tl.constexpr = ACT_ROWS >= BLOCK_M
+    if SCALAR_SA:
+        sa_ptrs = sa_ptr + (off_m // ACT_ROWS) * stride_sam
+    else:
+        sa_ptrs = sa_ptr + (rm // ACT_ROWS) * stride_sam
     sb0_ptr = sb_ptr + (off_n // 128) * stride_sbn
     sb1_ptr = sb_ptr + ((off_n + BN) // 128) * stride_sbn
     has1 = off_n + BN < N
+    num_k = tl.cdiv(K, BLOCK_K)
 
     acc0 = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BN), dtype=tl.float32)
     zero = 0 if IS_INT8 else 0.0  # masked-load filler in the operand dtype
-    for kb in range(0, tl.cdiv(K, BLOCK_K)):
+    # scales of K block kb are loaded one step ahead, so their latency hides behind a block product
+    sa = _load_sa(sa_ptrs, 0, stride_sak, rm, M, num_k, SCALAR_SA)
+    sb0 = tl.load(sb0_ptr)
+    sb1 = tl.load(sb1_ptr, mask=has1, other=0.0)
+    for kb in range(0, num_k):
         k0 = kb * BLOCK_K
+        more = kb + 1 < num_k
+        sa_next = _load_sa(sa_ptrs, kb + 1, stride_sak, rm, M, num_k, SCALAR_SA)
+        sb0_next = tl.load(sb0_ptr + (kb + 1) * stride_sbk, mask=more, other=0.0)
         if USE_TMA:
             a = a_ptr.load([off_m, k0])
             b0 = b_ptr.load([off_n, k0])
@@ -242,26 +267,28 @@ def _scaled_mm_kernel(
                         mask=(rm[:, None] < M) & kmask, other=zero)
             b0 = tl.load(b_ptr + rn0[:, None] * stride_bn + (k0 + rk)[None, :],
                          mask=(rn0[:, None] < N) & kmask, other=zero)
-        sa = tl.load(sa_ptrs + kb * stride_sak, mask=rm < M, other=0.0)
-        acc0 = _block_dot(acc0, a, b0, sa * tl.load(sb0_ptr + kb * stride_sbk), IS_INT8, MAGIC)
+        acc0 = _block_dot(acc0, a, b0, sa * sb0, IS_INT8, MAGIC, SCALAR_SA)
         if SPLIT_N == 2:
+            sb1_next = tl.load(sb1_ptr + (kb + 1) * stride_sbk, mask=more & has1, other=0.0)
             if USE_TMA:
                 b1 = b_ptr.load([off_n + BN, k0])
             else:
                 b1 = tl.load(b_ptr + rn1[:, None] * stride_bn + (k0 + rk)[None, :],
                              mask=(rn1[:, None] < N) & kmask, other=zero)
-            sb1 = tl.load(sb1_ptr + kb * stride_sbk, mask=has1, other=0.0)
-            acc1 = _block_dot(acc1, a, b1, sa * sb1, IS_INT8, MAGIC)
+            acc1 = _block_dot(acc1, a, b1, sa * sb1, IS_INT8, MAGIC, SCALAR_SA)
+            sb1 = sb1_next
+        sa = sa_next
+        sb0 = sb0_next
 
     _store_tile(c_ptr, acc0, bias_ptr, rm, rn0, M, N, stride_cm, HAS_BIAS)
     if SPLIT_N == 2:
         _store_tile(c_ptr, acc1, bias_ptr, rm, rn1, M, N, stride_cm, HAS_BIAS)
 
 
-def _cfg(bm, bn, split, warps, stages, magic=False, group=8):
+def _cfg(bm, bn, split, warps, stages, magic=False, group=8, maxnreg=None):
     return triton.Config(
         {"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_N": split, "GROUP_M": group, "MAGIC": magic},
-        num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes,
+        num_warps=warps, num_stages=stages, maxnreg=maxnreg, pre_hook=_set_block_shapes,
     )
 
 
@@ -273,10 +300,13 @@ def _set_block_shapes(nargs):
 
 
 # Hopper candidates (Ampere/Ada run the smaller ones). BLOCK_K is fixed at 128 (one scale block).
+# 128x128 / 8 warps needs ~160 registers (one CTA per SM, block product and promotion in turn);
+# 64x128 and 128x64 on 4 warps, or a 128-register cap, let two or three CTAs share an SM so one's
+# promotion overlaps another's wgmma. 256-wide tiles spill.
 CONFIGS = [
-    _cfg(128, 128, 1, 8, 3), _cfg(128, 128, 1, 8, 4), _cfg(128, 128, 1, 8, 4, magic=True),
-    _cfg(128, 256, 2, 8, 3), _cfg(128, 256, 2, 8, 3, magic=True), _cfg(128, 256, 2, 8, 4),
-    _cfg(256, 128, 1, 8, 3), _cfg(64, 256, 2, 4, 4),
+    _cfg(128, 128, 1, 8, 3), _cfg(128, 128, 1, 8, 4), _cfg(128, 128, 1, 8, 5), _cfg(128, 128, 1, 8, 4, magic=True),
+    _cfg(128, 128, 1, 8, 3, maxnreg=128), _cfg(256, 128, 1, 8, 3), _cfg(128, 256, 2, 8, 3),
+    _cfg(64, 128, 1, 4, 3), _cfg(64, 128, 1, 4, 4), _cfg(128, 64, 1, 4, 4),
 ]
 # Used under TRITON_INTERPRET and when autotuning is off: small, any shape.
 DEFAULT_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "SPLIT_N": 1, "GROUP_M": 8, "MAGIC": False}
