@@ -117,10 +117,11 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
             print(f"{kind:8s} {cfg!r:90s} ERROR {type(e).__name__}: {str(e)[:120]}", flush=True)
             return None
 
-    stats = blockmap.block_stats(q, k, v, 0.1, 128, 64)
+    stats = blockmap.block_stats(q, k, v, 0.1, 128, 64, kv_copy=True)
     base = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats, config=sla_kernel.Config())
-    sla_cfgs = [sla_kernel.Config(group=2, num_warps=8, num_stages=ns) for ns in (2, 3)]
-    sla_cfgs += [sla_kernel.Config(group=g, num_warps=8, num_stages=ns, tma=True) for g in (1, 2) for ns in (2, 3)]
+    sla_cfgs = [sla_kernel.Config(group=2, num_warps=8, num_stages=ns, tma=tma, kv_copy=copy)
+                for copy in (False, True) for tma in (True, False) for ns in (2, 3)]
+    sla_cfgs += [sla_kernel.Config(group=1, num_warps=8, num_stages=3, tma=True, kv_copy=True)]
     if quick:
         sla_cfgs = sla_cfgs[:3]
     best_sla = (float("inf"), sla_kernel.Config())
@@ -128,6 +129,26 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
         ms = trial("sla", cfg, lambda: sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats, config=cfg), base)
         if ms is not None and ms < best_sla[0]:
             best_sla = (ms, cfg)
+
+    # block-map launches (the whole block_stats call), both block maps
+    stats_rows = []
+    best_stats = (float("inf"), blockmap.StatsConfig())
+    for sc in [blockmap.StatsConfig(), blockmap.StatsConfig(programs_per_sm=4), blockmap.StatsConfig(programs_per_sm=8),
+               blockmap.StatsConfig(programs_per_sm=4, key_warps=4), blockmap.StatsConfig(select_warps=4),
+               blockmap.StatsConfig(select_rows=32), blockmap.StatsConfig(select_warps=4, select_rows=32)]:
+        try:
+            t_sla = median_ms(lambda: blockmap.block_stats(q, k, v, 0.1, 128, 64, kv_copy=best_sla[1].kv_copy, cfg=sc), rep=100)
+            t_sage = median_ms(lambda: blockmap.block_stats(q, k, v, 0.1, 64, 128, v_absmax=True, cfg=sc), rep=100)
+        except Exception as e:
+            stats_rows.append({"config": repr(sc), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        stats_rows.append({"config": repr(sc), "sla_map_ms": t_sla, "sagesla_map_ms": t_sage})
+        print(f"stats    {sc!r:90s} {t_sla:7.3f} / {t_sage:7.3f} ms", flush=True)
+        if t_sla + t_sage < best_stats[0]:
+            best_stats = (t_sla + t_sage, sc)
+    blockmap.DEFAULT_STATS = best_stats[1]
+    results["stats_sweep"] = stats_rows
+    results["best_stats_config"] = repr(best_stats[1])
 
     stats = blockmap.block_stats(q, k, v, 0.1, 64, 128, v_absmax=True)
     base = sagesla_kernel.sagesla_forward(q, k, v, 0.1, w, b, stats=stats)
@@ -207,11 +228,11 @@ def timings(results: dict, sla_cfg, sage_cfg) -> list[dict]:
                      "tflops": dense_flops / dense_ms / 1e9})
         for topk in [t for s, t in cases if s == shape]:
             entry = {"shape": shape, "L": L, "topk": topk}
-            st = blockmap.block_stats(q, k, v, topk, 128, 64)
+            st = blockmap.block_stats(q, k, v, topk, 128, 64, kv_copy=sla_cfg.kv_copy)
             flops = sparse_flops(st.lut, L, 128, 64)
             ms = median_ms(lambda: sla_kernel.sla_forward(q, k, v, topk, w, b, config=sla_cfg))
             attn_ms = median_ms(lambda: sla_kernel.sla_forward(q, k, v, topk, w, b, config=sla_cfg, stats=st))
-            stats_ms = median_ms(lambda: blockmap.block_stats(q, k, v, topk, 128, 64))
+            stats_ms = median_ms(lambda: blockmap.block_stats(q, k, v, topk, 128, 64, kv_copy=sla_cfg.kv_copy))
             rows.append({**entry, "impl": "ours sla", "ms": ms, "attention_kernel_ms": attn_ms,
                          "block_stats_ms": stats_ms, "sparse_tflops_whole_op": flops / ms / 1e9,
                          "sparse_tflops_kernel": flops / attn_ms / 1e9, "dense_ratio": dense_ms / ms})

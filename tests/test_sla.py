@@ -118,6 +118,13 @@ def test_kernel_block_map_equals_reference(kernels, B, L, H, D, blkq, blkk):
         stats = blockmap.block_stats(q, k, v, topk, blkq, blkk)
         expected = ref.block_map(q, k, topk, blkq, blkk)
         assert torch.equal(stats.lut.view_as(expected), expected)
+    # head-major copies of K and V, zero past L
+    copies = blockmap.block_stats(q, k, v, 0.3, blkq, blkk, kv_copy=True)
+    nk = -(-L // blkk)
+    for copy, x in ((copies.k_copy, k), (copies.v_copy, v)):
+        assert copy.shape == (B * H, nk * blkk, D)
+        assert torch.equal(copy.view(B, H, -1, D)[:, :, :L], x.transpose(1, 2))
+        assert not copy.view(B, H, -1, D)[:, :, L:].any()
     # the linear-branch sums and the key mean
     kf, vf = k.float().transpose(1, 2), v.float().transpose(1, 2)
     phi = torch.softmax(kf, -1)
@@ -152,13 +159,16 @@ def test_kernel_matches_reference(kernels, B, L, H, D, blkq, blkk):
     _check_kernel(out, q, k, v, 0.5, w, b, blkq, blkk)
 
 
-@pytest.mark.parametrize("group, linear, tma", [(2, False, False), (1, True, False), (1, True, True), (2, True, True)])
-def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma):
+@pytest.mark.parametrize(
+    "group, linear, tma, kv_copy",
+    [(2, False, False, False), (1, True, False, False), (1, True, True, False), (2, True, True, True), (2, True, False, True)],
+)
+def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma, kv_copy):
     _, sla_kernel = kernels
     q, k, v = random_qkv(2, 300, 1, 64, seed=5)  # batch 2: the descriptors read across the batch seam
     w, b = proj_params(64) if linear else (None, None)
     b = None  # proj without bias
-    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2, tma=tma)
+    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2, tma=tma, kv_copy=kv_copy)
     out = sla_kernel.sla_forward(q, k, v, 0.7, w, b, 64, 64, config=cfg)
     _check_kernel(out, q, k, v, 0.7, w, b, 64, 64)
 

@@ -4,7 +4,8 @@ Three launches, each one pass over its input:
   key pass   over K (and V): per key block the mean of K; per chunk of blocks the partial sums of
              K, of phi(K) = softmax_D(K), of phi(K)^T V (the linear branch's reduction) and of
              max|V| per channel (sagesla's V scales). Chunk partials are summed afterwards
-             (deterministic; no atomics).
+             (deterministic; no atomics). Optionally writes head-major copies of K and V, so
+             the attention kernel gathers contiguous blocks.
   query pool over Q: per query block the mean of Q.
   select     per group of query blocks: scores against the smoothed pooled keys (float32, exact),
              then an exact top-k per row by bisection on the scores' order-preserving int32 keys,
@@ -27,10 +28,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton dec
 
 @triton.jit
 def _key_pass_kernel(
-    K, V, PK, KSUM, PHISUM, KV, VMAX,
+    K, V, PK, KSUM, PHISUM, KV, VMAX, KC, VC,
     sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
     L, H, NK, NCH, CHB,
-    D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr,
+    D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr, COPY: tl.constexpr,
 ):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -48,13 +49,19 @@ def _key_pass_kernel(
         blk = c * CHB + j
         rows = blk * BLKK + r
         row_ok = rows < L
-        k = tl.load(k_base + rows[:, None] * sk_l + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        k = tl.load(k_base + rows[:, None] * sk_l + d[None, :], mask=row_ok[:, None], other=0.0)
+        if COPY:  # head-major copies (B*H, NK*BLKK, D), zero rows past L
+            copy_at = (bh.to(tl.int64) * NK * BLKK + rows[:, None]) * D + d[None, :]
+            tl.store(KC + copy_at, k, mask=rows[:, None] < NK * BLKK)
+        k = k.to(tl.float32)
         blk_sum = tl.sum(k, 0)
         count = tl.minimum(L - blk * BLKK, BLKK).to(tl.float32)
         tl.store(PK + (bh * NK + blk).to(tl.int64) * D + d, blk_sum / count, mask=(blk + 0 * d) < NK)
         k_sum += blk_sum
-        if LINEAR or VABSMAX:
+        if LINEAR or VABSMAX or COPY:
             v = tl.load(v_base + rows[:, None] * sv_l + d[None, :], mask=row_ok[:, None], other=0.0)
+        if COPY:
+            tl.store(VC + copy_at, v, mask=rows[:, None] < NK * BLKK)
         if LINEAR:
             e = tl.exp(k - tl.max(k, 1)[:, None])
             phi = e / tl.sum(e, 1)[:, None]
@@ -144,6 +151,19 @@ class BlockStats:
     kv: torch.Tensor | None  # float32 (B*H, D, D): phi(K)^T V / L
     phi_sum: torch.Tensor | None  # float32 (B*H, D): sum_t phi(K) / L
     v_absmax: torch.Tensor | None  # float32 (B*H, D): max_t |V| per channel
+    k_copy: torch.Tensor | None = None  # (B*H, nk * blkk, D): K head-major, zero rows past L
+    v_copy: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    programs_per_sm: int = 2  # key pass: more programs hide latency, but each leaves a D x D partial
+    key_warps: int = 8
+    select_warps: int = 8
+    select_rows: int = 16  # query blocks per select program
+
+
+DEFAULT_STATS = StatsConfig()
 
 
 def _num_sms(device: torch.device) -> int:
@@ -161,6 +181,8 @@ def block_stats(
     blkk: int,
     linear: bool = True,
     v_absmax: bool = False,
+    kv_copy: bool = False,
+    cfg: StatsConfig | None = None,
 ) -> BlockStats:
     B, L, H, D = q.shape
     BH = B * H
@@ -168,20 +190,23 @@ def block_stats(
     kk = keep_count(topk, nk)
     dev = q.device
     f32 = dict(dtype=torch.float32, device=dev)
+    cfg = cfg or DEFAULT_STATS
 
-    # 1. key pass: about two programs per SM, each over a contiguous chunk of key blocks
-    chb = triton.cdiv(nk, max(1, min(nk, triton.cdiv(2 * _num_sms(dev), BH))))
+    # 1. key pass: a few programs per SM, each over a contiguous chunk of key blocks
+    chb = triton.cdiv(nk, max(1, min(nk, triton.cdiv(cfg.programs_per_sm * _num_sms(dev), BH))))
     nch = triton.cdiv(nk, chb)
     pk = torch.empty(BH, nk, D, **f32)
     k_sum = torch.empty(BH, nch, D, **f32)
     phi_sum = torch.empty(BH, nch, D, **f32) if linear else k_sum
     kv = torch.empty(BH, nch, D, D, **f32) if linear else k_sum
     v_max = torch.empty(BH, nch, D, **f32) if v_absmax else k_sum
+    k_copy = torch.empty(BH, nk * blkk, D, dtype=k.dtype, device=dev) if kv_copy else None
+    v_copy = torch.empty(BH, nk * blkk, D, dtype=v.dtype, device=dev) if kv_copy else None
     _key_pass_kernel[(nch, BH)](
-        k, v, pk, k_sum, phi_sum, kv, v_max,
+        k, v, pk, k_sum, phi_sum, kv, v_max, k_copy if kv_copy else k, v_copy if kv_copy else v,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         L, H, nk, nch, chb,
-        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, num_warps=8,
+        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, num_warps=cfg.key_warps,
     )
     k_mean = k_sum.sum(1) / L
 
@@ -190,18 +215,18 @@ def block_stats(
     _pool_kernel[(nq, BH)](q, pq, q.stride(0), q.stride(1), q.stride(2), L, H, nq, D=D, BLK=blkq, num_warps=4)
 
     # 3. scores + top-k
-    QT, CN = 16, 64
+    QT, CN = cfg.select_rows, 64
     n_tiles = triton.cdiv(nq, QT)
     s_stride = triton.cdiv(nk, CN) * CN
     nkp = max(16, triton.next_power_of_2(nk))
     # rows per selection step: as many as 32 registers a thread allow (all in the interpreter)
-    rs = QT if INTERPRETED else min(QT, max(1, 8192 // nkp))
+    rs = QT if INTERPRETED else min(QT, max(1, 1024 * cfg.select_warps // nkp))
     scratch = torch.empty(BH, n_tiles * QT, s_stride, **f32)
     lut = torch.empty(BH, nq, kk, dtype=torch.int32, device=dev)
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
-        D=D, QT=QT, CN=CN, NKP=nkp, RS=rs, num_warps=8,
+        D=D, QT=QT, CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
     )
     return BlockStats(
         lut=lut,
@@ -210,4 +235,6 @@ def block_stats(
         kv=kv.sum(1) / L if linear else None,
         phi_sum=phi_sum.sum(1) / L if linear else None,
         v_absmax=v_max.amax(1) if v_absmax else None,
+        k_copy=k_copy,
+        v_copy=v_copy,
     )

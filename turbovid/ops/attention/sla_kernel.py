@@ -135,7 +135,7 @@ def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -
 def _sla_fwd_kernel(
     Q, K, V, O, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
-    L, H, NQ, KK, qk_scale, lin_eps,
+    L, H, NQ, KK, qk_scale, lin_eps, ROWS_B, ROWS_H, COL_H,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
     LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
 ):
@@ -152,8 +152,8 @@ def _sla_fwd_kernel(
     else:
         k_src = K + b * sk_b + h * sk_h
         v_src = V + b * sv_b + h * sv_h
-    row0 = (bh // H) * L
-    col0 = (bh % H) * D
+    row0 = (bh // H) * ROWS_B + (bh % H) * ROWS_H  # TMA: this head's first key row and column
+    col0 = (bh % H) * COL_H
     lut_row = LUT + (bh * NQ + pid_m).to(tl.int64) * KK
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -186,6 +186,7 @@ class Config:
     num_warps: int = 8
     num_stages: int = 3
     tma: bool = False  # K/V blocks through tensor descriptors (Hopper's bulk copy engine)
+    kv_copy: bool = False  # gather from head-major K/V copies written by the key pass
 
 
 def default_config(head_dim: int, device: torch.device) -> Config:
@@ -212,13 +213,21 @@ def sla_forward(
     cfg = config or default_config(D, q.device)
     linear = proj_weight is not None
     if stats is None:
-        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear)
+        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, kv_copy=cfg.kv_copy)
     nq = triton.cdiv(L, blkq)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if cfg.kv_copy and stats.k_copy is not None:
+        lp = stats.k_copy.shape[1]  # (B*H, lp, D), seen through [B, L, H, D] strides
+        k, v = (x.view(B, H, lp, D).transpose(1, 2) for x in (stats.k_copy, stats.v_copy))
+        flat = [x.view(B * H * lp, D) for x in (stats.k_copy, stats.v_copy)]
+        rows_b, rows_h, col_h = H * lp, lp, 0
+    else:
+        flat = [x.view(B * L, H * D) if x.is_contiguous() else None for x in (k, v)]
+        rows_b, rows_h, col_h = L, 0, D
     k_src, v_src = k, v
-    use_tma = cfg.tma and TensorDescriptor is not None and k.is_contiguous() and v.is_contiguous()
+    use_tma = cfg.tma and TensorDescriptor is not None and flat[0] is not None and flat[1] is not None
     if use_tma:
-        k_src, v_src = (TensorDescriptor.from_tensor(x.view(B * L, H * D), [blkk, D]) for x in (k, v))
+        k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
     if linear:
         kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
         bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
@@ -228,7 +237,7 @@ def sla_forward(
         q, k_src, v_src, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
+        L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, rows_b, rows_h, col_h,
         D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LINEAR=linear, HAS_BIAS=proj_bias is not None,
         USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
