@@ -5,7 +5,10 @@ bf16 cuBLAS (F.linear with bias), our int8 W8A8 including the activation quantiz
 its two parts), our fp8 e4m3 (same), and torch._scaled_mm fp8 with per-tensor scales (cuBLAS's
 fp8 rate, not the same math). Median of do_bench after warm-up; fresh random (never zero) data.
 
-Run on the device: PYTHONPATH=$PWD python3 benchmarks/bench_linear.py --out $OUT/bench_linear.json
+Run on the device (FMQ: the reference-rule probe, for the byte-for-byte check of the int8 rule):
+  nvcc -O3 --use_fast_math -arch=sm_90 -o /tmp/fmq benchmarks/fastmath_quant_check.cu
+  FMQ=/tmp/fmq PYTHONPATH=$PWD python3 benchmarks/bench_linear.py --out $OUT/bench_linear.json
+Results: benchmarks/results/2026-11-26-linear-h100.json, docs/benchmarks.md "Linear layers".
 """
 from __future__ import annotations
 

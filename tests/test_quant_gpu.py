@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from turbovid.ops.quant import Fp8Linear, Int8Linear, fp8_available, swap_linears
-from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8, quantize_weight_fp8
+from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8
 from turbovid.ops.quant.int8 import int8_linear_reference, kernels, quantize_blockwise
 
 pytestmark = pytest.mark.gpu

@@ -391,10 +391,10 @@ def scaled_mm(
     return c
 
 
-def best_config(n: int, k: int, m: int, int8: bool = True) -> str:
+def best_config(n: int, k: int, m: int, is_int8: bool = True) -> str:
     """The autotuner's pick for a shape (after a call), for benchmark reports."""
     for key, cfg in _scaled_mm_tuned.cache.items():
-        if key[0] == n and key[1] == k and key[2] == min(triton.next_power_of_2(m), 1 << 16) and key[3] == int8:
+        if key[0] == n and key[1] == k and key[2] == min(triton.next_power_of_2(m), 1 << 16) and key[3] == is_int8:
             return str(cfg)
     return "?"
 
