@@ -54,8 +54,9 @@ def test_sla_480p_matches_reference(qkv480):
     assert_same_blocks(stats.lut, expected_lut, ref.block_scores(q, k, 128, 64))
     out = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats)
     expected = _sla_bound(out, q, k, v, 0.1, w, b, 128, 64, stats.lut.view_as(expected_lut))
-    tma = sla_kernel.sla_forward(q, k, v, 0.1, w, b, stats=stats, config=sla_kernel.Config(tma=True))
-    assert max_err(tma, expected) <= 1.05 * max_err(out, expected) + 1e-3
+    for cfg in (sla_kernel.Config(), sla_kernel.Config(group=2, tma=True, linear_in_pool=True, kv_copy=True)):
+        other = sla_kernel.sla_forward(q, k, v, 0.1, w, b, config=cfg)  # its own block stats
+        assert max_err(other, expected) <= 1.05 * max_err(out, expected) + 1e-3, cfg
 
 
 def test_sla_batch2_ragged_head_dim_64():
@@ -93,9 +94,11 @@ def test_sagesla_batch2_ragged_head_dim_64():
     from turbovid.ops.attention import sla_reference as ref
 
     q, k, v = outlier_qkv(2, 5000, 4, 64, torch.bfloat16, device="cuda", seed=4)
-    out = sagesla_kernel.sagesla_forward(q, k, v, 0.15, None, None, 64, 128)
-    expected = ref.sla_reference(q, k, v, 0.15, None, None, 64, 128)
-    assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
+    w, b = proj_params(64, "cuda")
+    expected = ref.sla_reference(q, k, v, 0.15, w, b, 64, 128)
+    for cfg in (None, sagesla_kernel.Config(tma=False, linear_in_pool=True)):
+        out = sagesla_kernel.sagesla_forward(q, k, v, 0.15, w, b, 64, 128, config=cfg)
+        assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2, cfg
 
 
 def test_backends_resolve_and_compile():

@@ -124,6 +124,16 @@ def test_kernel_configs(kernels, v_terms, two_level, tma):
     assert rel_l2(out, emulated) < 2e-3
 
 
+def test_kernel_linear_branch_in_the_query_pass(kernels):
+    blockmap, sk = kernels
+    q, k, v = random_qkv(2, 150, 1, 64, seed=13)
+    w, b = proj_params(64)
+    cfg = sk.Config(num_warps=4, num_stages=2, linear_in_pool=True)
+    out = sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128, config=cfg)
+    fused = sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128)
+    assert rel_l2(out, fused) < 2e-3
+
+
 def test_backend_runs_the_kernel_in_the_interpreter(kernels):
     q, k, v = random_qkv(1, 130, 2, 64, seed=12)
     out = attention.attention(q, k, v, "sagesla", topk=0.5, proj_weight=None, proj_bias=None)

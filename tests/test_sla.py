@@ -160,15 +160,18 @@ def test_kernel_matches_reference(kernels, B, L, H, D, blkq, blkk):
 
 
 @pytest.mark.parametrize(
-    "group, linear, tma, kv_copy",
-    [(2, False, False, False), (1, True, False, False), (1, True, True, False), (2, True, True, True), (2, True, False, True)],
+    "group, linear, tma, kv_copy, in_pool",
+    [
+        (2, False, False, False, False), (1, True, False, False, False), (1, True, True, False, True),
+        (2, True, True, True, False), (2, True, False, True, True),
+    ],
 )
-def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma, kv_copy):
+def test_kernel_configs_and_no_linear_branch(kernels, group, linear, tma, kv_copy, in_pool):
     _, sla_kernel = kernels
     q, k, v = random_qkv(2, 300, 1, 64, seed=5)  # batch 2: the descriptors read across the batch seam
     w, b = proj_params(64) if linear else (None, None)
     b = None  # proj without bias
-    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2, tma=tma, kv_copy=kv_copy)
+    cfg = sla_kernel.Config(group=group, num_warps=4, num_stages=2, tma=tma, kv_copy=kv_copy, linear_in_pool=in_pool)
     out = sla_kernel.sla_forward(q, k, v, 0.7, w, b, 64, 64, config=cfg)
     _check_kernel(out, q, k, v, 0.7, w, b, 64, 64)
 

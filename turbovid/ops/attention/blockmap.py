@@ -6,7 +6,9 @@ Three launches, each one pass over its input:
              max|V| per channel (sagesla's V scales). Chunk partials are summed afterwards
              (deterministic; no atomics). Optionally writes head-major copies of K and V, so
              the attention kernel gathers contiguous blocks.
-  query pool over Q: per query block the mean of Q.
+  query pool over Q: per query block the mean of Q, and optionally the linear branch for those
+             queries (phi(Q) (phi(K)^T V) ..., proj_l), written into the output buffer that the
+             attention kernel then adds its sparse part to.
   select     per group of query blocks: scores against the smoothed pooled keys (float32, exact),
              then an exact top-k per row by bisection on the scores' order-preserving int32 keys,
              written as an ascending list of block indices (ties keep the lower index).
@@ -21,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sla_reference import keep_count
+from .sla_reference import LINEAR_EPS, keep_count
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
 
@@ -80,15 +82,47 @@ def _key_pass_kernel(
 
 
 @triton.jit
-def _pool_kernel(X, P, sx_b, sx_l, sx_h, L, H, NB, D: tl.constexpr, BLK: tl.constexpr):
+def _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)) = phi(q) @ (kv @ W^T) / (...) + b for a
+    (rows, D) block of queries: the denominator is per row, so proj_l's weight is folded into kv
+    beforehand (KVW); kv and phi_sum come divided by L."""
+    d = tl.arange(0, D)
+    qf = q.to(tl.float32)
+    e = tl.exp(qf - tl.max(qf, 1)[:, None])
+    phi = e / tl.sum(e, 1)[:, None]
+    kvw = tl.load(KVW + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
+    num = tl.dot(phi.to(kvw.dtype), kvw)
+    phi_sum = tl.load(PHISUM + bh * D + d)
+    lin = num / (tl.sum(phi * phi_sum[None, :], 1) + lin_eps)[:, None]
+    if HAS_BIAS:
+        lin += tl.load(BIAS + d)[None, :]
+    return lin
+
+
+def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B*H, D, D) float32 phi(K)^T V / L times proj_l's W^T, in the kernels' dtype."""
+    return (kv @ proj_weight.float().t()).to(dtype)
+
+
+@triton.jit
+def _pool_kernel(
+    X, P, KVW, PHISUM, BIAS, OUT,
+    sx_b, sx_l, sx_h, so_b, so_l, so_h, L, H, NB, lin_eps,
+    D: tl.constexpr, BLK: tl.constexpr, LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
     blk = tl.program_id(0)
     bh = tl.program_id(1)
-    base = X + (bh // H).to(tl.int64) * sx_b + (bh % H).to(tl.int64) * sx_h
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     rows = blk * BLK + tl.arange(0, BLK)
     d = tl.arange(0, D)
-    x = tl.load(base + rows[:, None] * sx_l + d[None, :], mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_l + d[None, :], mask=rows[:, None] < L, other=0.0)
     count = tl.minimum(L - blk * BLK, BLK).to(tl.float32)
-    tl.store(P + (bh * NB + blk).to(tl.int64) * D + d, tl.sum(x, 0) / count)
+    tl.store(P + (bh * NB + blk).to(tl.int64) * D + d, tl.sum(x.to(tl.float32), 0) / count)
+    if LINEAR:  # the linear branch for these queries, written where the attention kernel adds to it
+        lin = _linear_branch(x, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
+        out = OUT + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
+        tl.store(out, lin.to(OUT.dtype.element_ty), mask=rows[:, None] < L)
 
 
 @triton.jit
@@ -153,6 +187,7 @@ class BlockStats:
     v_absmax: torch.Tensor | None  # float32 (B*H, D): max_t |V| per channel
     k_copy: torch.Tensor | None = None  # (B*H, nk * blkk, D): K head-major, zero rows past L
     v_copy: torch.Tensor | None = None
+    linear_out: torch.Tensor | None = None  # [B, L, H, D] holding the linear branch, when asked for
 
 
 @dataclass(frozen=True)
@@ -183,7 +218,11 @@ def block_stats(
     v_absmax: bool = False,
     kv_copy: bool = False,
     cfg: StatsConfig | None = None,
+    linear_out: torch.Tensor | None = None,
+    proj_weight: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None,
 ) -> BlockStats:
+    """With linear_out (and proj_weight), the query pass also writes the linear branch there."""
     B, L, H, D = q.shape
     BH = B * H
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
@@ -209,10 +248,21 @@ def block_stats(
         D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, num_warps=cfg.key_warps,
     )
     k_mean = k_sum.sum(1) / L
+    kv = kv.sum(1) / L if linear else None
+    phi_sum = phi_sum.sum(1) / L if linear else None
 
-    # 2. query pool
+    # 2. query pool (+ the linear branch)
     pq = torch.empty(BH, nq, D, **f32)
-    _pool_kernel[(nq, BH)](q, pq, q.stride(0), q.stride(1), q.stride(2), L, H, nq, D=D, BLK=blkq, num_warps=4)
+    lin = linear and linear_out is not None and proj_weight is not None
+    kvw = fold_proj(kv, proj_weight, q.dtype) if lin else pq
+    bias = proj_bias.float().contiguous() if lin and proj_bias is not None else pq
+    out = linear_out if lin else q
+    _pool_kernel[(nq, BH)](
+        q, pq, kvw, phi_sum if lin else pq, bias, out,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        L, H, nq, LINEAR_EPS / L,
+        D=D, BLK=blkq, LINEAR=lin, HAS_BIAS=lin and proj_bias is not None, num_warps=4 if blkq <= 64 else 8,
+    )
 
     # 3. scores + top-k
     QT, CN = cfg.select_rows, 64
@@ -232,9 +282,10 @@ def block_stats(
         lut=lut,
         kk=kk,
         k_mean=k_mean,
-        kv=kv.sum(1) / L if linear else None,
-        phi_sum=phi_sum.sum(1) / L if linear else None,
+        kv=kv,
+        phi_sum=phi_sum,
         v_absmax=v_max.amax(1) if v_absmax else None,
         k_copy=k_copy,
         v_copy=v_copy,
+        linear_out=linear_out if lin else None,
     )

@@ -22,7 +22,8 @@ import triton.language as tl
 
 from . import blockmap
 from .sagesla_reference import LOG2E, v_scales
-from .sla_kernel import TensorDescriptor, _linear_epilogue, fold_proj
+from .blockmap import _linear_branch
+from .sla_kernel import TensorDescriptor
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -132,7 +133,7 @@ def _sagesla_fwd_kernel(
     sq_b, sq_l, sq_h, so_b, so_l, so_h,
     L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, V_TERMS: tl.constexpr, TWO_LEVEL: tl.constexpr,
+    LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, V_TERMS: tl.constexpr, TWO_LEVEL: tl.constexpr,
     EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -166,9 +167,12 @@ def _sagesla_fwd_kernel(
                                L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
     o = acc * v_from[None, :] / l_i[:, None]  # l_i carries P's 448
-    if LINEAR:
-        o = _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
-    tl.store(O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :], o.to(O.dtype.element_ty), mask=rows[:, None] < L)
+    out = O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
+    if LIN_MODE == 1:  # linear branch here, from the queries in registers
+        o += _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
+    if LIN_MODE == 2:  # the query pass already wrote it into the output
+        o += tl.load(out, mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    tl.store(out, o.to(O.dtype.element_ty), mask=rows[:, None] < L)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,13 @@ class Config:
     v_terms: int = 2  # fp8 terms of V (see sagesla_reference.py)
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
+    linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
+
+
+def default_config(device: torch.device) -> Config:
+    # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
+    tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    return Config(num_warps=4, num_stages=4, tma=tma)
 
 
 def quantize_kv(k: torch.Tensor, v: torch.Tensor, stats: blockmap.BlockStats, blkk: int, v_terms: int = 2):
@@ -214,21 +225,24 @@ def sagesla_forward(
 ) -> torch.Tensor:
     """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
     B, L, H, D = q.shape
-    cfg = config or Config()
+    cfg = config or default_config(q.device)
     linear = proj_weight is not None
     if stats is None:
-        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, v_absmax=True)
+        lin_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if linear and cfg.linear_in_pool else None
+        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, v_absmax=True,
+                                     linear_out=lin_out, proj_weight=proj_weight, proj_bias=proj_bias)
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lin_mode = 0 if not linear else 2 if stats.linear_out is not None else 1
+    out = stats.linear_out if lin_mode == 2 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     vt2 = vt if vt2 is None else vt2
     use_tma = cfg.tma and TensorDescriptor is not None
     if use_tma:
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
-    if linear:
-        kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
+    if lin_mode == 1:
+        kvw, phi_sum = blockmap.fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
         bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
     else:
         kvw = bias = phi_sum = q  # unused pointers
@@ -236,7 +250,7 @@ def sagesla_forward(
         q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
-        D=D, BLOCK_M=blkq, BLKK=blkk, LINEAR=linear, HAS_BIAS=proj_bias is not None,
+        D=D, BLOCK_M=blkq, BLKK=blkk, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
         V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - older Triton: pointer loads only
     TensorDescriptor = None
 
 from . import blockmap
+from .blockmap import _linear_branch
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -110,34 +111,12 @@ def _tile_tma(
 
 
 @triton.jit
-def _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """o + proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)) = o + phi(q) @ (kv @ W^T) / (...) + b:
-    the denominator is per row, so proj_l's weight is folded into kv beforehand (KVW)."""
-    d = tl.arange(0, D)
-    qf = q.to(tl.float32)
-    e = tl.exp(qf - tl.max(qf, 1)[:, None])
-    phi = e / tl.sum(e, 1)[:, None]
-    kvw = tl.load(KVW + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
-    num = tl.dot(phi.to(kvw.dtype), kvw)
-    phi_sum = tl.load(PHISUM + bh * D + d)
-    lin = num / (tl.sum(phi * phi_sum[None, :], 1) + lin_eps)[:, None]
-    if HAS_BIAS:
-        lin += tl.load(BIAS + d)[None, :]
-    return o + lin
-
-
-def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B*H, D, D) float32 phi(K)^T V / L times proj_l's W^T, in the kernels' dtype."""
-    return (kv @ proj_weight.float().t()).to(dtype)
-
-
-@triton.jit
 def _sla_fwd_kernel(
     Q, K, V, O, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
     L, H, NQ, KK, qk_scale, lin_eps, ROWS_B, ROWS_H, COL_H,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
+    LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -175,9 +154,12 @@ def _sla_fwd_kernel(
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, sk_l, sv_l, L, KK, qk_scale,
                               D, BLKK, GROUP, True)
     o = acc / l_i[:, None]
-    if LINEAR:
-        o = _linear_epilogue(o, q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
-    tl.store(O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :], o.to(O.dtype.element_ty), mask=rows[:, None] < L)
+    out = O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
+    if LIN_MODE == 1:  # linear branch here, from the queries in registers
+        o += _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
+    if LIN_MODE == 2:  # the query pass already wrote it into the output
+        o += tl.load(out, mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    tl.store(out, o.to(O.dtype.element_ty), mask=rows[:, None] < L)
 
 
 @dataclass(frozen=True)
@@ -187,13 +169,15 @@ class Config:
     num_stages: int = 3
     tma: bool = False  # K/V blocks through tensor descriptors (Hopper's bulk copy engine)
     kv_copy: bool = False  # gather from head-major K/V copies written by the key pass
+    linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
 
 
 def default_config(head_dim: int, device: torch.device) -> Config:
-    # Measured on H100 (benchmarks/bench_attention.py sweeps these); other chips take the same.
+    # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
+    tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
     if head_dim <= 64:
-        return Config(group=2, num_warps=4, num_stages=3)
-    return Config(group=1, num_warps=8, num_stages=3)
+        return Config(group=2, num_warps=4, num_stages=3, tma=tma)
+    return Config(group=2, num_warps=8, num_stages=2, tma=tma)
 
 
 def sla_forward(
@@ -213,9 +197,12 @@ def sla_forward(
     cfg = config or default_config(D, q.device)
     linear = proj_weight is not None
     if stats is None:
-        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, kv_copy=cfg.kv_copy)
+        lin_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if linear and cfg.linear_in_pool else None
+        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, kv_copy=cfg.kv_copy,
+                                     linear_out=lin_out, proj_weight=proj_weight, proj_bias=proj_bias)
     nq = triton.cdiv(L, blkq)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lin_mode = 0 if not linear else 2 if stats.linear_out is not None else 1
+    out = stats.linear_out if lin_mode == 2 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if cfg.kv_copy and stats.k_copy is not None:
         lp = stats.k_copy.shape[1]  # (B*H, lp, D), seen through [B, L, H, D] strides
         k, v = (x.view(B, H, lp, D).transpose(1, 2) for x in (stats.k_copy, stats.v_copy))
@@ -228,8 +215,8 @@ def sla_forward(
     use_tma = cfg.tma and TensorDescriptor is not None and flat[0] is not None and flat[1] is not None
     if use_tma:
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
-    if linear:
-        kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
+    if lin_mode == 1:
+        kvw, phi_sum = blockmap.fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
         bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
     else:
         kvw = bias = phi_sum = q  # unused pointers
@@ -238,7 +225,7 @@ def sla_forward(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, rows_b, rows_h, col_h,
-        D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LINEAR=linear, HAS_BIAS=proj_bias is not None,
+        D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
         USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
