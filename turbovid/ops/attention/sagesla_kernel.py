@@ -188,7 +188,7 @@ class Config:
 def default_config(device: torch.device) -> Config:
     # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-    return Config(num_warps=4, num_stages=4, tma=tma)
+    return Config(num_warps=4, num_stages=3, tma=tma)
 
 
 def quantize_kv(k: torch.Tensor, v: torch.Tensor, stats: blockmap.BlockStats, blkk: int, v_terms: int = 2):

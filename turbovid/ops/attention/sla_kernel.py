@@ -5,8 +5,9 @@ One program per (query block of BLOCK_M = blkq tokens, b, h):
      blocks of BLKK keys per softmax step, either gathered row by row into one tile (pointer
      loads) or as GROUP descriptor loads (TMA) with a dot pair each; only the last step can be
      partial or hold the ragged last key block, so only it is masked;
-  2. epilogue, fused: the linear branch for the same queries, phi(q) @ (phi(K)^T V) /
-     (phi(q) . sum phi(K)), then proj_l (x @ W^T + b), added to the sparse output; one store.
+  2. epilogue, fused: the linear branch for the same queries, phi(q) @ (phi(K)^T V W^T) /
+     (phi(q) . sum phi(K)) + b (proj_l folded into phi(K)^T V), added to the sparse output; one
+     store. (Config.linear_in_pool moves the branch into the query pass instead: no faster.)
 Consecutive programs share (b, h), so the gathered K/V blocks of a head stay in L2.
 """
 from __future__ import annotations
