@@ -64,6 +64,7 @@ def test_fused_kernels_bf16_at_real_width():
     cs, sn = cos.double()[None, :, None], sin.double()[None, :, None]
     exact = torch.stack((e * cs - o * sn, e * sn + o * cs), -1).view(b, l, c)
     within(out, ref.rmsnorm_rope_ref(x, weight, cos, sin), exact)
+    assert not fused._rope._split_failed, "the split-pairs autotune fell back to strided loads (see the log)"
 
 
 def test_custom_ops_trace_under_torch_compile():

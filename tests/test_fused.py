@@ -280,3 +280,50 @@ def test_activation_quant_with_the_ffn_gelu_fused_in(interp, fmt):
     differ = (q1.float() != q0.float()).float().mean().item()
     assert differ < 0.01  # only where the GELU's rounding to fp16 lands one ulp apart
     assert (q1.float() - q0.float()).abs().max() <= (1 if fmt == "int8" else 32)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypatch):
+    """GeluFFN with int8 / fp8 layers takes the fused path (interpreter) and matches the unfused FFN."""
+    import torch.nn as nn
+
+    from turbovid import fast
+    from turbovid.ops.quant import int8 as q8
+    from turbovid.ops.quant import swap_linears, swap_linears_fp8
+
+    monkeypatch.setattr(q8, "_allow_interpreter", True)
+    seq = nn.Sequential(nn.Linear(128, 256), nn.GELU(approximate="tanh"), nn.Linear(256, 128)).half()
+    (swap_linears if fmt == "int8" else swap_linears_fp8)(seq)
+    x = torch.randn(1, 40, 128).half()
+    assert fast._quant_kernel_for(seq[2], x) is not None
+    calls = []
+    real = q8.kernels().linear
+    monkeypatch.setattr(q8.kernels(), "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
+    fused_out = fast.GeluFFN(*seq)(x)
+    assert any(k.get("gelu_input") for k in calls)  # the second layer quantized GELU(h) itself
+    plain = seq(x)
+    assert torch.isfinite(fused_out).all()
+    assert rel(fused_out, plain) < 2e-2  # the same quantized math up to GELU rounding flips
+
+
+def test_tuned_rmsnorm_launch_passes_no_config_owned_argument(interp, monkeypatch):
+    """The autotuned launch must leave num_warps (and SPLIT) to the configs: Triton rejects duplicates."""
+    seen = {}
+
+    class FakeTuned:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                for cfg in fused._rope.TUNE_CONFIGS:
+                    dup = set(kwargs) & set(cfg.all_kwargs())
+                    assert not dup, f"passed both by the call and the config: {dup}"
+                seen["kwargs"] = kwargs
+                fused._rope._rmsnorm_rope_kernel[grid](*args, **kwargs, **fused._rope.TUNE_CONFIGS[0].all_kwargs())
+            return launch
+
+    monkeypatch.setattr(fused._rope, "INTERPRETED", False)
+    monkeypatch.setattr(fused._rope, "_rmsnorm_rope_tuned", FakeTuned())
+    x, w = torch.randn(1, 6, 32), torch.randn(32)
+    cos, sin = fused.rope_tables(1, 2, 3, 16)
+    out = fused._rope.rmsnorm_rope_triton(x, w, cos, sin, 1e-6, torch.float32)
+    assert "kwargs" in seen and not fused._rope._split_failed
+    torch.testing.assert_close(out, ref.rmsnorm_rope_ref(x, w, cos, sin, 1e-6), rtol=1e-5, atol=1e-5)

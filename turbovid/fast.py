@@ -54,17 +54,16 @@ def use_fused_kernels(flag: bool = True) -> None:
 
 
 def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
-    """turbovid.ops.quant.int8_triton when `layer` is an int8 / fp8 layer whose Triton path serves x."""
-    try:
-        from turbovid.ops.quant.fp8 import Fp8Linear, fp8_available
-        from turbovid.ops.quant.int8 import Int8Linear, int8_triton, use_kernel
-    except ImportError:
+    """turbovid.ops.quant.int8_triton when `layer` is an int8 / fp8 layer whose Triton path serves x
+    (the same test the layer's own forward makes), else None."""
+    from turbovid.ops.quant.fp8 import Fp8Linear, fp8_available
+    from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
+
+    if not isinstance(layer, (Int8Linear, Fp8Linear)) or not use_kernel(x):
         return None
-    if not x.is_cuda or int8_triton is None or not isinstance(layer, (Int8Linear, Fp8Linear)):
+    if isinstance(layer, Fp8Linear) and x.is_cuda and not fp8_available(x.device):
         return None
-    if isinstance(layer, Fp8Linear) and not fp8_available(x.device):
-        return None
-    return int8_triton if use_kernel(x) else None
+    return kernels()
 
 
 class GeluFFN(nn.Sequential):

@@ -78,10 +78,11 @@ def _rmsnorm_rope_kernel(
 
 
 # Which load pattern is faster depends on the compiler: time both on first use (cheap: 2 configs).
-_rmsnorm_rope_tuned = triton.autotune(
-    configs=[triton.Config({"SPLIT": 1}), triton.Config({"SPLIT": 0})],
-    key=["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"],
-)(_rmsnorm_rope_kernel)
+# The configs carry num_warps, so the tuned launch must not pass it (Triton would see it twice).
+TUNE_CONFIGS = [triton.Config({"SPLIT": s}, num_warps=w) for s in (1, 0) for w in (4, 8)]
+_rmsnorm_rope_tuned = triton.autotune(configs=TUNE_CONFIGS, key=["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"])(
+    _rmsnorm_rope_kernel
+)
 SPLIT_FOR_INTERPRETER = 1  # tests set 0 / 1 to cover both paths
 _split_failed = False
 
@@ -114,19 +115,20 @@ def rmsnorm_rope_triton(
     block_l, num_warps = launch_config(block_p)
     grid = (triton.cdiv(l, block_l), bsz)
     args = (x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps)
-    consts = dict(HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p, num_warps=num_warps)
+    consts = dict(HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p)
     global _split_failed
     if INTERPRETED:
-        _rmsnorm_rope_kernel[grid](*args, SPLIT=SPLIT_FOR_INTERPRETER, **consts)
+        _rmsnorm_rope_kernel[grid](*args, SPLIT=SPLIT_FOR_INTERPRETER, num_warps=num_warps, **consts)
     elif _split_failed:
-        _rmsnorm_rope_kernel[grid](*args, SPLIT=0, **consts)
+        _rmsnorm_rope_kernel[grid](*args, SPLIT=0, num_warps=num_warps, **consts)
     else:
         try:
             _rmsnorm_rope_tuned[grid](*args, **consts)
-        except Exception as e:  # noqa: BLE001 - a compiler without tl.split/join support: keep the strided path
+        except Exception as e:  # noqa: BLE001 - e.g. a compiler without tl.split/join: keep the strided path
             _split_failed = True
-            log.warning("fused RMSNorm: split-pairs variant failed to build (%s); using strided loads", type(e).__name__)
-            _rmsnorm_rope_kernel[grid](*args, SPLIT=0, **consts)
+            log.warning("fused RMSNorm: split-pairs autotune failed (%s: %s); using strided loads",
+                        type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "")
+            _rmsnorm_rope_kernel[grid](*args, SPLIT=0, num_warps=num_warps, **consts)
     return out
 
 
