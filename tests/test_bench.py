@@ -118,3 +118,15 @@ def test_turbovid_cli_hands_bench_to_the_harness(capsys):
 
     assert cli_main(["bench", "--models", "Wan9"]) == 2
     assert "turbovid bench: error: unknown model" in capsys.readouterr().err
+
+
+def test_summary_leaves_out_combinations_with_nothing_measured():
+    result = {"env": {"date": "2026-11-26", "card": "H100"}, "options": {"steps": 4}, "cases": [
+        {"what": "dit_forward", "status": "ok", "model": "Wan2.1-14B", "resolution": "480p", "variant": "sla",
+         "path": "fast", "ms": 1500.0, "tokens": 1},
+        {"what": "dit_forward", "status": "skipped", "reason": "x", "model": "Wan2.1-14B", "resolution": "720p",
+         "variant": "sla", "path": "fast"},
+    ]}
+    md = summary_markdown(result)
+    assert "| Wan2.1-14B | 480p | sla | 1500 ms | 6.00 s | — | — | — |" in md
+    assert "| Wan2.1-14B | 720p |" not in md

@@ -56,6 +56,10 @@ def _fmt_s(v) -> str:
     return "—" if v is None else f"{v:.2f}"
 
 
+def _with_unit(text: str, unit: str) -> str:
+    return text if text == "—" else f"{text} {unit}"
+
+
 def best_forward(result: dict, model: str, res: str, variant: str | None = None) -> dict | None:
     rows = _ok(result.get("cases", []), what="dit_forward", model=model, resolution=res, path="fast")
     rows = [r for r in rows if variant is None or r["variant"] == variant]
@@ -69,7 +73,8 @@ def derived(result: dict) -> dict:
     models = sorted({r["model"] for r in cases if r.get("model")}, key=lambda m: (m != "Wan2.1-1.3B", m))
     steps = result.get("options", {}).get("steps", 4)
     for model in models:
-        for res in sorted({r.get("resolution") for r in cases if r.get("model") == model and r.get("resolution")}):
+        measured = {r.get("resolution") for r in cases if r.get("model") == model and r.get("status") == "ok"}
+        for res in sorted(res for res in measured if res):
             best = best_forward(result, model, res)
             base = next(iter(_ok(cases, what="diffusers_forward", model=model, resolution=res)), None)
             pipe = next(iter(_ok(cases, what="pipeline", model=model, resolution=res)), None)
@@ -120,8 +125,9 @@ def summary_markdown(result: dict) -> str:
     for r in d["recipe"]:
         speedup = "—" if r["speedup"] is None else f"{r['speedup']:.0f}x"
         lines.append(
-            f"| {r['model']} | {r['resolution']} | {r['best_variant'] or '—'} | {_fmt_ms(r['forward_ms'])} ms | "
-            f"{_fmt_s(r['sampling_s'])} s | {_fmt_s(r['pipeline_total_s'])} s | {_fmt_s(r['original_recipe_s'])} s | "
+            f"| {r['model']} | {r['resolution']} | {r['best_variant'] or '—'} | {_with_unit(_fmt_ms(r['forward_ms']), 'ms')} | "
+            f"{_with_unit(_fmt_s(r['sampling_s']), 's')} | {_with_unit(_fmt_s(r['pipeline_total_s']), 's')} | "
+            f"{_with_unit(_fmt_s(r['original_recipe_s']), 's')} | "
             f"{speedup} |"
         )
     return "\n".join(lines)
@@ -133,7 +139,7 @@ def e2e_markdown(result: dict) -> str:
     lines = ["### DiT forward (ms, fast path: fused kernels + CUDA graph; floor fraction in brackets)", "",
              "| model | res | tokens | diffusers | " + " | ".join(variants) + " |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in variants) + " |"]
-    keys = sorted({(r["model"], r["resolution"], r.get("tokens")) for r in cases if r.get("what") == "dit_forward"},
+    keys = sorted({(r["model"], r["resolution"], r.get("tokens")) for r in _ok(cases, what="dit_forward")},
                   key=lambda k: (k[0] != "Wan2.1-1.3B", k[0], k[2] or 0))
     for model, res, tokens in keys:
         base = next(iter(_ok(cases, what="diffusers_forward", model=model, resolution=res)), None)
