@@ -4,7 +4,8 @@ Weights: e4m3 [N, K] + one float32 scale per 128x128 block, scale = amax / 448, 
 rne(w * 448 / amax) (saturating at +-448). Activations: one scale per (1 token x 128 channels)
 group, same rule: finer than int8's 128x128 tiles because e4m3 spends its bits on range, and a
 per-token group keeps outlier tokens from flattening their neighbours.
-Same GEMM as int8 (int8_triton.scaled_mm), with fp32 block products instead of int32.
+GEMM: cuBLASLt's blockwise fp8 scaled_mm where the probe in fp8_cublas.py passes (bf16 activations,
+K and N multiples of 128), else the int8 Triton GEMM (int8_triton.scaled_mm) with fp32 block products.
 """
 from __future__ import annotations
 
@@ -63,9 +64,22 @@ def fp8_linear_reference(
 @torch.library.custom_op("turbovid::fp8_linear", mutates_args=())
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W^T + b, W given as e4m3 + 128x128 block scales; x quantized per (1 x 128) group."""
-    if use_kernel(x) and (not x.is_cuda or fp8_available(x.device)):
-        return kernels().linear(x, w_q, w_scale, bias)
+    kernel = fp8_kernel_linear(x, w_q)
+    if kernel is not None:
+        return kernel(x, w_q, w_scale, bias)
     return fp8_linear_reference(x, w_q, w_scale, bias)
+
+
+def fp8_kernel_linear(x: torch.Tensor, w_q: torch.Tensor):
+    """The kernel path serving this call: fp8_cublas.linear, int8_triton.linear, or None (reference).
+    Both take (x, w_q, w_scale, bias, gelu_input=False)."""
+    if not use_kernel(x) or (x.is_cuda and not fp8_available(x.device)):
+        return None
+    from turbovid.ops.quant import fp8_cublas
+
+    if fp8_cublas.serves(x, w_q):
+        return fp8_cublas.linear
+    return kernels().linear
 
 
 @fp8_linear.register_fake
