@@ -64,3 +64,40 @@ def test_graphed_dit_forwards_attributes_and_runs_eagerly_without_cuda():
     with torch.no_grad():
         torch.testing.assert_close(g(lat, t, ctx), dit(lat, t, ctx))
     assert not g._graphs
+
+
+def test_fused_qkv_is_one_gemm_over_views_and_matches_separate_linears():
+    dit = tiny()
+    keys = set(dit.state_dict())
+    attn = dit.blocks[0].self_attn
+    x = torch.randn(2, 5, dit.cfg.dim)
+    with torch.no_grad():
+        want = attn.project_qkv(x)
+        assert fast.fuse_qkv(dit) == len(dit.blocks)
+        assert isinstance(attn, fast.FusedQKVSelfAttention) and attn._fused_ok()
+        w = attn._qkv.weight
+        assert w.shape == (3 * dit.cfg.dim, dit.cfg.dim)
+        assert attn.k.weight.data_ptr() == w[dit.cfg.dim].data_ptr()  # views: no second copy of the weights
+        calls = []
+        attn.q.register_forward_hook(lambda *a: calls.append("q"))
+        got = attn.project_qkv(x)
+    assert not calls  # q/k/v did not run separately
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
+    assert set(dit.state_dict()) == keys
+
+
+def test_fused_qkv_sees_checkpoints_loaded_later_and_falls_back_when_weights_move():
+    dit, other = tiny(), build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=1)
+    fast.fuse_qkv(dit)
+    dit.load_state_dict(other.state_dict())  # copies into the views, so the fused weight follows
+    lat, t, ctx = torch.randn(1, 16, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, dit.cfg.text_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(dit(lat, t, ctx), other(lat, t, ctx), rtol=1e-6, atol=1e-6)
+        attn = dit.blocks[0].self_attn
+        attn.v.weight.data = attn.v.weight.data.clone() * 2  # no longer a view: the fused GEMM would be stale
+        assert not attn._fused_ok()
+        x = torch.randn(1, 3, dit.cfg.dim)
+        torch.testing.assert_close(attn.project_qkv(x)[2], attn.v(x))
+    fast.unfuse_qkv(dit)
+    assert type(attn) is dit_module.SelfAttention

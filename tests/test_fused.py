@@ -180,6 +180,25 @@ def test_rmsnorm_rope(load_pattern, dtype, heads, head_dim):
     assert_within_bound(out, ref.rmsnorm_rope_ref(x, weight, cos, sin, 1e-6), exact.view(b, l, c))
 
 
+def test_rmsnorm_rope_reads_a_column_slice_of_a_fused_qkv_output(load_pattern):
+    """q / k as slices of one [B, L, 3C] GEMM output: the kernel takes the row stride, no copy,
+    and gives exactly what it gives on the contiguous copy."""
+    f, h, w, b, heads, head_dim = 1, 3, 4, 2, 2, 32
+    l, c = f * h * w, heads * head_dim
+    qkv = torch.randn(b, l, 3 * c) * 3
+    weight = 1 + 0.3 * torch.randn(c)
+    cos, sin = fused.rope_tables(f, h, w, head_dim)
+    for part in range(2):
+        x = qkv[..., part * c:(part + 1) * c]
+        assert not x.is_contiguous()
+        assert fused._check_rows("x", x).data_ptr() == x.data_ptr()  # no copy on the way in
+        out = fused.rmsnorm_rope(x, weight, cos, sin, eps=1e-6)
+        assert torch.equal(out, fused.rmsnorm_rope(x.contiguous(), weight, cos, sin, eps=1e-6))
+        torch.testing.assert_close(out, ref.rmsnorm_rope_ref(x.contiguous(), weight, cos, sin, 1e-6), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.rmsnorm(qkv[..., :c], weight), ref.rmsnorm_ref(qkv[..., :c].contiguous(), weight, 1e-6),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rmsnorm(load_pattern, dtype):
     b, l, c = 2, 13, 96

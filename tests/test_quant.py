@@ -286,6 +286,63 @@ def test_swapped_tiny_dit_velocity_matches_float_twin(swap):
     assert rel(got, want) <= 3e-2
 
 
+@pytest.mark.parametrize("swap", [swap_linears, swap_linears_fp8])
+def test_fused_qkv_quantizes_once_and_matches_separate_layers(swap):
+    """turbovid.fast.fuse_qkv on int8 / fp8 layers (interpreter kernels): one quantization + GEMM at
+    N = 3 * dim, the same per-column math as three separate layers; a whole tiny DiT agrees too."""
+    from turbovid import fast
+    from turbovid.loading.dit import build_dit
+
+    cfg = DiTConfig(dim=256, ffn_dim=256, num_heads=2, num_layers=1, text_dim=64, freq_dim=64)
+    model = build_dit(cfg, dtype=torch.float32, seed=0).eval()
+    swap(model.blocks)
+    attn = model.blocks[0].self_attn
+    g = torch.Generator().manual_seed(1)
+    x = activations(40, cfg.dim, dtype=torch.float32).reshape(2, 20, cfg.dim)
+    lat, t, ctx = torch.randn(1, 16, 1, 4, 6, generator=g), torch.tensor([300.0]), torch.randn(1, 5, 64, generator=g)
+    with torch.no_grad():
+        want = attn.project_qkv(x)
+        want_v = model(lat, t, ctx)
+        assert fast.fuse_qkv(model) == 1
+        layer = attn._qkv
+        assert type(layer) is type(attn.q) and layer.scale.shape == (3 * cfg.dim // 128, cfg.dim // 128)
+        calls = []
+        real = int8_triton.quantize_act
+        int8_triton.quantize_act = lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+        try:
+            got = attn.project_qkv(x)
+        finally:
+            int8_triton.quantize_act = real
+        got_v = model(lat, t, ctx)
+    assert calls == [(40, cfg.dim)]  # the input was quantized once for q, k and v
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_v, want_v, rtol=1e-5, atol=1e-5)
+    fast.unfuse_qkv(model)
+
+
+def test_fp8_cublas_arguments_reproduce_the_reference():
+    """fp8_cublas prepares F.scaled_mm's blockwise arguments (transposed activation scales, padded and
+    transposed weight scales, column-major weight); read back the way cuBLAS reads them, they give
+    fp8_linear_reference's numbers. K = 640 (5 scale blocks) exercises the L4 padding."""
+    from turbovid.ops.quant import fp8_cublas
+
+    m, n, k = 50, 256, 640
+    x = activations(m, k, dtype=torch.float32)
+    lin = nn.Linear(k, n)
+    w_q, w_s = quantize_weight_fp8(lin.weight.detach())
+    a_q, a_s = quantize_act_fp8(x)  # scales [K/128, M], as the Triton kernel writes them
+    sa, sb = a_s.t(), fp8_cublas.weight_scales(w_s)
+    assert sa.shape == (m, 5) and sa.stride() == (1, m)
+    assert sb.shape == (8, 2) and sb.stride() == (1, 8) and torch.equal(sb[5:], torch.zeros(3, 2))
+    b_mat = w_q.t()
+    assert b_mat.stride() == (1, k)  # column-major [K, N]
+    got = fp8_cublas.scaled_mm_emulated(a_q, sa, b_mat, sb, lin.bias.detach(), out_dtype=torch.float32)
+    want = fp8_linear_reference(x, w_q, w_s, lin.bias.detach())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not fp8_cublas.available(torch.device("cpu")) and not fp8_cublas.serves(x, w_q)
+
+
 def test_to_dtype_keeps_quantized_buffers():
     q8 = Int8Linear.from_linear(nn.Linear(256, 128))
     f8 = Fp8Linear.from_linear(nn.Linear(256, 128))

@@ -20,12 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from turbovid.models.dit import SelfAttention
+
 log = logging.getLogger("turbovid.fast")
 
 
 @dataclass(frozen=True)
 class FastOptions:
     fused: bool = True  # Triton kernels for norm/modulate/residual/RMSNorm+RoPE
+    fused_qkv: bool = True  # self-attention q/k/v as one GEMM over concatenated weights
     gelu_epilogue: bool = True  # FFN's first linear + bias + tanh-GELU as one cuBLASLt call
     graph: bool = True  # capture the whole forward as a CUDA graph per input shape
     compile: bool = False  # torch.compile the forward instead of (or under) the graph
@@ -54,16 +57,16 @@ def use_fused_kernels(flag: bool = True) -> None:
 
 
 def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
-    """turbovid.ops.quant.int8_triton when `layer` is an int8 / fp8 layer whose Triton path serves x
-    (the same test the layer's own forward makes), else None."""
-    from turbovid.ops.quant.fp8 import Fp8Linear, fp8_available
+    """The kernel linear (x, w_q, w_scale, bias, gelu_input=...) serving an int8 / fp8 `layer` for x
+    (the same choice the layer's own forward makes: cuBLAS or Triton for fp8), else None."""
+    from turbovid.ops.quant.fp8 import Fp8Linear, fp8_kernel_linear
     from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
 
-    if not isinstance(layer, (Int8Linear, Fp8Linear)) or not use_kernel(x):
-        return None
-    if isinstance(layer, Fp8Linear) and x.is_cuda and not fp8_available(x.device):
-        return None
-    return kernels()
+    if isinstance(layer, Fp8Linear):
+        return fp8_kernel_linear(x, layer.fp8_weight)
+    if isinstance(layer, Int8Linear) and use_kernel(x):
+        return kernels().linear
+    return None
 
 
 class GeluFFN(nn.Sequential):
@@ -80,10 +83,10 @@ class GeluFFN(nn.Sequential):
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
             return fc2(h.view(*x.shape[:-1], -1))
         h = fc1(x)
-        kernels = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
-        if kernels is not None:
+        linear = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
+        if linear is not None:
             try:
-                return kernels.linear(h, getattr(fc2, fc2.weight_name), fc2.scale, fc2.bias, gelu_input=True)
+                return linear(h, getattr(fc2, fc2.weight_name), fc2.scale, fc2.bias, gelu_input=True)
             except Exception as e:  # noqa: BLE001 - e.g. an older quant kernel without the gelu flag
                 _disable_gelu_quant(e)
         return fc2(act(h))
@@ -111,6 +114,106 @@ def fuse_ffn_gelu(dit: nn.Module) -> int:
             blk.ffn = GeluFFN(*ffn)
             n += 1
     return n
+
+
+def _fused_qkv_layer(lins: list[nn.Module]) -> nn.Module | None:
+    """One layer computing [q | k | v] (N = 3 * dim) whose weights are the three layers' storage:
+    the concatenated tensors are allocated once and q / k / v are re-pointed at views of them, so
+    no weight memory is added. None when the three cannot be fused (mixed types, no common dtype,
+    quantized blocks straddling the q/k/v boundary)."""
+    from turbovid.ops.quant.int8 import BLOCK, QuantLinearBase
+
+    first = lins[0]
+    if any(type(m) is not type(first) for m in lins) or any((m.bias is None) != (first.bias is None) for m in lins):
+        return None
+    if type(first) is nn.Linear:
+        names = ["weight", "bias"]
+        owner = "_parameters"
+    elif isinstance(first, QuantLinearBase):
+        if first.out_features % BLOCK:  # one weight-scale block row must not span two of q, k, v
+            return None
+        names = [first.weight_name, "scale", "bias"]
+        owner = "_buffers"
+    else:
+        return None
+    names = [n for n in names if getattr(first, n) is not None]
+    tensors = {}
+    for n in names:
+        parts = [getattr(m, n) for m in lins]
+        if len({(p.dtype, p.device, tuple(p.shape[1:])) for p in parts}) != 1:
+            return None
+        tensors[n] = torch.cat([p.detach() for p in parts])
+    if type(first) is nn.Linear:
+        fused = nn.Linear(first.in_features, 3 * first.out_features, bias=first.bias is not None, device="meta")
+        for n in names:
+            fused._parameters[n] = nn.Parameter(tensors[n], requires_grad=False)
+    else:
+        fused = type(first)(first.in_features, 3 * first.out_features, bias=first.bias is not None, device="meta")
+        for n in names:
+            fused._buffers[n] = tensors[n]
+    for n in names:  # q, k, v now read (and load checkpoints into) slices of the fused storage
+        for i, m in enumerate(lins):
+            rows = tensors[n].shape[0] // 3
+            view = tensors[n][i * rows:(i + 1) * rows]
+            if owner == "_parameters":
+                m._parameters[n].data = view
+            else:
+                m._buffers[n] = view
+    return fused
+
+
+class FusedQKVSelfAttention(SelfAttention):
+    """Self-attention whose q, k, v run as one GEMM over the concatenated weights: the input is read
+    (and, for int8 / fp8, quantized) once. q / k / v stay registered (same state-dict keys), their
+    weights are views of the fused tensors; if they stop being views (weights replaced, moved),
+    the three linears run separately again."""
+
+    _qkv: nn.Module | None = None
+
+    def _fused_ok(self) -> bool:
+        qkv = self._qkv
+        if qkv is None:
+            return False
+        name = getattr(qkv, "weight_name", "weight")
+        w = getattr(qkv, name)
+        rows = w.shape[0] // 3
+        return all(getattr(m, name).data_ptr() == w[i * rows].data_ptr() for i, m in enumerate((self.q, self.k, self.v)))
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self._fused_ok():
+            if self._qkv is not None and "qkv" not in _logged:
+                _logged.add("qkv")
+                log.warning("fused q/k/v: the q/k/v weights are no longer views of the fused tensor; running them separately")
+            return super().project_qkv(x)
+        return self._qkv(x).split(self.q.out_features, dim=-1)
+
+
+_logged: set[str] = set()
+
+
+def fuse_qkv(dit: nn.Module) -> int:
+    """Run each block's self-attention q/k/v as one GEMM (N = 3 * dim); returns how many blocks."""
+    n = 0
+    for blk in getattr(dit, "blocks", []):
+        attn = getattr(blk, "self_attn", None)
+        if type(attn) is not SelfAttention:
+            continue
+        fused = _fused_qkv_layer([attn.q, attn.k, attn.v])
+        if fused is None:
+            continue
+        attn.__class__ = FusedQKVSelfAttention
+        object.__setattr__(attn, "_qkv", fused)  # outside _modules: the state dict keeps its keys
+        n += 1
+    return n
+
+
+def unfuse_qkv(dit: nn.Module) -> None:
+    """Back to three separate linears (their weights stay views of the fused storage, which is fine)."""
+    for blk in getattr(dit, "blocks", []):
+        attn = getattr(blk, "self_attn", None)
+        if isinstance(attn, FusedQKVSelfAttention):
+            object.__setattr__(attn, "_qkv", None)
+            attn.__class__ = SelfAttention
 
 
 class GraphedDiT(nn.Module):
@@ -196,6 +299,8 @@ def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
         use_fused_kernels(True)
     if opts.gelu_epilogue:
         fuse_ffn_gelu(dit)
+    if opts.fused_qkv:
+        fuse_qkv(dit)
     if not (opts.graph or opts.compile):
         return dit
     device = next(dit.parameters()).device
@@ -208,6 +313,7 @@ def make_plain(dit: nn.Module) -> nn.Module:
     """Undo make_fast: the wrapped model with reference block ops and an unfused FFN."""
     use_fused_kernels(False)
     inner = dit.dit if isinstance(dit, GraphedDiT) else dit
+    unfuse_qkv(inner)
     for blk in getattr(inner, "blocks", []):
         if isinstance(getattr(blk, "ffn", None), GeluFFN):
             blk.ffn = nn.Sequential(*blk.ffn)

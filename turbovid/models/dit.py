@@ -224,11 +224,15 @@ class SelfAttention(nn.Module):
         self.backend = "dense"
         self.topk = 0.1
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k, v linears (turbovid.fast runs them as one GEMM)."""
+        return self.q(x), self.k(x), self.v(x)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
-        q = OPS.rmsnorm_rope(self.q(x), self.norm_q.weight, cos, sin, eps=self.norm_q.eps)
-        k = OPS.rmsnorm_rope(self.k(x), self.norm_k.weight, cos, sin, eps=self.norm_k.eps)
-        v = self.v(x)
+        q, k, v = self.project_qkv(x)
+        q = OPS.rmsnorm_rope(q, self.norm_q.weight, cos, sin, eps=self.norm_q.eps)
+        k = OPS.rmsnorm_rope(k, self.norm_k.weight, cos, sin, eps=self.norm_k.eps)
         shape = (b, l, self.num_heads, self.head_dim)  # (B, L, H, D)
         out = attention(
             q.view(shape), k.view(shape), v.view(shape), self.backend,

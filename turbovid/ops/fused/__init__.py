@@ -115,6 +115,16 @@ def _check_x(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _check_rows(name: str, x: torch.Tensor) -> torch.Tensor:
+    # [B, L, C] with unit channel stride and one row stride: a q/k column slice of a fused q/k/v
+    # GEMM output passes without a copy (the RMSNorm/RoPE kernel takes the row stride)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be [B, L, C], got shape {tuple(x.shape)}")
+    if x.stride(2) == 1 and x.stride(0) == x.shape[1] * x.stride(1):
+        return x
+    return x.contiguous()
+
+
 def _per_sample(name: str, v: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     """Accept [B, C] or [B, 1, C] adaLN vectors; return a [B, C] view with unit channel stride.
 
@@ -290,7 +300,7 @@ def rmsnorm_rope(
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """RMSNorm of [B, L, C] q or k over all C (weight [C]), then RoPE per head; cos/sin [L, head_dim/2]."""
-    x = _check_x("x", x)
+    x = _check_rows("x", x)
     _, l, c = x.shape
     if cos.shape != sin.shape or cos.ndim != 2 or cos.shape[0] != l or c % (2 * cos.shape[1]):
         raise ValueError(
@@ -307,7 +317,7 @@ def rmsnorm_rope(
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """RMSNorm of [B, L, C] over C (float32 math, weight [C]), in x's dtype (cross-attention's q/k norm)."""
-    x = _check_x("x", x)
+    x = _check_rows("x", x)
     weight = _channel("weight", weight, x.shape[-1])
     out_dtype = out_dtype or x.dtype
     if x.shape[-1] % 2 or not _use_triton(x):

@@ -27,7 +27,7 @@ log = logging.getLogger("turbovid.fused")
 @triton.jit
 def _rmsnorm_rope_kernel(
     X, OUT, W, COS, SIN,
-    L, C, eps,
+    L, C, eps, stride_x,  # stride_x: x's row stride (C, or 3C for a slice of a fused q/k/v output)
     HALF_D: tl.constexpr, HAS_ROPE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -44,7 +44,8 @@ def _rmsnorm_rope_kernel(
         cmask = cols < C
         mask = rmask[:, None] & cmask[None, :]
         offs = (b * L + rows)[:, None].to(tl.int64) * C + cols[None, :]
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        x_offs = (b * L + rows)[:, None].to(tl.int64) * stride_x + cols[None, :]
+        x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)  # (BLOCK_L,)
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         n = x * r[:, None] * w[None, :]
@@ -58,8 +59,9 @@ def _rmsnorm_rope_kernel(
     else:
         # two stride-2 loads (even / odd elements) over the same cache lines
         base = (b * L + rows)[:, None].to(tl.int64) * C + 2 * pairs[None, :]
-        xe = tl.load(X + base, mask=pair_mask, other=0.0).to(tl.float32)
-        xo = tl.load(X + base + 1, mask=pair_mask, other=0.0).to(tl.float32)
+        x_base = (b * L + rows)[:, None].to(tl.int64) * stride_x + 2 * pairs[None, :]
+        xe = tl.load(X + x_base, mask=pair_mask, other=0.0).to(tl.float32)
+        xo = tl.load(X + x_base + 1, mask=pair_mask, other=0.0).to(tl.float32)
         r = tl.rsqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / C + eps)  # (BLOCK_L,)
         we = tl.load(W + 2 * pairs, mask=pmask, other=0.0).to(tl.float32)
         wo = tl.load(W + 2 * pairs + 1, mask=pmask, other=0.0).to(tl.float32)
@@ -103,9 +105,12 @@ def rmsnorm_rope_triton(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, eps: float,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Launch on contiguous [B, L, C] x, [C] weight, contiguous float32 [L, head_dim/2] cos/sin
+    """Launch on [B, L, C] x with unit channel stride and one row stride (contiguous, or a column
+    slice of a fused q/k/v output), [C] weight, contiguous float32 [L, head_dim/2] cos/sin
     (cos = sin = None: RMSNorm alone)."""
     bsz, l, c = x.shape
+    if x.stride(2) != 1 or x.stride(0) != l * x.stride(1):
+        x = x.contiguous()
     if c % 2:
         raise ValueError(f"the fused RMSNorm needs an even channel count, got {c}")
     has_rope = cos is not None
@@ -114,7 +119,7 @@ def rmsnorm_rope_triton(
     block_p = triton.next_power_of_2(c // 2)
     block_l, num_warps = launch_config(block_p)
     grid = (triton.cdiv(l, block_l), bsz)
-    args = (x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps)
+    args = (x, out, weight, cos if has_rope else x, sin if has_rope else x, l, c, eps, x.stride(1))
     consts = dict(HALF_D=half, HAS_ROPE=has_rope, BLOCK_L=block_l, BLOCK_P=block_p)
     global _split_failed
     if INTERPRETED:
