@@ -69,7 +69,7 @@ def main() -> None:
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "card": torch.cuda.get_device_name(),
            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "command": "PYTHONPATH=$PWD python3 benchmarks/bench_fp8_cublas.py", "M": M,
-           "cublas_blockwise_available": ok, "cublas_probe": fp8_cublas._probe.get(str(dev)), "rows": []}
+           "cublas_blockwise_available": ok, "cublas_probe": fp8_cublas._probe.get(fp8_cublas._key(dev)), "rows": []}
     try:
         res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -95,7 +95,7 @@ def main() -> None:
                 sb = fp8_cublas.weight_scales(ws)
                 row["ms"]["fp8_cublas"] = ms(lambda: fp8_cublas.linear(x, wq, ws, b))
                 row["ms"]["fp8_cublas_gemm"] = ms(lambda: fp8_cublas._call(aq, as_, wq, sb, b, torch.bfloat16,
-                                                                         fp8_cublas._probe[str(dev)]["bias"]))
+                                                                         fp8_cublas._probe[fp8_cublas._key(dev)]["bias"]))
             except Exception as e:  # noqa: BLE001 - record and go on
                 row["cublas_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         if n == 4608:  # fused q/k/v vs three separate 1536-wide linears

@@ -343,6 +343,15 @@ def test_fp8_cublas_arguments_reproduce_the_reference():
     assert not fp8_cublas.available(torch.device("cpu")) and not fp8_cublas.serves(x, w_q)
 
 
+def test_fp8_cublas_probe_key_names_one_device_one_way(monkeypatch):
+    # "cuda" and "cuda:0" must share the probe entry (a bench probing "cuda" then calling on "cuda:0")
+    from turbovid.ops.quant import fp8_cublas
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert fp8_cublas._key(torch.device("cuda")) == fp8_cublas._key(torch.device("cuda:0")) == "cuda:0"
+    assert fp8_cublas._key(torch.device("cuda:1")) == "cuda:1"
+
+
 def test_to_dtype_keeps_quantized_buffers():
     q8 = Int8Linear.from_linear(nn.Linear(256, 128))
     f8 = Fp8Linear.from_linear(nn.Linear(256, 128))

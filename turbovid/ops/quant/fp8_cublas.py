@@ -101,11 +101,18 @@ def _run_probe(device: torch.device) -> dict:
     raise err
 
 
+def _key(device: torch.device) -> str:
+    # "cuda" and "cuda:0" are one device: one probe entry
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index}"
+
+
 def available(device: torch.device) -> bool:
     """Whether cuBLAS blockwise fp8 serves this device (probed once; never during a graph capture)."""
-    if device.type != "cuda" or os.environ.get("TURBOVID_FP8_CUBLAS", "1") == "0":
+    if torch.device(device).type != "cuda" or os.environ.get("TURBOVID_FP8_CUBLAS", "1") == "0":
         return False
-    key = str(device)
+    key = _key(device)
     state = _probe.get(key)
     if state is None:
         if torch.cuda.is_current_stream_capturing():
@@ -138,6 +145,6 @@ def linear(
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     a_q, a_s = kernels().quantize_act(x2, "fp8", gelu=gelu_input)
-    state = _probe[str(x.device)]
+    state = _probe[_key(x.device)]
     y = _call(a_q, a_s, w_q, weight_scales(w_s), bias, x.dtype, state["bias"])
     return y.reshape(*shape[:-1], w_q.shape[0])
