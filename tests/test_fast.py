@@ -101,3 +101,11 @@ def test_fused_qkv_sees_checkpoints_loaded_later_and_falls_back_when_weights_mov
         torch.testing.assert_close(attn.project_qkv(x)[2], attn.v(x))
     fast.unfuse_qkv(dit)
     assert type(attn) is dit_module.SelfAttention
+
+
+def test_make_fast_fuses_qkv_only_for_weights_on_the_gpu():
+    # CPU weights are what --offload keeps at home: moved per call, they would leave the fused tensor stale
+    dit = tiny()
+    fast.make_fast(dit, fast.FastOptions(graph=False))
+    assert all(type(b.self_attn) is dit_module.SelfAttention for b in dit.blocks)
+    fast.make_plain(dit)

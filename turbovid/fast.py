@@ -299,11 +299,13 @@ def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
         use_fused_kernels(True)
     if opts.gelu_epilogue:
         fuse_ffn_gelu(dit)
-    if opts.fused_qkv:
+    device = next(dit.parameters()).device
+    if opts.fused_qkv and device.type == "cuda":
+        # only for weights that stay put: an offloaded model (home on the CPU, moved per call) would
+        # leave the fused tensors behind (stale, and a second CPU copy)
         fuse_qkv(dit)
     if not (opts.graph or opts.compile):
         return dit
-    device = next(dit.parameters()).device
     if device.type != "cuda" and not opts.compile:
         return dit
     return GraphedDiT(dit, compile=opts.compile, graph=opts.graph and device.type == "cuda")
