@@ -36,7 +36,7 @@ def _fused_on():
 
 def test_fused_kernels_bf16_at_real_width():
     from turbovid.ops import fused
-    from turbovid.ops.fused import reference as ref
+    from turbovid.ops import block_reference as ref
 
     b, c, f, h, w = 1, 1536, 3, 30, 52
     l = f * h * w

@@ -26,7 +26,7 @@ def test_make_fast_wires_the_fused_ops_and_make_plain_restores_the_references():
     assert set(dit.state_dict()) == keys  # checkpoints still load into the fast model
     assert runner is dit  # no graph requested: the model itself
     fast.make_plain(runner)
-    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate
+    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate_ref
     assert not any(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
 
 
@@ -45,7 +45,7 @@ def test_turbovid_fast_0_leaves_the_model_alone(monkeypatch):
     monkeypatch.setenv("TURBOVID_FAST", "0")
     dit = tiny()
     assert fast.make_fast(dit) is dit
-    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate
+    assert dit_module.OPS.norm_modulate is dit_module.norm_modulate_ref
     assert not any(isinstance(b.ffn, fast.GeluFFN) for b in dit.blocks)
 
 

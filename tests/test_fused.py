@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import turbovid.ops.fused as fused  # noqa: E402
-from turbovid.ops.fused import reference as ref
+from turbovid.ops import block_reference as ref
 
 
 @pytest.fixture(scope="module")

@@ -39,42 +39,19 @@ import torch.nn.functional as F
 
 from turbovid.configs import DiTConfig
 from turbovid.ops.attention import attention, resolve_backend
+from turbovid.ops.block_reference import (
+    gated_residual_ref,
+    norm_modulate_ref,
+    rmsnorm_ref,
+    rmsnorm_rope_ref,
+    rope_tables,
+)
 
 log = logging.getLogger("turbovid.dit")
 
 
 # ---- memory-bound steps (PyTorch references; fused kernels replace them through `OPS`) ----------
 # Shapes: x, y [B, L, C]; shift, scale, gate [B, C]; q/k [B, L, C]; cos, sin [L, head_dim / 2].
-
-
-def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-    """x + y * gate in float32, stored in x's dtype."""
-    y = y.float() if gate is None else y.float() * gate.float()[:, None, :]
-    return (x.float() + y).to(x.dtype)
-
-
-def norm_modulate(
-    x: torch.Tensor,
-    shift: torch.Tensor | None = None,
-    scale: torch.Tensor | None = None,
-    *,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """LayerNorm(x) in float32 (affine when weight/bias are given), then * (1 + scale) + shift."""
-    h = F.layer_norm(
-        x.float(), (x.shape[-1],),
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
-        eps,
-    )
-    if scale is not None:
-        h = h * (1 + scale.float()[:, None, :])
-    if shift is not None:
-        h = h + shift.float()[:, None, :]
-    return h.to(out_dtype or x.dtype)
 
 
 def add_norm_modulate(
@@ -94,67 +71,15 @@ def add_norm_modulate(
     return x, OPS.norm_modulate(x, shift, scale, weight=weight, bias=bias, eps=eps, out_dtype=out_dtype)
 
 
-def rmsnorm_rope(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    *,
-    eps: float = 1e-6,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """RMSNorm over all heads (weight [C], float32 math), then RoPE on each head's interleaved pairs."""
-    b, l, c = x.shape
-    half = cos.shape[-1]
-    xf = x.float()
-    h = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    re, im = h.view(b, l, c // (2 * half), half, 2).unbind(-1)  # (B, L, H, D/2) each
-    cs, sn = cos.float()[None, :, None, :], sin.float()[None, :, None, :]
-    out = torch.stack((re * cs - im * sn, re * sn + im * cs), dim=-1)
-    return out.reshape(b, l, c).to(out_dtype or x.dtype)
-
-
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dim in float32 (weight applied in float32), in x's dtype."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
-
-
-def rope_tables(
-    frames: int, height: int, width: int, head_dim: int, theta: float = 10000.0,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [frames*height*width, head_dim/2] float32 for Wan's 3D RoPE (angles in float64)."""
-    if head_dim % 2:
-        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-    c = head_dim // 2
-    parts = (c - 2 * (c // 3), c // 3, c // 3)  # complex pairs for time, height, width
-    angles = []
-    for n_pos, pairs in zip((frames, height, width), parts):
-        d = 2 * pairs
-        inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
-        angles.append(torch.outer(torch.arange(n_pos, dtype=torch.float64, device=device), inv))
-    t, h, w = angles
-    grid = torch.cat(
-        [
-            t[:, None, None, :].expand(frames, height, width, -1),
-            h[None, :, None, :].expand(frames, height, width, -1),
-            w[None, None, :, :].expand(frames, height, width, -1),
-        ],
-        dim=-1,
-    ).reshape(frames * height * width, c)
-    return grid.cos().float(), grid.sin().float()
-
-
 @dataclass
 class BlockOps:
     """The one dispatch point for the memory-bound steps; same signatures as turbovid.ops.fused."""
 
-    norm_modulate: Callable = norm_modulate
+    norm_modulate: Callable = norm_modulate_ref
     add_norm_modulate: Callable = add_norm_modulate
-    gated_residual: Callable = gated_residual
-    rmsnorm_rope: Callable = rmsnorm_rope
-    rmsnorm: Callable = rmsnorm
+    gated_residual: Callable = gated_residual_ref
+    rmsnorm_rope: Callable = rmsnorm_rope_ref
+    rmsnorm: Callable = rmsnorm_ref
     rope_tables: Callable = rope_tables
 
 

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from .reference import (
+from turbovid.ops.block_reference import (
     add_norm_modulate_ref,
     gated_residual_ref,
     norm_modulate_ref,

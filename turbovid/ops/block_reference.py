@@ -1,4 +1,4 @@
-"""PyTorch references for the fused DiT-block kernels: the exact math of a Wan2.1 block.
+"""PyTorch references of the memory-bound DiT-block steps (the plain path, and what the fused Triton kernels in turbovid.ops.fused must match): the exact math of a Wan2.1 block.
 
 Shapes: x, y [B, L, C] (residual stream and a branch output); shift, scale, gate [B, C]
 (one adaLN vector per sample, broadcast over tokens); q/k [B, L, C] with C = heads x head_dim;
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 
-def gated_residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+def gated_residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
     """x + y * gate in float32, stored in x's dtype (Wan runs this under float32 autocast)."""
     y = y.float()
     if gate is not None:
@@ -67,13 +67,14 @@ def rmsnorm_rope_ref(
 ) -> torch.Tensor:
     """RMSNorm over all heads (weight [C]), then RoPE on each head's interleaved (even, odd) pairs.
 
-    Rounds where Wan rounds: the normalised value is cast back to x's dtype before the weight.
+    The weight is applied in float32 before the one rounding at the end, as TurboDiffusion's
+    inference (its fused RMSNorm) and our kernel do; Wan's own module rounds before the weight.
     """
     b, l, c = x.shape
     half = cos.shape[-1]
     xf = x.float()
-    h = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
-    h = h.float().view(b, l, c // (2 * half), half, 2)  # (B, L, H, D/2, 2)
+    h = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    h = h.view(b, l, c // (2 * half), half, 2)  # (B, L, H, D/2, 2)
     re, im = h.unbind(-1)
     cs, sn = cos.float()[None, :, None, :], sin.float()[None, :, None, :]
     out = torch.stack((re * cs - im * sn, re * sn + im * cs), dim=-1)
@@ -81,9 +82,9 @@ def rmsnorm_rope_ref(
 
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """RMSNorm over the last dim: float32 statistics, rounded to x's dtype before the weight, as Wan does."""
+    """RMSNorm over the last dim in float32 (weight included), rounded once to the output dtype."""
     xf = x.float()
-    return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight).to(out_dtype or x.dtype)
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(out_dtype or x.dtype)
 
 
 def rope_tables(
