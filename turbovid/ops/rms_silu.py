@@ -13,7 +13,7 @@ add_bias_residual_(y, bias, res): y += bias + res in one pass (the conv bias PyT
 in a separate broadcast pass, fused with the residual add).
 
 The Triton kernels run on CUDA tensors; elsewhere the PyTorch reference runs, logged once (on
-CPU the kernels run in Triton's interpreter when TRITON_INTERPRET=1, for tests).
+CPU the kernels run in Triton's interpreter only after allow_interpreter(), for tests).
 """
 from __future__ import annotations
 
@@ -79,9 +79,22 @@ if triton is not None:
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
 
 
+_allow_interpreter = False
+
+
+def allow_interpreter(flag: bool = True) -> None:
+    """Let CPU tensors run the kernels in Triton's interpreter (tests only, under TRITON_INTERPRET=1).
+
+    Opt-in rather than implied by the environment variable: other test modules set it, and the
+    interpreter is far too slow for the real CPU path."""
+    global _allow_interpreter
+    _allow_interpreter = flag
+
+
 def _use_kernel(x: torch.Tensor) -> bool:
     global _logged
-    if triton is not None and (x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")):
+    interpret = _allow_interpreter and x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if triton is not None and (x.is_cuda or interpret):
         return True
     if not _logged:
         _logged = True
