@@ -123,6 +123,7 @@ def _assert_usage_error(rc, err, message, *paths):
     (["--num_frames", "many"], "invalid int value"),
     (["--sla_topk", "2"], "--sla_topk must be in (0, 1]"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    (["--device", "cpu", "--quant", "fp8"], "--quant fp8 needs an NVIDIA GPU with fp8"),
 ])
 def test_bad_input_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "sub" / "v.mp4"

@@ -165,3 +165,20 @@ def test_tiny_random_pipeline_end_to_end(tiny):
     assert np.array_equal(a.frames, b.frames)
     assert not np.array_equal(a.frames, c.frames)
     assert tiny.settings["model"] == "tiny-random" and tiny.settings["attention"] in ("dense", "sla", "sagesla")
+
+
+def test_quant_fp8_swaps_block_linears_and_generates(monkeypatch):
+    """--quant fp8 quantizes every block linear but SLA's proj_l to fp8 after loading (here on the
+    CPU reference path: the GPU check is bypassed) and records it in the settings."""
+    from turbovid import pipeline as pl
+    from turbovid.ops.quant import Fp8Linear
+
+    monkeypatch.setattr(pl, "_fp8_unavailable", lambda device: None)
+    pipe = Pipeline.from_options(PipelineOptions(model="tiny-random", device="cpu", quant="fp8"))
+    block = pipe.dit.blocks[0]
+    assert isinstance(block.self_attn.q, Fp8Linear) and isinstance(block.ffn[0], Fp8Linear)
+    assert not isinstance(block.self_attn.proj_l, Fp8Linear)
+    assert pipe.settings["quant"] == "fp8"
+    req = GenerationRequest(prompt="a red fox", num_frames=1, resolution="128p", aspect_ratio="1:1", num_steps=1)
+    frames = pipe.generate(req).frames
+    assert frames.shape == (1, 128, 128, 3) and frames.std() > 0

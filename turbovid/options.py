@@ -23,7 +23,7 @@ RESOLUTIONS: dict[str, dict[str, tuple[int, int]]] = {
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4")
 SAMPLERS = ("rcm", "euler")
 ATTENTIONS = ("dense", "sla", "sagesla", "auto")
-QUANTS = ("none", "int8", "auto")
+QUANTS = ("none", "int8", "fp8", "auto")
 VAE_TILING = ("auto", "on", "off")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -71,7 +71,7 @@ class PipelineOptions:
     sampler: str = _opt("rcm", "rcm = TurboDiffusion few-step weights; euler = base Wan2.1 weights, CFG (the slow baseline)", SAMPLERS)
     attention: str = _opt("auto", "attention backend (auto: sagesla > sla > dense for rcm, dense for euler)", ATTENTIONS)
     sla_topk: float = _opt(0.1, "fraction of key blocks SLA attends to exactly (0.15: better quality)")
-    quant: str = _opt("auto", "int8 linear layers (auto: int8 on GPUs under 40 GB)", QUANTS)
+    quant: str = _opt("auto", "quantized linear layers: int8 W8A8, fp8 (Ada/Hopper GPUs), none (auto: int8 on GPUs under 40 GB)", QUANTS)
     checkpoint_dir: str = _opt("checkpoints", "folder holding (or receiving) the weights", metavar="PATH")
     dit_path: str | None = _opt(None, "DiT checkpoint (default: from --checkpoint-dir)", metavar="PATH")
     text_encoder_path: str | None = _opt(None, "umT5 checkpoint (default: from --checkpoint-dir)", metavar="PATH")

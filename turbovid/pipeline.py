@@ -143,8 +143,20 @@ def check_options(opts: PipelineOptions) -> None:
         raise UsageError(f"--sla_topk must be in (0, 1], got {opts.sla_topk}")
 
 
-def _has_int8(module: torch.nn.Module) -> bool:
-    return any(b.dtype == torch.int8 for b in module.buffers())
+def _fp8_unavailable(device: torch.device) -> str | None:
+    from turbovid.ops.quant import fp8_available
+
+    if device.type != "cuda" or not fp8_available(device):
+        return f"needs an NVIDIA GPU with fp8 (Ada, Hopper or newer), not {device}"
+    return None
+
+
+def _quant_of(module: torch.nn.Module) -> str:
+    """'int8', 'fp8' or 'none': the format of the module's quantized linear weights."""
+    dtypes = {b.dtype for b in module.buffers()}
+    if torch.int8 in dtypes:
+        return "int8"
+    return "fp8" if torch.float8_e4m3fn in dtypes else "none"
 
 
 def request_defaults(model: str, sampler: str) -> dict:
@@ -238,9 +250,13 @@ class Pipeline:
         device = _resolve_device(opts.device)
         dtype = _resolve_dtype(opts.dtype, device)
         attention = cls._pick_attention(opts, device)
+        fp8 = opts.quant == "fp8"
+        if fp8 and (why := _fp8_unavailable(device)):
+            raise UsageError(f"--quant fp8 {why}; use --quant int8")
         int8 = opts.quant == "int8" or (opts.quant == "auto" and device.type == "cuda" and _gpu_gib(device) < INT8_AUTO_BELOW_GIB)
-        # load_dit: "int8" quantizes float weights on load, "none" dequantizes an int8 file, None keeps the file's
-        quant = "int8" if int8 else ("none" if opts.quant == "none" else None)
+        # load_dit: "int8" quantizes float weights on load, "none" dequantizes an int8 file, None keeps the file's.
+        # fp8 starts from float weights (an int8 file is dequantized) and is quantized after loading.
+        quant = "int8" if int8 else ("none" if opts.quant in ("none", "fp8") else None)
         home = "cpu" if opts.offload else device
         step = progress or (lambda *a: None)
         try:
@@ -256,6 +272,11 @@ class Pipeline:
             else:
                 paths = cls._checkpoint_paths(opts, int8, resolution)
                 dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, dtype, step)
+            if fp8:
+                from turbovid.ops.quant import swap_linears_fp8
+
+                for block in dit.blocks:
+                    swap_linears_fp8(block, skip=("proj_l",))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise OutOfMemory(
@@ -277,7 +298,7 @@ class Pipeline:
             dit, text_encoder, vae, device=device, dtype=dtype, sampler=opts.sampler, offload=opts.offload,
             vae_tiling=opts.vae_tiling, model_name=opts.model,
             settings={
-                "attention": attention, "sla_topk": opts.sla_topk, "quant": "int8" if _has_int8(dit) else "none",
+                "attention": attention, "sla_topk": opts.sla_topk, "quant": _quant_of(dit),
                 "cuda_graph": fast,
                 "checkpoints": {k: str(v) for k, v in paths.items()},
             },
