@@ -91,35 +91,9 @@ class Fp8Linear(QuantLinearBase):
     """nn.Linear replacement holding e4m3 weights + 128x128 block scales."""
 
     weight_name = "fp8_weight"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.register_buffer("fp8_weight", torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device))
-        self.register_buffer(
-            "scale",
-            torch.empty(_cdiv(out_features, BLOCK), _cdiv(in_features, BLOCK), dtype=torch.float32, device=device),
-        )
-        if bias:
-            self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device))
-        else:
-            self.bias = None
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-        q, s = quantize_weight_fp8(linear.weight.detach())
-        layer.fp8_weight.copy_(q)
-        layer.scale.copy_(s)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach())
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return fp8_linear(x, self.fp8_weight, self.scale, self.bias)
+    weight_dtype = FP8_DTYPE
+    quantize_weight = staticmethod(quantize_weight_fp8)
+    linear_op = staticmethod(fp8_linear)
 
 
 def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",)) -> nn.Module:

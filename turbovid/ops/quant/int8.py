@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -182,11 +182,43 @@ def _(x, w_q, w_scale, bias=None):
 
 
 class QuantLinearBase(nn.Module):
-    """Shared plumbing: shape checks and keeping quantized weights / float32 scales through `.to(dtype)`."""
+    """A block-quantized nn.Linear: quantized weight [N, K] + float32 128x128 block scales + bias,
+    all buffers (the checkpoint layout). Subclasses name the weight buffer and its dtype, the weight
+    quantizer and the linear op."""
 
-    in_features: int
-    out_features: int
     weight_name: str
+    weight_dtype: torch.dtype
+    quantize_weight: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    linear_op: Callable[..., torch.Tensor]
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer(self.weight_name, torch.empty(out_features, in_features, dtype=self.weight_dtype, device=device))
+        self.register_buffer(
+            "scale",
+            torch.empty(_cdiv(out_features, BLOCK), _cdiv(in_features, BLOCK), dtype=torch.float32, device=device),
+        )
+        if bias:
+            self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "QuantLinearBase":
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        q, s = cls.quantize_weight(linear.weight.detach())
+        getattr(layer, cls.weight_name).copy_(q)
+        layer.scale.copy_(s)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.linear_op(x, getattr(self, self.weight_name), self.scale, self.bias)
 
     def _apply(self, fn, recurse=True):
         # Module.to(bfloat16) casts every floating buffer: fp8 weights and float32 scales must keep
@@ -216,35 +248,9 @@ class Int8Linear(QuantLinearBase):
     """nn.Linear replacement holding int8 weights + 128x128 block scales (buffers, as in -quant files)."""
 
     weight_name = "int8_weight"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.register_buffer("int8_weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer(
-            "scale",
-            torch.empty(_cdiv(out_features, BLOCK), _cdiv(in_features, BLOCK), dtype=torch.float32, device=device),
-        )
-        if bias:
-            self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device))
-        else:
-            self.bias = None
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-        q, s = quantize_blockwise(linear.weight.detach())
-        layer.int8_weight.copy_(q)
-        layer.scale.copy_(s)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach())
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return int8_linear(x, self.int8_weight, self.scale, self.bias)
+    weight_dtype = torch.int8
+    quantize_weight = staticmethod(quantize_blockwise)
+    linear_op = staticmethod(int8_linear)
 
 
 def swap_linears(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), layer_cls: type = Int8Linear) -> nn.Module:
