@@ -121,6 +121,10 @@ def sweep(results: dict, quick: bool, deadline: float) -> tuple[sla_kernel.Confi
     sla_cfgs = [sla_kernel.Config(group=2, num_warps=8, num_stages=2, tma=tma, linear_in_pool=pool)
                 for pool in (False, True) for tma in (True, False)]
     sla_cfgs += [sla_kernel.Config(group=2, num_warps=8, num_stages=3, tma=True, linear_in_pool=True)]
+    # one 64-key block per step on 4 warps: the fastest attention-only launch in
+    # benchmarks/explore_attention.py (1.53 ms vs 1.59 ms), with the linear branch in either place
+    sla_cfgs += [sla_kernel.Config(group=1, num_warps=4, num_stages=s, tma=False, linear_in_pool=pool)
+                 for s in (3, 2) for pool in (False, True)]
     if quick:
         sla_cfgs = sla_cfgs[:3]
     best_sla = (float("inf"), sla_kernel.Config())

@@ -133,6 +133,22 @@ def test_kernel_block_map_equals_reference(kernels, B, L, H, D, blkq, blkk):
     torch.testing.assert_close(stats.kv.float().view(B, H, D, D), phi.transpose(-1, -2) @ vf / L, atol=2e-3, rtol=1e-2)
 
 
+@pytest.mark.parametrize("select_rows, key_stages", [(4, 2), (2, 1), (16, 1)])
+def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages):
+    # fewer query blocks per select program (below the dot's 16 rows) and the key pass with or
+    # without software pipelining all pick the reference's block sets and the same statistics
+    blockmap, _ = kernels
+    cfg = blockmap.StatsConfig(select_rows=select_rows, key_stages=key_stages)
+    for B, L, H, D, blkq, blkk in SHAPES[:2]:
+        q, k, v = random_qkv(B, L, H, D, seed=L + 1)
+        q[..., 0] *= -3  # scores of both signs, for the sign-folded int32 keys
+        stats = blockmap.block_stats(q, k, v, 0.3, blkq, blkk, cfg=cfg)
+        expected = ref.block_map(q, k, 0.3, blkq, blkk)
+        assert torch.equal(stats.lut.view_as(expected), expected)
+        base = blockmap.block_stats(q, k, v, 0.3, blkq, blkk)
+        assert torch.equal(stats.kv, base.kv) and torch.equal(stats.k_mean, base.k_mean)
+
+
 def test_kernel_block_map_ties_keep_the_lower_block(kernels):
     blockmap, _ = kernels
     q = torch.ones(1, 256, 1, 64, dtype=torch.float16)

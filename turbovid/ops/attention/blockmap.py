@@ -34,6 +34,7 @@ def _key_pass_kernel(
     sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
     L, H, NK, NCH, CHB,
     D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr, COPY: tl.constexpr,
+    STAGES: tl.constexpr = 1,
 ):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -47,7 +48,7 @@ def _key_pass_kernel(
     phi_sum = tl.zeros([D], dtype=tl.float32)
     v_max = tl.zeros([D], dtype=tl.float32)
     kv = tl.zeros([D, D], dtype=tl.float32)
-    for j in range(CHB):
+    for j in tl.range(CHB, num_stages=STAGES):
         blk = c * CHB + j
         rows = blk * BLKK + r
         row_ok = rows < L
@@ -129,21 +130,24 @@ def _pool_kernel(
 def _select_kernel(
     PQ, PK, KMEAN, S, LUT,
     NQ, NK, KK, S_ROWS, S_STRIDE,
-    D: tl.constexpr, QT: tl.constexpr, CN: tl.constexpr, NKP: tl.constexpr, RS: tl.constexpr,
+    D: tl.constexpr, QT: tl.constexpr, QD: tl.constexpr, CN: tl.constexpr, NKP: tl.constexpr, RS: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
     d = tl.arange(0, D)
-    q_rows = t * QT + tl.arange(0, QT)
-    pq = tl.load(PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D + d[None, :], mask=q_rows[:, None] < NQ, other=0.0)
+    # QD = max(QT, 16) rows go through the dot (its minimum height); only the first QT are this program's
+    q_local = tl.arange(0, QD)
+    q_rows = t * QT + q_local
+    q_ok = (q_rows < NQ) & (q_local < QT)
+    pq = tl.load(PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D + d[None, :], mask=q_ok[:, None], other=0.0)
     k_mean = tl.load(KMEAN + bh * D + d)
     s_base = S + (bh * S_ROWS + t * QT).to(tl.int64) * S_STRIDE
     # 1. scores of QT query blocks against all key blocks, CN at a time, through a scratch row
     for c0 in range(0, NK, CN):
         cols = c0 + tl.arange(0, CN)
         pk = tl.load(PK + (bh * NK + cols)[:, None].to(tl.int64) * D + d[None, :], mask=cols[:, None] < NK, other=0.0)
-        s = tl.dot(pq, tl.trans(pk - k_mean[None, :]), input_precision="ieee")  # (QT, CN)
-        tl.store(s_base + tl.arange(0, QT)[:, None] * S_STRIDE + cols[None, :], s)
+        s = tl.dot(pq, tl.trans(pk - k_mean[None, :]), input_precision="ieee")  # (QD, CN)
+        tl.store(s_base + q_local[:, None] * S_STRIDE + cols[None, :], s, mask=(q_local < QT)[:, None])
     tl.debug_barrier()
     # 2. exact top-KK per row: int32 keys whose signed order is the float order
     cols = tl.arange(0, NKP)
@@ -196,6 +200,7 @@ class StatsConfig:
     key_warps: int = 8
     select_warps: int = 8
     select_rows: int = 16  # query blocks per select program
+    key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
 
 
 DEFAULT_STATS = StatsConfig()
@@ -245,7 +250,8 @@ def block_stats(
         k, v, pk, k_sum, phi_sum, kv, v_max, k_copy if kv_copy else k, v_copy if kv_copy else v,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         L, H, nk, nch, chb,
-        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, num_warps=cfg.key_warps,
+        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, STAGES=cfg.key_stages,
+        num_warps=cfg.key_warps,
     )
     k_mean = k_sum.sum(1) / L
     kv = kv.sum(1) / L if linear else None
@@ -276,7 +282,7 @@ def block_stats(
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
-        D=D, QT=QT, CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
+        D=D, QT=QT, QD=max(QT, 16), CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
     )
     return BlockStats(
         lut=lut,
