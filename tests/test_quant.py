@@ -321,51 +321,6 @@ def test_fused_qkv_quantizes_once_and_matches_separate_layers(swap):
     fast.unfuse_qkv(model)
 
 
-def test_gemm_gelu_int8_epilogue_bytes_equal_the_unfused_path():
-    """scaled_mm(gelu_int8=True): GELU + int8 quantization in the GEMM epilogue gives the bytes and
-    scales of the unfused path (bf16 GEMM output, then quantize_act(gelu=True)), ragged M and N,
-    both 128-column tilings; configs that split a scale block are refused."""
-    for m, n, k in [(300, 200, 256), (128, 384, 128)]:
-        x = activations(m, k)
-        w = torch.randn(n, k) * 0.05
-        bias = (torch.randn(n) * 0.5).to(torch.bfloat16)
-        (aq, as_), (bq, bs) = int8_triton.quantize_act(x, "int8"), quantize_blockwise(w)
-        h = int8_triton.scaled_mm(aq, as_, bq, bs, bias, out_dtype=torch.bfloat16)
-        want_q, want_s = int8_triton.quantize_act(h, "int8", gelu=True)
-        for cfg in (dict(BLOCK_M=128, BLOCK_N=128), dict(BLOCK_M=128, BLOCK_N=256, SPLIT_N=2)):
-            got_q, got_s = int8_triton.scaled_mm(aq, as_, bq, bs, bias, config=cfg, gelu_int8=True)
-            assert got_q.shape == (m, n) and got_s.shape == (math.ceil(m / 128), math.ceil(n / 128))
-            assert torch.equal(got_q, want_q) and torch.equal(got_s, want_s)
-    with pytest.raises(ValueError, match="BLOCK_M 128"):
-        int8_triton.scaled_mm(aq, as_, bq, bs, config=dict(BLOCK_M=64, BLOCK_N=128), gelu_int8=True)
-    with pytest.raises(ValueError, match="int8 operands"):
-        int8_triton.scaled_mm(aq, as_, bq, bs, out_dtype=torch.float32, gelu_int8=True)
-
-
-def test_gelu_ffn_int8_fused_matches_unfused_layers():
-    """fast.GeluFFN over int8 layers runs int8_triton.gelu_ffn (hidden layer written once, as int8)
-    and returns exactly what the GELU-in-quantization path of fc2 returns for fc1's output (and,
-    up to PyTorch's own GELU rounding, what the unfused layers return)."""
-    from turbovid import fast
-
-    seq = nn.Sequential(nn.Linear(256, 384), nn.GELU(approximate="tanh"), nn.Linear(384, 256)).to(torch.bfloat16)
-    swap_linears(seq)
-    x = activations(70, 256).reshape(2, 35, 256)
-    calls = []
-    real = int8_triton.gelu_ffn
-    int8_triton.gelu_ffn = lambda *a: calls.append(1) or real(*a)
-    try:
-        got = fast.GeluFFN(*seq)(x)
-    finally:
-        int8_triton.gelu_ffn = real
-    assert calls == [1]
-    fc1, fc2 = seq[0], seq[2]
-    with torch.no_grad():
-        want = int8_triton.linear(fc1(x), fc2.int8_weight, fc2.scale, fc2.bias, gelu_input=True)
-        assert torch.equal(got, want)
-        assert rel(got, seq(x)) < 1e-2
-
-
 def test_fp8_cublas_arguments_reproduce_the_reference():
     """fp8_cublas prepares F.scaled_mm's blockwise arguments (transposed activation scales, padded and
     transposed weight scales, column-major weight); read back the way cuBLAS reads them, they give

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from turbovid.models.dit import SelfAttention
 
@@ -71,11 +72,9 @@ def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
 class GeluFFN(nn.Sequential):
     """Linear -> tanh-GELU -> Linear with the GELU fused into a neighbour, never a pass of its own.
 
-    bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. int8 layers (bf16
-    activations): the first GEMM's epilogue applies the GELU and quantizes for the second, so the
-    hidden activation is written once, as int8. fp8 layers: the GELU runs inside the second layer's
-    activation quantization. Same children (and state-dict keys) as the nn.Sequential it replaces;
-    anything else runs unfused.
+    bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. int8 / fp8 layers:
+    the GELU runs inside the second layer's activation quantization. Same children (and
+    state-dict keys) as the nn.Sequential it replaces; anything else runs unfused.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +82,6 @@ class GeluFFN(nn.Sequential):
         if type(fc1) is nn.Linear and x.is_cuda and fc1.bias is not None and x.dtype == fc1.weight.dtype:
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
             return fc2(h.view(*x.shape[:-1], -1))
-        if _gelu_quant_ok and (ffn := _int8_ffn_kernel(fc1, fc2, x)) is not None:
-            try:
-                return ffn(x, fc1.int8_weight, fc1.scale, fc1.bias, fc2.int8_weight, fc2.scale, fc2.bias)
-            except Exception as e:  # noqa: BLE001
-                _disable_gelu_quant(e)
         h = fc1(x)
         linear = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
         if linear is not None:
@@ -99,15 +93,6 @@ class GeluFFN(nn.Sequential):
 
 
 _gelu_quant_ok = True
-
-
-def _int8_ffn_kernel(fc1: nn.Module, fc2: nn.Module, x: torch.Tensor):
-    """int8_triton.gelu_ffn when both layers are int8 and the Triton kernels serve x, else None."""
-    from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
-
-    if type(fc1) is Int8Linear and type(fc2) is Int8Linear and x.dtype == torch.bfloat16 and use_kernel(x):
-        return kernels().gelu_ffn
-    return None
 
 
 def _disable_gelu_quant(e: Exception) -> None:

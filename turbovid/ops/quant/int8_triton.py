@@ -205,26 +205,6 @@ def _store_tile(c_ptr, acc, bias_ptr, rm, rn, M, N, stride_cm, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def _store_gelu_int8(q_ptr, qs_ptr, acc, bias_ptr, tbl_ptr, rm, rn, M, N, stride_qm, stride_qsm, pid_m, nb,
-                     HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
-                     USE_TABLE: tl.constexpr, EXP_LO: tl.constexpr, EXP_HI: tl.constexpr):
-    # The FFN's hidden tile (128 rows x 128 columns: exactly one int8 scale block of the next
-    # linear's input): bias, the bf16 rounding the unfused path stores, tanh-GELU rounded to bf16,
-    # then the activation quantizer's rule. Bytes equal quantize_act(gelu(h)) of the unfused path.
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    xf = tl.where(mask, acc.to(tl.bfloat16).to(tl.float32), 0.0)
-    u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)
-    x = (0.5 * xf * (2.0 * tl.sigmoid(2.0 * u))).to(tl.bfloat16).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-8)
-    mult = _int8_multiplier(amax, tbl_ptr, USE_TABLE, EXP_LO, EXP_HI)
-    tl.store(qs_ptr + pid_m * stride_qsm + nb, tl.math.div_rn(amax, tl.full([], 128.0, tl.float32)))
-    q = tl.minimum(tl.maximum(_rne(x * mult, INTERPRET), -128.0), 127.0).to(tl.int8)
-    tl.store(q_ptr + rm[:, None].to(tl.int64) * stride_qm + rn[None, :], q, mask=mask)
-
-
-@triton.jit
 def _scaled_mm_kernel(
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
     M, N, K, M_BUCKET,  # M_BUCKET only keys the autotuner
@@ -233,10 +213,6 @@ def _scaled_mm_kernel(
     IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr, GROUP_M: tl.constexpr,
     MAGIC: tl.constexpr,
-    q_ptr, qs_ptr, tbl_ptr, stride_qsm,  # GELU_INT8 outputs (unused pointers otherwise)
-    GELU_INT8: tl.constexpr = False,  # store int8 tanh-GELU(C) + 128x128 scales instead of C
-    INTERPRET: tl.constexpr = False, USE_TABLE: tl.constexpr = False,
-    EXP_LO: tl.constexpr = 0, EXP_HI: tl.constexpr = 0,
 ):
     BLOCK_K: tl.constexpr = 128
     BN: tl.constexpr = BLOCK_N // SPLIT_N  # columns per sub-tile; divides 128
@@ -304,16 +280,9 @@ def _scaled_mm_kernel(
         sa = sa_next
         sb0 = sb0_next
 
-    if GELU_INT8:  # BLOCK_M == BN == 128 (checked by the caller): one scale block per sub-tile
-        _store_gelu_int8(q_ptr, qs_ptr, acc0, bias_ptr, tbl_ptr, rm, rn0, M, N, stride_cm, stride_qsm,
-                         pid_m, off_n // 128, HAS_BIAS, INTERPRET, USE_TABLE, EXP_LO, EXP_HI)
-        if SPLIT_N == 2:
-            _store_gelu_int8(q_ptr, qs_ptr, acc1, bias_ptr, tbl_ptr, rm, rn1, M, N, stride_cm, stride_qsm,
-                             pid_m, off_n // 128 + 1, HAS_BIAS, INTERPRET, USE_TABLE, EXP_LO, EXP_HI)
-    else:
-        _store_tile(c_ptr, acc0, bias_ptr, rm, rn0, M, N, stride_cm, HAS_BIAS)
-        if SPLIT_N == 2:
-            _store_tile(c_ptr, acc1, bias_ptr, rm, rn1, M, N, stride_cm, HAS_BIAS)
+    _store_tile(c_ptr, acc0, bias_ptr, rm, rn0, M, N, stride_cm, HAS_BIAS)
+    if SPLIT_N == 2:
+        _store_tile(c_ptr, acc1, bias_ptr, rm, rn1, M, N, stride_cm, HAS_BIAS)
 
 
 def _cfg(bm, bn, split, warps, stages, magic=False, group=8, maxnreg=None):
@@ -344,21 +313,14 @@ DEFAULT_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "SPLIT_N": 1, "GROUP_M": 8, "M
 
 
 def _prune(configs, named_args, **kwargs):
-    # MAGIC only changes the int8 promotion: fp8 keeps one of each pair. GELU_INT8 quantizes each
-    # 128x128 output tile as one scale block: BLOCK_M 128 and 128-column sub-tiles only.
-    if kwargs.get("GELU_INT8", named_args.get("GELU_INT8")):
-        configs = [c for c in configs if _fits_gelu_int8(c.kwargs)]
+    # MAGIC only changes the int8 promotion: fp8 keeps one of each pair
     if kwargs.get("IS_INT8", named_args.get("IS_INT8")):
         return configs
     return [c for c in configs if not c.kwargs["MAGIC"]]
 
 
-def _fits_gelu_int8(cfg: dict) -> bool:
-    return cfg["BLOCK_M"] == BLOCK and cfg["BLOCK_N"] // cfg["SPLIT_N"] == BLOCK
-
-
 _scaled_mm_tuned = triton.autotune(
-    configs=CONFIGS, key=["N", "K", "M_BUCKET", "IS_INT8", "USE_TMA", "HAS_BIAS", "GELU_INT8"],
+    configs=CONFIGS, key=["N", "K", "M_BUCKET", "IS_INT8", "USE_TMA", "HAS_BIAS"],
     prune_configs_by={"early_config_prune": _prune},
 )(_scaled_mm_kernel)
 
@@ -375,15 +337,13 @@ def _can_tma(a: torch.Tensor, b: torch.Tensor) -> bool:
 def scaled_mm(
     a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torch.Tensor,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
-    config: dict | None = None, use_tma: bool | None = None, gelu_int8: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    config: dict | None = None, use_tma: bool | None = None,
+) -> torch.Tensor:
     """C = blockwise-dequant(a_q) @ blockwise-dequant(b_q)^T (+ bias), fp32 accumulation.
 
     a_q [M, K] int8 with a_s [ceil(M/128), ceil(K/128)], or e4m3 with a_s [ceil(K/128), M];
     b_q [N, K] of the same dtype with b_s [ceil(N/128), ceil(K/128)]. `config` pins a kernel config
-    (else autotuned; fixed under TRITON_INTERPRET).
-    gelu_int8 (int8 operands): returns quantize_act(tanh-GELU(C), "int8") instead of C, computed in
-    the GEMM's epilogue (C itself, in out_dtype, never reaches memory): the FFN's hidden layer."""
+    (else autotuned; fixed under TRITON_INTERPRET)."""
     is_int8 = a_q.dtype == torch.int8
     if b_q.dtype != a_q.dtype or a_q.dtype not in (torch.int8, torch.float8_e4m3fn):
         raise ValueError(f"scaled_mm needs int8 or float8_e4m3fn operands of one dtype, got {a_q.dtype} and {b_q.dtype}")
@@ -398,23 +358,11 @@ def scaled_mm(
         )
     a_q, b_q = a_q.contiguous(), b_q.contiguous()
     a_s, b_s = a_s.float().contiguous(), b_s.float().contiguous()
-    if gelu_int8 and (not is_int8 or out_dtype != torch.bfloat16):
-        raise ValueError("scaled_mm gelu_int8 needs int8 operands and a bfloat16 out_dtype")
-    if gelu_int8 and (m == 0 or n == 0 or k == 0):  # degenerate: the unfused path handles them
-        c = scaled_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
-        return quantize_act(c, "int8", gelu=True)
-    c = torch.empty(m, n, dtype=out_dtype, device=a_q.device) if not gelu_int8 else None
+    c = torch.empty(m, n, dtype=out_dtype, device=a_q.device)
     if m == 0 or n == 0:
         return c
     if k == 0:
         return c.zero_() if bias is None else c.copy_(bias.expand(m, n))
-    if gelu_int8:
-        h_q = torch.empty(m, n, dtype=torch.int8, device=a_q.device)
-        h_s = torch.empty(triton.cdiv(m, BLOCK), triton.cdiv(n, BLOCK), dtype=torch.float32, device=a_q.device)
-        table = int8.rcp_table(a_q.device)
-        c = h_q  # the kernel's C pointer is unused; stride_cm is the int8 output's row stride
-    else:
-        h_q = h_s = table = None
     tma = _can_tma(a_q, b_q) if use_tma is None else use_tma
     a_arg = TensorDescriptor.from_tensor(a_q, [1, BLOCK]) if tma else a_q  # block shape set per config
     b_arg = TensorDescriptor.from_tensor(b_q, [1, BLOCK]) if tma else b_q
@@ -426,12 +374,6 @@ def scaled_mm(
         a_s.stride(0 if not is_int8 else 1), b_s.stride(0), b_s.stride(1),
     )
     consts = dict(ACT_ROWS=BLOCK if is_int8 else 1, IS_INT8=is_int8, HAS_BIAS=has_bias, USE_TMA=tma)
-    consts.update(
-        q_ptr=c if h_q is None else h_q, qs_ptr=c if h_s is None else h_s,
-        tbl_ptr=c if table is None else table, stride_qsm=0 if h_s is None else h_s.stride(0),
-        GELU_INT8=gelu_int8, INTERPRET=interpreting(), USE_TABLE=table is not None,
-        EXP_LO=int8.TABLE_EXPONENTS[0], EXP_HI=int8.TABLE_EXPONENTS[1],
-    )
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
@@ -441,14 +383,12 @@ def scaled_mm(
     else:
         cfg = dict(DEFAULT_CONFIG)
         cfg.update(config or {})
-        if gelu_int8 and not _fits_gelu_int8(cfg):
-            raise ValueError(f"scaled_mm gelu_int8 needs BLOCK_M 128 and 128-column sub-tiles, got config {cfg}")
         warps, stages = cfg.pop("num_warps", 8), cfg.pop("num_stages", 3)
         if tma:
             a_arg.block_shape = [cfg["BLOCK_M"], BLOCK]
             b_arg.block_shape = [cfg["BLOCK_N"] // cfg["SPLIT_N"], BLOCK]
         _scaled_mm_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)
-    return (h_q, h_s) if gelu_int8 else c
+    return c
 
 
 def best_config(n: int, k: int, m: int, is_int8: bool = True) -> str:
@@ -457,23 +397,6 @@ def best_config(n: int, k: int, m: int, is_int8: bool = True) -> str:
         if key[0] == n and key[1] == k and key[2] == min(triton.next_power_of_2(m), 1 << 16) and key[3] == is_int8:
             return str(cfg)
     return "?"
-
-
-def gelu_ffn(
-    x: torch.Tensor, w1_q: torch.Tensor, w1_s: torch.Tensor, b1: torch.Tensor | None,
-    w2_q: torch.Tensor, w2_s: torch.Tensor, b2: torch.Tensor | None,
-) -> torch.Tensor:
-    """fc2(tanh-GELU(fc1(x))) with int8 layers: the hidden activation leaves fc1's GEMM already
-    GELU'd and quantized (one int8 write instead of a bf16 write, a read and an int8 write), with
-    the bytes of the unfused path."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    if x.dtype != torch.bfloat16:
-        raise ValueError(f"gelu_ffn expects bfloat16 activations, got {x.dtype}")
-    x_q, x_s = quantize_act(x2, "int8")
-    h_q, h_s = scaled_mm(x_q, x_s, w1_q, w1_s, b1, gelu_int8=True)
-    y = scaled_mm(h_q, h_s, w2_q, w2_s, b2, out_dtype=x.dtype)
-    return y.reshape(*shape[:-1], w2_q.shape[0])
 
 
 def linear(
