@@ -185,44 +185,7 @@ def main():
         print(f"{r['ms']:8.3f}  {r['what']}  {r.get('diff', '')} {r.get('same_lut', '')}")
 
 
-def rotate_experiment():
-    """Whole ops with the block lists in ascending order vs rotated per query block (StatsConfig.rotate),
-    at 480p and 720p; the reference kernel visits blocks in torch.topk's (score) order."""
-    from turbovid.ops.attention import sagesla_kernel
-
-    out_path = os.path.join(os.environ.get("OUT", "."), "explore_rotate.json")
-    rows = []
-    w, b = proj_params(D, "cuda")
-    sla_cfgs = [sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=True),
-                sla_kernel.Config(group=2, num_warps=8, num_stages=2, tma=True)]
-    for L_ in (32760, 75600):
-        q, k, v = random_qkv(1, L_, H, D, torch.bfloat16, device="cuda", seed=4)
-        for rotate in (False, True):
-            sc = blockmap.StatsConfig(rotate=rotate)
-            for cfg in sla_cfgs:
-                def st_fn():
-                    out = torch.empty_like(q) if cfg.linear_in_pool else None
-                    return blockmap.block_stats(q, k, v, TOPK, 128, 64, cfg=sc, linear_out=out, proj_weight=w, proj_bias=b)
-                st = st_fn()
-                rows.append({"L": L_, "rotate": rotate, "what": f"sla attention launch {cfg}",
-                             "ms": med(lambda: sla_kernel.sla_forward(q, k, v, TOPK, w, b, config=cfg, stats=st))})
-                rows.append({"L": L_, "rotate": rotate, "what": f"sla whole op {cfg}",
-                             "ms": med(lambda: sla_kernel.sla_forward(q, k, v, TOPK, w, b, config=cfg, stats=st_fn()))})
-            st8 = blockmap.block_stats(q, k, v, TOPK, 64, 128, v_absmax=True, cfg=sc)
-            rows.append({"L": L_, "rotate": rotate, "what": "sagesla attention launch (+ quant_kv)",
-                         "ms": med(lambda: sagesla_kernel.sagesla_forward(q, k, v, TOPK, w, b, stats=st8))})
-            for r in rows[-5:]:
-                print(r, flush=True)
-    json.dump({"card": torch.cuda.get_device_name(), "rows": rows}, open(out_path, "w"), indent=1)
-    print("\n==== rotate ====")
-    for r in rows:
-        print(f"L={r['L']:6d} rotate={r['rotate']!s:5} {r['ms']:7.3f}  {r['what']}")
-
-
 if __name__ == "__main__":
     t0 = time.time()
-    if "--rotate" in sys.argv:
-        rotate_experiment()
-    else:
-        main()
+    main()
     print(f"elapsed {time.time() - t0:.0f}s")

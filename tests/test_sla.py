@@ -149,27 +149,6 @@ def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages):
         assert torch.equal(stats.kv, base.kv) and torch.equal(stats.k_mean, base.k_mean)
 
 
-def test_kernel_block_map_rotated_visit_order(kernels):
-    # rotate=True: the same block sets, each row a rotation of the ascending list with its last
-    # entry (the ragged last key block when kept) still last; the attention kernel agrees
-    blockmap, sla_kernel = kernels
-    B, L, H, D, blkq, blkk = SHAPES[0]
-    q, k, v = random_qkv(B, L, H, D, seed=5)
-    plain = blockmap.block_stats(q, k, v, 0.6, blkq, blkk)
-    rot = blockmap.block_stats(q, k, v, 0.6, blkq, blkk, cfg=blockmap.StatsConfig(rotate=True))
-    assert torch.equal(rot.lut.sort(-1).values, plain.lut)
-    assert torch.equal(rot.lut[..., -1], plain.lut[..., -1])
-    assert not torch.equal(rot.lut, plain.lut)
-    head = rot.lut[..., :-1]
-    steps = (head.roll(-1, -1) < head).sum(-1)  # a rotated ascending list wraps at most once
-    assert int(steps.max()) <= 1
-    w, b = proj_params(D)
-    for cfg in (sla_kernel.Config(), sla_kernel.Config(group=1, num_warps=4)):
-        want = sla_kernel.sla_forward(q, k, v, 0.6, w, b, config=cfg, stats=plain)
-        got = sla_kernel.sla_forward(q, k, v, 0.6, w, b, config=cfg, stats=rot)
-        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
-
-
 def test_kernel_block_map_ties_keep_the_lower_block(kernels):
     blockmap, _ = kernels
     q = torch.ones(1, 256, 1, 64, dtype=torch.float16)

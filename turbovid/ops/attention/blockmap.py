@@ -131,7 +131,6 @@ def _select_kernel(
     PQ, PK, KMEAN, S, LUT,
     NQ, NK, KK, S_ROWS, S_STRIDE,
     D: tl.constexpr, QT: tl.constexpr, QD: tl.constexpr, CN: tl.constexpr, NKP: tl.constexpr, RS: tl.constexpr,
-    ROTATE: tl.constexpr = False,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -176,10 +175,6 @@ def _select_kernel(
         keep = above | (tie & (tl.cumsum(tie.to(tl.int32), 1) <= need[:, None]))
         pos = tl.cumsum(keep.to(tl.int32), 1) - 1
         q_idx = t * QT + rows
-        if ROTATE:  # each query block starts its (ascending) list at its own place; the last entry stays
-            kk1 = tl.maximum(KK - 1, 1)
-            rot = ((bh * NQ + q_idx) * 37) % kk1
-            pos = tl.where(pos < KK - 1, (pos + rot[:, None]) % kk1, pos)
         dst = LUT + (bh * NQ + q_idx)[:, None].to(tl.int64) * KK + pos
         tl.store(dst, cols[None, :] + 0 * rows[:, None], mask=keep & (q_idx[:, None] < NQ))
 
@@ -205,7 +200,6 @@ class StatsConfig:
     key_warps: int = 8
     select_warps: int = 8
     select_rows: int = 16  # query blocks per select program
-    rotate: bool = False  # visit order: each query block's list rotated (last entry kept last)
     key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
 
 
@@ -288,7 +282,7 @@ def block_stats(
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
-        D=D, QT=QT, QD=max(QT, 16), CN=CN, NKP=nkp, RS=rs, ROTATE=cfg.rotate, num_warps=cfg.select_warps,
+        D=D, QT=QT, QD=max(QT, 16), CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
     )
     return BlockStats(
         lut=lut,
