@@ -178,7 +178,10 @@ def default_config(head_dim: int, device: torch.device) -> Config:
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
     if head_dim <= 64:
         return Config(group=2, num_warps=4, num_stages=3, tma=tma)
-    return Config(group=2, num_warps=8, num_stages=2, tma=tma)
+    # head_dim 128: one 64-key block per softmax step on 4 warps, the linear branch in the query
+    # pass (its epilogue would crowd the 4-warp accumulator): 2.23 vs 2.31 ms at 480p, 9.48 vs
+    # 10.19 ms at 720p (benchmarks/results/2026-11-26-explore-rotate-h100.json, rotate=False rows)
+    return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True)
 
 
 def sla_forward(
