@@ -185,7 +185,41 @@ def main():
         print(f"{r['ms']:8.3f}  {r['what']}  {r.get('diff', '')} {r.get('same_lut', '')}")
 
 
+@triton.jit
+def _l2_read(X, OUT, SLICE_ROWS, N_SLICES, COLS: tl.constexpr, ROWS: tl.constexpr):
+    # each program sums one slice of the buffer (16-byte loads along COLS)
+    pid = tl.program_id(0)
+    base = X + (pid % N_SLICES).to(tl.int64) * SLICE_ROWS * COLS
+    acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    r = tl.arange(0, ROWS)
+    c = tl.arange(0, COLS)
+    for i in range(0, SLICE_ROWS, ROWS):
+        acc += tl.load(base + (i + r)[:, None] * COLS + c[None, :]).to(tl.float32)
+    tl.store(OUT + pid, tl.sum(tl.sum(acc, 1), 0))
+
+
+def l2_bandwidth():
+    """Read bandwidth into the SMs: 8192 programs re-reading 1 MiB slices of a 24 MiB bf16 buffer
+    (half the 50 MB L2), against one pass over a 4 GiB buffer (DRAM); the attention kernels' K/V
+    gathers are priced at the first."""
+    res = {}
+    cols, rows, slice_rows = 128, 64, 4096  # one slice = 1 MiB of bf16
+    for name, n_slices, programs in (("l2_24MiB", 24, 8192), ("dram_4GiB", 4096, 4096)):
+        x = torch.randn(n_slices * slice_rows, cols, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(programs, device="cuda")
+        ms = med(lambda x=x, out=out, n_slices=n_slices, programs=programs: _l2_read[(programs,)](
+            x, out, slice_rows, n_slices, COLS=cols, ROWS=rows, num_warps=8))
+        nbytes = programs * slice_rows * cols * 2
+        res[name] = {"ms": ms, "bytes": nbytes, "TB_per_s": nbytes / ms / 1e9}
+        print(name, res[name], flush=True)
+        del x
+    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "l2_bandwidth.json"), "w"), indent=1)
+
+
 if __name__ == "__main__":
     t0 = time.time()
-    main()
+    if "--l2" in sys.argv:
+        l2_bandwidth()
+    else:
+        main()
     print(f"elapsed {time.time() - t0:.0f}s")
