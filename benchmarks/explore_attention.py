@@ -34,14 +34,17 @@ LOG2E = 1.4426950408889634
 def _variant(
     Q, K, V, O, LUT, sq_h, sq_l, sk_h, sk_l, so_h, so_l, L, NQ, kk_rt, qk_scale,
     KK: tl.constexpr, CONST_KK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
-    KT_PTR: tl.constexpr, GROUP: tl.constexpr,
+    KT_PTR: tl.constexpr, GROUP: tl.constexpr, Q_DESC: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.arange(0, BLKK)
     d = tl.arange(0, D)
-    q = tl.load(Q + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0)
+    if Q_DESC:  # Q through a tensor descriptor over (L, H*D): may stay in shared memory for the dot
+        q = Q.load([pid_m * BLOCK_M, (h * D).to(tl.int32)])
+    else:
+        q = tl.load(Q + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0)
     kb = K + h * sk_h
     vb = V + h * sk_h
     lut = LUT + (h * NQ + pid_m) * KK
@@ -198,6 +201,45 @@ def _l2_read(X, OUT, SLICE_ROWS, N_SLICES, COLS: tl.constexpr, ROWS: tl.constexp
     tl.store(OUT + pid, tl.sum(tl.sum(acc, 1), 0))
 
 
+def registers():
+    """Registers and spills of the shipped kernels' compilations and of variants (Q via descriptor)."""
+    from turbovid.ops.attention import sagesla_kernel
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    res = []
+    q, k, v = random_qkv(1, L, H, D, torch.bfloat16, device="cuda", seed=3)
+    w, b = proj_params(D, "cuda")
+    sla_kernel.sla_forward(q, k, v, TOPK, w, b)
+    sagesla_kernel.sagesla_forward(q, k, v, TOPK, w, b)
+    for kern in (sla_kernel._sla_fwd_kernel, sagesla_kernel._sagesla_fwd_kernel, blockmap._select_kernel,
+                 blockmap._key_pass_kernel):
+        try:  # Triton internals (3.6): device -> (compiled kernels by key, ...)
+            for dev_cache in kern.device_caches.values():
+                for ck in dev_cache[0].values():
+                    res.append({"kernel": kern.__name__, "n_regs": ck.n_regs, "n_spills": ck.n_spills,
+                                "shared": ck.metadata.shared, "warps": ck.metadata.num_warps})
+                    print(res[-1], flush=True)
+        except Exception as e:  # noqa: BLE001
+            print("no compile info:", type(e).__name__, e, flush=True)
+    st = blockmap.block_stats(q, k, v, TOPK, 128, 64, linear=False)
+    nq, kk = st.lut.shape[1], st.kk
+    out = torch.empty_like(q)
+    qd = TensorDescriptor.from_tensor(q.view(L, H * D), [128, D])
+    for qdesc in (False, True):
+        for group, warps, stages in ((1, 4, 2), (1, 4, 3), (1, 8, 3), (2, 8, 3)):
+            def fn():
+                return _variant[(nq, H)](qd if qdesc else q, k, v, out, st.lut, D, H * D, D, H * D, D, H * D, L, nq,
+                                         kk if group == 1 else kk - kk % 2, D**-0.5 * LOG2E, KK=kk, CONST_KK=False,
+                                         D=D, BLOCK_M=128, BLKK=64, KT_PTR=False, GROUP=group, Q_DESC=qdesc,
+                                         num_warps=warps, num_stages=stages)
+            ck = fn()
+            row = {"variant": f"q_desc={qdesc} group={group} w{warps} s{stages}", "ms": med(fn, 100),
+                   "n_regs": getattr(ck, "n_regs", None), "n_spills": getattr(ck, "n_spills", None)}
+            res.append(row)
+            print(row, flush=True)
+    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "registers.json"), "w"), indent=1)
+
+
 def l2_bandwidth():
     """Read bandwidth into the SMs: 8192 programs re-reading 1 MiB slices of a 24 MiB bf16 buffer
     (half the 50 MB L2), against one pass over a 4 GiB buffer (DRAM); the attention kernels' K/V
@@ -220,6 +262,8 @@ if __name__ == "__main__":
     t0 = time.time()
     if "--l2" in sys.argv:
         l2_bandwidth()
+    elif "--registers" in sys.argv:
+        registers()
     else:
         main()
     print(f"elapsed {time.time() - t0:.0f}s")
