@@ -182,21 +182,43 @@ KERNEL_CHECK = textwrap.dedent(
                 err = ((out.float() - ref[:1]).norm() / ref[:1].norm()).item()
                 assert err < tol, (dtype, silu, err)
                 assert torch.isnan(buf[:1, :2]).all() and torch.isnan(buf[1:]).all()  # nothing outside written
-        # taps=3: three time-shifted copies side by side; the same layout as the PyTorch path
-        frames = x[0]  # (3 frames, 5, 7, 96)
-        got = torch.full((3, 5, 7, 288), nan, dtype=dtype)
-        ops.rms_silu(frames, g, True, out=got, bias=b, taps=3, frame_rows=35)
-        ref = ops.rms_silu_reference(frames.float(), g, True, b)
-        for tap, shift in ((0, 2), (1, 1), (2, 0)):
-            part = got[shift:, ..., tap * 96:(tap + 1) * 96].float()
-            err = ((part - ref[: 3 - shift]).norm() / ref[: 3 - shift].norm()).item()
-            assert err < tol, ("taps", dtype, tap, err)
-            assert torch.isnan(got[:shift, ..., tap * 96:(tap + 1) * 96]).all()  # rows no frame reaches
-        ops._use_kernel = lambda t: False
-        want = torch.full((3, 5, 7, 288), nan, dtype=dtype)
-        ops.rms_silu(frames, g, True, out=want, bias=b, taps=3, frame_rows=35)
-        assert torch.allclose(got.float().nan_to_num(7.0), want.float().nan_to_num(7.0), atol=tol * 10)
-        del ops._use_kernel
+        # rms_silu_stream: V = [history; rms_silu(frames)] written as the three time taps side by side
+        # (taps=3) or as the time-padded buffer (taps=1), the last two frames of V as the next
+        # history; chunks of 3 and of 1 frame, with and without a history; kernel == PyTorch path
+        ref = ops.rms_silu_reference(x.float(), g, True, b)  # (2, 3, 5, 7, 96)
+        hist = (0.5 * torch.randn(2, 5, 7, 96)).to(dtype)
+        for frames, want_y in ((x[0], ref[0]), (x[1, :1].contiguous(), ref[1, :1])):
+            t = frames.shape[0]
+            for history in (None, hist):
+                v = torch.cat([torch.zeros(2, 5, 7, 96) if history is None else history.float(), want_y])
+                results = {}
+                use_kernel = ops._use_kernel
+                for kernel in (True, False):
+                    if not kernel:
+                        ops._use_kernel = lambda t: False
+                    got3 = torch.full((t, 5, 7, 288), nan, dtype=dtype)
+                    new3 = torch.full((2, 5, 7, 96), nan, dtype=dtype)
+                    ops.rms_silu_stream(frames, g, True, got3, history, new3, taps=3, frame_rows=35, bias=b)
+                    got1 = torch.full((2 + t, 5, 7, 96), nan, dtype=dtype)
+                    new1 = torch.full((2, 5, 7, 96), nan, dtype=dtype)
+                    ops.rms_silu_stream(frames, g, True, got1, history, new1, taps=1, frame_rows=35, bias=b)
+                    ops._use_kernel = use_kernel
+                    def close(a, want):  # relative, or absolute against all-zero history frames
+                        return (a.float() - want).norm().item() <= tol * max(want.norm().item(), 1.0)
+
+                    for tap in range(3):  # out[r, tap] = V[r + tap]: frame r + tap - 2 of the stream
+                        assert close(got3[..., tap * 96:(tap + 1) * 96], v[tap:tap + t]), (tap, t, kernel)
+                    assert close(got1, v)
+                    assert close(new3, v[t:]) and close(new1, v[t:])
+                    results[kernel] = (got3, got1, new3)
+                for a, c in zip(results[True], results[False]):
+                    assert torch.allclose(a.float(), c.float(), atol=tol * 10)
+        for args, words in (((hist, hist), "alias"), ((None, torch.empty(1, 5, 7, 96, dtype=dtype)), "2 * frame_rows")):
+            try:
+                ops.rms_silu_stream(x[0], g, True, torch.empty(3, 5, 7, 288, dtype=dtype), *args, taps=3, frame_rows=35)
+                raise AssertionError(f"no error for {words}")
+            except ValueError as e:
+                assert words in str(e), e
         import importlib; importlib.reload(ops); ops.allow_interpreter(True)
         # bias + residual add, in place
         y, r = torch.randn(3, 7, 96).to(dtype), torch.randn(3, 7, 96).to(dtype)

@@ -4,7 +4,9 @@
   any temporal chunking exact, including the first-frame rule of the temporal upsampler.
 - Activations stay channels-last, [1, T, H, W, C]: cuDNN runs NDHWC convolutions with no layout
   transposes, 1x1 convolutions become matmuls, and the RMS norm + SiLU before each conv is one
-  Triton pass that writes straight into the conv's time-padded input buffer (no torch.cat).
+  Triton pass that writes straight into the conv's time-padded input buffer (no torch.cat), the
+  previous chunk's last frames (the stream history) included, and the next chunk's history out:
+  no separate copies in and out of the buffers (they took ~100 ms of a 480p decode on an H100).
 - Conv biases are not added by PyTorch's separate broadcast pass: the next norm kernel or the
   residual-add kernel takes them.
 - The 96-channel full-resolution 3x3x3 convs (cuDNN's conv3d runs them at ~250 TFLOP/s on an
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
-from turbovid.ops.rms_silu import add_bias_residual_, rms_silu
+from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
 
@@ -73,22 +75,24 @@ class FastConv:
             return self._stacked(x, state, key, gamma, silu, in_bias)
         _, t, h, w, c = x.shape  # (1, T, H, W, C)
         p = self.time_pad
-        if p:
+        if p and gamma is not None:  # one kernel: history + normalised frames, and the next history
+            buf = x.new_empty(1, p + t, h, w, c)
+            history = x.new_empty(1, p, h, w, c)
+            rms_silu_stream(x, gamma, silu, buf, state.get(key), history, taps=1, frame_rows=h * w, bias=in_bias)
+            state[key] = history
+        elif p:  # no norm before it (the upsampler's time conv): copies
             buf = x.new_empty(1, p + t, h, w, c)
             prev = state.get(key)
             if prev is None:
                 buf[:, :p].zero_()
             else:
                 buf[:, :p].copy_(prev)
-            body = buf[:, p:]
-        else:
-            buf = body = torch.empty_like(x) if gamma is not None else x
-        if gamma is not None:
-            rms_silu(x, gamma, silu, out=body, bias=in_bias)
-        elif p:
-            body.copy_(x)
-        if p:
+            buf[:, p:].copy_(x)
             state[key] = buf[:, t:].clone()  # the last p input frames, for the next chunk
+        elif gamma is not None:
+            buf = rms_silu(x, gamma, silu, bias=in_bias)
+        else:
+            buf = x
         bias = None if self.fused_bias else self.bias
         if self.mode == "taps":
             frames = buf[0].permute(0, 3, 1, 2)  # (p+T, C, H, W), channels-last
@@ -102,22 +106,9 @@ class FastConv:
     def _stacked(self, x, state, key, gamma, silu, in_bias) -> torch.Tensor:
         _, t, h, w, c = x.shape
         stacked = x.new_empty(t, h, w, 3 * c)  # [t', ..., tau*C + c] = input frame t' + tau - 2
-        prev = state.get(key)  # the last two normalised input frames of the previous chunk
-        if prev is None:
-            stacked[0, ..., : 2 * c].zero_()
-            if t > 1:
-                stacked[1, ..., :c].zero_()
-        else:
-            stacked[0, ..., :c] = prev[0]
-            stacked[0, ..., c:2 * c] = prev[1]
-            if t > 1:
-                stacked[1, ..., :c] = prev[1]
-        rms_silu(x[0], gamma, silu, out=stacked, bias=in_bias, taps=3, frame_rows=h * w)
-        if t > 1:
-            state[key] = stacked[t - 2:, ..., 2 * c:].clone()
-        else:
-            older = prev[1:] if prev is not None else x.new_zeros(1, h, w, c)
-            state[key] = torch.cat([older, stacked[:, ..., 2 * c:]])
+        history = x.new_empty(2, h, w, c)  # the last two normalised input frames, for the next chunk
+        rms_silu_stream(x[0], gamma, silu, stacked, state.get(key), history, taps=3, frame_rows=h * w, bias=in_bias)
+        state[key] = history
         bias = None if self.fused_bias else self.bias
         y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
         return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)

@@ -4,10 +4,15 @@ rms_silu, per row of C contiguous values (math in float32, one read, one write p
     x = x + bias                                        (optional: the previous conv's bias)
     y = x / max(||x||_2, 1e-12) * sqrt(C) * gamma      (F.normalize semantics)
     y = y * sigmoid(y)                                  (when silu=True)
-With taps=3 the row is written three times, as the three time taps of a causal conv laid out
-as channels: `out` is [N, 3C] and row r goes to out[r + (2 - tau) * frame_rows, tau*C:(tau+1)*C]
-for tau = 0, 1, 2 wherever that row exists (< N). A 3x3x3 conv then runs as one 2D conv with
-3C input channels (see models/vae_fast.py).
+rms_silu_stream: the same rows, as the input of a causal conv over a stream of frames. The
+normalised rows are preceded by the stream's history (the last normalised frames of the previous
+chunk; zeros at the start), V = [history; rms_silu(x)], and one launch writes
+    taps=1: out = V                                   (the conv's time-padded input buffer)
+    taps=3: out[r, tau*C:(tau+1)*C] = V[r + tau*F]    (F rows per frame: the three time taps laid
+                                                       side by side, for a 3x3x3 conv run as one
+                                                       2D conv over 3C channels, models/vae_fast.py)
+and the new history, the last rows of V, into `history_out`: no copies of the history in and out
+of the buffers in separate passes.
 
 add_bias_residual_(y, bias, res): y += bias + res in one pass (the conv bias PyTorch would add
 in a separate broadcast pass, fused with the residual add).
@@ -46,12 +51,9 @@ def rms_silu_reference(x: torch.Tensor, gamma: torch.Tensor, silu: bool = True,
 if triton is not None:
 
     @triton.jit
-    def _rms_silu_kernel(X, G, B, Y, N, C, y_stride, shift, scale, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         TAPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-        cols = tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+    def _normalize(X, G, B, rows, cols, N, C, scale, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
         col_ok = cols[None, :] < C
-        mask = (rows[:, None] < N) & col_ok
+        mask = (rows[:, None] >= 0) & (rows[:, None] < N) & col_ok
         x = tl.load(X + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             x += tl.load(B + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
@@ -62,11 +64,39 @@ if triton is not None:
         y = x * inv[:, None] * g[None, :]
         if SILU:
             y = y * tl.sigmoid(y)
-        y = y.to(Y.dtype.element_ty)
+        return y
+
+    @triton.jit
+    def _rms_silu_kernel(X, G, B, Y, N, C, y_stride, scale, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        cols = tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+        y = _normalize(X, G, B, rows, cols, N, C, scale, SILU, HAS_BIAS)
+        mask = (rows[:, None] < N) & (cols[None, :] < C)
+        tl.store(Y + rows[:, None].to(tl.int64) * y_stride + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rms_silu_stream_kernel(X, H, G, B, Y, HN, N, C, HR, N_OUT, y_stride, frame_rows, scale,
+                                SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_HIST: tl.constexpr,
+                                TAPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        # rows of V = [history (HR rows, already normalised); rms_silu(x) (N rows)]
+        v = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, BLOCK_C)
+        col_ok = cols[None, :] < C
+        in_v = (v[:, None] < HR + N) & col_ok
+        y = _normalize(X, G, B, v - HR, cols, N, C, scale, SILU, HAS_BIAS).to(Y.dtype.element_ty)
+        is_hist = (v < HR)[:, None]
+        if HAS_HIST:
+            h = tl.load(H + v[:, None].to(tl.int64) * C + cols[None, :], mask=is_hist & col_ok, other=0.0)
+            y = tl.where(is_hist, h.to(Y.dtype.element_ty), y)
+        else:  # the start of the stream: zero frames
+            y = tl.where(is_hist, 0.0, y).to(Y.dtype.element_ty)
         for tap in tl.static_range(TAPS):
-            dst = rows + (TAPS - 1 - tap) * shift  # destination row of this tap
-            m = mask & (dst[:, None] < N)
+            dst = v - tap * frame_rows  # out[r, tap] = V[r + tap * frame_rows]
+            m = in_v & (dst[:, None] >= 0) & (dst[:, None] < N_OUT)
             tl.store(Y + dst[:, None].to(tl.int64) * y_stride + tap * C + cols[None, :], y, mask=m)
+        new = v - N  # the last HR rows of V are the next chunk's history
+        tl.store(HN + new[:, None].to(tl.int64) * C + cols[None, :], y, mask=in_v & (new[:, None] >= 0))
 
     @triton.jit
     def _add_bias_residual_kernel(Y, B, R, total, C, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
@@ -103,41 +133,74 @@ def _use_kernel(x: torch.Tensor) -> bool:
     return False
 
 
-def rms_silu(
-    x: torch.Tensor, gamma: torch.Tensor, silu: bool = True, out: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None, taps: int = 1, frame_rows: int = 0,
-) -> torch.Tensor:
-    """RMS-normalise the rows of x ([..., C], contiguous) with gamma [C] (+ SiLU); into `out` if given.
-
-    taps=3: `out` is [..., 3C] (same rows) and receives the three time-shifted copies described
-    in the module docstring; rows of `out` that no source row reaches are left untouched.
-    """
+def _check_rows(x: torch.Tensor, gamma: torch.Tensor, bias: Optional[torch.Tensor]) -> int:
     c = x.shape[-1]
     if gamma.numel() != c or (bias is not None and bias.numel() != c):
         raise ValueError(f"gamma / bias must have {c} values (one per channel)")
     if not x.is_contiguous():
         raise ValueError("rms_silu needs a contiguous [..., C] tensor (channels last)")
-    if taps not in (1, 3):
-        raise ValueError("taps must be 1 or 3")
-    want = (*x.shape[:-1], c * taps)
+    return c
+
+
+def _blocks(c: int) -> tuple[int, int]:
+    block_c = triton.next_power_of_2(c)
+    return max(1, min(64, 8192 // block_c)), block_c
+
+
+def rms_silu(
+    x: torch.Tensor, gamma: torch.Tensor, silu: bool = True, out: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """RMS-normalise the rows of x ([..., C], contiguous) with gamma [C] (+ SiLU); into `out` if given."""
+    c = _check_rows(x, gamma, bias)
     if out is None:
-        out = x.new_empty(want)
-    elif tuple(out.shape) != want or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {want} tensor, got {tuple(out.shape)}")
+        out = x.new_empty(x.shape)
+    elif out.shape != x.shape or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {tuple(x.shape)} tensor, got {tuple(out.shape)}")
     n = x.numel() // c
     if not _use_kernel(x):
-        y = rms_silu_reference(x, gamma, silu, bias).reshape(n, c)
-        o = out.view(n, taps * c)
-        for tap in range(taps):
-            s = (taps - 1 - tap) * frame_rows
-            if s < n:
-                o[s:, tap * c:(tap + 1) * c] = y[: n - s]
+        out.copy_(rms_silu_reference(x, gamma, silu, bias))
         return out
-    block_c = triton.next_power_of_2(c)
-    block_n = max(1, min(64, 8192 // block_c))
+    block_n, block_c = _blocks(c)
     _rms_silu_kernel[(triton.cdiv(n, block_n),)](
-        x, gamma.contiguous(), gamma if bias is None else bias.contiguous(), out, n, c, taps * c, frame_rows,
-        float(c) ** 0.5, SILU=silu, HAS_BIAS=bias is not None, TAPS=taps,
+        x, gamma.contiguous(), gamma if bias is None else bias.contiguous(), out, n, c, c, float(c) ** 0.5,
+        SILU=silu, HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+def rms_silu_stream(
+    x: torch.Tensor, gamma: torch.Tensor, silu: bool, out: torch.Tensor, history: Optional[torch.Tensor],
+    history_out: torch.Tensor, taps: int, frame_rows: int, bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """rms_silu of x ([..., C] contiguous) as a causal conv's input, after `history` (see the module
+    docstring). history / history_out: [..., C] with the same number of rows (None: zeros, the
+    start of the stream); taps=3: history holds 2 * frame_rows rows and out is [rows of x, 3C];
+    taps=1: out is [history rows + rows of x, C]. Returns out."""
+    c = _check_rows(x, gamma, bias)
+    n, hr = x.numel() // c, history_out.numel() // c
+    if taps not in (1, 3) or (taps == 3 and hr != 2 * frame_rows):
+        raise ValueError("taps must be 1, or 3 with a history of 2 * frame_rows rows")
+    n_out = n if taps == 3 else hr + n
+    for name, t, rows in (("out", out, n_out * taps), ("history_out", history_out, hr), ("history", history, hr)):
+        if t is not None and (t.numel() != rows * c or not t.is_contiguous() or t.dtype != x.dtype):
+            raise ValueError(f"rms_silu_stream: {name} must be contiguous {x.dtype} with {rows} rows of {c}")
+    if history is not None and history.data_ptr() == history_out.data_ptr():
+        raise ValueError("rms_silu_stream: history_out must not alias history")
+    if not _use_kernel(x):
+        y = rms_silu_reference(x, gamma, silu, bias).reshape(n, c)
+        hist = history.reshape(hr, c) if history is not None else y.new_zeros(hr, c)
+        v = torch.cat([hist, y])
+        o = out.view(n_out, taps * c)
+        for tap in range(taps):
+            o[:, tap * c:(tap + 1) * c] = v[tap * frame_rows: tap * frame_rows + n_out]
+        history_out.view(hr, c).copy_(v[n:])
+        return out
+    block_n, block_c = _blocks(c)
+    _rms_silu_stream_kernel[(triton.cdiv(hr + n, block_n),)](
+        x, x if history is None else history, gamma.contiguous(), gamma if bias is None else bias.contiguous(),
+        out, history_out, n, c, hr, n_out, taps * c, frame_rows, float(c) ** 0.5,
+        SILU=silu, HAS_BIAS=bias is not None, HAS_HIST=history is not None, TAPS=taps,
         BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4,
     )
     return out
