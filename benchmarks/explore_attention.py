@@ -240,43 +240,6 @@ def registers():
     json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "registers.json"), "w"), indent=1)
 
 
-def select_variants():
-    """Block-map launches and whole ops with the fused select kernel vs scores + top-k split
-    (StatsConfig.split_select) at 480p and 720p, same LUTs checked."""
-    from turbovid.ops.attention import sagesla_kernel
-
-    rows = []
-    w, b = proj_params(D, "cuda")
-    cfgs = {"fused": blockmap.StatsConfig()}
-    for warps, elems in ((4, 16), (4, 8), (8, 16), (4, 32)):
-        cfgs[f"split w{warps} e{elems}"] = blockmap.StatsConfig(split_select=True, topk_warps=warps, topk_elems=elems)
-    for L_ in (32760, 75600):
-        q, k, v = random_qkv(1, L_, H, D, torch.bfloat16, device="cuda", seed=6)
-        base = {}
-        for name, sc in cfgs.items():
-            for kind, kw in (("sla", dict(blkq=128, blkk=64)), ("sagesla", dict(blkq=64, blkk=128, v_absmax=True))):
-                st = blockmap.block_stats(q, k, v, TOPK, cfg=sc, **kw)
-                same = bool(torch.equal(st.lut, base.setdefault(kind, st.lut)))
-                ms = med(lambda: blockmap.block_stats(q, k, v, TOPK, cfg=sc, **kw))
-                rows.append({"L": L_, "what": f"stats {kind} {name}", "ms": ms, "same_lut": same})
-                print(rows[-1], flush=True)
-        for name in ("fused", "split w4 e16"):
-            blockmap.DEFAULT_STATS, saved = cfgs[name], blockmap.DEFAULT_STATS
-            try:
-                rows.append({"L": L_, "what": f"sla whole op {name}",
-                             "ms": med(lambda: sla_kernel.sla_forward(q, k, v, TOPK, w, b))})
-                rows.append({"L": L_, "what": f"sagesla whole op {name}",
-                             "ms": med(lambda: sagesla_kernel.sagesla_forward(q, k, v, TOPK, w, b))})
-            finally:
-                blockmap.DEFAULT_STATS = saved
-            print(rows[-2:], flush=True)
-    json.dump({"card": torch.cuda.get_device_name(), "rows": rows},
-              open(os.path.join(os.environ.get("OUT", "."), "select.json"), "w"), indent=1)
-    print("\n==== select ====")
-    for r in rows:
-        print(f"L={r['L']:6d} {r['ms']:7.3f}  {r['what']} {r.get('same_lut', '')}")
-
-
 def l2_bandwidth():
     """Read bandwidth into the SMs: 8192 programs re-reading 1 MiB slices of a 24 MiB bf16 buffer
     (half the 50 MB L2), against one pass over a 4 GiB buffer (DRAM); the attention kernels' K/V
@@ -301,8 +264,7 @@ if __name__ == "__main__":
         l2_bandwidth()
     elif "--registers" in sys.argv:
         registers()
-    elif "--select" in sys.argv:
-        select_variants()
+
     else:
         main()
     print(f"elapsed {time.time() - t0:.0f}s")

@@ -179,63 +179,6 @@ def _select_kernel(
         tl.store(dst, cols[None, :] + 0 * rows[:, None], mask=keep & (q_idx[:, None] < NQ))
 
 
-@triton.jit
-def _scores_kernel(
-    PQ, PK, KMEAN, S, NQ, NK, S_STRIDE,
-    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-):
-    # split select, step 1: a (BQ query blocks x BK key blocks) tile of float32 scores
-    bh = tl.program_id(2)
-    d = tl.arange(0, D)
-    q_rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
-    cols = tl.program_id(1) * BK + tl.arange(0, BK)
-    pq = tl.load(PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D + d[None, :], mask=q_rows[:, None] < NQ, other=0.0)
-    pk = tl.load(PK + (bh * NK + cols)[:, None].to(tl.int64) * D + d[None, :], mask=cols[:, None] < NK, other=0.0)
-    pk = pk - tl.load(KMEAN + bh * D + d)[None, :]
-    s = tl.dot(pq, tl.trans(pk), input_precision="ieee")
-    dst = S + (bh * NQ + q_rows)[:, None].to(tl.int64) * S_STRIDE + cols[None, :]
-    tl.store(dst, s, mask=(q_rows[:, None] < NQ) & (cols[None, :] < NK))
-
-
-@triton.jit
-def _topk_kernel(S, LUT, NROWS, NK, KK, S_STRIDE, NKP: tl.constexpr, RS: tl.constexpr):
-    # split select, step 2: exact top-KK of RS score rows, the radix select of _select_kernel
-    # stopping as soon as every row's threshold leaves exactly KK blocks at or above it
-    rows = tl.program_id(0) * RS + tl.arange(0, RS)
-    row_ok = rows < NROWS
-    cols = tl.arange(0, NKP)
-    col_ok = cols < NK
-    ok = row_ok[:, None] & col_ok[None, :]
-    s = tl.load(S + rows[:, None].to(tl.int64) * S_STRIDE + cols[None, :], mask=ok, other=0.0)
-    bits = s.to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    key = tl.where(ok, key, -2147483648)
-    prefix = tl.zeros([RS], dtype=tl.int32)
-    bit = tl.full([RS], -2147483648, tl.int32)
-    at_prefix = tl.zeros([RS], dtype=tl.int32) + NK  # count(u >= prefix); u >= 0 holds for every block
-    i = 0
-    left = tl.sum(((at_prefix != KK) & row_ok).to(tl.int32), 0)
-    while (i < 32) & (left > 0):
-        cand = prefix | bit
-        count = tl.sum((key >= (cand ^ -2147483648)[:, None]).to(tl.int32), 1)
-        enough = count >= KK
-        prefix = tl.where(enough, cand, prefix)
-        at_prefix = tl.where(enough, count, at_prefix)
-        bit = (bit >> 1) & 0x7FFFFFFF
-        i += 1
-        left = tl.sum(((at_prefix != KK) & row_ok).to(tl.int32), 0)
-    # prefix is the KK-th largest key, or a value with exactly KK keys at or above it: either way
-    # the keys above it are kept and the ties at it fill up to KK, lower blocks first
-    cut = prefix ^ -2147483648
-    above = key > cut[:, None]
-    tie = (key == cut[:, None]) & ok
-    need = KK - tl.sum(above.to(tl.int32), 1)
-    keep = above | (tie & (tl.cumsum(tie.to(tl.int32), 1) <= need[:, None]))
-    pos = tl.cumsum(keep.to(tl.int32), 1) - 1
-    dst = LUT + rows[:, None].to(tl.int64) * KK + pos
-    tl.store(dst, cols[None, :] + 0 * rows[:, None], mask=keep & row_ok[:, None])
-
-
 @dataclass
 class BlockStats:
     """Per (b, h) statistics from one pass over Q, K, V; leading dim is B * H."""
@@ -257,9 +200,6 @@ class StatsConfig:
     key_warps: int = 8
     select_warps: int = 8
     select_rows: int = 16  # query blocks per select program
-    split_select: bool = False  # scores and top-k as two launches (_scores_kernel, _topk_kernel)
-    topk_warps: int = 4
-    topk_elems: int = 16  # split top-k: score elements per thread (sets the rows per program)
     key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
 
 
@@ -331,19 +271,6 @@ def block_stats(
     )
 
     # 3. scores + top-k
-    lut = torch.empty(BH, nq, kk, dtype=torch.int32, device=dev)
-    if cfg.split_select:
-        nkp = max(16, triton.next_power_of_2(nk))
-        scores = torch.empty(BH, nq, nk, **f32)
-        _scores_kernel[(triton.cdiv(nq, 32), triton.cdiv(nk, 64), BH)](
-            pq, pk, k_mean, scores, nq, nk, nk, D=D, BQ=32, BK=64, num_warps=4,
-        )
-        rs = max(1, min(64, cfg.topk_elems * 32 * cfg.topk_warps // nkp))
-        rs = 4 if INTERPRETED else 1 << (rs.bit_length() - 1)  # a power of two
-        _topk_kernel[(triton.cdiv(BH * nq, rs),)](
-            scores, lut, BH * nq, nk, kk, nk, NKP=nkp, RS=rs, num_warps=cfg.topk_warps,
-        )
-        return _stats(lut, kk, k_mean, kv, phi_sum, v_max if v_absmax else None, k_copy, v_copy, linear_out if lin else None)
     QT, CN = cfg.select_rows, 64
     n_tiles = triton.cdiv(nq, QT)
     s_stride = triton.cdiv(nk, CN) * CN
@@ -351,17 +278,20 @@ def block_stats(
     # rows per selection step: as many as 32 registers a thread allow (all in the interpreter)
     rs = QT if INTERPRETED else min(QT, max(1, 1024 * cfg.select_warps // nkp))
     scratch = torch.empty(BH, n_tiles * QT, s_stride, **f32)
+    lut = torch.empty(BH, nq, kk, dtype=torch.int32, device=dev)
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
         D=D, QT=QT, QD=max(QT, 16), CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
     )
-    return _stats(lut, kk, k_mean, kv, phi_sum, v_max if v_absmax else None, k_copy, v_copy, linear_out if lin else None)
-
-
-def _stats(lut, kk, k_mean, kv, phi_sum, v_max, k_copy, v_copy, linear_out) -> BlockStats:
     return BlockStats(
-        lut=lut, kk=kk, k_mean=k_mean, kv=kv, phi_sum=phi_sum,
-        v_absmax=v_max.amax(1) if v_max is not None else None,
-        k_copy=k_copy, v_copy=v_copy, linear_out=linear_out,
+        lut=lut,
+        kk=kk,
+        k_mean=k_mean,
+        kv=kv,
+        phi_sum=phi_sum,
+        v_absmax=v_max.amax(1) if v_absmax else None,
+        k_copy=k_copy,
+        v_copy=v_copy,
+        linear_out=linear_out if lin else None,
     )
