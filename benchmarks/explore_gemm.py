@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import torch
@@ -155,7 +156,53 @@ def main():
             print(f"({K},{N}) {r['ms']:7.3f} ms {r['tops']:6.0f} TOPS  {r['what']}")
 
 
+def rowwise():
+    """GEMM-only times at M=32760: bf16 cuBLAS, fp8 cuBLAS blockwise (1x128 x 128x128, what
+    --quant fp8 runs), fp8 rowwise (per-token x per-channel scales) through F.scaled_mm and
+    torch._scaled_mm, fp8 per-tensor; and a rowwise activation quantization in PyTorch ops."""
+    import torch.nn.functional as F
+
+    from turbovid.ops.quant import fp8_cublas
+
+    rows = []
+    for K, N in [(1536, 1536), (1536, 4608), (1536, 8960), (8960, 1536)]:
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
+        bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+        flops = 2.0 * M * N * K
+        r = {"K": K, "N": N, "bf16": med(lambda: F.linear(x, w, bias))}
+        wq, ws = fp8.quantize_weight_fp8(w)
+        aq, as_ = kq.quantize_act(x, "fp8")
+        wsc = fp8_cublas.weight_scales(ws)
+        r["fp8_blockwise_cublas"] = med(lambda: fp8_cublas._call(aq, as_, wq, wsc, bias, torch.bfloat16, True))
+        # rowwise: one scale per token and per output channel
+        sa = x.float().abs().amax(1, keepdim=True).clamp_min(1e-8) / 448.0
+        xr = (x.float() / sa).to(torch.float8_e4m3fn)
+        sb = w.float().abs().amax(1, keepdim=True).clamp_min(1e-8) / 448.0
+        wr = (w.float() / sb).to(torch.float8_e4m3fn)
+        try:
+            y = torch._scaled_mm(xr, wr.t(), scale_a=sa, scale_b=sb.t(), bias=bias, out_dtype=torch.bfloat16)
+            ref = F.linear(x.float(), w.float(), bias.float())
+            r["rowwise_rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
+            r["fp8_rowwise_torch_scaled_mm"] = med(lambda: torch._scaled_mm(
+                xr, wr.t(), scale_a=sa, scale_b=sb.t(), bias=bias, out_dtype=torch.bfloat16))
+        except Exception as e:  # noqa: BLE001
+            r["fp8_rowwise_torch_scaled_mm"] = f"{type(e).__name__}: {str(e)[:160]}"
+        one = torch.ones((), device="cuda")
+        r["fp8_per_tensor"] = med(lambda: torch._scaled_mm(xr, wr.t(), scale_a=one, scale_b=one, bias=bias,
+                                                           out_dtype=torch.bfloat16))
+        r["act_quant_blockwise_triton"] = med(lambda: kq.quantize_act(x, "fp8"))
+        r["tflops"] = {k: flops / v / 1e9 for k, v in r.items() if isinstance(v, float) and k not in ("rowwise_rel_err",)}
+        rows.append(r)
+        print(r, flush=True)
+    json.dump({"card": torch.cuda.get_device_name(), "M": M, "rows": rows},
+              open(os.path.join(os.environ.get("OUT", "."), "rowwise.json"), "w"), indent=1)
+
+
 if __name__ == "__main__":
     t0 = time.time()
-    main()
+    if "--rowwise" in sys.argv:
+        rowwise()
+    else:
+        main()
     print(f"elapsed {time.time() - t0:.0f}s")

@@ -156,6 +156,15 @@ def test_kernel_block_map_ties_keep_the_lower_block(kernels):
     stats = blockmap.block_stats(q, k, k, 0.5, 64, 32)
     assert stats.lut.flatten(0, 1).tolist() == [[0, 1, 2, 3]] * 4
     assert torch.equal(stats.lut.view(1, 1, 4, 4), ref.block_map(q, k, 0.5, 64, 32))
+    # ties at the threshold only: key blocks 1, 2, 3 score above the rest, equally; keep 2 of 8
+    k2 = torch.zeros(1, 256, 1, 64, dtype=torch.float16)
+    k2[:, 32:128] = 1.0
+    stats = blockmap.block_stats(q, k2, k2, 0.25, 64, 32)
+    assert stats.lut.flatten(0, 1).tolist() == [[1, 2]] * 4
+    assert torch.equal(stats.lut.view(1, 1, 4, 2), ref.block_map(q, k2, 0.25, 64, 32))
+    # every block kept (topk 1)
+    stats = blockmap.block_stats(q, k2, k2, 1.0, 64, 32)
+    assert stats.lut.flatten(0, 1).tolist() == [list(range(8))] * 4
 
 
 def _check_kernel(out, q, k, v, topk, w, b, blkq, blkk):
