@@ -5,9 +5,11 @@ One program per (query block of BLOCK_M = blkq tokens, b, h):
      blocks of BLKK keys per softmax step, either gathered row by row into one tile (pointer
      loads) or as GROUP descriptor loads (TMA) with a dot pair each; only the last step can be
      partial or hold the ragged last key block, so only it is masked;
-  2. epilogue, fused: the linear branch for the same queries, phi(q) @ (phi(K)^T V W^T) /
+  2. epilogue: the linear branch for the same queries, phi(q) @ (phi(K)^T V W^T) /
      (phi(q) . sum phi(K)) + b (proj_l folded into phi(K)^T V), added to the sparse output; one
-     store. (Config.linear_in_pool moves the branch into the query pass instead: no faster.)
+     store. Computed here (LIN_MODE 1), or by the query pass into the output buffer and read
+     back here (Config.linear_in_pool, LIN_MODE 2: the default for head_dim 128, whose 4-warp
+     attention loop has no registers to spare for it).
 Consecutive programs share (b, h), so the gathered K/V blocks of a head stay in L2.
 """
 from __future__ import annotations
