@@ -325,6 +325,83 @@ def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypat
     assert rel(fused_out, plain) < 2e-2  # the same quantized math up to GELU rounding flips
 
 
+def _fp8_bytes(act):
+    return act.q.view(torch.uint8), act.scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", [256, 192, 64])  # whole groups, a ragged last group, one partial group
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_norm_with_fp8_output_writes_the_bytes_of_norm_then_quantize(interp, dtype, c, with_residual):
+    """quant="fp8": the norm kernel's e4m3 values and scales are exactly quantize(h) of its own h."""
+    from turbovid.ops.quant.fp8 import Fp8Activation
+
+    b, l = 2, 11
+    x, y = (torch.randn(b, l, c) * 3).to(dtype), torch.randn(b, l, c).to(dtype)
+    x[0, 3, :5] = 40.0  # an outlier row group, so the scales differ between groups
+    shift, scale, gate = adaln(b, c)
+    w, bias = torch.randn(c), torch.randn(c)
+    if with_residual:
+        new_x, act = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias, quant="fp8")
+        ref_x, h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias)
+        assert torch.equal(new_x, ref_x)
+    else:
+        act = fused.norm_modulate(x, shift, scale, weight=w, bias=bias, quant="fp8")
+        h = fused.norm_modulate(x, shift, scale, weight=w, bias=bias)
+    assert isinstance(act, Fp8Activation) and act.dtype == dtype and act.shape == x.shape
+    assert act.scale.shape == (-(-c // 128), b * l)
+    want = Fp8Activation.quantize(h)
+    q, s = _fp8_bytes(act)
+    q0, s0 = _fp8_bytes(want)
+    assert torch.equal(s, s0)
+    assert torch.equal(q, q0.reshape(q.shape))
+    assert len(set(s.flatten().tolist())) > 1
+
+
+def test_norm_fp8_ops_pass_opcheck_and_unknown_formats_raise(interp):
+    b, l, c = 1, 6, 160
+    x, y = torch.randn(b, l, c), torch.randn(b, l, c)
+    s, sh, g = adaln(b, c)
+    w, bias = torch.randn(c), torch.randn(c)
+    torch.library.opcheck(fused._norm_modulate_fp8_op, (x, w, bias, sh, s, 1e-6, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(fused._add_norm_modulate_fp8_op, (x, y, g, None, None, sh, s, 1e-6, torch.float16),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="only 'fp8'"):
+        fused.norm_modulate(x, sh, s, quant="int8")
+    with pytest.raises(ValueError, match="only 'fp8'"):
+        ref.norm_modulate_ref(x, sh, s, quant="nf4")
+
+
+def test_tiny_fp8_dit_with_quantizing_norms_matches_its_linears_quantizing(interp, monkeypatch):
+    """make_fast on an fp8 DiT: the norms hand q/k/v, cross-attention q and the FFN their inputs
+    already quantized, and the velocity is bit-identical to the linears quantizing themselves."""
+    from turbovid import fast
+    from turbovid.loading.dit import build_dit
+    from turbovid.ops.quant import fp8 as fp8_module
+    from turbovid.ops.quant import swap_linears_fp8
+
+    dit = build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0)
+    for p in dit.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    for blk in dit.blocks:
+        swap_linears_fp8(blk)
+    lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
+    prequantized = []
+    real = fp8_module.fp8_linear_quantized
+    monkeypatch.setattr(fp8_module, "fp8_linear_quantized", lambda *a: prequantized.append(a[0]) or real(*a))
+    with torch.no_grad():
+        own = fast.make_fast(dit, fast.FastOptions(act_quant=False))(lat, t, ctx)
+        assert not prequantized and all(blk.act_quant is None for blk in dit.blocks)
+        fused_quant = fast.make_fast(dit)(lat, t, ctx)
+        assert all(blk.act_quant == "fp8" for blk in dit.blocks)
+        # per block: q/k/v (one fused GEMM, or three), cross-attention q, FFN in
+        assert len(prequantized) >= 3 * len(dit.blocks)
+        fast.make_plain(dit)
+        assert all(blk.act_quant is None for blk in dit.blocks)
+    assert torch.equal(fused_quant, own)
+
+
 def test_tuned_rmsnorm_launch_passes_no_config_owned_argument(interp, monkeypatch):
     """The autotuned launch must leave num_warps (and SPLIT) to the configs: Triton rejects duplicates."""
     seen = {}

@@ -217,6 +217,30 @@ def test_layer_kernel_matches_dequantized_reference(cls):
     assert rel(y.float(), ref) < 4e-3
 
 
+def test_fp8_layer_takes_an_already_quantized_activation():
+    """Fp8Linear(Fp8Activation) == Fp8Linear(x): kernel (interpreter) and reference path alike;
+    the wrong width is refused with the layer's one-line error."""
+    from turbovid.ops.quant.fp8 import Fp8Activation, _fp8_linear_quantized_op
+
+    layer = Fp8Linear.from_linear(nn.Linear(384, 256).to(torch.float16))
+    x = activations(2 * 40, 384, outliers=4, gain=10.0, dtype=torch.float16).reshape(2, 40, 384)
+    act = Fp8Activation.quantize(x)
+    y = layer(act)
+    assert y.shape == (2, 40, 256) and y.dtype == torch.float16
+    assert torch.equal(y, layer(x))  # same quantized operand, same kernel
+    int8.allow_interpreter(False)
+    try:  # the PyTorch reference path
+        assert torch.equal(layer(act), layer(x))
+    finally:
+        int8.allow_interpreter(True)
+    with pytest.raises(ValueError, match="expects 384"):
+        layer(Fp8Activation.quantize(x[..., :256]))
+    # (opcheck's schema test multiplies the inputs, which torch does not implement for e4m3)
+    torch.library.opcheck(_fp8_linear_quantized_op, (act.q.reshape(-1, 384), act.scale, layer.fp8_weight,
+                                                     layer.scale, layer.bias, torch.float16),
+                          test_utils=("test_faketensor",))
+
+
 def test_int8_and_fp8_accuracy_side_by_side():
     """Quantization error against the unquantized layer: int8 (128x128 blocks) wins on Gaussian
     activations, fp8 (per-token groups) on strong outlier channels. Measured, docs/benchmarks.md."""

@@ -1,6 +1,7 @@
 """The fast DiT step: fused Triton kernels for the memory-bound block steps, the FFN's GELU fused
-into a GEMM epilogue (bf16) or the next layer's activation quantization (int8 / fp8), and the
-whole forward captured as a CUDA graph (or torch.compile'd).
+into a GEMM epilogue (bf16) or the next layer's activation quantization (int8 / fp8), fp8
+activations quantized by the norm kernels that produce them, and the whole forward captured as a
+CUDA graph (or torch.compile'd).
 
     dit = make_fast(dit)            # fused + CUDA graph; make_fast(dit, graph=False) keeps eager
     v = dit(latents, t, context)    # same call, same result within the kernels' error bounds
@@ -29,6 +30,7 @@ class FastOptions:
     fused: bool = True  # Triton kernels for norm/modulate/residual/RMSNorm+RoPE
     fused_qkv: bool = True  # self-attention q/k/v as one GEMM over concatenated weights
     gelu_epilogue: bool = True  # FFN's first linear + bias + tanh-GELU as one cuBLASLt call
+    act_quant: bool = True  # fp8 linears: the norm kernels write their inputs as e4m3 + scales
     graph: bool = True  # capture the whole forward as a CUDA graph per input shape
     compile: bool = False  # torch.compile the forward instead of (or under) the graph
 
@@ -206,6 +208,29 @@ def fuse_qkv(dit: nn.Module) -> int:
     return n
 
 
+def fuse_act_quant(dit: nn.Module) -> int:
+    """Let each block's norms quantize for its fp8 linears (q/k/v, cross-attention q, FFN in): the
+    same bytes as the linears' own quantization, one pass fewer each. Returns how many blocks."""
+    from turbovid.ops.quant.fp8 import Fp8Linear
+
+    n = 0
+    for blk in getattr(dit, "blocks", []):
+        try:
+            readers = [blk.self_attn.q, blk.self_attn.k, blk.self_attn.v, blk.cross_attn.q, blk.ffn[0]]
+        except (AttributeError, IndexError, TypeError):
+            continue
+        if all(isinstance(m, Fp8Linear) for m in readers):
+            blk.act_quant = "fp8"
+            n += 1
+    return n
+
+
+def unfuse_act_quant(dit: nn.Module) -> None:
+    for blk in getattr(dit, "blocks", []):
+        if "act_quant" in vars(blk):
+            del blk.act_quant  # back to the class default: the norms return h
+
+
 def unfuse_qkv(dit: nn.Module) -> None:
     """Back to three separate linears (their weights stay views of the fused storage, which is fine)."""
     for blk in getattr(dit, "blocks", []):
@@ -303,6 +328,8 @@ def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
         # only for weights that stay put: an offloaded model (home on the CPU, moved per call) would
         # leave the fused tensors behind (stale, and a second CPU copy)
         fuse_qkv(dit)
+    if opts.act_quant and opts.fused:
+        fuse_act_quant(dit)
     if not (opts.graph or opts.compile):
         return dit
     if device.type != "cuda" and not opts.compile:
@@ -315,6 +342,7 @@ def make_plain(dit: nn.Module) -> nn.Module:
     use_fused_kernels(False)
     inner = dit.dit if isinstance(dit, GraphedDiT) else dit
     unfuse_qkv(inner)
+    unfuse_act_quant(inner)
     for blk in getattr(inner, "blocks", []):
         if isinstance(getattr(blk, "ffn", None), GeluFFN):
             blk.ffn = nn.Sequential(*blk.ffn)

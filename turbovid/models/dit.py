@@ -65,10 +65,11 @@ def add_norm_modulate(
     bias: torch.Tensor | None = None,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + y * gate, norm_modulate of that sum): a residual update followed by the next norm."""
     x = OPS.gated_residual(x, y, gate)
-    return x, OPS.norm_modulate(x, shift, scale, weight=weight, bias=bias, eps=eps, out_dtype=out_dtype)
+    return x, OPS.norm_modulate(x, shift, scale, weight=weight, bias=bias, eps=eps, out_dtype=out_dtype, quant=quant)
 
 
 @dataclass
@@ -187,6 +188,10 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
+    # "fp8": the three norms hand their linears (q/k/v, cross-attention q, FFN in) quantized inputs;
+    # turbovid.fast sets it when those linears are Fp8Linear. None: the norms return h.
+    act_quant: str | None = None
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.eps = cfg.eps
@@ -199,11 +204,13 @@ class Block(nn.Module):
     def forward(self, x, e, cos, sin, context):
         # e: [B, 6, C] float32 -> shift/scale/gate for attention, then for the FFN
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + e).unbind(1)
-        h = OPS.norm_modulate(x, shift_a, scale_a, eps=self.eps)
+        quant = self.act_quant
+        h = OPS.norm_modulate(x, shift_a, scale_a, eps=self.eps, quant=quant)
         x, h = OPS.add_norm_modulate(
-            x, self.self_attn(h, cos, sin), gate_a, weight=self.norm3.weight, bias=self.norm3.bias, eps=self.eps
+            x, self.self_attn(h, cos, sin), gate_a, weight=self.norm3.weight, bias=self.norm3.bias, eps=self.eps,
+            quant=quant,
         )
-        x, h = OPS.add_norm_modulate(x, self.cross_attn(h, context), None, shift_f, scale_f, eps=self.eps)
+        x, h = OPS.add_norm_modulate(x, self.cross_attn(h, context), None, shift_f, scale_f, eps=self.eps, quant=quant)
         return OPS.gated_residual(x, self.ffn(h), gate_f)
 
 

@@ -3,11 +3,23 @@
 Shapes: x, y [B, L, C] (residual stream and a branch output); shift, scale, gate [B, C]
 (one adaLN vector per sample, broadcast over tokens); q/k [B, L, C] with C = heads x head_dim;
 cos, sin [L, head_dim / 2] (one rotation per token and complex pair).
+The norms take quant="fp8" to hand an fp8 linear its input already quantized (an Fp8Activation).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def quantize_output(h: torch.Tensor, quant: str | None):
+    """h itself (quant None), or h quantized for the fp8 linear that reads it next (quant "fp8")."""
+    if quant is None:
+        return h
+    if quant != "fp8":
+        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
+    from turbovid.ops.quant.fp8 import Fp8Activation
+
+    return Fp8Activation.quantize(h)
 
 
 def gated_residual_ref(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,8 +38,9 @@ def norm_modulate_ref(
     bias: torch.Tensor | None = None,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> torch.Tensor:
-    """LayerNorm over C in float32 (affine optional), then x * (1 + scale) + shift."""
+    """LayerNorm over C in float32 (affine optional), then x * (1 + scale) + shift (then quantize_output)."""
     h = F.layer_norm(
         x.float(), (x.shape[-1],),
         None if weight is None else weight.float(),
@@ -38,7 +51,7 @@ def norm_modulate_ref(
         h = h * (1 + scale.float()[:, None, :])
     if shift is not None:
         h = h + shift.float()[:, None, :]
-    return h.to(out_dtype or x.dtype)
+    return quantize_output(h.to(out_dtype or x.dtype), quant)
 
 
 def add_norm_modulate_ref(
@@ -51,10 +64,11 @@ def add_norm_modulate_ref(
     bias: torch.Tensor | None = None,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + y * gate, norm_modulate of that sum): a residual update followed by the next norm."""
     x = gated_residual_ref(x, y, gate)
-    return x, norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype)
+    return x, norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
 
 
 def rmsnorm_rope_ref(

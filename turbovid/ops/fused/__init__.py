@@ -1,6 +1,7 @@
 """Fused kernels for the memory-bound parts of a DiT block, each with a PyTorch reference.
 
     norm_modulate(x, shift, scale)                LayerNorm (+affine) then x * (1 + scale) + shift
+                                                  (quant="fp8": returned quantized, an Fp8Activation)
     add_norm_modulate(x, y, gate, shift, scale)   x + y * gate, then the same norm: (new x, normed)
     gated_residual(x, y, gate)                    x + y * gate
     rmsnorm_rope(x, weight, cos, sin)             q/k RMSNorm over all heads, then 3D RoPE per head
@@ -176,6 +177,40 @@ def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
     return torch.empty_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
+def _quant_fakes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, l, c = x.shape
+    return (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
+            torch.empty(-(-c // 128), b * l, dtype=torch.float32, device=x.device))
+
+
+@torch.library.custom_op("turbovid::norm_modulate_fp8", mutates_args=())
+def _norm_modulate_fp8_op(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+    shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True)[1]
+
+
+@_norm_modulate_fp8_op.register_fake
+def _(x, weight, bias, shift, scale, eps, out_dtype):
+    return _quant_fakes(x)
+
+
+@torch.library.custom_op("turbovid::add_norm_modulate_fp8", mutates_args=())
+def _add_norm_modulate_fp8_op(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
+    bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
+    eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_out, (q, s) = add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True, True)
+    return x_out, q, s
+
+
+@_add_norm_modulate_fp8_op.register_fake
+def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
+    return (torch.empty_like(x), *_quant_fakes(x))
+
+
 @torch.library.custom_op("turbovid::gated_residual", mutates_args=())
 def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return add_norm_modulate_triton(x, y, gate, None, None, None, None, 0.0, x.dtype, True, False)[0]
@@ -226,8 +261,11 @@ def norm_modulate(
     bias: torch.Tensor | None = None,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> torch.Tensor:
-    """LayerNorm(x) (float32, affine when weight/bias are given) * (1 + scale) + shift."""
+    """LayerNorm(x) (float32, affine when weight/bias are given) * (1 + scale) + shift.
+
+    quant="fp8" returns it quantized for an fp8 linear (an Fp8Activation), in the same launch."""
     x = _check_x("x", x)
     c = x.shape[-1]
     shift, scale = _per_sample("shift", shift, x), _per_sample("scale", scale, x)
@@ -235,8 +273,15 @@ def norm_modulate(
     if (weight is None) != (bias is None):
         raise ValueError("norm_modulate takes the LayerNorm weight and bias together (or neither)")
     out_dtype = out_dtype or x.dtype
+    _check_quant(quant)
     if not _use_triton(x):
-        return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype)
+        return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
+    if quant is not None:
+        return _fp8_activation(out_dtype, *_call(
+            _norm_modulate_fp8_op,
+            lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True, True)[1],
+            x, weight, bias, shift, scale, eps, out_dtype,
+        ))
     return _call(
         _norm_modulate_op,
         lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True)[1],
@@ -255,6 +300,7 @@ def add_norm_modulate(
     bias: torch.Tensor | None = None,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + y * gate, norm_modulate(x + y * gate, ...)) in one pass; the sum keeps x's dtype."""
     x, y = _check_x("x", x), _check_x("y", y)
@@ -266,13 +312,32 @@ def add_norm_modulate(
     if (weight is None) != (bias is None):
         raise ValueError("add_norm_modulate takes the LayerNorm weight and bias together (or neither)")
     out_dtype = out_dtype or x.dtype
+    _check_quant(quant)
     if not _use_triton(x):
-        return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype)
+        return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
+    if quant is not None:
+        x_out, q, s = _call(
+            _add_norm_modulate_fp8_op,
+            lambda *a: (lambda xo, qs: (xo, *qs))(*add_norm_modulate_triton(*a, True, True, True)),
+            x, y, gate, weight, bias, shift, scale, eps, out_dtype,
+        )
+        return x_out, _fp8_activation(out_dtype, q, s)
     return _call(
         _add_norm_modulate_op,
         lambda *a: add_norm_modulate_triton(*a, True, True),
         x, y, gate, weight, bias, shift, scale, eps, out_dtype,
     )
+
+
+def _check_quant(quant: str | None) -> None:
+    if quant not in (None, "fp8"):
+        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
+
+
+def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor):
+    from turbovid.ops.quant.fp8 import Fp8Activation
+
+    return Fp8Activation(q, s, out_dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:

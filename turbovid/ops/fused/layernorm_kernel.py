@@ -5,6 +5,7 @@ Per token row (C channels, all in registers, float32 math):
     h   <- (x - mean) / sqrt(var + eps)  (when a normed output is wanted)
     h   <- h * w + b                     (LayerNorm affine, optional)
     h   <- h * (1 + scale) + shift       (adaLN, one vector per sample, optional)
+    h   -> e4m3 + one scale per (row, 128 channels) group  (QUANT_FP8: what an fp8 linear reads next)
 One read of each input and one write of each output: the unfused PyTorch chain makes 5-8
 round trips of the [B, L, C] stream through memory.
 Grid: (cdiv(L, BLOCK_L), B); each program owns BLOCK_L rows of one sample, so the
@@ -16,13 +17,16 @@ import torch
 import triton
 import triton.language as tl
 
+from turbovid.ops.quant.int8_triton import _to_e4m3
+
 
 @triton.jit
 def _add_norm_modulate_kernel(
-    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE,
-    L, C, eps, stride_gate, stride_shift, stride_scale,
+    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE, HQ, HS,
+    L, C, eps, stride_gate, stride_shift, stride_scale, rows_total,
     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
     WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
+    QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
@@ -59,7 +63,23 @@ def _add_norm_modulate_kernel(
         if HAS_SHIFT:
             sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
             h = h + sh[None, :]
-        tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+        h = h.to(H.dtype.element_ty)  # rounded as the unfused path stores it (H only names the dtype when quantizing)
+        if QUANT_FP8:
+            # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:
+            # amax per 128 channels of a row, scale amax / 448, e4m3(clamp(h * 448 / amax))
+            hg = tl.reshape(h.to(tl.float32), (BLOCK_L, BLOCK_C // 128, 128))
+            amax = tl.maximum(tl.max(tl.abs(hg), axis=2), 1e-8)  # (BLOCK_L, groups)
+            qmax = tl.full(amax.shape, 448.0, tl.float32)
+            mult = tl.math.div_rn(qmax, amax)
+            v = tl.minimum(tl.maximum(hg * mult[:, :, None], -448.0), 448.0)
+            q = tl.reshape(_to_e4m3(v, INTERPRET), (BLOCK_L, BLOCK_C))
+            tl.store(HQ + offs, q, mask=mask)
+            grp = tl.arange(0, BLOCK_C // 128)
+            s_offs = grp[None, :].to(tl.int64) * rows_total + (b * L + rows)[:, None]
+            s_mask = (rows < L)[:, None] & (grp[None, :] * 128 < C)
+            tl.store(HS + s_offs, tl.math.div_rn(amax, qmax), mask=s_mask)
+        else:
+            tl.store(H + offs, h, mask=mask)
 
 
 # (rows per program, warps) per channel-block width; overridable for tuning on a GPU.
@@ -87,12 +107,24 @@ def add_norm_modulate_triton(
     out_dtype: torch.dtype,
     write_x: bool,
     write_h: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale (unit channel stride), [C] weight/bias."""
+    quant_fp8: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
+    """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale (unit channel stride), [C] weight/bias.
+
+    Returns (new x or None, h or None); with quant_fp8, h is (e4m3 [B, L, C], float32 scales
+    [ceil(C/128), B*L]): out_dtype's values quantized per (row, 128 channels), as quantize_act(h, "fp8").
+    """
     bsz, l, c = x.shape
     x_out = torch.empty_like(x) if write_x else None
-    h = torch.empty(x.shape, dtype=out_dtype, device=x.device) if write_h else None
+    h = hq = hs = None
+    if write_h and quant_fp8:
+        hq = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+        hs = torch.empty(triton.cdiv(c, 128), bsz * l, dtype=torch.float32, device=x.device)
+        h = torch.empty(1, dtype=out_dtype, device=x.device)  # carries the dtype h is rounded to
+    elif write_h:
+        h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     block_l, block_c, num_warps = _launch_shape(c)
+    block_c = max(block_c, 128) if quant_fp8 else block_c  # whole 128-channel groups
     dummy = x  # stands in for absent pointers; never read (the constexpr flags prune the loads)
     grid = (triton.cdiv(l, block_l), bsz)
     _add_norm_modulate_kernel[grid](
@@ -100,13 +132,15 @@ def add_norm_modulate_triton(
         x_out if x_out is not None else x, h if h is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
         shift if shift is not None else dummy, scale if scale is not None else dummy,
+        hq if hq is not None else dummy, hs if hs is not None else dummy,
         l, c, eps,
-        *(v.stride(0) if v is not None else 0 for v in (gate, shift, scale)),
+        *(v.stride(0) if v is not None else 0 for v in (gate, shift, scale)), bsz * l,
         HAS_Y=y is not None, HAS_GATE=gate is not None, WRITE_X=write_x, WRITE_H=write_h,
         HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
+        QUANT_FP8=bool(write_h and quant_fp8), INTERPRET=INTERPRETED,
         BLOCK_L=block_l, BLOCK_C=block_c, num_warps=num_warps,
     )
-    return x_out, h
+    return x_out, ((hq, hs) if hq is not None else h)
 
 
 # Triton picks interpreter or compiler when the kernel is decorated (at import): remember which.

@@ -9,6 +9,7 @@ K and N multiples of 128), else the int8 Triton GEMM (int8_triton.scaled_mm) wit
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -52,13 +53,43 @@ def fp8_linear_reference(
 ) -> torch.Tensor:
     """PyTorch reference: dequantize both operands, float32 matmul, + bias."""
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    x_q, x_s = quantize_act_fp8(x2)
-    x_d = x_q.float() * x_s.t().repeat_interleave(BLOCK, 1)[:, : x2.shape[1]]
+    x_q, x_s = quantize_act_fp8(x.reshape(-1, shape[-1]))
+    y = fp8_linear_quantized_reference(x_q, x_s, w_q, w_scale, bias, x.dtype)
+    return y.reshape(*shape[:-1], w_q.shape[0])
+
+
+def fp8_linear_quantized_reference(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+    bias: torch.Tensor | None, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The reference on an activation already quantized: a_q [M, K] e4m3, a_s [ceil(K/128), M]."""
+    x_d = a_q.float() * a_s.t().repeat_interleave(BLOCK, 1)[:, : a_q.shape[1]]
     y = x_d @ dequantize_blockwise(w_q, w_scale).t()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype).reshape(*shape[:-1], w_q.shape[0])
+    return y.to(out_dtype)
+
+
+@dataclass(frozen=True)
+class Fp8Activation:
+    """An activation already quantized for an Fp8Linear: e4m3 values [..., K] plus one float32
+    scale per (token, 128 channels) group, stored [ceil(K/128), tokens] (quantize_act_fp8's layout).
+    The fused norm kernels write it directly, so the linear after them skips its quantization pass.
+    Only Fp8Linear layers take it."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype  # of the activation before quantization: the linear's output dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @classmethod
+    def quantize(cls, x: torch.Tensor) -> "Fp8Activation":
+        """The PyTorch rule (the kernels produce the same bytes)."""
+        q, s = quantize_act_fp8(x.reshape(-1, x.shape[-1]))
+        return cls(q.reshape(x.shape), s, x.dtype)
 
 
 @torch.library.custom_op("turbovid::fp8_linear", mutates_args=())
@@ -87,6 +118,33 @@ def _(x, w_q, w_scale, bias=None):
     return x.new_empty(*x.shape[:-1], w_q.shape[0])
 
 
+@torch.library.custom_op("turbovid::fp8_linear_quantized", mutates_args=())
+def _fp8_linear_quantized_op(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+    bias: Optional[torch.Tensor], out_dtype: torch.dtype,
+) -> torch.Tensor:
+    if use_kernel(a_q) and not (a_q.is_cuda and not fp8_available(a_q.device)):
+        from turbovid.ops.quant import fp8_cublas
+
+        if fp8_cublas.serves_quantized(a_q, w_q, out_dtype):
+            return fp8_cublas.linear_quantized(a_q, a_s, w_q, w_scale, bias, out_dtype)
+        return kernels().scaled_mm(a_q, a_s, w_q, w_scale, bias, out_dtype=out_dtype)
+    return fp8_linear_quantized_reference(a_q, a_s, w_q, w_scale, bias, out_dtype)
+
+
+@_fp8_linear_quantized_op.register_fake
+def _(a_q, a_s, w_q, w_scale, bias, out_dtype):
+    return a_q.new_empty(a_q.shape[0], w_q.shape[0], dtype=out_dtype)
+
+
+def fp8_linear_quantized(act: Fp8Activation, w_q: torch.Tensor, w_scale: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp8_linear for an activation the previous kernel already quantized; output in act.dtype."""
+    shape = act.q.shape
+    y = _fp8_linear_quantized_op(act.q.reshape(-1, shape[-1]), act.scale, w_q, w_scale, bias, act.dtype)
+    return y.reshape(*shape[:-1], w_q.shape[0])
+
+
 class Fp8Linear(QuantLinearBase):
     """nn.Linear replacement holding e4m3 weights + 128x128 block scales."""
 
@@ -94,6 +152,12 @@ class Fp8Linear(QuantLinearBase):
     weight_dtype = FP8_DTYPE
     quantize_weight = staticmethod(quantize_weight_fp8)
     linear_op = staticmethod(fp8_linear)
+
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        if isinstance(x, Fp8Activation):
+            self._check(x)
+            return fp8_linear_quantized(x, self.fp8_weight, self.scale, self.bias)
+        return super().forward(x)
 
 
 def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",)) -> nn.Module:

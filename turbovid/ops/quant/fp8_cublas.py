@@ -135,6 +135,22 @@ def serves(x: torch.Tensor, w_q: torch.Tensor) -> bool:
             and available(x.device))
 
 
+def serves_quantized(a_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """cuBLAS path for an activation already quantized (e4m3 [M, K]) with a bf16 output."""
+    n, k = w_q.shape
+    return (a_q.is_cuda and out_dtype == torch.bfloat16 and k % BLOCK == 0 and n % BLOCK == 0
+            and available(a_q.device))
+
+
+def linear_quantized(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor,
+    bias: torch.Tensor | None, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """y = dequant(a_q) @ W^T + b for a_q [M, K] e4m3 with scales [K/128, M] (quantize_act's layout)."""
+    state = _probe[_key(a_q.device)]
+    return _call(a_q.contiguous(), a_s, w_q, weight_scales(w_s), bias, out_dtype, state["bias"])
+
+
 def linear(
     x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: torch.Tensor | None = None,
     gelu_input: bool = False,
@@ -143,8 +159,6 @@ def linear(
     from turbovid.ops.quant.int8 import kernels
 
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    a_q, a_s = kernels().quantize_act(x2, "fp8", gelu=gelu_input)
-    state = _probe[_key(x.device)]
-    y = _call(a_q, a_s, w_q, weight_scales(w_s), bias, x.dtype, state["bias"])
+    a_q, a_s = kernels().quantize_act(x.reshape(-1, shape[-1]), "fp8", gelu=gelu_input)
+    y = linear_quantized(a_q, a_s, w_q, w_s, bias, x.dtype)
     return y.reshape(*shape[:-1], w_q.shape[0])
