@@ -104,6 +104,23 @@ def test_fp8_cublas_blockwise_matches_reference():
     assert rel(g.float(), ref_g) < 1e-2  # + GELU rounding flips
 
 
+@pytest.mark.parametrize("tokens", [1950, 1952, 32760])
+def test_fp8_layer_at_token_counts_cublas_may_refuse(tokens):
+    """cuBLAS blockwise fp8 has no kernel for some M (1950 on an H100): those take the Triton GEMM,
+    for a bf16 input and for one the norm kernel already quantized."""
+    from turbovid.ops.quant import fp8_cublas
+    from turbovid.ops.quant.fp8 import Fp8Activation
+
+    layer = Fp8Linear.from_linear(nn.Linear(1536, 1536, device="cuda", dtype=torch.bfloat16))
+    x = activations(tokens, 1536).reshape(1, tokens, 1536)
+    assert fp8_cublas.serves(x, layer.fp8_weight) == (tokens % 8 == 0 and fp8_cublas.available(x.device))
+    ref = fp8_linear_reference(x.float(), layer.fp8_weight, layer.scale, layer.bias)
+    for inp in (x, Fp8Activation.quantize(x)):
+        y = layer(inp)
+        assert y.shape == (1, tokens, 1536)
+        assert rel(y.float(), ref) < 4e-3
+
+
 @pytest.mark.parametrize("fmt", ["bf16"] + FMTS)
 def test_fused_qkv_matches_separate_linears(fmt):
     from turbovid import fast

@@ -263,3 +263,19 @@ def test_custom_op_passes_opcheck_and_compiles():
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(q, k, v), f(q, k, v))
+
+
+def test_key_pass_chunks_fill_whole_waves():
+    """The key pass's chunking (blockmap.key_chunk_blocks): on 132 SMs with one program each, the
+    1.3B shape runs as one full wave and the 14B shape as one wave of 120, not 280 programs in
+    three (measured 0.85 ms vs the model's ~0.65 ms, benchmarks/explore_keypass.py)."""
+    from turbovid.ops.attention.blockmap import key_chunk_blocks
+
+    assert key_chunk_blocks(256, 12, 132, 2) == 24  # 11 chunks x 12 heads = 132 programs
+    assert key_chunk_blocks(256, 40, 132, 2) == 86  # 3 chunks x 40 heads = 120 programs
+    for nk, bh, slots in [(1, 1, 2), (7, 3, 2), (1182, 12, 264), (591, 40, 132)]:
+        chb = key_chunk_blocks(nk, bh, slots, 2)
+        assert 1 <= chb <= nk
+        waves = -(-bh * -(-nk // chb) // slots)
+        # no chunking is cheaper under the model it minimises
+        assert all(waves * (chb + 2) <= -(-bh * -(-nk // c) // slots) * (c + 2) for c in range(1, nk + 1))

@@ -16,6 +16,7 @@ Layout: q, k, v are [B, L, H, D] with unit stride on D; statistics are per (b, h
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -196,14 +197,39 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    programs_per_sm: int = 2  # key pass: more programs hide latency, but each leaves a D x D partial
-    key_warps: int = 8
+    # key pass: warps per program and programs resident per SM; None picks by key block (measured on
+    # an H100, benchmarks/explore_keypass.py: 8 warps, one program per SM for blocks of 128 (the
+    # kernel holds ~255 registers a thread); 4 warps, two per SM for blocks of 64)
+    programs_per_sm: int | None = None
+    key_warps: int | None = None
     select_warps: int = 8
     select_rows: int = 16  # query blocks per select program
     key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
 
 
 DEFAULT_STATS = StatsConfig()
+
+
+def key_launch(blkk: int, cfg: StatsConfig) -> tuple[int, int]:
+    """(warps, resident programs per SM) of the key pass."""
+    warps = cfg.key_warps or (8 if blkk >= 128 else 4)
+    return warps, cfg.programs_per_sm or (1 if warps >= 8 else 2)
+
+
+@functools.lru_cache(maxsize=256)
+def key_chunk_blocks(nk: int, bh: int, slots: int, overhead: int) -> int:
+    """Key blocks per key-pass program. Each (b, h) row's nk blocks are cut into chunks, one per
+    program; `slots` programs run at once. The time model: waves x (blocks per program + overhead),
+    where a partial last wave costs a whole one and `overhead` (in blocks) prices the D x D partial
+    each program writes and the sum reads back. It fitted the H100 timings of 1.3B and 14B shapes
+    within 5% (benchmarks/explore_keypass.py). Ties go to fewer chunks."""
+    best_cost, best_chb = None, nk
+    for nch in range(1, nk + 1):
+        chb = -(-nk // nch)
+        cost = -(-bh * -(-nk // chb) // slots) * (chb + overhead)
+        if best_cost is None or cost < best_cost:
+            best_cost, best_chb = cost, chb
+    return best_chb
 
 
 def _num_sms(device: torch.device) -> int:
@@ -236,8 +262,9 @@ def block_stats(
     f32 = dict(dtype=torch.float32, device=dev)
     cfg = cfg or DEFAULT_STATS
 
-    # 1. key pass: a few programs per SM, each over a contiguous chunk of key blocks
-    chb = triton.cdiv(nk, max(1, min(nk, triton.cdiv(cfg.programs_per_sm * _num_sms(dev), BH))))
+    # 1. key pass: each program over a contiguous chunk of key blocks, chunks sized to whole waves
+    key_warps, per_sm = key_launch(blkk, cfg)
+    chb = key_chunk_blocks(nk, BH, per_sm * _num_sms(dev), max(1, 256 // blkk))
     nch = triton.cdiv(nk, chb)
     pk = torch.empty(BH, nk, D, **f32)
     k_sum = torch.empty(BH, nch, D, **f32)
@@ -251,7 +278,7 @@ def block_stats(
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         L, H, nk, nch, chb,
         D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, STAGES=cfg.key_stages,
-        num_warps=cfg.key_warps,
+        num_warps=key_warps,
     )
     k_mean = k_sum.sum(1) / L
     kv = kv.sum(1) / L if linear else None

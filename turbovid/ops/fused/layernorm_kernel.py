@@ -82,14 +82,17 @@ def _add_norm_modulate_kernel(
             tl.store(H + offs, h, mask=mask)
 
 
-# (rows per program, warps) per channel-block width; overridable for tuning on a GPU.
+# (rows per program, warps) per channel-block width; overridable for tuning on a GPU. QUANT_LAUNCH
+# applies when the kernel also quantizes its output (benchmarks/explore_norm_quant.py).
 LAUNCH: dict[int, tuple[int, int]] = {}
+QUANT_LAUNCH: dict[int, tuple[int, int]] = {}
 
 
-def _launch_shape(c: int) -> tuple[int, int, int]:
-    block_c = triton.next_power_of_2(c)
-    if block_c in LAUNCH:
-        return LAUNCH[block_c][0], block_c, LAUNCH[block_c][1]
+def _launch_shape(c: int, quant: bool = False) -> tuple[int, int, int]:
+    block_c = max(triton.next_power_of_2(c), 128 if quant else 1)  # whole 128-channel groups
+    table = QUANT_LAUNCH if quant and block_c in QUANT_LAUNCH else LAUNCH
+    if block_c in table:
+        return table[block_c][0], block_c, table[block_c][1]
     if block_c >= 2048:  # measured on an H100 at C=1536 and 5120: one row per program, 8 warps
         return 1, block_c, 8
     return max(1, 4096 // block_c), block_c, 4
@@ -123,8 +126,7 @@ def add_norm_modulate_triton(
         h = torch.empty(1, dtype=out_dtype, device=x.device)  # carries the dtype h is rounded to
     elif write_h:
         h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    block_l, block_c, num_warps = _launch_shape(c)
-    block_c = max(block_c, 128) if quant_fp8 else block_c  # whole 128-channel groups
+    block_l, block_c, num_warps = _launch_shape(c, quant_fp8 and write_h)
     dummy = x  # stands in for absent pointers; never read (the constexpr flags prune the loads)
     grid = (triton.cdiv(l, block_l), bsz)
     _add_norm_modulate_kernel[grid](

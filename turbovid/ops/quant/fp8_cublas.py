@@ -8,7 +8,9 @@ cuBLAS's argument layout (DeepSeek recipe, BlockWise1x128 x BlockWise128x128):
     scale_a [M, K/128] float32 with strides (1, M): our quantize_act's [K/128, M] buffer, transposed
     scale_b [L4, N/128] float32 with strides (1, L4), L4 = K/128 rounded up to 4: the weight's
             [N/128, K/128] scales, columns zero-padded to L4, transposed
-Scales are dequantization factors (amax / 448). K and N must be multiples of 128.
+Scales are dequantization factors (amax / 448). K and N must be multiples of 128, and M of 8:
+cuBLAS found no kernel for M = 1950 on an H100 (CUBLAS_STATUS_NOT_SUPPORTED; the scale_a columns
+are M floats apart), while 32760 runs; other M take the Triton GEMM.
 
 Probed once per device with a tiny call checked against the PyTorch reference; any failure (old
 torch, no cuBLAS support, CPU) logs one line and the Triton path serves instead.
@@ -128,18 +130,21 @@ def available(device: torch.device) -> bool:
     return state["ok"]
 
 
+M_MULTIPLE = 8
+
+
 def serves(x: torch.Tensor, w_q: torch.Tensor) -> bool:
-    """cuBLAS path for this call: bf16 activations, K and N multiples of 128, probe passed."""
+    """cuBLAS path for this call: bf16 activations, K and N multiples of 128, M of 8, probe passed."""
     n, k = w_q.shape
     return (x.is_cuda and x.dtype == torch.bfloat16 and k % BLOCK == 0 and n % BLOCK == 0
-            and available(x.device))
+            and (x.numel() // max(k, 1)) % M_MULTIPLE == 0 and available(x.device))
 
 
 def serves_quantized(a_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """cuBLAS path for an activation already quantized (e4m3 [M, K]) with a bf16 output."""
     n, k = w_q.shape
     return (a_q.is_cuda and out_dtype == torch.bfloat16 and k % BLOCK == 0 and n % BLOCK == 0
-            and available(a_q.device))
+            and a_q.shape[0] % M_MULTIPLE == 0 and available(a_q.device))
 
 
 def linear_quantized(
