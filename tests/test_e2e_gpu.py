@@ -153,23 +153,39 @@ def test_quantized_ffn_with_the_gelu_fused_into_the_quantization(fmt):
 
 
 @torch.inference_mode()
-def test_norms_quantize_for_fp8_linears_bit_for_bit():
+def test_norms_quantize_for_fp8_linears_bit_for_bit(monkeypatch):
     """The norm kernels' fp8 output is the bytes the linear's own quantization makes of h (the
-    device's e4m3 conversion), and a fast fp8 DiT gives the same velocity with and without it."""
+    device's e4m3 conversion), and a fast fp8 DiT gives the same velocity with and without it.
+
+    The two launches must sum each row in the same order for h to be the same: at C = 1536 the
+    bf16-output launch is pinned to one row on 8 warps, which sums as the quantizing launch (2 rows
+    on 16 warps) does (measured, benchmarks/explore_norm_quant.py). At C = 5120 no pair matched, so
+    h may round one ulp apart in places: checked to a bound far below the quantization's own error."""
     from turbovid.fast import FastOptions, make_fast, make_plain
     from turbovid.loading.dit import build_dit
     from turbovid.ops import fused
+    from turbovid.ops.fused import layernorm_kernel as ln
     from turbovid.ops.quant import int8_triton, swap_linears_fp8
+    from turbovid.ops.quant.fp8 import fp8_linear_quantized_reference
 
-    b, l, c = 1, 3000, 1536
-    x, y = (torch.randn(b, l, c, device=DEV, dtype=torch.bfloat16) * 2 for _ in range(2))
-    shift, scale, gate = (torch.randn(b, c, device=DEV) * 0.3 for _ in range(3))
-    wt, bias = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
-    _, h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=wt, bias=bias)
-    _, act = fused.add_norm_modulate(x, y, gate, shift, scale, weight=wt, bias=bias, quant="fp8")
-    q, s = int8_triton.quantize_act(h.reshape(-1, c), "fp8")
-    assert torch.equal(act.scale, s)
-    assert torch.equal(act.q.reshape(-1, c).view(torch.uint8), q.view(torch.uint8))
+    monkeypatch.setitem(ln.LAUNCH, 2048, (1, 8))
+    for c in (1536, 5120):
+        b, l = 1, 3000
+        x, y = (torch.randn(b, l, c, device=DEV, dtype=torch.bfloat16) * 2 for _ in range(2))
+        shift, scale, gate = (torch.randn(b, c, device=DEV) * 0.3 for _ in range(3))
+        wt, bias = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
+        _, h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=wt, bias=bias)
+        _, act = fused.add_norm_modulate(x, y, gate, shift, scale, weight=wt, bias=bias, quant="fp8")
+        q, s = int8_triton.quantize_act(h.reshape(-1, c), "fp8")
+        if c == 1536:
+            assert torch.equal(act.scale, s)
+            assert torch.equal(act.q.reshape(-1, c).view(torch.uint8), q.view(torch.uint8))
+        else:
+            eye = torch.eye(c, device=DEV, dtype=torch.float8_e4m3fn)  # dequantize through the reference
+            ones = torch.ones(c // 128, c // 128, device=DEV)
+            got = fp8_linear_quantized_reference(act.q.reshape(-1, c), act.scale, eye, ones, None, torch.float32)
+            want = fp8_linear_quantized_reference(q, s, eye, ones, None, torch.float32)
+            assert rel(got, want) < 1e-3  # e4m3 rounding alone is ~3e-2
 
     dit = build_dit("Wan2.1-1.3B", device=DEV, dtype=torch.bfloat16, seed=0)
     dit.blocks = dit.blocks[:4]

@@ -82,11 +82,11 @@ def _add_norm_modulate_kernel(
             tl.store(H + offs, h, mask=mask)
 
 
-# (rows per program, warps) per channel-block width; overridable for tuning on a GPU. QUANT_LAUNCH
-# applies when the kernel also quantizes its output (benchmarks/explore_norm_quant.py).
-LAUNCH: dict[int, tuple[int, int]] = {}
-# measured on an H100 (2026-11-26-explore-norm-quant-h100-run1.json), add_norm_modulate with fp8
-# output: C=1536 0.177 ms (1 row / 8 warps: 0.200), C=5120 0.695 ms (1 row / 8 warps: 1.168)
+# (rows per program, warps) per channel-block width, measured on an H100 at L = 32760 with
+# benchmarks/explore_norm_quant.py (2026-11-26-explore-norm-quant-h100-run2.json); overridable for
+# tuning. LAUNCH: bf16 output, add_norm_modulate C=1536 0.145 ms and C=5120 0.526 ms (one row on 8
+# warps, the earlier default: 0.184 and 0.982 ms). QUANT_LAUNCH: fp8 output, 0.177 and 0.695 ms.
+LAUNCH: dict[int, tuple[int, int]] = {2048: (2, 8), 8192: (4, 32)}
 QUANT_LAUNCH: dict[int, tuple[int, int]] = {2048: (2, 16), 8192: (4, 16)}
 
 
@@ -95,7 +95,7 @@ def _launch_shape(c: int, quant: bool = False) -> tuple[int, int, int]:
     table = QUANT_LAUNCH if quant and block_c in QUANT_LAUNCH else LAUNCH
     if block_c in table:
         return table[block_c][0], block_c, table[block_c][1]
-    if block_c >= 2048:  # measured on an H100 at C=1536 and 5120: one row per program, 8 warps
+    if block_c >= 2048:  # unmeasured widths: one row per program
         return 1, block_c, 8
     return max(1, 4096 // block_c), block_c, 4
 
