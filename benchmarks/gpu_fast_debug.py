@@ -196,7 +196,7 @@ def forward_paths():
 
 @section("profile")
 def profile():
-    from torch.profiler import ProfilerActivity, profile as prof
+    from profile_forward import kernel_table  # benchmarks/ is on sys.path when run as a script
 
     from turbovid.fast import FastOptions, make_fast, make_plain
 
@@ -207,24 +207,13 @@ def profile():
         quantize(dit, quant)
     dit.set_attention(attn, 0.1)
     runner = make_fast(dit, FastOptions(graph=False))
-    lat, t, ctx = _forward_inputs(dit.cfg)
     with torch.inference_mode():
-        runner(lat, t, ctx)
-        torch.cuda.synchronize()
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            runner(lat, t, ctx)
-            torch.cuda.synchronize()
+        rows = kernel_table(runner, *_forward_inputs(dit.cfg))
     make_plain(runner)
-    rows = []
-    for evt in p.key_averages():
-        dt = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-        if dt > 0:
-            rows.append((dt / 1e3, evt.count, evt.key[:110]))
-    rows.sort(reverse=True)
-    total = sum(r[0] for r in rows)
+    total = sum(r["ms"] for r in rows)
     TABLE.append(f"profile {variant} fused eager: total kernel time {total:.1f} ms")
-    for ms, n, k in rows[:18]:
-        TABLE.append(f"  {ms:8.2f} ms {n:5d}x  {k}")
+    for r in rows[:18]:
+        TABLE.append(f"  {r['ms']:8.2f} ms {r['count']:5d}x  {r['kernel'][:110]}")
     return {"variant": variant, "total_ms": total, "top": rows[:40]}
 
 

@@ -41,6 +41,23 @@ def category(name: str) -> str:
     return "other"
 
 
+def kernel_table(runner, *inputs) -> list[dict]:
+    """Per-kernel GPU time of one runner(*inputs) call after a warm-up call, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner(*inputs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        runner(*inputs)
+        torch.cuda.synchronize()
+    rows = []
+    for evt in p.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if us > 0:
+            rows.append({"ms": us / 1e3, "count": evt.count, "kernel": evt.key[:160], "category": category(evt.key)})
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="Wan2.1-1.3B")
@@ -52,8 +69,6 @@ def main() -> None:
                     "with each one off, in the same process (e.g. act_quant,fused_qkv)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args()
-
-    from torch.profiler import ProfilerActivity, profile
 
     from turbovid.fast import FastOptions, make_fast, make_plain
 
@@ -71,18 +86,8 @@ def main() -> None:
 
     with torch.inference_mode():
         runner = make_fast(dit, FastOptions(graph=False))
-        runner(lat, t, ctx)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as p:
-            runner(lat, t, ctx)
-            torch.cuda.synchronize()
+        rows = kernel_table(runner, lat, t, ctx)
         make_plain(runner)
-        rows = []
-        for evt in p.key_averages():
-            us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-            if us > 0:
-                rows.append({"ms": us / 1e3, "count": evt.count, "kernel": evt.key[:160], "category": category(evt.key)})
-        rows.sort(key=lambda r: -r["ms"])
         totals: dict[str, float] = {}
         for r in rows:
             totals[r["category"]] = totals.get(r["category"], 0.0) + r["ms"]
