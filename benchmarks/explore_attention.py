@@ -6,8 +6,12 @@ Times, at L=32760, B=1, 12 heads x 128, topk 0.1, one block map shared by all:
   - a plain variant (`_variant` below) over: trip count as constexpr or not, K loaded as K^T
     through pointers or transposed in registers, our [B, L, H, D] layout or head-major copies,
     one or two key blocks per softmax step, warps and stages;
-  - block-map launches for StatsConfig variants (select rows, radix2, key-pass stages).
+  - block-map launches for StatsConfig variants (select rows, key-pass stages).
 Writes $OUT/explore_attention.json; prints a sorted table last.
+--order: the same block map visited in other orders (ascending as our select writes it, the
+reference's own torch.topk(sorted=False) order, descending score, a fixed stride permutation,
+random), by the reference kernel and by ours, at L = 32768 (no ragged key block, so any order is
+exact). Writes $OUT/explore_order.json.
 """
 from __future__ import annotations
 
@@ -169,10 +173,9 @@ def main():
 
     # block-map launches
     for cfg in [blockmap.StatsConfig()] + [
-        blockmap.StatsConfig(select_rows=r, select_warps=w, radix2=x, key_stages=ks, programs_per_sm=pp)
-        for r, w, x, ks, pp in [(4, 8, False, 1, 2), (4, 4, False, 1, 2), (8, 8, False, 1, 2), (2, 4, False, 1, 2),
-                                (4, 8, True, 1, 2), (8, 8, True, 1, 2), (16, 8, True, 1, 2), (4, 4, True, 1, 2),
-                                (16, 8, False, 2, 2), (16, 8, False, 3, 2), (16, 8, False, 2, 4), (16, 8, False, 3, 8)]
+        # (the radix2 select variant of the recorded run was reverted; programs_per_sm is now residency)
+        blockmap.StatsConfig(select_rows=r, select_warps=w, key_stages=ks, programs_per_sm=pp)
+        for r, w, ks, pp in [(4, 8, 1, 1), (4, 4, 1, 1), (8, 8, 1, 1), (2, 4, 1, 1), (16, 8, 2, 1), (16, 8, 3, 2)]
     ]:
         for name, kw in (("sla", dict(blkq=128, blkk=64)), ("sagesla", dict(blkq=64, blkk=128, v_absmax=True))):
             fn = lambda: blockmap.block_stats(q, k, v, TOPK, cfg=cfg, **kw)  # noqa: E731
@@ -258,9 +261,75 @@ def l2_bandwidth():
     json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "l2_bandwidth.json"), "w"), indent=1)
 
 
+def list_orders():
+    """Does the order in which a query block visits its key blocks matter? (see the module doc)"""
+    import dataclasses
+
+    n = 32768
+    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": []}
+    q, k, v = random_qkv(1, n, H, D, torch.bfloat16, device="cuda", seed=3)
+    qh, kh, vh = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    orders = {}
+    for name, blkq, blkk in (("sla", 128, 64), ("sagesla", 64, 128)):
+        st = blockmap.block_stats(q, k, v, TOPK, blkq, blkk, linear=False, v_absmax=name == "sagesla")
+        asc = st.lut.long()  # (H, nq, kk)
+        pq = qh.float().unflatten(2, (-1, blkq)).mean(3)  # (1, H, nq, D)
+        ks = kh.float() - kh.float().mean(2, keepdim=True)
+        pk = ks.unflatten(2, (-1, blkk)).mean(3)
+        scores = (pq @ pk.transpose(-1, -2))[0]  # (H, nq, nk)
+        kk = asc.shape[-1]
+        stride = next(s for s in (7, 11, 13, 17) if kk % s)
+        luts = {
+            "ascending (ours)": asc,
+            "reference torch.topk(sorted=False)": torch.topk(scores, kk, dim=-1, sorted=False).indices,
+            "descending score": torch.topk(scores, kk, dim=-1, sorted=True).indices,
+            f"stride {stride} permutation": asc[..., (torch.arange(kk, device="cuda") * stride) % kk],
+            "random per row": torch.gather(asc, -1, torch.rand(asc.shape, generator=g, device="cuda").argsort(-1)),
+        }
+        orders[name] = (st, luts)
+    root = os.path.join(os.path.dirname(__file__), "..", ".ref", "turbodiffusion")
+    ref_kernel = None
+    if os.path.isdir(root):
+        sys.path.insert(0, root)
+        from SLA.kernel import _attn_fwd as ref_kernel
+    from turbovid.ops.attention import sagesla_kernel
+
+    rows = res["rows"]
+    for name, (st, luts) in orders.items():
+        base = None
+        for lname, lut in luts.items():
+            same_set = bool(torch.equal(lut.sort(-1).values, luts["ascending (ours)"].sort(-1).values))
+            st2 = dataclasses.replace(st, lut=lut.to(torch.int32).contiguous())
+            if name == "sla":
+                fn = lambda: sla_kernel.sla_forward(q, k, v, TOPK, None, None, stats=st2)  # noqa: E731
+            else:
+                fn = lambda: sagesla_kernel.sagesla_forward(q, k, v, TOPK, None, None, stats=st2)  # noqa: E731
+            o = fn()
+            base = o if base is None else base
+            rows.append({"kernel": f"ours {name}", "order": lname, "ms": med(fn), "same_set": same_set,
+                         "rel_vs_ascending": rel_l2(o, base)})
+            print(rows[-1], flush=True)
+            if name == "sla" and ref_kernel is not None:
+                lut32 = lut.to(torch.int32).contiguous()
+                os_ = torch.empty_like(qh)
+                lse = torch.empty(1, H, n, device="cuda", dtype=torch.float32)
+                kk, nq = lut.shape[-1], lut.shape[-2]
+
+                def ref_fn():
+                    ref_kernel[(nq, H)](qh, kh, vh, D**-0.5, kk, lut32, lse, os_, n, nq, D, 128, 64,
+                                        num_warps=8, num_stages=3)
+
+                rows.append({"kernel": "reference _attn_fwd (head-major)", "order": lname, "ms": med(ref_fn)})
+                print(rows[-1], flush=True)
+    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "explore_order.json"), "w"), indent=1)
+
+
 if __name__ == "__main__":
     t0 = time.time()
-    if "--l2" in sys.argv:
+    if "--order" in sys.argv:
+        list_orders()
+    elif "--l2" in sys.argv:
         l2_bandwidth()
     elif "--registers" in sys.argv:
         registers()
