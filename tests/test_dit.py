@@ -193,10 +193,11 @@ def test_bf16_weights_keep_float32_where_the_reference_does(weights):
     x, t, ctx = inputs()
     seen = {}
     # (hooks return None so they only observe)
-    m16.blocks[0].register_forward_hook(lambda mod, a, out: seen.update(x=out.dtype) and None)
+    # a block returns (x, (y, gate)): the stream and its pending FFN update
+    m16.blocks[0].register_forward_hook(lambda mod, a, out: seen.update(x=out[0].dtype, y=out[1][0].dtype) and None)
     m16.time_projection[1].register_forward_hook(lambda mod, a, out: seen.update(never=out.dtype) and None)
     out = m16(x, t, ctx)
-    assert out.dtype == torch.float32 and seen["x"] == torch.bfloat16  # residual stream in the weights' dtype
+    assert out.dtype == torch.float32 and seen["x"] == seen["y"] == torch.bfloat16  # residual stream in the weights' dtype
     assert "never" not in seen  # time projection runs as a float32 F.linear, not the bf16 module
     assert rel_l2(out, m32(x, t, ctx)) < 0.05
 
@@ -234,3 +235,23 @@ def test_build_dit_is_seeded_cheap_and_finite():
     assert out.shape == x.shape and torch.isfinite(out).all() and out.std() > 0
     w = a.blocks[0].ffn[0].weight
     assert abs(w.std().item() - 0.02) < 0.003 and math.isclose(a.blocks[0].norm3.weight.mean().item(), 1.0)
+
+
+@torch.no_grad()
+def test_a_pending_residual_is_the_same_as_adding_it_first(model):
+    """Block / Head with residual=(y, gate) == adding y * gate to x first (one pass fewer per
+    block; the reference ops make it bit for bit)."""
+    g = torch.Generator().manual_seed(3)
+    b, l, c = 2, 12, TINY.dim
+    x, y = torch.randn(b, l, c, generator=g), torch.randn(b, l, c, generator=g)
+    gate = torch.randn(b, c, generator=g)
+    e0 = torch.randn(b, 6, c, generator=g)
+    cos, sin = dit.rope_tables(1, 3, 4, TINY.head_dim)
+    ctx = torch.randn(b, TINY.text_len, c, generator=g)
+    blk = model.blocks[0]
+    x1, (y1, g1) = blk(x, e0, cos, sin, ctx, (y, gate))
+    x2, (y2, g2) = blk(dit.gated_residual_ref(x, y, gate), e0, cos, sin, ctx)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(g1, g2)
+    e = torch.randn(b, c, generator=g)
+    assert torch.equal(model.head(x, e, (y, gate)), model.head(dit.gated_residual_ref(x, y, gate), e))
+    assert not torch.equal(model.head(x, e, (y, gate)), model.head(x, e))

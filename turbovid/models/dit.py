@@ -201,17 +201,23 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e, cos, sin, context):
+    def forward(self, x, e, cos, sin, context, residual=None):
+        """One block. `residual` is the previous block's pending (y, gate), added to x in the same
+        pass as this block's first norm. Returns (x, (y, gate)): the FFN's gated update is left
+        pending for the next block (or the head) to add, saving one pass over x per block."""
         # e: [B, 6, C] float32 -> shift/scale/gate for attention, then for the FFN
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + e).unbind(1)
         quant = self.act_quant
-        h = OPS.norm_modulate(x, shift_a, scale_a, eps=self.eps, quant=quant)
+        if residual is None:
+            h = OPS.norm_modulate(x, shift_a, scale_a, eps=self.eps, quant=quant)
+        else:
+            x, h = OPS.add_norm_modulate(x, *residual, shift_a, scale_a, eps=self.eps, quant=quant)
         x, h = OPS.add_norm_modulate(
             x, self.self_attn(h, cos, sin), gate_a, weight=self.norm3.weight, bias=self.norm3.bias, eps=self.eps,
             quant=quant,
         )
         x, h = OPS.add_norm_modulate(x, self.cross_attn(h, context), None, shift_f, scale_f, eps=self.eps, quant=quant)
-        return OPS.gated_residual(x, self.ffn(h), gate_f)
+        return x, (self.ffn(h), gate_f)
 
 
 class Head(nn.Module):
@@ -221,10 +227,14 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        # e: [B, C] float32 time embedding; everything here is float32.
+    def forward(self, x: torch.Tensor, e: torch.Tensor, residual=None) -> torch.Tensor:
+        # e: [B, C] float32 time embedding; everything here is float32. residual: the last block's
+        # pending (y, gate), added in the norm's pass.
         shift, scale = (self.modulation.float() + e[:, None, :]).unbind(1)
-        h = OPS.norm_modulate(x, shift, scale, eps=self.eps, out_dtype=torch.float32)
+        if residual is None:
+            h = OPS.norm_modulate(x, shift, scale, eps=self.eps, out_dtype=torch.float32)
+        else:
+            _, h = OPS.add_norm_modulate(x, *residual, shift, scale, eps=self.eps, out_dtype=torch.float32)
         return _linear_f32(self.head, h)
 
 
@@ -329,11 +339,12 @@ class WanDiT(nn.Module):
 
         # 4. blocks
         cos, sin = self._rope(grid, latents.device)
+        pending = None  # each block's last residual update, added by the next norm (see Block.forward)
         for block in self.blocks:
-            x = block(x, e0, cos, sin, context)
+            x, pending = block(x, e0, cos, sin, context, pending)
 
         # 5. head (float32) and unpatchify: (B, L, kt*kh*kw*C_out) -> (B, C_out, T, H, W)
-        out = self.head(x, e)
+        out = self.head(x, e, pending)
         out = out.view(b, *grid, kt, kh, kw, cfg.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, cfg.out_dim, t, hh, ww)
