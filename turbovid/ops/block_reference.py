@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 
 
+def check_quant(quant: str | None) -> None:
+    if quant not in (None, "fp8"):
+        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
+
+
 def quantize_output(h: torch.Tensor, quant: str | None):
     """h itself (quant None), or h quantized for the fp8 linear that reads it next (quant "fp8")."""
+    check_quant(quant)
     if quant is None:
         return h
-    if quant != "fp8":
-        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
     from turbovid.ops.quant.fp8 import Fp8Activation
 
     return Fp8Activation.quantize(h)

@@ -22,6 +22,7 @@ import torch
 
 from turbovid.ops.block_reference import (
     add_norm_modulate_ref,
+    check_quant,
     gated_residual_ref,
     norm_modulate_ref,
     rmsnorm_ref,
@@ -273,7 +274,7 @@ def norm_modulate(
     if (weight is None) != (bias is None):
         raise ValueError("norm_modulate takes the LayerNorm weight and bias together (or neither)")
     out_dtype = out_dtype or x.dtype
-    _check_quant(quant)
+    check_quant(quant)
     if not _use_triton(x):
         return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
@@ -312,7 +313,7 @@ def add_norm_modulate(
     if (weight is None) != (bias is None):
         raise ValueError("add_norm_modulate takes the LayerNorm weight and bias together (or neither)")
     out_dtype = out_dtype or x.dtype
-    _check_quant(quant)
+    check_quant(quant)
     if not _use_triton(x):
         return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
@@ -327,11 +328,6 @@ def add_norm_modulate(
         lambda *a: add_norm_modulate_triton(*a, True, True),
         x, y, gate, weight, bias, shift, scale, eps, out_dtype,
     )
-
-
-def _check_quant(quant: str | None) -> None:
-    if quant not in (None, "fp8"):
-        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
 
 
 def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor):
