@@ -101,10 +101,15 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: 
     return fp8_linear_reference(x, w_q, w_scale, bias)
 
 
+def _kernels_serve(t: torch.Tensor) -> bool:
+    """A kernel path (cuBLAS or Triton) runs for tensors like t: Triton present, and fp8 on its GPU."""
+    return use_kernel(t) and not (t.is_cuda and not fp8_available(t.device))
+
+
 def fp8_kernel_linear(x: torch.Tensor, w_q: torch.Tensor):
     """The kernel path serving this call: fp8_cublas.linear, int8_triton.linear, or None (reference).
     Both take (x, w_q, w_scale, bias, gelu_input=False)."""
-    if not use_kernel(x) or (x.is_cuda and not fp8_available(x.device)):
+    if not _kernels_serve(x):
         return None
     from turbovid.ops.quant import fp8_cublas
 
@@ -123,7 +128,7 @@ def _fp8_linear_quantized_op(
     a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
     bias: Optional[torch.Tensor], out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    if use_kernel(a_q) and not (a_q.is_cuda and not fp8_available(a_q.device)):
+    if _kernels_serve(a_q):
         from turbovid.ops.quant import fp8_cublas
 
         if fp8_cublas.serves_quantized(a_q, w_q, out_dtype):
