@@ -135,7 +135,10 @@ class AffineLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
 
-class SelfAttention(nn.Module):
+class _Projections(nn.Module):
+    """q, k, v, o linears and the q/k RMSNorms: the parameters (and checkpoint names) both
+    attentions of a block share."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         dim, self.num_heads, self.head_dim = cfg.dim, cfg.num_heads, cfg.head_dim
@@ -145,6 +148,11 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, cfg.eps)
         self.norm_k = RMSNorm(dim, cfg.eps)
+
+
+class SelfAttention(_Projections):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__(cfg)
         # SLA's linear-branch projection; float32 as in the reference, zeros = no linear branch.
         self.proj_l = nn.Linear(self.head_dim, self.head_dim, dtype=torch.float32)
         self.backend = "dense"
@@ -167,17 +175,7 @@ class SelfAttention(nn.Module):
         return self.o(out.reshape(b, l, c))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        dim, self.num_heads, self.head_dim = cfg.dim, cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, cfg.eps)
-        self.norm_k = RMSNorm(dim, cfg.eps)
-
+class CrossAttention(_Projections):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         n, d = self.num_heads, self.head_dim

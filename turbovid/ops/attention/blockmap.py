@@ -322,3 +322,27 @@ def block_stats(
         v_copy=v_copy,
         linear_out=linear_out if lin else None,
     )
+
+
+def attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, blkq: int, blkk: int,
+    proj_weight: torch.Tensor | None, proj_bias: torch.Tensor | None, linear_in_pool: bool,
+    stats: BlockStats | None = None, **stats_kw,
+):
+    """What the sla and sagesla kernels share before their launch: the block statistics (unless
+    given), where the linear branch is computed (lin_mode 0: none, 1: the attention epilogue,
+    2: already written into `out` by the query pass), the output buffer, and the epilogue's
+    (proj-folded kv, phi_sum, bias) pointers (q stands in for the unused ones)."""
+    linear = proj_weight is not None
+    if stats is None:
+        lin_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if linear and linear_in_pool else None
+        stats = block_stats(q, k, v, topk, blkq, blkk, linear=linear, linear_out=lin_out,
+                            proj_weight=proj_weight, proj_bias=proj_bias, **stats_kw)
+    lin_mode = 0 if not linear else 2 if stats.linear_out is not None else 1
+    out = stats.linear_out if lin_mode == 2 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if lin_mode == 1:
+        kvw, phi_sum = fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
+        bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
+    else:
+        kvw = bias = phi_sum = q
+    return stats, lin_mode, out, kvw, phi_sum, bias

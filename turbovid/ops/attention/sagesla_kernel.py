@@ -226,26 +226,16 @@ def sagesla_forward(
     """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
     B, L, H, D = q.shape
     cfg = config or default_config(q.device)
-    linear = proj_weight is not None
-    if stats is None:
-        lin_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if linear and cfg.linear_in_pool else None
-        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, v_absmax=True,
-                                     linear_out=lin_out, proj_weight=proj_weight, proj_bias=proj_bias)
+    stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
+        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, v_absmax=True)
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
-    lin_mode = 0 if not linear else 2 if stats.linear_out is not None else 1
-    out = stats.linear_out if lin_mode == 2 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     vt2 = vt if vt2 is None else vt2
     use_tma = cfg.tma and TensorDescriptor is not None
     if use_tma:
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
-    if lin_mode == 1:
-        kvw, phi_sum = blockmap.fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
-        bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
-    else:
-        kvw = bias = phi_sum = q  # unused pointers
     _sagesla_fwd_kernel[(nq, B * H)](
         q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),

@@ -201,14 +201,9 @@ def sla_forward(
     """SLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
     B, L, H, D = q.shape
     cfg = config or default_config(D, q.device)
-    linear = proj_weight is not None
-    if stats is None:
-        lin_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if linear and cfg.linear_in_pool else None
-        stats = blockmap.block_stats(q, k, v, topk, blkq, blkk, linear=linear, kv_copy=cfg.kv_copy,
-                                     linear_out=lin_out, proj_weight=proj_weight, proj_bias=proj_bias)
+    stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
+        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, kv_copy=cfg.kv_copy)
     nq = triton.cdiv(L, blkq)
-    lin_mode = 0 if not linear else 2 if stats.linear_out is not None else 1
-    out = stats.linear_out if lin_mode == 2 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if cfg.kv_copy and stats.k_copy is not None:
         lp = stats.k_copy.shape[1]  # (B*H, lp, D), seen through [B, L, H, D] strides
         k, v = (x.view(B, H, lp, D).transpose(1, 2) for x in (stats.k_copy, stats.v_copy))
@@ -221,11 +216,6 @@ def sla_forward(
     use_tma = cfg.tma and TensorDescriptor is not None and flat[0] is not None and flat[1] is not None
     if use_tma:
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
-    if lin_mode == 1:
-        kvw, phi_sum = blockmap.fold_proj(stats.kv, proj_weight, q.dtype), stats.phi_sum
-        bias = proj_bias.float().contiguous() if proj_bias is not None else phi_sum
-    else:
-        kvw = bias = phi_sum = q  # unused pointers
     _sla_fwd_kernel[(nq, B * H)](
         q, k_src, v_src, out, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
