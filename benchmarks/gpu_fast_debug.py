@@ -94,14 +94,16 @@ def kernels():
         # launch sweep (rows per program, warps)
         sweep = {}
         bc = 1 << (c - 1).bit_length()
+        saved = dict(LK.LAUNCH)
         for bl in (1, 2, 4):
             for w in (4, 8):
-                LK.LAUNCH[bc] = (bl, w)
+                LK.LAUNCH[LK.row_parts(c)] = (bl, w)
                 try:
                     sweep[f"ln_{bl}x{w}"] = round(time_fn(lambda: fused.add_norm_modulate(x, y, g, sh, sc), DEV, 2, 10).ms, 4)
                 except Exception as ex:  # noqa: BLE001
                     sweep[f"ln_{bl}x{w}"] = str(ex)[:80]
         LK.LAUNCH.clear()
+        LK.LAUNCH.update(saved)
         bp = bc // 2
         for bl in (1, 2, 4):
             for w in (4, 8):

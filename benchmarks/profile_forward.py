@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (+ CUDA graph)")
     ap.add_argument("--ablate", default="", help="comma-separated FastOptions flags: time the graphed forward "
                     "with each one off, in the same process (e.g. act_quant,fused_qkv)")
+    ap.add_argument("--one-part-rows", action="store_true", help="also time the graphed forward with the norm "
+                    "kernel holding each row as one power-of-two part (layernorm_kernel.SPLIT_ROWS = False)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args()
 
@@ -98,6 +100,17 @@ def main() -> None:
         graphed = make_fast(dit, FastOptions())
         result["graphed_forward_ms"] = time_fn(lambda: graphed(lat, t, ctx), dev, 2, 5).ms
         make_plain(graphed)
+        if args.one_part_rows:
+            from turbovid.ops.fused import layernorm_kernel
+
+            layernorm_kernel.SPLIT_ROWS = False
+            runner = make_fast(dit, FastOptions())
+            result["graphed_forward_ms_one_part_rows"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
+            make_plain(runner)
+            layernorm_kernel.SPLIT_ROWS = True
+            runner = make_fast(dit, FastOptions())
+            result["graphed_forward_ms_again"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
+            make_plain(runner)
         for flag in filter(None, args.ablate.split(",")):
             runner = make_fast(dit, FastOptions(**{flag: False}))
             result[f"graphed_forward_ms_without_{flag}"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
@@ -116,8 +129,8 @@ def main() -> None:
           + (f", compiled {result['compiled_graphed_forward_ms']:.1f} ms (first call {result['compile_first_call_s']:.0f} s)"
              if "compiled_graphed_forward_ms" in result else ""))
     for key, ms in result.items():
-        if key.startswith("graphed_forward_ms_without_"):
-            print(f"  graphed forward without {key.rsplit('without_', 1)[1]}: {ms:.1f} ms")
+        if key.startswith("graphed_forward_ms_"):
+            print(f"  graphed forward, {key[len('graphed_forward_ms_'):].replace('_', ' ')}: {ms:.1f} ms")
     for label, ms in result["categories_ms"].items():
         print(f"  {ms:8.2f} ms  {label}")
     for r in rows[:25]:

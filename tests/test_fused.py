@@ -109,6 +109,40 @@ def test_add_norm_modulate(interp, dtype, gated):
     assert_within_bound(h, ref_h, exact_h)
 
 
+def test_row_parts_hold_a_row_in_two_power_of_two_parts_where_that_masks_fewer_lanes(monkeypatch):
+    ln = fused._ln
+    assert ln.row_parts(1536) == (1024, 512) and ln.row_parts(5120) == (4096, 1024)
+    assert ln.row_parts(5120, quant=True) == (4096, 1024)
+    assert ln.row_parts(96) == (64, 32) and ln.row_parts(80) == (64, 16)
+    assert ln.row_parts(2048) == (2048, 0)  # a power of two stays one part
+    assert ln.row_parts(192, quant=True) == (256, 0)  # 128 + 128 would mask as many lanes
+    assert ln.row_parts(100, quant=True) == (128, 0)  # quantizing parts hold whole 128-channel groups
+    assert ln.row_parts(384, quant=True) == (256, 128)
+    monkeypatch.setattr(ln, "SPLIT_ROWS", False)
+    assert ln.row_parts(1536) == (2048, 0) and ln.row_parts(5120, quant=True) == (8192, 0)
+
+
+@pytest.mark.parametrize("quant", [None, "fp8"])
+def test_two_part_rows_match_one_part_rows(interp, monkeypatch, quant):
+    """The same launch with the row in one masked part or in two: same residual, same h up to the
+    order the row sums are added in."""
+    b, l, c = 2, 9, 384
+    x, y = torch.randn(b, l, c) * 3, torch.randn(b, l, c)
+    shift, scale, gate = adaln(b, c)
+    w, bias = torch.randn(c), torch.randn(c)
+    assert fused._ln.row_parts(c, quant=quant is not None) == (256, 128)
+    two_x, two_h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias, quant=quant)
+    monkeypatch.setattr(fused._ln, "SPLIT_ROWS", False)
+    one_x, one_h = fused.add_norm_modulate(x, y, gate, shift, scale, weight=w, bias=bias, quant=quant)
+    assert torch.equal(two_x, one_x)
+    if quant is None:
+        torch.testing.assert_close(two_h, one_h, atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.equal(two_h.scale, one_h.scale) or rel(two_h.scale, one_h.scale) < 1e-6
+        deq = [a.q.float() * a.scale.t().repeat_interleave(128, 1).reshape(b, l, c) for a in (two_h, one_h)]
+        assert rel(deq[0], deq[1]) < 1e-3  # an ulp flip of h can move an e4m3 value one step, rarely
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gated_residual(interp, dtype):
     b, l, c = 3, 11, 48
@@ -330,7 +364,8 @@ def _fp8_bytes(act):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("c", [256, 192, 64])  # whole groups, a ragged last group, one partial group
+# whole groups, a ragged last group, one partial group, a row held as two parts (256 + 128)
+@pytest.mark.parametrize("c", [256, 192, 64, 384])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_norm_with_fp8_output_writes_the_bytes_of_norm_then_quantize(interp, dtype, c, with_residual):
     """quant="fp8": the norm kernel's e4m3 values and scales are exactly quantize(h) of its own h."""

@@ -21,21 +21,15 @@ from turbovid.ops.quant.int8_triton import _to_e4m3
 
 
 @triton.jit
-def _add_norm_modulate_kernel(
-    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE, HQ, HS,
-    L, C, eps, stride_gate, stride_shift, stride_scale, rows_total,
-    HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
-    WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
-    QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+def _residual_part(
+    X, Y, GATE, XO, row_offs, rmask, b, stride_gate, C,
+    C0: tl.constexpr, WIDTH: tl.constexpr, HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
 ):
-    pid_l = tl.program_id(0)
-    b = tl.program_id(1)
-    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
-    cols = tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+    """Columns [C0, C0 + WIDTH) of the rows: x (+ y * gate, stored when WRITE_X), as float32."""
+    cols = C0 + tl.arange(0, WIDTH)
     cmask = cols < C
-    mask = (rows < L)[:, None] & cmask[None, :]  # (BLOCK_L, BLOCK_C)
-    offs = (b * L + rows)[:, None].to(tl.int64) * C + cols[None, :]
+    mask = rmask[:, None] & cmask[None, :]
+    offs = row_offs[:, None] + cols[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Y:
         y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
@@ -48,56 +42,134 @@ def _add_norm_modulate_kernel(
         if WRITE_X:
             tl.store(XO + offs, x, mask=mask)
         x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _normed_part(
+    xc, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift, stride_scale,
+    rows_total, C,
+    C0: tl.constexpr, WIDTH: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    HAS_SCALE: tl.constexpr, QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Normalize, modulate and store columns [C0, C0 + WIDTH) (xc: the centred rows)."""
+    cols = C0 + tl.arange(0, WIDTH)
+    cmask = cols < C
+    mask = rmask[:, None] & cmask[None, :]
+    offs = row_offs[:, None] + cols[None, :]
+    h = xc * rstd[:, None]
+    if HAS_AFFINE:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        bb = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
+        h = h * w[None, :] + bb[None, :]
+    if HAS_SCALE:
+        s = tl.load(SCALE + b * stride_scale + cols, mask=cmask, other=0.0).to(tl.float32)
+        h = h * (1.0 + s[None, :])
+    if HAS_SHIFT:
+        sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
+        h = h + sh[None, :]
+    h = h.to(H.dtype.element_ty)  # rounded as the unfused path stores it (H only names the dtype when quantizing)
+    if QUANT_FP8:
+        # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:
+        # amax per 128 channels of a row, scale amax / 448, e4m3(clamp(h * 448 / amax))
+        hg = tl.reshape(h.to(tl.float32), (BLOCK_L, WIDTH // 128, 128))
+        amax = tl.maximum(tl.max(tl.abs(hg), axis=2), 1e-8)  # (BLOCK_L, groups)
+        qmax = tl.full(amax.shape, 448.0, tl.float32)
+        mult = tl.math.div_rn(qmax, amax)
+        v = tl.minimum(tl.maximum(hg * mult[:, :, None], -448.0), 448.0)
+        q = tl.reshape(_to_e4m3(v, INTERPRET), (BLOCK_L, WIDTH))
+        tl.store(HQ + offs, q, mask=mask)
+        grp = C0 // 128 + tl.arange(0, WIDTH // 128)
+        s_offs = grp[None, :].to(tl.int64) * rows_total + rows_g[:, None]
+        s_mask = rmask[:, None] & (grp[None, :] * 128 < C)
+        tl.store(HS + s_offs, tl.math.div_rn(amax, qmax), mask=s_mask)
+    else:
+        tl.store(H + offs, h, mask=mask)
+
+
+@triton.jit
+def _add_norm_modulate_kernel(
+    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE, HQ, HS,
+    L, C, eps, stride_gate, stride_shift, stride_scale, rows_total,
+    HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
+    WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
+    QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr,
+):
+    # A row is held as one power-of-two part of BLOCK_C columns (masked past C), or, when
+    # BLOCK_C2 > 0, as two: [0, BLOCK_C) all inside C, then [BLOCK_C, BLOCK_C + BLOCK_C2) masked.
+    # C = 5120 as 4096 + 1024 wastes no lanes; one 8192-wide part masks 37.5% of them.
+    pid_l = tl.program_id(0)
+    b = tl.program_id(1)
+    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    rmask = rows < L
+    rows_g = b * L + rows
+    row_offs = rows_g.to(tl.int64) * C
+    xa = _residual_part(X, Y, GATE, XO, row_offs, rmask, b, stride_gate, C, 0, BLOCK_C, HAS_Y, HAS_GATE, WRITE_X)
+    if BLOCK_C2 > 0:
+        xb = _residual_part(X, Y, GATE, XO, row_offs, rmask, b, stride_gate, C, BLOCK_C, BLOCK_C2,
+                            HAS_Y, HAS_GATE, WRITE_X)
     if WRITE_H:
-        mean = tl.sum(x, axis=1) / C  # (BLOCK_L,)
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) / C
-        h = xc * tl.rsqrt(var + eps)[:, None]
-        if HAS_AFFINE:
-            w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-            bb = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
-            h = h * w[None, :] + bb[None, :]
-        if HAS_SCALE:
-            s = tl.load(SCALE + b * stride_scale + cols, mask=cmask, other=0.0).to(tl.float32)
-            h = h * (1.0 + s[None, :])
-        if HAS_SHIFT:
-            sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
-            h = h + sh[None, :]
-        h = h.to(H.dtype.element_ty)  # rounded as the unfused path stores it (H only names the dtype when quantizing)
-        if QUANT_FP8:
-            # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:
-            # amax per 128 channels of a row, scale amax / 448, e4m3(clamp(h * 448 / amax))
-            hg = tl.reshape(h.to(tl.float32), (BLOCK_L, BLOCK_C // 128, 128))
-            amax = tl.maximum(tl.max(tl.abs(hg), axis=2), 1e-8)  # (BLOCK_L, groups)
-            qmax = tl.full(amax.shape, 448.0, tl.float32)
-            mult = tl.math.div_rn(qmax, amax)
-            v = tl.minimum(tl.maximum(hg * mult[:, :, None], -448.0), 448.0)
-            q = tl.reshape(_to_e4m3(v, INTERPRET), (BLOCK_L, BLOCK_C))
-            tl.store(HQ + offs, q, mask=mask)
-            grp = tl.arange(0, BLOCK_C // 128)
-            s_offs = grp[None, :].to(tl.int64) * rows_total + (b * L + rows)[:, None]
-            s_mask = (rows < L)[:, None] & (grp[None, :] * 128 < C)
-            tl.store(HS + s_offs, tl.math.div_rn(amax, qmax), mask=s_mask)
-        else:
-            tl.store(H + offs, h, mask=mask)
+        total = tl.sum(xa, axis=1)
+        if BLOCK_C2 > 0:
+            total += tl.sum(xb, axis=1)
+        mean = total / C  # (BLOCK_L,)
+        ca = tl.arange(0, BLOCK_C)
+        xa = tl.where(rmask[:, None] & (ca < C)[None, :], xa - mean[:, None], 0.0)
+        sq = tl.sum(xa * xa, axis=1)
+        if BLOCK_C2 > 0:
+            cb = BLOCK_C + tl.arange(0, BLOCK_C2)
+            xb = tl.where(rmask[:, None] & (cb < C)[None, :], xb - mean[:, None], 0.0)
+            sq += tl.sum(xb * xb, axis=1)
+        rstd = tl.rsqrt(sq / C + eps)
+        _normed_part(xa, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
+                     stride_scale, rows_total, C, 0, BLOCK_C, HAS_AFFINE, HAS_SHIFT, HAS_SCALE, QUANT_FP8,
+                     INTERPRET, BLOCK_L)
+        if BLOCK_C2 > 0:
+            _normed_part(xb, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
+                         stride_scale, rows_total, C, BLOCK_C, BLOCK_C2, HAS_AFFINE, HAS_SHIFT, HAS_SCALE,
+                         QUANT_FP8, INTERPRET, BLOCK_L)
 
 
-# (rows per program, warps) per channel-block width, measured on an H100 at L = 32760 with
-# benchmarks/explore_norm_quant.py (2026-11-26-explore-norm-quant-h100-run2.json); overridable for
-# tuning. LAUNCH: bf16 output, add_norm_modulate C=1536 0.145 ms and C=5120 0.526 ms (one row on 8
-# warps, the earlier default: 0.184 and 0.982 ms). QUANT_LAUNCH: fp8 output, 0.177 and 0.695 ms.
-LAUNCH: dict[int, tuple[int, int]] = {2048: (2, 8), 8192: (4, 32)}
-QUANT_LAUNCH: dict[int, tuple[int, int]] = {2048: (2, 16), 8192: (4, 16)}
+# (rows per program, warps) per row layout (the widths of its one or two parts), measured on an H100
+# at L = 32760 with benchmarks/explore_norm_quant.py; overridable for tuning. LAUNCH: bf16 output;
+# QUANT_LAUNCH: fp8 output. Each width runs both at one shape, so both sum a row in the same order
+# (the fp8 bytes are then exactly the linear's quantization of the bf16 output). Run 3
+# (2026-11-26-explore-norm-quant-h100-run3.json), add + norm: C=1536 as 1024 + 512 on 1 row / 4
+# warps 0.145 ms bf16 / 0.145 ms fp8 (one 2048-wide part, the earlier default: 0.165 / 0.177);
+# C=5120 as 4096 + 1024 on 1 row / 8 warps 0.480 / 0.596 (one 8192-wide part: 0.526 / 0.694).
+# The one-part entries are run 2's, for SPLIT_ROWS = False.
+LAUNCH: dict[tuple[int, int], tuple[int, int]] = {
+    (2048, 0): (2, 8), (8192, 0): (4, 32), (1024, 512): (1, 4), (4096, 1024): (1, 8),
+}
+QUANT_LAUNCH: dict[tuple[int, int], tuple[int, int]] = {
+    (2048, 0): (2, 16), (8192, 0): (4, 16), (1024, 512): (1, 4), (4096, 1024): (1, 8),
+}
+SPLIT_ROWS = True  # hold a row as two power-of-two parts where that masks fewer lanes (False: one part)
 
 
-def _launch_shape(c: int, quant: bool = False) -> tuple[int, int, int]:
-    block_c = max(triton.next_power_of_2(c), 128 if quant else 1)  # whole 128-channel groups
-    table = QUANT_LAUNCH if quant and block_c in QUANT_LAUNCH else LAUNCH
-    if block_c in table:
-        return table[block_c][0], block_c, table[block_c][1]
-    if block_c >= 2048:  # unmeasured widths: one row per program
-        return 1, block_c, 8
-    return max(1, 4096 // block_c), block_c, 4
+def row_parts(c: int, quant: bool = False) -> tuple[int, int]:
+    """(first part, second part or 0): the power-of-two widths a row of c channels is held as.
+    Quantizing launches keep whole 128-channel groups in each part."""
+    least = 128 if quant else 1
+    full = max(triton.next_power_of_2(c), least)
+    main = full // 2
+    if not SPLIT_ROWS or full == c or main < least:
+        return full, 0
+    rest = max(triton.next_power_of_2(c - main), least)
+    return (main, rest) if main + rest < full else (full, 0)
+
+
+def _launch_shape(c: int, quant: bool = False) -> tuple[int, int, int, int]:
+    """(rows per program, first part, second part, warps)."""
+    parts = row_parts(c, quant)
+    table = QUANT_LAUNCH if quant and parts in QUANT_LAUNCH else LAUNCH
+    if parts in table:
+        return table[parts][0], *parts, table[parts][1]
+    width = triton.next_power_of_2(sum(parts))
+    if width >= 2048:  # unmeasured widths: one row per program
+        return 1, *parts, 8
+    return max(1, 4096 // width), *parts, 4
 
 
 def add_norm_modulate_triton(
@@ -128,7 +200,7 @@ def add_norm_modulate_triton(
         h = torch.empty(1, dtype=out_dtype, device=x.device)  # carries the dtype h is rounded to
     elif write_h:
         h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    block_l, block_c, num_warps = _launch_shape(c, quant_fp8 and write_h)
+    block_l, block_c, block_c2, num_warps = _launch_shape(c, quant_fp8 and write_h)
     dummy = x  # stands in for absent pointers; never read (the constexpr flags prune the loads)
     grid = (triton.cdiv(l, block_l), bsz)
     _add_norm_modulate_kernel[grid](
@@ -142,7 +214,7 @@ def add_norm_modulate_triton(
         HAS_Y=y is not None, HAS_GATE=gate is not None, WRITE_X=write_x, WRITE_H=write_h,
         HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
         QUANT_FP8=bool(write_h and quant_fp8), INTERPRET=INTERPRETED,
-        BLOCK_L=block_l, BLOCK_C=block_c, num_warps=num_warps,
+        BLOCK_L=block_l, BLOCK_C=block_c, BLOCK_C2=block_c2, num_warps=num_warps,
     )
     return x_out, ((hq, hs) if hq is not None else h)
 
