@@ -114,3 +114,47 @@ def test_backends_resolve_and_compile():
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(q, k, v), f(q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["sla", "sagesla"])
+def test_fp8_output_is_the_o_projections_own_quantization_at_480p(qkv480, backend):
+    """out_fp8: the epilogue's e4m3 values and per-(token, head) scales are the bytes the fp8
+    o-projection's own quantization makes of the bf16 output (device e4m3 conversion).
+
+    sla: identical. sagesla computes the linear branch in this epilogue, and the compiler sums its
+    rows in another order when the epilogue also quantizes: on the H100, 41 of 50 M bf16 outputs
+    rounded one ulp apart, each moving its e4m3 value one step (without the linear branch: 0).
+    So for sagesla at most 1 in 10^5 values may sit one e4m3 step away."""
+    from turbovid.ops import attention
+    from turbovid.ops.quant import int8_triton
+
+    q, k, v, w, b = qkv480
+    plain = attention.attention(q, k, v, backend, topk=0.1, proj_weight=w, proj_bias=b)
+    q8, s = attention.attention(q, k, v, backend, topk=0.1, proj_weight=w, proj_bias=b, out_fp8=True)
+    want_q, want_s = int8_triton.quantize_act(plain.reshape(L480, -1), "fp8")
+    got, want = q8.reshape(L480, -1).view(torch.uint8), want_q.view(torch.uint8)
+    if backend == "sla":
+        assert torch.equal(s, want_s) and torch.equal(got, want)
+        return
+    differ = got != want
+    assert differ.float().mean().item() <= 1e-5
+    steps = (got.short() - want.short())[differ]
+    same_sign = ((got ^ want) & 0x80)[differ] == 0
+    assert bool(same_sign.all()) and bool((steps.abs() == 1).all())  # adjacent e4m3 codes
+    moved = s != want_s  # a flipped row maximum moves its scale by one bf16 ulp / 448
+    assert moved.float().mean().item() <= 1e-5
+    assert torch.allclose(s[moved], want_s[moved], rtol=2**-7, atol=0)
+    assert torch.equal(sagesla_linear_free(q, k, v), sagesla_linear_free(q, k, v, fp8=True))
+
+
+def sagesla_linear_free(q, k, v, fp8=False):
+    """Without the linear branch the fp8 epilogue's bytes are exact (sagesla): quantized output, or
+    the plain output quantized by the linear's rule."""
+    from turbovid.ops import attention
+    from turbovid.ops.quant import int8_triton
+
+    if fp8:
+        q8, s = attention.attention(q, k, v, "sagesla", topk=0.1, out_fp8=True)
+        return torch.cat([q8.reshape(L480, -1).view(torch.uint8).float(), s.t()], 1)
+    q8, s = int8_triton.quantize_act(attention.attention(q, k, v, "sagesla", topk=0.1).reshape(L480, -1), "fp8")
+    return torch.cat([q8.view(torch.uint8).float(), s.t()], 1)

@@ -109,3 +109,32 @@ def test_make_fast_fuses_qkv_only_for_weights_on_the_gpu():
     fast.make_fast(dit, fast.FastOptions(graph=False))
     assert all(type(b.self_attn) is dit_module.SelfAttention for b in dit.blocks)
     fast.make_plain(dit)
+
+
+def test_fp8_o_projection_takes_the_attention_output_quantized(monkeypatch):
+    """make_fast on an fp8 DiT with sparse attention: the attention backend hands each `o` its
+    input as an Fp8Activation (attn_quant), and the velocity is bit-identical to `o` quantizing
+    the plain output itself (same rule, same bytes); make_plain turns it off again."""
+    from turbovid.ops.attention import sla
+    from turbovid.ops.quant import fp8 as fp8_module
+    from turbovid.ops.quant import swap_linears_fp8
+
+    monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path
+    dit = tiny()
+    for blk in dit.blocks:
+        swap_linears_fp8(blk)
+    dit.set_attention("sla", 0.5)
+    lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
+    seen = []
+    real = fp8_module.fp8_linear_quantized
+    monkeypatch.setattr(fp8_module, "fp8_linear_quantized", lambda *a: seen.append(a[0]) or real(*a))
+    with torch.no_grad():
+        own = fast.make_fast(dit, fast.FastOptions(act_quant=False, attn_quant=False))(lat, t, ctx)
+        assert not seen and not any(blk.self_attn.out_fp8 for blk in dit.blocks)
+        fast.make_plain(dit)
+        fused = fast.make_fast(dit, fast.FastOptions(act_quant=False))(lat, t, ctx)
+        assert all(blk.self_attn.out_fp8 for blk in dit.blocks)
+        assert len(seen) == len(dit.blocks)  # one pre-quantized input per block: its o-projection
+        fast.make_plain(dit)
+        assert not any(blk.self_attn.out_fp8 for blk in dit.blocks)
+    assert torch.equal(fused, own)

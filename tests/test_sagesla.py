@@ -141,6 +141,18 @@ def test_backend_runs_the_kernel_in_the_interpreter(kernels):
     assert rel_l2(out, sref.sagesla_sparse_emulated(q, k, v, lut, 64, 128)) < 2e-3
 
 
+def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels):
+    from test_sla import _assert_fp8_output_of
+
+    blockmap, sk = kernels
+    q, k, v = outlier_qkv(2, 150, 2, 128, seed=31)
+    w, b = proj_params(128)
+    plain = sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128)
+    _assert_fp8_output_of(sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128, out_fp8=True), plain)
+    _assert_fp8_output_of(attention.attention(q, k, v, "sagesla", topk=0.5, proj_weight=w, proj_bias=b,
+                                              out_fp8=True), plain)
+
+
 # ---- dispatch and fallbacks -------------------------------------------------------------------
 
 def test_unavailable_on_cpu_and_auto_picks_sla():
@@ -175,3 +187,7 @@ def test_custom_op_passes_opcheck():
     q, k, v = random_qkv(1, 40, 2, 16, torch.float32)
     w, b = proj_params(16)
     torch.library.opcheck(torch.ops.turbovid.sagesla.default, (q, k, v, 0.5, w, b, 16, 32))
+    q, k, v = random_qkv(1, 40, 2, 64, torch.float32)
+    w, b = proj_params(64)
+    torch.library.opcheck(torch.ops.turbovid.sagesla_fp8.default, (q, k, v, 0.5, w, b, 16, 32),
+                          test_utils=("test_schema", "test_faketensor"))

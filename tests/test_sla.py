@@ -217,6 +217,44 @@ def test_backend_runs_the_kernel_in_the_interpreter(kernels):
     _check_kernel(out, q, k, v, 0.5, w, b, 128, 64)
 
 
+def _assert_fp8_output_of(got, plain):
+    """got == (e4m3, scales): the bytes an fp8 linear's own quantization makes of `plain`."""
+    from turbovid.ops.quant.fp8 import quantize_act_fp8
+
+    B, L, H, D = plain.shape
+    want_q, want_s = quantize_act_fp8(plain.reshape(B * L, H * D))
+    q8, s = got
+    assert q8.dtype == torch.float8_e4m3fn and q8.shape == plain.shape and s.shape == want_s.shape
+    assert torch.equal(s, want_s)
+    assert torch.equal(q8.reshape(B * L, H * D).view(torch.uint8), want_q.view(torch.uint8))
+    assert len(set(s.flatten().tolist())) > 1
+
+
+@pytest.mark.parametrize("in_pool", [False, True])
+def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels, in_pool):
+    """out_fp8 (head_dim 128): the epilogue writes what quantize_act_fp8 makes of the output it
+    would have stored, one scale per (token, head), for the o-projection to read."""
+    _, sla_kernel = kernels
+    q, k, v = random_qkv(2, 150, 2, 128, seed=21)
+    v[1, :, 1] *= 20.0  # one head of one sample much larger: its scales differ
+    w, b = proj_params(128)
+    cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=in_pool)
+    plain = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg)
+    _assert_fp8_output_of(sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8=True), plain)
+    with pytest.raises(ValueError, match="head_dim 128"):
+        sla_kernel.sla_forward(*random_qkv(1, 64, 1, 64), 0.5, None, None, 64, 64, out_fp8=True)
+
+
+def test_backend_fp8_output_in_the_interpreter_and_for_other_head_dims(kernels):
+    q, k, v = random_qkv(1, 130, 2, 128, seed=23)
+    w, b = proj_params(128)
+    plain = attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b)
+    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b, out_fp8=True), plain)
+    q, k, v = random_qkv(1, 130, 2, 64, seed=24)  # two heads per scale group: quantized after the kernel
+    plain = attention.attention(q, k, v, "sla", topk=0.5)
+    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
+
+
 # ---- dispatch, fallback, custom op -------------------------------------------------------------
 
 def test_cpu_runs_the_reference_with_one_log_line(caplog):
@@ -253,10 +291,23 @@ def test_bad_inputs_raise_one_line_errors(shapes, topk, wshape, match):
         attention.attention(q, k, k, "sla", topk=topk, proj_weight=w)
 
 
+def test_fp8_output_on_cpu_and_backends_without_it(monkeypatch):
+    monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path, whatever the fixtures left on
+    q, k, v = random_qkv(1, 50, 2, 64, torch.float32)
+    plain = attention.attention(q, k, v, "sla", topk=0.5)  # the reference on the CPU
+    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
+    dense = attention.attention(q, k, v, "dense", out_fp8=True)  # dense cannot: the plain tensor
+    assert isinstance(dense, torch.Tensor) and torch.equal(dense, attention.attention(q, k, v, "dense"))
+
+
 def test_custom_op_passes_opcheck_and_compiles():
     q, k, v = random_qkv(1, 40, 2, 16, torch.float32)
     w, b = proj_params(16)
     torch.library.opcheck(torch.ops.turbovid.sla.default, (q, k, v, 0.5, w, b, 16, 16))
+    q, k, v = random_qkv(1, 40, 2, 64, torch.float32)
+    w, b = proj_params(64)
+    torch.library.opcheck(torch.ops.turbovid.sla_fp8.default, (q, k, v, 0.5, w, b, 16, 16),
+                          test_utils=("test_schema", "test_faketensor"))
 
     def f(q, k, v):
         return attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b) * 2

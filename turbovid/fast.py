@@ -31,6 +31,7 @@ class FastOptions:
     fused_qkv: bool = True  # self-attention q/k/v as one GEMM over concatenated weights
     gelu_epilogue: bool = True  # FFN's first linear + bias + tanh-GELU as one cuBLASLt call
     act_quant: bool = True  # fp8 linears: the norm kernels write their inputs as e4m3 + scales
+    attn_quant: bool = True  # fp8 o-projection: the sla / sagesla epilogue writes its input as e4m3 + scales
     graph: bool = True  # capture the whole forward as a CUDA graph per input shape
     compile: bool = False  # torch.compile the forward instead of (or under) the graph
 
@@ -227,10 +228,28 @@ def fuse_act_quant(dit: nn.Module) -> int:
     return n
 
 
+def fuse_attn_quant(dit: nn.Module) -> int:
+    """Let each self-attention quantize its output for an fp8 o-projection in the attention
+    kernel's epilogue (sla / sagesla; other backends ignore it). Same bytes as the linear's own
+    quantization of the bf16 output (tests). Returns how many blocks."""
+    from turbovid.ops.quant.fp8 import Fp8Linear
+
+    n = 0
+    for blk in getattr(dit, "blocks", []):
+        attn = getattr(blk, "self_attn", None)
+        if isinstance(attn, SelfAttention) and isinstance(getattr(attn, "o", None), Fp8Linear):
+            attn.out_fp8 = True
+            n += 1
+    return n
+
+
 def unfuse_act_quant(dit: nn.Module) -> None:
     for blk in getattr(dit, "blocks", []):
         if "act_quant" in vars(blk):
             del blk.act_quant  # back to the class default: the norms return h
+        attn = getattr(blk, "self_attn", None)
+        if attn is not None and "out_fp8" in vars(attn):
+            del attn.out_fp8
 
 
 def unfuse_qkv(dit: nn.Module) -> None:
@@ -332,6 +351,8 @@ def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
         fuse_qkv(dit)
     if opts.act_quant and opts.fused:
         fuse_act_quant(dit)
+    if opts.attn_quant:
+        fuse_attn_quant(dit)
     if not (opts.graph or opts.compile):
         return dit
     if device.type != "cuda" and not opts.compile:

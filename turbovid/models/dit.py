@@ -46,6 +46,7 @@ from turbovid.ops.block_reference import (
     rmsnorm_rope_ref,
     rope_tables,
 )
+from turbovid.ops.quant.fp8 import Fp8Activation
 
 log = logging.getLogger("turbovid.dit")
 
@@ -151,6 +152,10 @@ class _Projections(nn.Module):
 
 
 class SelfAttention(_Projections):
+    # True: the attention kernel hands the o-projection its input already quantized (an
+    # Fp8Activation); turbovid.fast sets it when `o` is an Fp8Linear.
+    out_fp8: bool = False
+
     def __init__(self, cfg: DiTConfig):
         super().__init__(cfg)
         # SLA's linear-branch projection; float32 as in the reference, zeros = no linear branch.
@@ -170,8 +175,10 @@ class SelfAttention(_Projections):
         shape = (b, l, self.num_heads, self.head_dim)  # (B, L, H, D)
         out = attention(
             q.view(shape), k.view(shape), v.view(shape), self.backend,
-            topk=self.topk, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
+            topk=self.topk, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias, out_fp8=self.out_fp8,
         )
+        if isinstance(out, tuple):  # (e4m3, scales) from a backend that quantized for `o`
+            return self.o(Fp8Activation(out[0].view(b, l, c), out[1], q.dtype))
         return self.o(out.reshape(b, l, c))
 
 

@@ -40,6 +40,8 @@ class Backend:
     fn: BackendFn
     # Returns None when the backend can run on `device`, else a one-line reason.
     unavailable: Callable[[torch.device], str | None] = lambda device: None
+    # fn takes out_fp8=True and then returns its output quantized for an fp8 linear
+    fp8_output: bool = False
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -91,11 +93,18 @@ def attention(
     topk: float = 0.1,
     proj_weight: torch.Tensor | None = None,
     proj_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Attention of q over k, v ([B, L, H, D] each) through the named backend."""
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over k, v ([B, L, H, D] each) through the named backend.
+
+    out_fp8=True asks for the output quantized as an fp8 linear's input: backends that can
+    (sla, sagesla) return (e4m3 [B, L, H, D], float32 scales [ceil(H*D/128), B*L]), quantized in
+    their kernel's epilogue where they can; the others return the plain tensor."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects [B, L, H, D] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    return get_backend(backend).fn(q, k, v, topk=topk, proj_weight=proj_weight, proj_bias=proj_bias)
+    chosen = get_backend(backend)
+    extra = {"out_fp8": True} if out_fp8 and chosen.fp8_output else {}
+    return chosen.fn(q, k, v, topk=topk, proj_weight=proj_weight, proj_bias=proj_bias, **extra)
 
 
 def dense_attention(q, k, v, *, topk=0.1, proj_weight=None, proj_bias=None) -> torch.Tensor:

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from turbovid.ops.quant.int8_triton import _to_e4m3
+
 from .sla_reference import LINEAR_EPS, keep_count
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -99,6 +101,39 @@ def _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS:
     if HAS_BIAS:
         lin += tl.load(BIAS + d)[None, :]
     return lin
+
+
+@triton.jit
+def _store_output(
+    o, O, OQ, OS, offs, rows, L, scale_offs, OUT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Store a (rows, D) output tile in O's dtype or, with OUT_FP8 (D = 128: the tile is one
+    128-channel group of each row), rounded to O's dtype and then quantized as an fp8 linear
+    quantizes its input: e4m3 at OQ + offs, scale amax / 448 per row at OS + scale_offs + rows.
+    The o-projection then skips its own pass over the attention output."""
+    ok = rows < L
+    o = o.to(O.dtype.element_ty)
+    if OUT_FP8:
+        of = o.to(tl.float32)
+        amax = tl.maximum(tl.max(tl.abs(of), 1), 1e-8)
+        qmax = tl.full(amax.shape, 448.0, tl.float32)
+        v = tl.minimum(tl.maximum(of * tl.math.div_rn(qmax, amax)[:, None], -448.0), 448.0)
+        tl.store(OQ + offs, _to_e4m3(v, INTERPRET), mask=ok[:, None])
+        tl.store(OS + scale_offs + rows, tl.math.div_rn(amax, qmax), mask=ok)
+    else:
+        tl.store(O + offs, o, mask=ok[:, None])
+
+
+def output_buffers(q: torch.Tensor, out: torch.Tensor, out_fp8: bool):
+    """(e4m3 [B, L, H, D] with out's strides, float32 scales [H, B*L]) for OUT_FP8 launches, else
+    (out, out) as placeholders. The scales are quantize_act_fp8's layout for [B*L, H*D]."""
+    if not out_fp8:
+        return out, out
+    B, L, H, D = q.shape
+    if D != 128:
+        raise ValueError(f"fp8 attention output needs head_dim 128 (one scale group per head), got {D}")
+    oq = torch.empty_strided(out.shape, out.stride(), dtype=torch.float8_e4m3fn, device=q.device)
+    return oq, torch.empty(H, B * L, dtype=torch.float32, device=q.device)
 
 
 def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -10,7 +10,10 @@ from typing import Optional
 import torch
 
 from . import Backend, register_backend, sla
-from .sla import check_inputs, kernel_inputs, kernel_unavailable, log_once, sla_op
+from .sla import (
+    check_inputs, fp8_output, fp8_output_fake, kernel_inputs, kernel_quantizes_output, kernel_unavailable, log_once,
+    run_sla,
+)
 
 BLKQ, BLKK = 64, 128
 
@@ -26,6 +29,23 @@ def fp8_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
     return None
 
 
+def run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
+    reason = fp8_unavailable(q.device, q.shape[-1])
+    if reason is not None:
+        # sla's own block map, as the reference SageSLA uses off Hopper
+        log_once(f"sagesla: running sla instead ({reason})")
+        return run_sla(q, k, v, topk, proj_weight, proj_bias, sla.BLKQ, sla.BLKK, out_fp8)
+    from . import sagesla_kernel
+
+    qk, kk, vk = kernel_inputs(q, k, v)
+    fused = out_fp8 and kernel_quantizes_output(q)
+    out = sagesla_kernel.sagesla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
+    if fused:
+        return out
+    out = out.to(q.dtype).contiguous()
+    return fp8_output(out) if out_fp8 else out
+
+
 @torch.library.custom_op("turbovid::sagesla", mutates_args=())
 def sagesla_op(
     q: torch.Tensor,
@@ -37,20 +57,32 @@ def sagesla_op(
     blkq: int,
     blkk: int,
 ) -> torch.Tensor:
-    reason = fp8_unavailable(q.device, q.shape[-1])
-    if reason is not None:
-        # sla's own block map, as the reference SageSLA uses off Hopper
-        log_once(f"sagesla: running sla instead ({reason})")
-        return sla_op(q, k, v, topk, proj_weight, proj_bias, sla.BLKQ, sla.BLKK)
-    from . import sagesla_kernel
-
-    qk, kk, vk = kernel_inputs(q, k, v)
-    return sagesla_kernel.sagesla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+    return run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, False)
 
 
 @sagesla_op.register_fake
 def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
     return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("turbovid::sagesla_fp8", mutates_args=())
+def sagesla_fp8_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int,
+    blkk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sagesla_op's output quantized for an fp8 o-projection (see sla.fp8_output)."""
+    return run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
+
+
+@sagesla_fp8_op.register_fake
+def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
+    return fp8_output_fake(q)
 
 
 def sagesla_attention(
@@ -63,10 +95,13 @@ def sagesla_attention(
     proj_bias: Optional[torch.Tensor],
     blkq: int = BLKQ,
     blkk: int = BLKK,
-) -> torch.Tensor:
-    """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype."""
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype, or
+    with out_fp8 that output quantized for an fp8 linear (as sla_attention)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
-    return sagesla_op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+    op = sagesla_fp8_op if out_fp8 else sagesla_op
+    return op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
 
 
 def _unavailable(device: torch.device) -> Optional[str]:
@@ -76,4 +111,4 @@ def _unavailable(device: torch.device) -> Optional[str]:
     return fp8_unavailable(device)
 
 
-register_backend(Backend("sagesla", sagesla_attention, _unavailable))
+register_backend(Backend("sagesla", sagesla_attention, _unavailable, fp8_output=True))

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from . import blockmap
 from .sagesla_reference import LOG2E, v_scales
-from .blockmap import _linear_branch
+from .blockmap import _linear_branch, _store_output
 from .sla_kernel import TensorDescriptor
 from .sla_reference import LINEAR_EPS
 
@@ -129,12 +129,12 @@ def _sage_tile(
 
 @triton.jit
 def _sagesla_fwd_kernel(
-    Q, KQ, K_SCALE, VT, VT2, V_FROM_FP8, O, LUT, KVW, PHISUM, BIAS,
+    Q, KQ, K_SCALE, VT, VT2, V_FROM_FP8, O, OQ, OS, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, so_b, so_l, so_h,
-    L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps,
+    L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps, ROWS_TOTAL,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
     LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, V_TERMS: tl.constexpr, TWO_LEVEL: tl.constexpr,
-    EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr,
+    EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr, OUT_FP8: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -167,12 +167,12 @@ def _sagesla_fwd_kernel(
                                L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
     o = acc * v_from[None, :] / l_i[:, None]  # l_i carries P's 448
-    out = O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
+    offs = b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
     if LIN_MODE == 1:  # linear branch here, from the queries in registers
         o += _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
     if LIN_MODE == 2:  # the query pass already wrote it into the output
-        o += tl.load(out, mask=rows[:, None] < L, other=0.0).to(tl.float32)
-    tl.store(out, o.to(O.dtype.element_ty), mask=rows[:, None] < L)
+        o += tl.load(O + offs, mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    _store_output(o, O, OQ, OS, offs, rows, L, h * ROWS_TOTAL + b * L, OUT_FP8, EXACT_GRID)
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,10 @@ def sagesla_forward(
     blkk: int = 128,
     config: Config | None = None,
     stats: blockmap.BlockStats | None = None,
-) -> torch.Tensor:
-    """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's
+    dtype, or with out_fp8 (head_dim 128) that output quantized for an fp8 linear (as sla_forward)."""
     B, L, H, D = q.shape
     cfg = config or default_config(q.device)
     stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
@@ -236,12 +238,13 @@ def sagesla_forward(
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
+    oq, os_ = blockmap.output_buffers(q, out, out_fp8)
     _sagesla_fwd_kernel[(nq, B * H)](
-        q, kq, k_scale, vt, vt2, v_from, out, stats.lut, kvw, phi_sum, bias,
+        q, kq, k_scale, vt, vt2, v_from, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L,
+        L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         D=D, BLOCK_M=blkq, BLKK=blkk, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
         V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED, USE_TMA=use_tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        OUT_FP8=out_fp8, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    return (oq, os_) if out_fp8 else out

@@ -73,6 +73,45 @@ def kernel_inputs(*xs: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def fp8_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> (e4m3 [B, L, H, D], scales [ceil(H*D/128), B*L]): an fp8 linear's own rule,
+    for the paths whose kernel does not quantize in its epilogue."""
+    from turbovid.ops.quant.fp8 import quantize_act_fp8
+
+    B, L, H, D = out.shape
+    q8, s = quantize_act_fp8(out.reshape(B * L, H * D))
+    return q8.view(out.shape), s
+
+
+def fp8_output_fake(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    B, L, H, D = q.shape
+    return (q.new_empty(q.shape, dtype=torch.float8_e4m3fn),
+            q.new_empty(-(-H * D // 128), B * L, dtype=torch.float32))
+
+
+def kernel_quantizes_output(q: torch.Tensor) -> bool:
+    """The kernels' epilogue writes the fp8 output for half-precision q with head_dim 128 (one
+    scale group per head); other inputs are quantized after the kernel by fp8_output."""
+    return q.shape[-1] == 128 and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
+    reason = kernel_unavailable(q.device, q.shape[-1])
+    if reason is not None:
+        log_once(f"sla: running the PyTorch reference ({reason})")
+        out = sla_reference(q, k, v, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+        return fp8_output(out) if out_fp8 else out
+    from . import sla_kernel
+
+    qk, kk, vk = kernel_inputs(q, k, v)
+    fused = out_fp8 and kernel_quantizes_output(q)
+    out = sla_kernel.sla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
+    if fused:
+        return out
+    out = out.to(q.dtype).contiguous()
+    return fp8_output(out) if out_fp8 else out
+
+
 @torch.library.custom_op("turbovid::sla", mutates_args=())
 def sla_op(
     q: torch.Tensor,
@@ -84,19 +123,32 @@ def sla_op(
     blkq: int,
     blkk: int,
 ) -> torch.Tensor:
-    reason = kernel_unavailable(q.device, q.shape[-1])
-    if reason is not None:
-        log_once(f"sla: running the PyTorch reference ({reason})")
-        return sla_reference(q, k, v, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
-    from . import sla_kernel
-
-    qk, kk, vk = kernel_inputs(q, k, v)
-    return sla_kernel.sla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
+    return run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, False)
 
 
 @sla_op.register_fake
 def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
     return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("turbovid::sla_fp8", mutates_args=())
+def sla_fp8_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: float,
+    proj_weight: Optional[torch.Tensor],
+    proj_bias: Optional[torch.Tensor],
+    blkq: int,
+    blkk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sla_op's output quantized for an fp8 o-projection (see fp8_output)."""
+    return run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
+
+
+@sla_fp8_op.register_fake
+def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
+    return fp8_output_fake(q)
 
 
 def sla_attention(
@@ -109,10 +161,13 @@ def sla_attention(
     proj_bias: Optional[torch.Tensor],
     blkq: int = BLKQ,
     blkk: int = BLKK,
-) -> torch.Tensor:
-    """Sparse-linear attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype."""
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sparse-linear attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype,
+    or with out_fp8 that output quantized for an fp8 linear (e4m3 values, scales; see fp8_output)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
-    return sla_op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+    op = sla_fp8_op if out_fp8 else sla_op
+    return op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
 
 
-register_backend(Backend("sla", sla_attention, lambda device: None))
+register_backend(Backend("sla", sla_attention, lambda device: None, fp8_output=True))

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - older Triton: pointer loads only
     TensorDescriptor = None
 
 from . import blockmap
-from .blockmap import _linear_branch
+from .blockmap import _linear_branch, _store_output
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
@@ -115,11 +115,12 @@ def _tile_tma(
 
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, O, LUT, KVW, PHISUM, BIAS,
+    Q, K, V, O, OQ, OS, LUT, KVW, PHISUM, BIAS,
     sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
-    L, H, NQ, KK, qk_scale, lin_eps, ROWS_B, ROWS_H, COL_H,
+    L, H, NQ, KK, qk_scale, lin_eps, ROWS_B, ROWS_H, COL_H, ROWS_TOTAL,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
     LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
+    OUT_FP8: tl.constexpr = False, INTERPRET: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -157,12 +158,12 @@ def _sla_fwd_kernel(
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_src, v_src, lut_row, n_tiles - 1, sk_l, sv_l, L, KK, qk_scale,
                               D, BLKK, GROUP, True)
     o = acc / l_i[:, None]
-    out = O + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
+    offs = b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
     if LIN_MODE == 1:  # linear branch here, from the queries in registers
         o += _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
     if LIN_MODE == 2:  # the query pass already wrote it into the output
-        o += tl.load(out, mask=rows[:, None] < L, other=0.0).to(tl.float32)
-    tl.store(out, o.to(O.dtype.element_ty), mask=rows[:, None] < L)
+        o += tl.load(O + offs, mask=rows[:, None] < L, other=0.0).to(tl.float32)
+    _store_output(o, O, OQ, OS, offs, rows, L, h * ROWS_TOTAL + b * L, OUT_FP8, INTERPRET)
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,11 @@ def sla_forward(
     blkk: int = 64,
     config: Config | None = None,
     stats: blockmap.BlockStats | None = None,
-) -> torch.Tensor:
-    """SLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype."""
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype,
+    or with out_fp8 (head_dim 128) that output quantized for an fp8 linear: (e4m3 [B, L, H, D],
+    float32 scales [H, B*L]), the bytes quantize_act_fp8 makes of the bf16 output."""
     B, L, H, D = q.shape
     cfg = config or default_config(D, q.device)
     stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
@@ -216,12 +220,13 @@ def sla_forward(
     use_tma = cfg.tma and TensorDescriptor is not None and flat[0] is not None and flat[1] is not None
     if use_tma:
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
+    oq, os_ = blockmap.output_buffers(q, out, out_fp8)
     _sla_fwd_kernel[(nq, B * H)](
-        q, k_src, v_src, out, stats.lut, kvw, phi_sum, bias,
+        q, k_src, v_src, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, rows_b, rows_h, col_h,
+        L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, rows_b, rows_h, col_h, B * L,
         D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
-        USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_TMA=use_tma, OUT_FP8=out_fp8, INTERPRET=INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    return (oq, os_) if out_fp8 else out
