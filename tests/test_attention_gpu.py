@@ -123,8 +123,8 @@ def test_fp8_output_is_the_o_projections_own_quantization_at_480p(qkv480, backen
 
     sla: identical. sagesla computes the linear branch in this epilogue, and the compiler sums its
     rows in another order when the epilogue also quantizes: on the H100, 41 of 50 M bf16 outputs
-    rounded one ulp apart, each moving its e4m3 value one step (without the linear branch: 0).
-    So for sagesla at most 1 in 10^5 values may sit one e4m3 step away."""
+    rounded apart, each moving its e4m3 value one step (without the linear branch: none). So for
+    sagesla at most 1 in 10^5 values may sit one e4m3 step away."""
     from turbovid.ops import attention
     from turbovid.ops.quant import int8_triton
 
@@ -138,12 +138,16 @@ def test_fp8_output_is_the_o_projections_own_quantization_at_480p(qkv480, backen
         return
     differ = got != want
     assert differ.float().mean().item() <= 1e-5
-    steps = (got.short() - want.short())[differ]
-    same_sign = ((got ^ want) & 0x80)[differ] == 0
-    assert bool(same_sign.all()) and bool((steps.abs() == 1).all())  # adjacent e4m3 codes
     moved = s != want_s  # a flipped row maximum moves its scale by one bf16 ulp / 448
     assert moved.float().mean().item() <= 1e-5
     assert torch.allclose(s[moved], want_s[moved], rtol=2**-7, atol=0)
+    # each differing value within one e4m3 step of the other: 2^-3 of it, or one subnormal step
+    # (2^-9 of its scale) for values near zero, where the reordered sums can even change the sign
+    rows_s = want_s.t().repeat_interleave(128, 1)
+    deq_got = q8.reshape(L480, -1).float() * s.t().repeat_interleave(128, 1)
+    deq_want = want_q.float() * rows_s
+    err = (deq_got - deq_want).abs()
+    assert bool((err <= 0.125 * deq_want.abs() + 2**-9 * rows_s * 1.001).all())
     assert torch.equal(sagesla_linear_free(q, k, v), sagesla_linear_free(q, k, v, fp8=True))
 
 
