@@ -1,7 +1,8 @@
 """The "sagesla" attention backend: SLA with int8 Q.K^T and fp8 P.V (Triton; Hopper, Ada, Blackwell).
 
 Same block map granularity as the reference SageSLA on Hopper (query blocks of 64, key blocks of
-128) and the same linear branch as sla. Registered as the custom op `turbovid::sagesla`. On a GPU
+128) and the same linear branch as sla. Registered as the custom ops `turbovid::sagesla` and
+`turbovid::sagesla_fp8` (sla.register_ops). On a GPU
 without fp8 (before Ada) or without Triton it runs sla instead, on the CPU the sla reference; each
 fallback logs one line. `unavailable` names the reason, so "auto" picks sla there.
 """
@@ -10,10 +11,7 @@ from typing import Optional
 import torch
 
 from . import Backend, register_backend, sla
-from .sla import (
-    check_inputs, fp8_output, fp8_output_fake, kernel_inputs, kernel_quantizes_output, kernel_unavailable, log_once,
-    run_sla,
-)
+from .sla import call_kernel, check_inputs, kernel_unavailable, log_once, register_ops, run_sla
 
 BLKQ, BLKK = 64, 128
 
@@ -37,52 +35,10 @@ def run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool
         return run_sla(q, k, v, topk, proj_weight, proj_bias, sla.BLKQ, sla.BLKK, out_fp8)
     from . import sagesla_kernel
 
-    qk, kk, vk = kernel_inputs(q, k, v)
-    fused = out_fp8 and kernel_quantizes_output(q)
-    out = sagesla_kernel.sagesla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
-    if fused:
-        return out
-    out = out.to(q.dtype).contiguous()
-    return fp8_output(out) if out_fp8 else out
+    return call_kernel(sagesla_kernel.sagesla_forward, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 
-@torch.library.custom_op("turbovid::sagesla", mutates_args=())
-def sagesla_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    topk: float,
-    proj_weight: Optional[torch.Tensor],
-    proj_bias: Optional[torch.Tensor],
-    blkq: int,
-    blkk: int,
-) -> torch.Tensor:
-    return run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, False)
-
-
-@sagesla_op.register_fake
-def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
-    return q.new_empty(q.shape)
-
-
-@torch.library.custom_op("turbovid::sagesla_fp8", mutates_args=())
-def sagesla_fp8_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    topk: float,
-    proj_weight: Optional[torch.Tensor],
-    proj_bias: Optional[torch.Tensor],
-    blkq: int,
-    blkk: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sagesla_op's output quantized for an fp8 o-projection (see sla.fp8_output)."""
-    return run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
-
-
-@sagesla_fp8_op.register_fake
-def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
-    return fp8_output_fake(q)
+sagesla_op, sagesla_fp8_op = register_ops("sagesla", run_sagesla)
 
 
 def sagesla_attention(

@@ -1,11 +1,11 @@
 """The "sla" attention backend: sparse-linear attention through Triton, PyTorch reference elsewhere.
 
-Registered as the custom op `turbovid::sla` (with a fake implementation) so torch.compile traces
-the DiT through it. proj_weight None skips the linear branch (a zero-initialised proj_l with zero
+Registered as the custom ops `turbovid::sla` and `turbovid::sla_fp8` (its output quantized for an
+fp8 o-projection), with fake implementations, so torch.compile traces the DiT through them. proj_weight None skips the linear branch (a zero-initialised proj_l with zero
 bias contributes nothing either, so this is the same function and saves the work).
 """
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -103,52 +103,46 @@ def run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
         return fp8_output(out) if out_fp8 else out
     from . import sla_kernel
 
+    return call_kernel(sla_kernel.sla_forward, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
+
+
+def call_kernel(forward: Callable, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
+    """Run a kernel's forward (sla_forward / sagesla_forward) on q's dtype in and out: quantized for
+    an fp8 linear in its epilogue where it can, else after it (fp8_output)."""
     qk, kk, vk = kernel_inputs(q, k, v)
     fused = out_fp8 and kernel_quantizes_output(q)
-    out = sla_kernel.sla_forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
+    out = forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
     if fused:
         return out
     out = out.to(q.dtype).contiguous()
     return fp8_output(out) if out_fp8 else out
 
 
-@torch.library.custom_op("turbovid::sla", mutates_args=())
-def sla_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    topk: float,
-    proj_weight: Optional[torch.Tensor],
-    proj_bias: Optional[torch.Tensor],
-    blkq: int,
-    blkk: int,
-) -> torch.Tensor:
-    return run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, False)
+def register_ops(name: str, run: Callable) -> tuple[Callable, Callable]:
+    """Register `run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)` as two custom ops
+    with fake implementations, so torch.compile traces the DiT through them: turbovid::<name>
+    (output in q's dtype) and turbovid::<name>_fp8 (output quantized for an fp8 linear)."""
+
+    def plain(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, proj_weight: Optional[torch.Tensor],
+        proj_bias: Optional[torch.Tensor], blkq: int, blkk: int,
+    ) -> torch.Tensor:
+        return run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, False)
+
+    def quantized(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, proj_weight: Optional[torch.Tensor],
+        proj_bias: Optional[torch.Tensor], blkq: int, blkk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
+
+    plain_op = torch.library.custom_op(f"turbovid::{name}", plain, mutates_args=())
+    plain_op.register_fake(lambda q, *rest: q.new_empty(q.shape))
+    fp8_op = torch.library.custom_op(f"turbovid::{name}_fp8", quantized, mutates_args=())
+    fp8_op.register_fake(lambda q, *rest: fp8_output_fake(q))
+    return plain_op, fp8_op
 
 
-@sla_op.register_fake
-def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
-    return q.new_empty(q.shape)
-
-
-@torch.library.custom_op("turbovid::sla_fp8", mutates_args=())
-def sla_fp8_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    topk: float,
-    proj_weight: Optional[torch.Tensor],
-    proj_bias: Optional[torch.Tensor],
-    blkq: int,
-    blkk: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sla_op's output quantized for an fp8 o-projection (see fp8_output)."""
-    return run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
-
-
-@sla_fp8_op.register_fake
-def _(q, k, v, topk, proj_weight, proj_bias, blkq, blkk):
-    return fp8_output_fake(q)
+sla_op, sla_fp8_op = register_ops("sla", run_sla)
 
 
 def sla_attention(
