@@ -2,9 +2,9 @@
 
 Same block map granularity as the reference SageSLA on Hopper (query blocks of 64, key blocks of
 128) and the same linear branch as sla. Registered as the custom ops `turbovid::sagesla` and
-`turbovid::sagesla_fp8` (sla.register_ops). On a GPU
-without fp8 (before Ada) or without Triton it runs sla instead, on the CPU the sla reference; each
-fallback logs one line. `unavailable` names the reason, so "auto" picks sla there.
+`turbovid::sagesla_fp8` (sla.register_ops). On a GPU without fp8 (before Ada) or without Triton it
+runs sla instead, on the CPU the sla reference; each fallback logs one line. `unavailable` names
+the reason, so "auto" picks sla there.
 """
 from typing import Optional
 

@@ -1,8 +1,9 @@
 """The "sla" attention backend: sparse-linear attention through Triton, PyTorch reference elsewhere.
 
 Registered as the custom ops `turbovid::sla` and `turbovid::sla_fp8` (its output quantized for an
-fp8 o-projection), with fake implementations, so torch.compile traces the DiT through them. proj_weight None skips the linear branch (a zero-initialised proj_l with zero
-bias contributes nothing either, so this is the same function and saves the work).
+fp8 o-projection), with fake implementations, so torch.compile traces the DiT through them.
+proj_weight None skips the linear branch (a zero-initialised proj_l with zero bias contributes
+nothing either, so this is the same function and saves the work).
 """
 import logging
 from typing import Callable, Optional
