@@ -68,3 +68,16 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+
+
+def assert_fp8_output_of(got, plain):
+    """got == (e4m3, scales): the bytes an fp8 linear's own quantization makes of `plain`."""
+    from turbovid.ops.quant.fp8 import quantize_act_fp8
+
+    B, L, H, D = plain.shape
+    want_q, want_s = quantize_act_fp8(plain.reshape(B * L, H * D))
+    q8, s = got
+    assert q8.dtype == torch.float8_e4m3fn and q8.shape == plain.shape and s.shape == want_s.shape
+    assert torch.equal(s, want_s)
+    assert torch.equal(q8.reshape(B * L, H * D).view(torch.uint8), want_q.view(torch.uint8))
+    assert len(set(s.flatten().tolist())) > 1

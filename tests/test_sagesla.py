@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 from attention_helpers import (  # noqa: E402
-    cosine, interpreted_kernels, outlier_qkv, proj_params, random_qkv, rel_l2,
+    assert_fp8_output_of, cosine, interpreted_kernels, outlier_qkv, proj_params, random_qkv, rel_l2,
 )
 
 from turbovid.ops import attention  # noqa: E402
@@ -142,14 +142,12 @@ def test_backend_runs_the_kernel_in_the_interpreter(kernels):
 
 
 def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels):
-    from test_sla import _assert_fp8_output_of
-
     blockmap, sk = kernels
     q, k, v = outlier_qkv(2, 150, 2, 128, seed=31)
     w, b = proj_params(128)
     plain = sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128)
-    _assert_fp8_output_of(sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128, out_fp8=True), plain)
-    _assert_fp8_output_of(attention.attention(q, k, v, "sagesla", topk=0.5, proj_weight=w, proj_bias=b,
+    assert_fp8_output_of(sk.sagesla_forward(q, k, v, 0.5, w, b, 64, 128, out_fp8=True), plain)
+    assert_fp8_output_of(attention.attention(q, k, v, "sagesla", topk=0.5, proj_weight=w, proj_bias=b,
                                               out_fp8=True), plain)
 
 

@@ -16,7 +16,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is first imported
 
 import pytest  # noqa: E402
-from attention_helpers import interpreted_kernels, max_err, proj_params, random_qkv  # noqa: E402
+from attention_helpers import (  # noqa: E402
+    assert_fp8_output_of, interpreted_kernels, max_err, proj_params, random_qkv,
+)
 
 from turbovid.ops import attention  # noqa: E402
 from turbovid.ops.attention import sla  # noqa: E402
@@ -217,19 +219,6 @@ def test_backend_runs_the_kernel_in_the_interpreter(kernels):
     _check_kernel(out, q, k, v, 0.5, w, b, 128, 64)
 
 
-def _assert_fp8_output_of(got, plain):
-    """got == (e4m3, scales): the bytes an fp8 linear's own quantization makes of `plain`."""
-    from turbovid.ops.quant.fp8 import quantize_act_fp8
-
-    B, L, H, D = plain.shape
-    want_q, want_s = quantize_act_fp8(plain.reshape(B * L, H * D))
-    q8, s = got
-    assert q8.dtype == torch.float8_e4m3fn and q8.shape == plain.shape and s.shape == want_s.shape
-    assert torch.equal(s, want_s)
-    assert torch.equal(q8.reshape(B * L, H * D).view(torch.uint8), want_q.view(torch.uint8))
-    assert len(set(s.flatten().tolist())) > 1
-
-
 @pytest.mark.parametrize("in_pool", [False, True])
 def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels, in_pool):
     """out_fp8 (head_dim 128): the epilogue writes what quantize_act_fp8 makes of the output it
@@ -240,7 +229,7 @@ def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels, in
     w, b = proj_params(128)
     cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=in_pool)
     plain = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg)
-    _assert_fp8_output_of(sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8=True), plain)
+    assert_fp8_output_of(sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8=True), plain)
     with pytest.raises(ValueError, match="head_dim 128"):
         sla_kernel.sla_forward(*random_qkv(1, 64, 1, 64), 0.5, None, None, 64, 64, out_fp8=True)
 
@@ -249,10 +238,10 @@ def test_backend_fp8_output_in_the_interpreter_and_for_other_head_dims(kernels):
     q, k, v = random_qkv(1, 130, 2, 128, seed=23)
     w, b = proj_params(128)
     plain = attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b)
-    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b, out_fp8=True), plain)
+    assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b, out_fp8=True), plain)
     q, k, v = random_qkv(1, 130, 2, 64, seed=24)  # two heads per scale group: quantized after the kernel
     plain = attention.attention(q, k, v, "sla", topk=0.5)
-    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
+    assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
 
 
 # ---- dispatch, fallback, custom op -------------------------------------------------------------
@@ -295,7 +284,7 @@ def test_fp8_output_on_cpu_and_backends_without_it(monkeypatch):
     monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path, whatever the fixtures left on
     q, k, v = random_qkv(1, 50, 2, 64, torch.float32)
     plain = attention.attention(q, k, v, "sla", topk=0.5)  # the reference on the CPU
-    _assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
+    assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)
     dense = attention.attention(q, k, v, "dense", out_fp8=True)  # dense cannot: the plain tensor
     assert isinstance(dense, torch.Tensor) and torch.equal(dense, attention.attention(q, k, v, "dense"))
 
