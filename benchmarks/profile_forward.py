@@ -69,6 +69,8 @@ def main() -> None:
                     "with each one off, in the same process (e.g. act_quant,fused_qkv)")
     ap.add_argument("--one-part-rows", action="store_true", help="also time the graphed forward with the norm "
                     "kernel holding each row as one power-of-two part (layernorm_kernel.SPLIT_ROWS = False)")
+    ap.add_argument("--baseline-blockmap", default=None, help="module with another block_stats (e.g. a copy "
+                    "of blockmap.py from an earlier commit): also time the graphed forward with it")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args()
 
@@ -108,6 +110,20 @@ def main() -> None:
             result["graphed_forward_ms_one_part_rows"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
             make_plain(runner)
             layernorm_kernel.SPLIT_ROWS = True
+            runner = make_fast(dit, FastOptions())
+            result["graphed_forward_ms_again"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
+            make_plain(runner)
+        if args.baseline_blockmap:
+            import importlib
+
+            from turbovid.ops.attention import blockmap
+
+            shipped = blockmap.block_stats
+            blockmap.block_stats = importlib.import_module(args.baseline_blockmap).block_stats
+            runner = make_fast(dit, FastOptions())
+            result["graphed_forward_ms_baseline_blockmap"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
+            make_plain(runner)
+            blockmap.block_stats = shipped
             runner = make_fast(dit, FastOptions())
             result["graphed_forward_ms_again"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
             make_plain(runner)

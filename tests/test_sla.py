@@ -135,12 +135,13 @@ def test_kernel_block_map_equals_reference(kernels, B, L, H, D, blkq, blkk):
     torch.testing.assert_close(stats.kv.float().view(B, H, D, D), phi.transpose(-1, -2) @ vf / L, atol=2e-3, rtol=1e-2)
 
 
-@pytest.mark.parametrize("select_rows, key_stages", [(4, 2), (2, 1), (16, 1)])
-def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages):
-    # fewer query blocks per select program (below the dot's 16 rows) and the key pass with or
-    # without software pipelining all pick the reference's block sets and the same statistics
+@pytest.mark.parametrize("select_rows, key_stages, early, cols", [(4, 2, False, 128), (2, 1, True, 16), (16, 1, True, 128)])
+def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages, early, cols):
+    # fewer query blocks per select program (below the dot's 16 rows), the radix select with or
+    # without its early stop, rows in chunks, and the key pass with or without software
+    # pipelining all pick the reference's block sets and the same statistics
     blockmap, _ = kernels
-    cfg = blockmap.StatsConfig(select_rows=select_rows, key_stages=key_stages)
+    cfg = blockmap.StatsConfig(select_rows=select_rows, key_stages=key_stages, select_early=early, select_cols=cols)
     for B, L, H, D, blkq, blkk in SHAPES[:2]:
         q, k, v = random_qkv(B, L, H, D, seed=L + 1)
         q[..., 0] *= -3  # scores of both signs, for the sign-folded int32 keys
@@ -151,21 +152,37 @@ def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages):
         assert torch.equal(stats.kv, base.kv) and torch.equal(stats.k_mean, base.k_mean)
 
 
-def test_kernel_block_map_ties_keep_the_lower_block(kernels):
+@pytest.mark.parametrize("early", [False, True])
+def test_kernel_select_rows_in_chunks(kernels, early):
+    # 69 key blocks held as 8 chunks of 16 columns (the last one ragged), both signs of score,
+    # ragged query blocks, and rows of one program past the last query block
     blockmap, _ = kernels
+    q, k, v = random_qkv(1, 1100, 2, 64, seed=5)
+    q[..., 1] *= -4
+    cfg = blockmap.StatsConfig(select_rows=4, select_cols=16, select_early=early)
+    for topk in (0.1, 0.5):
+        stats = blockmap.block_stats(q, k, v, topk, 64, 16, cfg=cfg)
+        expected = ref.block_map(q, k, topk, 64, 16)
+        assert torch.equal(stats.lut.view_as(expected), expected)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_kernel_block_map_ties_keep_the_lower_block(kernels, early):
+    blockmap, _ = kernels
+    cfg = blockmap.StatsConfig(select_early=early)
     q = torch.ones(1, 256, 1, 64, dtype=torch.float16)
     k = torch.zeros(1, 256, 1, 64, dtype=torch.float16)  # every score is 0: all tied
-    stats = blockmap.block_stats(q, k, k, 0.5, 64, 32)
+    stats = blockmap.block_stats(q, k, k, 0.5, 64, 32, cfg=cfg)
     assert stats.lut.flatten(0, 1).tolist() == [[0, 1, 2, 3]] * 4
     assert torch.equal(stats.lut.view(1, 1, 4, 4), ref.block_map(q, k, 0.5, 64, 32))
     # ties at the threshold only: key blocks 1, 2, 3 score above the rest, equally; keep 2 of 8
     k2 = torch.zeros(1, 256, 1, 64, dtype=torch.float16)
     k2[:, 32:128] = 1.0
-    stats = blockmap.block_stats(q, k2, k2, 0.25, 64, 32)
+    stats = blockmap.block_stats(q, k2, k2, 0.25, 64, 32, cfg=cfg)
     assert stats.lut.flatten(0, 1).tolist() == [[1, 2]] * 4
     assert torch.equal(stats.lut.view(1, 1, 4, 2), ref.block_map(q, k2, 0.25, 64, 32))
     # every block kept (topk 1)
-    stats = blockmap.block_stats(q, k2, k2, 1.0, 64, 32)
+    stats = blockmap.block_stats(q, k2, k2, 1.0, 64, 32, cfg=cfg)
     assert stats.lut.flatten(0, 1).tolist() == [list(range(8))] * 4
 
 

@@ -10,7 +10,8 @@ Three launches, each one pass over its input:
              queries (phi(Q) (phi(K)^T V) ..., proj_l), written into the output buffer that the
              attention kernel then adds its sparse part to.
   select     per group of query blocks: scores against the smoothed pooled keys (float32, exact),
-             then an exact top-k per row by bisection on the scores' order-preserving int32 keys,
+             then an exact top-k per row by bisection on the scores' order-preserving int32 keys
+             (each row inside one warp; the bisection stops once every row has a clean cut),
              written as an ascending list of block indices (ties keep the lower index).
 Layout: q, k, v are [B, L, H, D] with unit stride on D; statistics are per (b, h) row-major.
 """
@@ -166,53 +167,83 @@ def _pool_kernel(
 def _select_kernel(
     PQ, PK, KMEAN, S, LUT,
     NQ, NK, KK, S_ROWS, S_STRIDE,
-    D: tl.constexpr, QT: tl.constexpr, QD: tl.constexpr, CN: tl.constexpr, NKP: tl.constexpr, RS: tl.constexpr,
+    D: tl.constexpr, QT: tl.constexpr, QD: tl.constexpr, CN: tl.constexpr, DC: tl.constexpr,
+    NCH: tl.constexpr, CW: tl.constexpr, RS: tl.constexpr, EARLY: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
-    d = tl.arange(0, D)
     # QD = max(QT, 16) rows go through the dot (its minimum height); only the first QT are this program's
     q_local = tl.arange(0, QD)
     q_rows = t * QT + q_local
     q_ok = (q_rows < NQ) & (q_local < QT)
-    pq = tl.load(PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D + d[None, :], mask=q_ok[:, None], other=0.0)
-    k_mean = tl.load(KMEAN + bh * D + d)
+    pq_rows = PQ + (bh * NQ + q_rows)[:, None].to(tl.int64) * D
     s_base = S + (bh * S_ROWS + t * QT).to(tl.int64) * S_STRIDE
-    # 1. scores of QT query blocks against all key blocks, CN at a time, through a scratch row
+    # 1. scores of QT query blocks against all key blocks, CN at a time, through a scratch row.
+    # D in slices of DC keeps the operands of the (FMA) dot in registers; the dot still adds the
+    # products in channel order, so the scores are the same bits as with one D-wide dot.
     for c0 in range(0, NK, CN):
         cols = c0 + tl.arange(0, CN)
-        pk = tl.load(PK + (bh * NK + cols)[:, None].to(tl.int64) * D + d[None, :], mask=cols[:, None] < NK, other=0.0)
-        s = tl.dot(pq, tl.trans(pk - k_mean[None, :]), input_precision="ieee")  # (QD, CN)
+        pk_rows = PK + (bh * NK + cols)[:, None].to(tl.int64) * D
+        s = tl.zeros([QD, CN], dtype=tl.float32)
+        for d0 in tl.static_range(0, D, DC):
+            d = d0 + tl.arange(0, DC)
+            pq = tl.load(pq_rows + d[None, :], mask=q_ok[:, None], other=0.0)
+            pk = tl.load(pk_rows + d[None, :], mask=cols[:, None] < NK, other=0.0)
+            pk = pk - tl.load(KMEAN + bh * D + d)[None, :]
+            s = tl.dot(pq, tl.trans(pk), s, input_precision="ieee")  # (QD, CN)
         tl.store(s_base + q_local[:, None] * S_STRIDE + cols[None, :], s, mask=(q_local < QT)[:, None])
     tl.debug_barrier()
-    # 2. exact top-KK per row: int32 keys whose signed order is the float order
-    cols = tl.arange(0, NKP)
+    # 2. exact top-KK per row. A row is held as (NCH, CW) chunks with the chunk axis outermost, so
+    # each row sits in one warp and its counts need no shared-memory round trip.
+    ch = tl.arange(0, NCH)[:, None, None]
+    cols = ch * CW + tl.arange(0, CW)[None, None, :]  # (NCH, 1, CW)
     col_ok = cols < NK
     for r0 in tl.static_range(0, QT, RS):
         rows = r0 + tl.arange(0, RS)
-        s = tl.load(s_base + rows[:, None] * S_STRIDE + cols[None, :], mask=col_ok[None, :], other=0.0)
+        q_idx = t * QT + rows
+        s = tl.load(s_base + rows[None, :, None] * S_STRIDE + cols, mask=col_ok, other=0.0)  # (NCH, RS, CW)
+        # int32 keys whose signed order is the float order
         bits = s.to(tl.int32, bitcast=True)
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        key = tl.where(col_ok[None, :], key, -2147483648)
+        key = tl.where(col_ok, key, -2147483648)
         # Radix select, most significant bit first, on the unsigned view u = key ^ MIN (same
         # order): the largest t with count(u >= t) >= KK is the KK-th largest. u >= t exactly when
-        # key >= t ^ MIN (signed), so everything stays in int32.
+        # key >= t ^ MIN (signed), so everything stays in int32. A row is done early once exactly
+        # KK keys lie at or above its prefix (a clean cut); the loop ends when every row is done.
         prefix = tl.zeros([RS], dtype=tl.int32)
-        bit = tl.full([RS], -2147483648, tl.int32)
-        for _ in range(32):
-            cand = prefix | bit
-            enough = tl.sum((key >= (cand ^ -2147483648)[:, None]).to(tl.int32), 1) >= KK
-            prefix = tl.where(enough, cand, prefix)
-            bit = (bit >> 1) & 0x7FFFFFFF
-        cut = prefix ^ -2147483648
-        above = key > cut[:, None]
-        tie = (key == cut[:, None]) & col_ok[None, :]
-        need = KK - tl.sum(above.to(tl.int32), 1)
-        keep = above | (tie & (tl.cumsum(tie.to(tl.int32), 1) <= need[:, None]))
-        pos = tl.cumsum(keep.to(tl.int32), 1) - 1
-        q_idx = t * QT + rows
-        dst = LUT + (bh * NQ + q_idx)[:, None].to(tl.int64) * KK + pos
-        tl.store(dst, cols[None, :] + 0 * rows[:, None], mask=keep & (q_idx[:, None] < NQ))
+        if EARLY:  # costs a cross-warp vote per step
+            done = q_idx >= NQ
+            bit = tl.where(tl.sum((~done).to(tl.int32), 0) > 0, -2147483648, 0)  # the same for every row
+            while bit != 0:
+                cand = prefix | bit
+                count = tl.sum(tl.sum((key >= (cand ^ -2147483648)[None, :, None]).to(tl.int32), 2), 0)
+                prefix = tl.where(count >= KK, cand, prefix)
+                done = done | (count == KK)
+                bit = tl.where(tl.sum((~done).to(tl.int32), 0) > 0, (bit >> 1) & 0x7FFFFFFF, 0)
+        else:
+            bit = -2147483648
+            for _ in range(32):
+                cand = prefix | bit
+                count = tl.sum(tl.sum((key >= (cand ^ -2147483648)[None, :, None]).to(tl.int32), 2), 0)
+                prefix = tl.where(count >= KK, cand, prefix)
+                bit = (bit >> 1) & 0x7FFFFFFF
+        cut = (prefix ^ -2147483648)[None, :, None]
+        above = key > cut
+        tie = ((key == cut) & col_ok).to(tl.int32)
+        need = KK - tl.sum(tl.sum(above.to(tl.int32), 2), 0)
+        keep = above | ((tie != 0) & (_row_cumsum(tie) <= need[None, :, None]))
+        pos = _row_cumsum(keep.to(tl.int32)) - 1
+        dst = LUT + (bh * NQ + q_idx)[None, :, None].to(tl.int64) * KK + pos
+        tl.store(dst, cols + 0 * rows[None, :, None], mask=keep & (q_idx < NQ)[None, :, None])
+
+
+@triton.jit
+def _row_cumsum(x):
+    """Inclusive running sum along rows held as (NCH, rows, CW) chunks, in column order."""
+    within = tl.cumsum(x, 2)
+    totals = tl.sum(x, 2)
+    before = tl.cumsum(totals, 0) - totals
+    return within + before[:, :, None]
 
 
 @dataclass
@@ -237,8 +268,14 @@ class StatsConfig:
     # kernel holds ~255 registers a thread); 4 warps, two per SM for blocks of 64)
     programs_per_sm: int | None = None
     key_warps: int | None = None
-    select_warps: int = 8
+    # select: 4 warps, 16 query blocks a program, the dot over D in slices of 32, the radix select
+    # stopping early (benchmarks/explore_select.py run 2 on an H100: block map 0.52 -> 0.41 ms at
+    # 1.3B 480p, 1.39 -> 1.16 ms at 14B 480p, 5.11 -> 3.46 ms at 14B 720p)
+    select_warps: int = 4
     select_rows: int = 16  # query blocks per select program
+    select_cols: int = 128  # key blocks per chunk of a row in the top-k step (one warp's width in float32)
+    select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
+    select_early: bool = True  # stop the radix select once every row has a clean cut
     key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
 
 
@@ -337,6 +374,7 @@ def block_stats(
     n_tiles = triton.cdiv(nq, QT)
     s_stride = triton.cdiv(nk, CN) * CN
     nkp = max(16, triton.next_power_of_2(nk))
+    cw = min(nkp, cfg.select_cols)
     # rows per selection step: as many as 32 registers a thread allow (all in the interpreter)
     rs = QT if INTERPRETED else min(QT, max(1, 1024 * cfg.select_warps // nkp))
     scratch = torch.empty(BH, n_tiles * QT, s_stride, **f32)
@@ -344,7 +382,9 @@ def block_stats(
     _select_kernel[(n_tiles, BH)](
         pq, pk, k_mean, scratch, lut,
         nq, nk, kk, n_tiles * QT, s_stride,
-        D=D, QT=QT, QD=max(QT, 16), CN=CN, NKP=nkp, RS=rs, num_warps=cfg.select_warps,
+        D=D, QT=QT, QD=max(QT, 16), CN=CN, DC=min(D, cfg.select_dslice), NCH=nkp // cw, CW=cw, RS=rs,
+        EARLY=cfg.select_early,
+        num_warps=cfg.select_warps,
     )
     return BlockStats(
         lut=lut,
