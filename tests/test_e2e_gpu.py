@@ -222,3 +222,16 @@ def test_attention_quantizes_for_the_fp8_o_projection_bit_for_bit(backend):
     assert all(blk.self_attn.out_fp8 for blk in dit.blocks)
     assert torch.equal(runner(lat, t, ctx), own)
     make_plain(runner)
+
+
+def test_uint8_frames_from_a_cuda_video_equal_the_cpu_conversion():
+    # the CUDA path copies into page-locked memory; bytes and layout are the CPU path's
+    import numpy as np
+
+    from turbovid.io import to_uint8_frames
+
+    video = torch.rand(1, 3, 5, 48, 80, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
+    video[0, 0, 0, 0, :4] = torch.tensor([-1.0, 0.0, 1.0, 0.5])
+    out = to_uint8_frames(video.to(DEV))
+    assert out.shape == (1, 5, 48, 80, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, to_uint8_frames(video))
