@@ -37,6 +37,10 @@ def test_mp4_is_h264_yuv420p_16fps(tmp_path):
     back, fps = io.read_video(path)
     assert back.shape == frames.shape and fps == 16
     assert np.abs(back.astype(int) - frames).mean() < 3
+    # x264 records its settings in the stream: CRF 18 with the "veryfast" preset's one reference
+    # frame and subme 2 (medium: ref=3, subme=7)
+    data = path.read_bytes()
+    assert b"crf=18.0" in data and b" ref=1 " in data and b" subme=2 " in data
 
 
 def test_webm_by_extension(tmp_path):

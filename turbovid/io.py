@@ -18,10 +18,13 @@ import torch
 
 FPS = 16  # Wan2.1's frame rate
 
-# extension -> (container format, codec, pixel format, codec options)
+# extension -> (container format, codec, pixel format, codec options). Encoding is on the user's
+# clock: x264 "veryfast" took 1.1 s for 81 noisy 832x480 frames on 2 cores against 4.9 s for
+# "medium", at 0.1 dB less PSNR (0.4 dB on smooth frames) and a similar size at the same CRF; VP9
+# encodes rows in parallel.
 _FORMATS = {
-    ".mp4": ("mp4", "libx264", "yuv420p", {"crf": "18", "preset": "medium"}),
-    ".webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4"}),
+    ".mp4": ("mp4", "libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
+    ".webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}),
     ".gif": ("gif", "gif", "pal8", {}),
 }
 VIDEO_EXTENSIONS = tuple(_FORMATS)
@@ -108,6 +111,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
             stream = container.add_stream(codec, rate=Fraction(fps))
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             stream.options = options
+            stream.thread_type = "AUTO"  # frame and slice threads, as many as the encoder wants
             source = _paletted(frames, fps) if pix_fmt == "pal8" else (
                 av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames
             )

@@ -8,6 +8,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -227,6 +231,16 @@ def diffusers_case(model: str, resolutions: list[str], frames: int, device: torc
 # ---- full pipeline -----------------------------------------------------------------------------
 
 
+def _mp4_seconds(frames) -> float:
+    """Wall time of writing one video as .mp4 (turbovid.io.write_video, on the host's CPU)."""
+    from turbovid.io import write_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        write_video(frames, Path(tmp) / "bench.mp4")
+        return time.perf_counter() - t0
+
+
 def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], frames: int, steps: int,
                   device: torch.device, dtype: torch.dtype, variant: str, repeats: int,
                   time_left: Callable[[], float]) -> list[dict]:
@@ -259,7 +273,9 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         try:
             pipe.generate(req)  # warm-up: kernel compilation, graph capture
             reset_peak(device)
-            runs = [pipe.generate(req).timings for _ in range(max(1, repeats))]
+            results = [pipe.generate(req) for _ in range(max(1, repeats))]
+            runs = [r.timings for r in results]
+            encode_s = _mp4_seconds(results[-1].videos[0])
         except torch.cuda.OutOfMemoryError as e:
             rows.append(skipped(f"out of memory ({_reason(e)})", **row))
             continue
@@ -270,6 +286,7 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         best = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]  # the median run
         rows.append({**row, "status": "ok", "repeats": len(runs), "peak_gib": peak_gib(device),
                      **{f"{k}_s": round(best[k], 4) for k in ("text_encoding", "sampling", "vae_decode", "total")},
+                     "mp4_encode_s": round(encode_s, 4), "cpu_count": os.cpu_count(),
                      "step_s": [round(s, 4) for s in best.get("steps", [])]})
     del pipe, text_encoder, vae
     reset_peak(device)

@@ -167,11 +167,14 @@ def e2e_markdown(result: dict) -> str:
     pipes = _ok(cases, what="pipeline")
     if pipes:
         lines += ["", "### Full pipeline (s): umT5-XXL text encoding, 4 rCM steps, VAE decode", "",
-                  "| model | res | variant | text | sampling | VAE decode | total | peak GiB |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| model | res | variant | text | sampling | VAE decode | total | peak GiB | then .mp4 encode (CPU) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in pipes:
+            enc = p.get("mp4_encode_s")
+            enc = "—" if enc is None else f"{_fmt_s(enc)} ({p.get('cpu_count')} cores)"
             lines.append(f"| {p['model']} | {p['resolution']} | {p['variant']} | {_fmt_s(p['text_encoding_s'])} | "
-                         f"{_fmt_s(p['sampling_s'])} | {_fmt_s(p['vae_decode_s'])} | {_fmt_s(p['total_s'])} | {p.get('peak_gib')} |")
+                         f"{_fmt_s(p['sampling_s'])} | {_fmt_s(p['vae_decode_s'])} | {_fmt_s(p['total_s'])} | "
+                         f"{p.get('peak_gib')} | {enc} |")
     ceil = result.get("ceilings")
     if ceil:
         lines += ["", "### Ceilings measured in the same run (the floor is priced at these rates)", ""]
