@@ -132,3 +132,18 @@ def test_summary_leaves_out_combinations_with_nothing_measured():
     md = summary_markdown(result)
     assert "| Wan2.1-14B | 480p | sla | 1500 ms | 6.00 s | — | — | — |" in md
     assert "| Wan2.1-14B | 720p |" not in md
+
+
+def test_mp4_timing_is_skipped_without_pyav(monkeypatch):
+    # the GPU machine may lack PyAV: the pipeline row keeps its figures, the encode is left out
+    import importlib.util
+
+    import numpy as np
+
+    from turbovid.bench import cases
+
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    assert cases._mp4_seconds(frames) > 0
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    assert cases._mp4_seconds(frames) is None

@@ -6,7 +6,7 @@ Random weights at the real sizes; no checkpoint is read.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -231,10 +231,14 @@ def diffusers_case(model: str, resolutions: list[str], frames: int, device: torc
 # ---- full pipeline -----------------------------------------------------------------------------
 
 
-def _mp4_seconds(frames) -> float:
-    """Wall time of writing one video as .mp4 (turbovid.io.write_video, on the host's CPU)."""
+def _mp4_seconds(frames) -> float | None:
+    """Wall time of writing one video as .mp4 (turbovid.io.write_video, on the host's CPU); None
+    without PyAV (a GPU machine may run the harness without it)."""
     from turbovid.io import write_video
 
+    if importlib.util.find_spec("av") is None:
+        log.warning("PyAV is not installed: the .mp4 write is not timed")
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         write_video(frames, Path(tmp) / "bench.mp4")
@@ -286,7 +290,7 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         best = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]  # the median run
         rows.append({**row, "status": "ok", "repeats": len(runs), "peak_gib": peak_gib(device),
                      **{f"{k}_s": round(best[k], 4) for k in ("text_encoding", "sampling", "vae_decode", "total")},
-                     "mp4_encode_s": round(encode_s, 4), "cpu_count": os.cpu_count(),
+                     "mp4_encode_s": None if encode_s is None else round(encode_s, 4), "cpu_count": os.cpu_count(),
                      "step_s": [round(s, 4) for s in best.get("steps", [])]})
     del pipe, text_encoder, vae
     reset_peak(device)
