@@ -1,0 +1,82 @@
+"""Compile Triton kernels for Hopper (sm_90) on a machine without a GPU and report their resources
+(dev tool): registers a thread, spill stack, static shared memory, and optionally the TTGIR with the
+layouts Triton chose. The local Triton may differ from the GPU image's (3.6), so the figures are a
+guide; they found the select kernel's 255 registers and a row count reduced across warps before
+any GPU time was spent (docs/benchmarks.md, run 11).
+
+    python benchmarks/offline_compile.py [--dump DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=4, num_stages=3,
+                 dump: Path | None = None) -> str:
+    """Resource line of `kernel` compiled for sm_90. signature: argument -> Triton type ("*bf16", "i32",
+    ...); constexprs: argument -> value; div16: arguments the launcher would mark divisible by 16."""
+    import triton.backends.nvidia as nvidia
+
+    names = kernel.arg_names
+    full = {a: "constexpr" if a in constexprs else signature[a] for a in names}
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    if dump is not None:
+        dump.write_text(compiled.asm["ttgir"])
+    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "offline_compile.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    out = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
+    return next(line.strip() for line in out.splitlines() if "REG" in line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR")
+    args = ap.parse_args()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from turbovid.ops.attention import blockmap, sagesla_kernel
+
+    f32 = "*fp32"
+    cases = [
+        ("select, 1.3B/14B 480p sagesla (256 key blocks)", blockmap._select_kernel,
+         dict(PQ=f32, PK=f32, KMEAN=f32, S=f32, LUT="*i32", NQ="i32", NK="i32", KK="i32", S_ROWS="i32", S_STRIDE="i32"),
+         dict(D=128, QT=16, QD=16, CN=64, DC=32, NCH=2, CW=128, RS=16, EARLY=True),
+         ["PQ", "PK", "KMEAN", "S", "LUT", "NQ", "NK", "S_ROWS", "S_STRIDE"], 4),
+        ("key pass, sagesla (key blocks of 128)", blockmap._key_pass_kernel,
+         dict(K="*bf16", V="*bf16", PK=f32, KSUM=f32, PHISUM=f32, KV=f32, VMAX=f32, KC="*bf16", VC="*bf16",
+              sk_b="i32", sk_l="i32", sk_h="i32", sv_b="i32", sv_l="i32", sv_h="i32", L="i32", H="i32", NK="i32",
+              NCH="i32", CHB="i32"),
+         dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=3),
+         ["K", "V", "PK", "KSUM", "PHISUM", "KV", "VMAX", "KC", "VC", "sk_b", "sk_l", "sk_h", "sv_b", "sv_l", "sv_h", "H", "NK"], 8),
+        ("sagesla attention (pointer loads, linear branch in the epilogue)", sagesla_kernel._sagesla_fwd_kernel,
+         dict(Q="*bf16", KQ="*i8", K_SCALE=f32, VT="*fp8e4nv", VT2="*fp8e4nv", V_FROM_FP8=f32, O="*bf16", OQ="*bf16",
+              OS=f32, LUT="*i32", KVW="*bf16", PHISUM=f32, BIAS=f32, sq_b="i32", sq_l="i32", sq_h="i32", so_b="i32",
+              so_l="i32", so_h="i32", L="i32", H="i32", NQ="i32", NK="i32", LPAD="i32", KK="i32", qk_scale="fp32",
+              lin_eps="fp32", ROWS_TOTAL="i32"),
+         dict(D=128, BLOCK_M=64, BLKK=128, LIN_MODE=1, HAS_BIAS=True, V_TERMS=2, TWO_LEVEL=True, EXACT_GRID=False,
+              USE_TMA=False, OUT_FP8=False),
+         ["Q", "KQ", "K_SCALE", "VT", "VT2", "V_FROM_FP8", "O", "OQ", "OS", "LUT", "KVW", "PHISUM", "BIAS",
+          "sq_b", "sq_l", "sq_h", "so_b", "so_l", "so_h", "LPAD"], 4),
+    ]
+    print(f"triton {triton.__version__}, target sm_90")
+    for name, kernel, sig, consts, div16, warps in cases:
+        dump = None if args.dump is None else args.dump / f"{kernel.__name__}.ttgir"
+        if dump is not None:
+            args.dump.mkdir(parents=True, exist_ok=True)
+        print(f"{name} ({warps} warps): {compile_sm90(kernel, sig, consts, div16, warps, dump=dump)}")
+
+
+if __name__ == "__main__":
+    main()
