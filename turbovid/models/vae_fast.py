@@ -13,7 +13,9 @@
   H100) run as one 2D conv over the three time taps laid side by side as 288 channels, which the
   norm kernel writes directly (~400 TFLOP/s); see SMALL_CONV.
 - Nearest 2x upsampling followed by a 3x3 conv is computed as one 2x2 conv over the low-resolution
-  input that produces the four output phases (2.25x fewer FLOPs, no upsampled copy).
+  input that produces the four output phases (2.25x fewer FLOPs, no upsampled copy); one Triton
+  pass interleaves the phases (and the time upsampler's frame halves) with the bias added
+  (ops/interleave.py).
 - The decoder's latent-resolution part (conv_in, middle blocks with their frame-wide attention)
   runs untiled; only the upsampling part is split into overlapping spatial tiles when the memory
   plan says so (vae_tiling.py), so tiling never truncates the attention.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
+from turbovid.ops import interleave
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
@@ -174,13 +177,9 @@ class FastUpsample:
         b, t, h, w, c = x.shape
         o = F.conv2d(x.view(b * t, h, w, c).permute(0, 3, 1, 2), self.weight, None, padding=1)
         o = o.permute(0, 2, 3, 1).contiguous()  # (bt, h+1, w+1, 4C'): channel group 2*py+px is phase (py, px)
-        n, sh, sw, _ = o.stride()
-        cout = self.cout
-        # out[n, i, py, j, px, :] = o[n, i+py, j+px, (2py+px)C' : (2py+px+1)C'] + bias, in one copy
-        phases = o.as_strided((b * t, h, 2, w, 2, cout), (n, sh, sh + 2 * cout, sw, sw + cout, 1))
-        y = o.new_empty(b * t, h, 2, w, 2, cout)
-        torch.add(phases, self.bias, out=y)
-        return y.view(b, t, 2 * h, 2 * w, cout)
+        # out[n, i, py, j, px, :] = o[n, i+py, j+px, (2py+px)C' : (2py+px+1)C'] + bias, in one pass
+        y = interleave.subpixel_(o, self.bias, o.new_empty(b * t, h, 2, w, 2, self.cout))
+        return y.view(b, t, 2 * h, 2 * w, self.cout)
 
     def _double_frames(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
         first = None
@@ -190,9 +189,7 @@ class FastUpsample:
         if x.shape[1]:
             y = self.time(x, state, key + ".t")  # (1, T, H, W, 2C): channel half j is output frame 2t+j
             b, t, h, w, c2 = y.shape
-            x = y.new_empty(b, t, 2, h, w, c2 // 2)
-            bias = self.time.bias.view(2, 1, 1, c2 // 2)
-            torch.add(y.view(b, t, h, w, 2, c2 // 2).permute(0, 1, 4, 2, 3, 5), bias, out=x)  # + bias, interleaved
+            x = interleave.frames_(y, self.time.bias, y.new_empty(b, t, 2, h, w, c2 // 2))  # + bias, interleaved
             x = x.view(b, 2 * t, h, w, c2 // 2)
         return x if first is None else torch.cat([first, x], dim=1)
 
