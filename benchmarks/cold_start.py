@@ -1,0 +1,54 @@
+"""What the first video costs in a fresh process (dev tool, run on the device): Triton compiles its
+kernels on first use (cached on disk, TRITON_CACHE_DIR, default ~/.triton/cache), and the first
+call also captures the CUDA graph and tunes cuDNN / cuBLAS.
+
+Runs the 1.3B pipeline with random weights (umT5-XXL, sagesla+fp8, 4 rCM steps, VAE decode at
+480p) and prints the wall time of the first and second generate() in this process, as JSON. Run it
+twice with the same empty TRITON_CACHE_DIR: the first process pays the compiles, the second shows a
+warm disk cache (what every later CLI run sees).
+
+    TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from turbovid.bench.cases import build_dit, quantize
+    from turbovid.configs import T5_PRESETS, VAE_PRESETS
+    from turbovid.fast import make_fast
+    from turbovid.models.t5 import build_text_encoder
+    from turbovid.models.vae import build_vae
+    from turbovid.pipeline import GenerationRequest, Pipeline
+
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    t0 = time.perf_counter()
+    dit = build_dit("Wan2.1-1.3B", dev, dtype)
+    quantize(dit, "fp8")
+    dit.set_attention("sagesla", 0.1)
+    text_encoder = build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0)
+    vae = build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0)
+    pipe = Pipeline(make_fast(dit), text_encoder, vae, device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
+    build_s = time.perf_counter() - t0
+    req = GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution="480p", num_steps=4, seed=0)
+    calls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        result = pipe.generate(req)
+        calls.append({"wall_s": round(time.perf_counter() - t0, 3), "total_s": round(result.timings["total"], 3)})
+    print(json.dumps({"triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
+                      "cache_files_after": sum(len(f) for _, _, f in os.walk(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))),
+                      "build_random_weights_s": round(build_s, 1), "generate": calls}))
+
+
+if __name__ == "__main__":
+    main()
