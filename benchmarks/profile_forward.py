@@ -99,20 +99,22 @@ def main() -> None:
         result["categories_ms"] = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
         result["kernels"] = rows[:60]
 
-        graphed = make_fast(dit, FastOptions())
-        result["graphed_forward_ms"] = time_fn(lambda: graphed(lat, t, ctx), dev, 2, 5).ms
-        make_plain(graphed)
+        def graphed_ms(options: FastOptions | None = None) -> float:
+            """One graphed forward's time, on a runner built (graph captured) for this call."""
+            runner = make_fast(dit, options or FastOptions())
+            try:
+                return time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
+            finally:
+                make_plain(runner)
+
+        result["graphed_forward_ms"] = graphed_ms()
         if args.one_part_rows:
             from turbovid.ops.fused import layernorm_kernel
 
             layernorm_kernel.SPLIT_ROWS = False
-            runner = make_fast(dit, FastOptions())
-            result["graphed_forward_ms_one_part_rows"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
-            make_plain(runner)
+            result["graphed_forward_ms_one_part_rows"] = graphed_ms()
             layernorm_kernel.SPLIT_ROWS = True
-            runner = make_fast(dit, FastOptions())
-            result["graphed_forward_ms_again"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
-            make_plain(runner)
+            result["graphed_forward_ms_again"] = graphed_ms()
         if args.baseline_blockmap:
             import importlib
 
@@ -120,17 +122,11 @@ def main() -> None:
 
             shipped = blockmap.block_stats
             blockmap.block_stats = importlib.import_module(args.baseline_blockmap).block_stats
-            runner = make_fast(dit, FastOptions())
-            result["graphed_forward_ms_baseline_blockmap"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
-            make_plain(runner)
+            result["graphed_forward_ms_baseline_blockmap"] = graphed_ms()
             blockmap.block_stats = shipped
-            runner = make_fast(dit, FastOptions())
-            result["graphed_forward_ms_again"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
-            make_plain(runner)
+            result["graphed_forward_ms_again"] = graphed_ms()
         for flag in filter(None, args.ablate.split(",")):
-            runner = make_fast(dit, FastOptions(**{flag: False}))
-            result[f"graphed_forward_ms_without_{flag}"] = time_fn(lambda: runner(lat, t, ctx), dev, 2, 5).ms
-            make_plain(runner)
+            result[f"graphed_forward_ms_without_{flag}"] = graphed_ms(FastOptions(**{flag: False}))
         if args.compile:
             compiled = make_fast(dit, FastOptions(compile=True))
             t0 = time.monotonic()
