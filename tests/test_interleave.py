@@ -3,16 +3,13 @@ and the Triton kernels against it in Triton's interpreter (a subprocess: TRITON_
 set before triton is imported)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from turbovid.ops import interleave
+from interpreter_helpers import assert_runs_interpreted
 
 
 def _subpixel_by_index(o, bias):
@@ -75,8 +72,4 @@ KERNEL_CHECK = textwrap.dedent(
 
 
 def test_kernels_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = f"{root}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    res = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-2000:]
+    assert_runs_interpreted(KERNEL_CHECK)

@@ -2,12 +2,8 @@
 and the fused RMS-norm + SiLU kernel in Triton's interpreter."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +22,7 @@ from turbovid.models.vae_tiling import (
     tile_weights,
     up_stage_elements,
 )
+from interpreter_helpers import assert_runs_interpreted
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -231,11 +228,7 @@ KERNEL_CHECK = textwrap.dedent(
 
 
 def test_rms_silu_kernel_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = f"{root}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    res = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-2000:]
+    assert_runs_interpreted(KERNEL_CHECK)
 
 
 def test_rms_silu_reference_matches_module_norm():
