@@ -235,3 +235,21 @@ def test_uint8_frames_from_a_cuda_video_equal_the_cpu_conversion():
     out = to_uint8_frames(video.to(DEV))
     assert out.shape == (1, 5, 48, 80, 3) and out.dtype == np.uint8
     assert np.array_equal(out, to_uint8_frames(video))
+
+
+def test_uint8_frames_fall_back_to_a_pageable_copy(monkeypatch):
+    # page-locked memory can be capped: the frames still arrive, through an ordinary copy
+    import numpy as np
+
+    from turbovid import io
+
+    video = torch.rand(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    real_empty = torch.empty
+
+    def no_pinned(*args, **kwargs):
+        if kwargs.get("pin_memory"):
+            raise RuntimeError("CUDA error: out of memory (page-locked)")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(io.torch, "empty", no_pinned)
+    assert np.array_equal(io.to_uint8_frames(video.to(DEV)), io.to_uint8_frames(video))

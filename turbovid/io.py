@@ -6,6 +6,7 @@ either the old file or absent, never half-written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+log = logging.getLogger("turbovid.io")
 
 FPS = 16  # Wan2.1's frame rate
 
@@ -41,7 +44,11 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
         return x.contiguous().numpy()
     # Page-locked destination: a pageable .cpu() of a 480p video (97 MB) took 64 ms on an H100
     # host, this copy 2 ms. PyTorch's host allocator caches the block for the next video.
-    host = torch.empty(x.shape, dtype=torch.uint8, pin_memory=True)
+    try:
+        host = torch.empty(x.shape, dtype=torch.uint8, pin_memory=True)
+    except RuntimeError as e:  # page-locked memory can be capped (containers, ulimit -l)
+        log.info("video frames: pageable copy to the host (page-locked allocation failed: %s)", e)
+        return x.contiguous().cpu().numpy()
     host.copy_(x)
     return host.numpy()
 
