@@ -48,9 +48,28 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from turbovid.ops.attention import blockmap, sagesla_kernel
+    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
 
     f32 = "*fp32"
+    sage_sig = dict(
+        Q="*bf16", KQ="*i8", K_SCALE=f32, VT="*fp8e4nv", VT2="*fp8e4nv", V_FROM_FP8=f32, O="*bf16", OQ="*bf16",
+        OS=f32, LUT="*i32", KVW="*bf16", PHISUM=f32, BIAS=f32, sq_b="i32", sq_l="i32", sq_h="i32", so_b="i32",
+        so_l="i32", so_h="i32", L="i32", H="i32", NQ="i32", NK="i32", LPAD="i32", KK="i32", qk_scale="fp32",
+        lin_eps="fp32", ROWS_TOTAL="i32")
+    sage_consts = dict(D=128, BLOCK_M=64, BLKK=128, LIN_MODE=1, HAS_BIAS=True, V_TERMS=2, TWO_LEVEL=True,
+                       EXACT_GRID=False, USE_TMA=False, OUT_FP8=False)
+    sage_div = ["Q", "KQ", "K_SCALE", "VT", "VT2", "V_FROM_FP8", "O", "OQ", "OS", "LUT", "KVW", "PHISUM", "BIAS",
+                "sq_b", "sq_l", "sq_h", "so_b", "so_l", "so_h", "LPAD"]
+    # the shipped Hopper launch: K / V^T through tensor descriptors, the output quantized for the fp8 o-projection
+    sage_tma_sig = sage_sig | dict(KQ="tensordesc<i8[128,128]>", VT="tensordesc<fp8e4nv[128,128]>",
+                                   VT2="tensordesc<fp8e4nv[128,128]>", OQ="*fp8e4nv")
+    sla_sig = dict(
+        Q="*bf16", K="*bf16", V="*bf16", O="*bf16", OQ="*fp8e4nv", OS=f32, LUT="*i32", KVW="*bf16", PHISUM=f32,
+        BIAS=f32, sq_b="i32", sq_l="i32", sq_h="i32", sk_b="i32", sk_l="i32", sk_h="i32", sv_b="i32", sv_l="i32",
+        sv_h="i32", so_b="i32", so_l="i32", so_h="i32", L="i32", H="i32", NQ="i32", KK="i32", qk_scale="fp32",
+        lin_eps="fp32", ROWS_B="i32", ROWS_H="i32", COL_H="i32", ROWS_TOTAL="i32")
+    sla_div = ["Q", "K", "V", "O", "OQ", "OS", "LUT", "KVW", "PHISUM", "BIAS", "sq_b", "sq_l", "sq_h", "sk_b", "sk_l",
+               "sk_h", "sv_b", "sv_l", "sv_h", "so_b", "so_l", "so_h"]
     cases = [
         ("select, 1.3B/14B 480p sagesla (256 key blocks)", blockmap._select_kernel,
          dict(PQ=f32, PK=f32, KMEAN=f32, S=f32, LUT="*i32", NQ="i32", NK="i32", KK="i32", S_ROWS="i32", S_STRIDE="i32"),
@@ -63,21 +82,21 @@ def main() -> None:
          dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=3),
          ["K", "V", "PK", "KSUM", "PHISUM", "KV", "VMAX", "KC", "VC", "sk_b", "sk_l", "sk_h", "sv_b", "sv_l", "sv_h", "H", "NK"], 8),
         ("sagesla attention (pointer loads, linear branch in the epilogue)", sagesla_kernel._sagesla_fwd_kernel,
-         dict(Q="*bf16", KQ="*i8", K_SCALE=f32, VT="*fp8e4nv", VT2="*fp8e4nv", V_FROM_FP8=f32, O="*bf16", OQ="*bf16",
-              OS=f32, LUT="*i32", KVW="*bf16", PHISUM=f32, BIAS=f32, sq_b="i32", sq_l="i32", sq_h="i32", so_b="i32",
-              so_l="i32", so_h="i32", L="i32", H="i32", NQ="i32", NK="i32", LPAD="i32", KK="i32", qk_scale="fp32",
-              lin_eps="fp32", ROWS_TOTAL="i32"),
-         dict(D=128, BLOCK_M=64, BLKK=128, LIN_MODE=1, HAS_BIAS=True, V_TERMS=2, TWO_LEVEL=True, EXACT_GRID=False,
-              USE_TMA=False, OUT_FP8=False),
-         ["Q", "KQ", "K_SCALE", "VT", "VT2", "V_FROM_FP8", "O", "OQ", "OS", "LUT", "KVW", "PHISUM", "BIAS",
-          "sq_b", "sq_l", "sq_h", "so_b", "so_l", "so_h", "LPAD"], 4),
+         sage_sig, sage_consts, sage_div, 4),
+        ("sagesla attention (TMA, fp8 output: the shipped Hopper launch)", sagesla_kernel._sagesla_fwd_kernel,
+         sage_tma_sig, sage_consts | dict(USE_TMA=True, OUT_FP8=True),
+         [a for a in sage_div if a not in ("KQ", "VT", "VT2")], 4),  # descriptors carry no alignment hint
+        ("sla attention (head_dim 128 default: linear branch from the query pass, fp8 output)", sla_kernel._sla_fwd_kernel,
+         sla_sig, dict(D=128, BLOCK_M=128, BLKK=64, GROUP=1, LIN_MODE=2, HAS_BIAS=True, USE_TMA=False, OUT_FP8=True,
+                       INTERPRET=False), sla_div, 4, 2),
     ]
     print(f"triton {triton.__version__}, target sm_90")
-    for name, kernel, sig, consts, div16, warps in cases:
-        dump = None if args.dump is None else args.dump / f"{kernel.__name__}.ttgir"
+    for i, (name, kernel, sig, consts, div16, warps, *stages) in enumerate(cases):  # num_stages 3 unless given
+        dump = None if args.dump is None else args.dump / f"{i}{kernel.__name__}.ttgir"
         if dump is not None:
             args.dump.mkdir(parents=True, exist_ok=True)
-        print(f"{name} ({warps} warps): {compile_sm90(kernel, sig, consts, div16, warps, dump=dump)}")
+        res = compile_sm90(kernel, sig, consts, div16, warps, *stages, dump=dump)
+        print(f"{name} ({warps} warps): {res}")
 
 
 if __name__ == "__main__":
