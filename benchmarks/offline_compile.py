@@ -49,6 +49,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
+    from turbovid.ops.fused import layernorm_kernel, rope_kernel
+    from turbovid.ops.quant import int8, int8_triton
 
     f32 = "*fp32"
     sage_sig = dict(
@@ -89,6 +91,33 @@ def main() -> None:
         ("sla attention (head_dim 128 default: linear branch from the query pass, fp8 output)", sla_kernel._sla_fwd_kernel,
          sla_sig, dict(D=128, BLOCK_M=128, BLKK=64, GROUP=1, LIN_MODE=2, HAS_BIAS=True, USE_TMA=False, OUT_FP8=True,
                        INTERPRET=False), sla_div, 4, 2),
+        ("gated residual + LayerNorm + modulation, fp8 output, C = 5120 (4096 + 1024 parts)",
+         layernorm_kernel._add_norm_modulate_kernel,
+         dict(X="*bf16", Y="*bf16", GATE=f32, XO="*bf16", H="*bf16", W=f32, BIAS=f32, SHIFT=f32, SCALE=f32,
+              HQ="*fp8e4nv", HS=f32, L="i32", C="i32", eps="fp32", stride_gate="i32", stride_shift="i32",
+              stride_scale="i32", rows_total="i32"),
+         dict(HAS_Y=True, HAS_GATE=True, WRITE_X=True, WRITE_H=True, HAS_AFFINE=False, HAS_SHIFT=True,
+              HAS_SCALE=True, QUANT_FP8=True, INTERPRET=False, BLOCK_L=1, BLOCK_C=4096, BLOCK_C2=1024),
+         ["X", "Y", "GATE", "XO", "H", "W", "BIAS", "SHIFT", "SCALE", "HQ", "HS", "L", "C", "stride_gate",
+          "stride_shift", "stride_scale"], 8),
+        ("q/k RMSNorm + 3D RoPE, C = 1536, split-pairs loads (the autotuned path)", rope_kernel._rmsnorm_rope_kernel,
+         dict(X="*bf16", OUT="*bf16", W="*bf16", COS=f32, SIN=f32, L="i32", C="i32", eps="fp32", stride_x="i32"),
+         dict(HALF_D=64, HAS_ROPE=True, SPLIT=1, BLOCK_L=1, BLOCK_P=1024),
+         ["X", "OUT", "W", "COS", "SIN", "L", "C", "stride_x"], 4),
+        ("W8A8 int8 GEMM, 128x256 tile in two halves, tensor descriptors (an autotune candidate)",
+         int8_triton._scaled_mm_kernel,
+         dict(a_ptr="tensordesc<i8[128,128]>", b_ptr="tensordesc<i8[128,128]>", c_ptr="*bf16", sa_ptr=f32,
+              sb_ptr=f32, bias_ptr="*bf16", M="i32", N="i32", K="i32", M_BUCKET="i32", stride_am="i32",
+              stride_bn="i32", stride_cm="i32", stride_sam="i32", stride_sak="i32", stride_sbn="i32", stride_sbk="i32"),
+         dict(ACT_ROWS=128, IS_INT8=True, HAS_BIAS=True, USE_TMA=True, BLOCK_M=128, BLOCK_N=256, SPLIT_N=2,
+              GROUP_M=8, MAGIC=False),
+         ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
+        ("tanh-GELU + fp8 activation quantization (the FFN down-projection's input)", int8_triton._quant_act_kernel,
+         dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr=f32, tbl_ptr=f32, M="i32", K="i32", stride_xm="i32",
+              stride_qm="i32", stride_sr="i32", stride_sk="i32"),
+         dict(ROW_SCALES=True, IS_FP8=True, INTERPRET=False, USE_TABLE=False, EXP_LO=int8.TABLE_EXPONENTS[0],
+              EXP_HI=int8.TABLE_EXPONENTS[1], PRE_GELU=True),
+         ["x_ptr", "q_ptr", "s_ptr", "tbl_ptr", "K", "stride_xm", "stride_qm"], int8_triton.QUANT_WARPS[True]),
     ]
     print(f"triton {triton.__version__}, target sm_90")
     for i, (name, kernel, sig, consts, div16, warps, *stages) in enumerate(cases):  # num_stages 3 unless given
