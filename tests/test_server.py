@@ -138,6 +138,73 @@ def test_failed_job_reports_the_error(tmp_path):
         assert wait(client, client.post("/v1/videos", json=SMALL).json()["id"])["status"] == "succeeded"
 
 
+def _blocked_writes(monkeypatch):
+    """write_video that waits for `release`; `writing` is set once a write has started."""
+    from turbovid.server import jobs as jobs_module
+
+    writing, release, real = threading.Event(), threading.Event(), jobs_module.write_video
+
+    def blocked(frames, path):
+        writing.set()
+        release.wait(30)
+        return real(frames, path)
+
+    monkeypatch.setattr(jobs_module, "write_video", blocked)
+    return writing, release
+
+
+def _wait_for(condition, timeout=10):
+    end = time.time() + timeout
+    while not condition() and time.time() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_next_job_runs_while_the_last_video_is_written(tmp_path, monkeypatch):
+    from turbovid.server.jobs import JobQueue
+    from turbovid.options import GenerationRequest
+
+    writing, release = _blocked_writes(monkeypatch)
+    pipe = fake_pipeline()
+    calls, real = [], pipe.generate
+    pipe.generate = lambda *a, **kw: (calls.append(1), real(*a, **kw))[1]
+    jobs = JobQueue(pipe, tmp_path, write_backlog=1)
+    try:
+        req = GenerationRequest(prompt="x", resolution="128p", aspect_ratio="1:1", num_frames=5)
+        first, second, third, fourth = (jobs.submit(req) for _ in range(4))
+        assert writing.wait(10)
+        # the first video is being written; the GPU worker went on to the second and third job
+        # (the third waits as the one backlogged video), not to the fourth
+        assert _wait_for(lambda: len(calls) == 3)
+        time.sleep(0.3)
+        assert len(calls) == 3 and first.status == "running" and first.stage == "write"
+        assert second.stage == "write" and second.progress == 0.95 and fourth.status == "queued"
+        release.set()
+        assert _wait_for(lambda: all(j.status == "succeeded" for j in (first, second, third, fourth)))
+        assert len(calls) == 4 and all(j.progress == 1.0 and j.files[0].exists() for j in (first, fourth))
+    finally:
+        release.set()
+        jobs.stop()
+
+
+def test_failed_write_fails_the_job_and_the_writer_goes_on(tmp_path, monkeypatch):
+    from turbovid.server import jobs as jobs_module
+
+    real = jobs_module.write_video
+    fail = {"next": True}
+
+    def flaky(frames, path):
+        if fail.pop("next", False):
+            raise OSError(28, "No space left on device")
+        return real(frames, path)
+
+    monkeypatch.setattr(jobs_module, "write_video", flaky)
+    with TestClient(create_app(fake_pipeline(), output_dir=tmp_path)) as client:
+        bad = wait(client, client.post("/v1/videos", json=SMALL).json()["id"])
+        assert bad["status"] == "failed" and "No space left on device" in bad["error"]
+        assert wait(client, client.post("/v1/videos", json=SMALL).json()["id"])["status"] == "succeeded"
+
+
 def test_web_page_options_and_health(client):
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]

@@ -1,4 +1,9 @@
-"""A FIFO of video jobs run one at a time by a worker thread (one GPU, one model: no parallel runs)."""
+"""A FIFO of video jobs run one at a time by a worker thread (one GPU, one model: no parallel runs).
+
+The videos are encoded and written by a second thread, so the GPU starts the next job while the
+CPU encodes the last one (a 480p .mp4 took 0.6 s on 16 cores, a third of a 1.3B generation on an
+H100; PyAV releases the GIL while it encodes). At most `write_backlog` finished videos wait for
+the writer; past that the worker waits too, which bounds the host memory they hold."""
 from __future__ import annotations
 
 import logging
@@ -55,19 +60,23 @@ class Job:
 
 
 # Share of the job's time each stage takes, for a progress figure that moves smoothly enough.
-_STAGE_SPAN = {"encode": (0.0, 0.1), "sample": (0.1, 0.8), "decode": (0.8, 1.0)}
+_STAGE_SPAN = {"encode": (0.0, 0.1), "sample": (0.1, 0.8), "decode": (0.8, 0.95)}
+WRITE_STAGE, WRITE_PROGRESS = "write", 0.95
 
 
 class JobQueue:
-    def __init__(self, pipeline, output_dir: str | Path, max_queue: int = 16, keep: int = 100):
+    def __init__(self, pipeline, output_dir: str | Path, max_queue: int = 16, keep: int = 100, write_backlog: int = 2):
         self.pipeline = pipeline
         self.output_dir = Path(output_dir)
         self.max_queue, self.keep = max_queue, keep
         self.jobs: dict[str, Job] = {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._writes: queue.Queue = queue.Queue(maxsize=write_backlog)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="turbovid-worker", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="turbovid-writer", daemon=True)
         self._thread.start()
+        self._writer.start()
 
     # -- called from request handlers
 
@@ -111,29 +120,53 @@ class JobQueue:
         while True:
             job = self._queue.get()
             if job is None:
+                self._writes.put(None)  # the writer finishes what is queued, then stops
                 return
             with self._lock:
                 if job.status != QUEUED:  # cancelled while waiting
                     continue
                 job.status, job.started = RUNNING, time.time()
             try:
-                self._run(job)
-                job.status = SUCCEEDED
+                result = self._generate(job)
             except ValueError as e:  # UsageError / OutOfMemory / CheckpointError: the user's to fix
-                job.status, job.error = FAILED, str(e)
+                self._finish(job, FAILED, str(e))
+                continue
             except Exception as e:  # a bug: keep serving, log the traceback
                 log.exception("job %s failed", job.id)
-                job.status, job.error = FAILED, f"internal error: {type(e).__name__}: {e}"
-            job.finished = time.time()
-            job.stage = None
+                self._finish(job, FAILED, f"internal error: {type(e).__name__}: {e}")
+                continue
+            job.stage, job.progress = WRITE_STAGE, WRITE_PROGRESS
+            self._writes.put((job, result))  # waits while write_backlog videos are waiting
 
-    def _run(self, job: Job) -> None:
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            job, result = item
+            try:
+                self._write(job, result)
+            except Exception as e:  # disk full, unwritable folder, codec failure
+                log.exception("job %s: writing the video failed", job.id)
+                self._finish(job, FAILED, f"writing the video failed: {type(e).__name__}: {e}")
+                continue
+            self._finish(job, SUCCEEDED)
+
+    @staticmethod
+    def _finish(job: Job, status: str, error: str | None = None) -> None:
+        job.status, job.error = status, error
+        job.finished = time.time()
+        job.stage = None
+
+    def _generate(self, job: Job):
         def progress(stage: str, done: int, total: int) -> None:
             lo, hi = _STAGE_SPAN.get(stage, (0.0, 0.0))
             job.stage = stage
             job.progress = lo + (hi - lo) * (done / max(total, 1))
 
-        result = self.pipeline.generate(job.request, progress=progress)
+        return self.pipeline.generate(job.request, progress=progress)
+
+    def _write(self, job: Job, result) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for i, frames in enumerate(result.videos):
