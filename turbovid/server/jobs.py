@@ -60,8 +60,7 @@ class Job:
 
 
 # Share of the job's time each stage takes, for a progress figure that moves smoothly enough.
-_STAGE_SPAN = {"encode": (0.0, 0.1), "sample": (0.1, 0.8), "decode": (0.8, 0.95)}
-WRITE_STAGE, WRITE_PROGRESS = "write", 0.95
+_STAGE_SPAN = {"encode": (0.0, 0.1), "sample": (0.1, 0.8), "decode": (0.8, 0.95), "write": (0.95, 1.0)}
 
 
 class JobQueue:
@@ -135,7 +134,7 @@ class JobQueue:
                 log.exception("job %s failed", job.id)
                 self._finish(job, FAILED, f"internal error: {type(e).__name__}: {e}")
                 continue
-            job.stage, job.progress = WRITE_STAGE, WRITE_PROGRESS
+            job.stage, job.progress = "write", _STAGE_SPAN["write"][0]
             self._writes.put((job, result))  # waits while write_backlog videos are waiting
 
     def _write_loop(self) -> None:
