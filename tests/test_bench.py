@@ -56,6 +56,8 @@ def test_json_has_baseline_pipeline_and_derived_figures(tiny_run):
     p = pipe[0]
     assert p["total_s"] >= p["text_encoding_s"] + p["sampling_s"] + p["vae_decode_s"] - 1e-3
     assert p["mp4_encode_s"] > 0 and p["cpu_count"] >= 1  # the .mp4 write of one video, timed apart
+    # prompt to .mp4 file with the encode during the decode: a whole generation, then the file
+    assert p["to_file_s"] >= p["text_encoding_s"] + p["sampling_s"] + p["vae_decode_streamed_s"] - 1e-3
     assert len(p["step_s"]) == 4
     rec = result["derived"]["recipe"][0]
     assert rec["original_recipe_s"] == pytest.approx(100 * base[0]["ms"] / 1e3)
@@ -68,7 +70,8 @@ def test_docs_and_readme_blocks_are_regenerated_and_the_rest_kept(tiny_run):
     assert "kept: written by the attention engineer" in text
     assert "<!-- bench:summary:start -->" in text and "<!-- bench:e2e:start -->" in text
     assert "| tiny-random | 256p |" in text
-    assert "then .mp4 encode (CPU) |" in text and " cores) |" in text  # the pipeline table's encode column
+    assert ".mp4 encode after it (CPU) |" in text and " cores) |" in text  # the pipeline table's encode columns
+    assert "| prompt to .mp4 file, encoded during the decode |" in text and "(VAE stage " in text
     r = readme.read_text()
     assert "old table" not in r and "after" in r and "| target | goal | measured | met |" in r
     assert result["docs_status"]["readme"] == "updated"

@@ -218,6 +218,21 @@ def test_ctrl_c_leaves_no_file(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from turbovid import io
+
+    def full(self):
+        self.abort()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.VideoWriter, "close", full)
+    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, *a, **k: fake_pipeline()))
+    out = tmp_path / "v.mp4"
+    rc, _, err = run([*SMALL, "--output", str(out)], capsys)
+    _assert_usage_error(rc, err, "No space left on device", out)
+    assert "free disk space" in err and list(tmp_path.iterdir()) == []
+
+
 def test_convert_to_int8_then_generate(tmp_path, ckpts, capsys):
     dst = tmp_path / "tiny-int8.safetensors"
     assert cli.main(["convert", str(ckpts["dit"]), str(dst), "--model", "tiny-random"]) == 0

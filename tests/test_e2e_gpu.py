@@ -253,3 +253,23 @@ def test_uint8_frames_fall_back_to_a_pageable_copy(monkeypatch):
 
     monkeypatch.setattr(io.torch, "empty", no_pinned)
     assert np.array_equal(io.to_uint8_frames(video.to(DEV)), io.to_uint8_frames(video))
+
+
+def test_host_frames_stream_chunks_from_the_gpu():
+    # chunks copied asynchronously into page-locked memory: after each wait() the sink reads the
+    # same bytes as the whole-video conversion, while later chunks are still being produced
+    import numpy as np
+
+    from turbovid import io
+
+    video = (torch.rand(2, 3, 9, 64, 96, device=DEV) * 2.4 - 1.2)
+    got = []
+    frames = io.HostFrames(2, 9, 64, 96, torch.device(DEV), sink=lambda i, f, wait: (wait(), got.append((i, f.copy()))))
+    assert frames.host.is_pinned()
+    for b in range(2):
+        for s, e in [(0, 1), (1, 5), (5, 9)]:
+            frames.put(b, s, video[b, :, s:e] * 1.0)  # a temporary, as the decoder's chunks are
+    whole = io.to_uint8_frames(video)
+    assert [i for i, _ in got] == [0, 0, 0, 1, 1, 1]
+    assert all(np.array_equal(np.concatenate([f for i, f in got if i == b]), whole[b]) for b in range(2))
+    assert all(np.array_equal(a, b) for a, b in zip(frames.videos(), whole))

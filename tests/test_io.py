@@ -127,3 +127,70 @@ def test_check_output_path(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         io.check_output_path(tmp_path / "d.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mp4", "file"]
+
+
+def test_video_writer_streams_chunks_into_the_same_file(tmp_path):
+    frames = _frames(t=9)
+    whole = io.write_video(frames, tmp_path / "whole.mp4")
+    waited = []
+    with io.VideoWriter(tmp_path / "chunks.mp4", 48, 32) as writer:
+        for s, e in [(0, 1), (1, 5), (5, 9)]:  # the VAE's chunks: the first frame, then four at a time
+            writer.write(frames[s:e], wait=lambda s=s: waited.append(s))
+        assert not (tmp_path / "chunks.mp4").exists()  # appears only when closed
+    assert waited == [0, 1, 5]  # each chunk's wait() ran before the encoder read it
+    assert writer.frames_written == 9
+    assert np.array_equal(io.read_video(tmp_path / "chunks.mp4")[0], io.read_video(whole)[0])
+
+
+def test_video_writer_gif_collects_frames_for_its_palette(tmp_path):
+    frames = _frames(t=5)
+    with io.VideoWriter(tmp_path / "v.gif", 48, 32) as writer:
+        writer.write(frames[:2])
+        writer.write(frames[2:])
+    back, _ = io.read_video(tmp_path / "v.gif")
+    assert np.array_equal(back, io.read_video(io.write_video(frames, tmp_path / "whole.gif"))[0])
+
+
+def test_video_writer_abort_and_errors_leave_nothing(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="decode failed"):
+        with io.VideoWriter(tmp_path / "a.mp4", 48, 32) as writer:
+            writer.write(_frames(t=2))
+            raise RuntimeError("decode failed")
+    with pytest.raises(ValueError, match=r"uint8 frames \[t, 32, 48, 3\]"):
+        with io.VideoWriter(tmp_path / "b.mp4", 48, 32) as writer:
+            writer.write(_frames(t=2, h=16))
+    with pytest.raises(ValueError, match="no frames were written"):
+        io.VideoWriter(tmp_path / "c.mp4", 48, 32).close()
+    with pytest.raises(ValueError, match="even width and height"):
+        io.VideoWriter(tmp_path / "d.mp4", 47, 32)
+    # an encoder failure (here on the third frame) is raised by close(), which removes the temp file
+    real, calls = av.VideoFrame.from_ndarray, {"n": 0}
+
+    def explode(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", explode)
+    writer = io.VideoWriter(tmp_path / "e.mp4", 48, 32)
+    writer.write(_frames(t=5))
+    writer.write(_frames(t=5))  # after the failure: dropped, no hang
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_host_frames_hand_over_chunks_in_order():
+    video = torch.rand(2, 3, 9, 4, 6, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
+    got = []
+    frames = io.HostFrames(2, 9, 4, 6, torch.device("cpu"), sink=lambda i, f, wait: (wait(), got.append((i, f.copy()))))
+    for b in range(2):
+        for s, e in [(0, 1), (1, 5), (5, 9)]:
+            frames.put(b, s, video[b, :, s:e])
+    whole = io.to_uint8_frames(video)
+    assert [i for i, _ in got] == [0, 0, 0, 1, 1, 1] and [len(f) for _, f in got] == [1, 4, 4] * 2
+    assert np.array_equal(np.concatenate([f for i, f in got if i == 1]), whole[1])
+    assert all(np.array_equal(a, b) for a, b in zip(frames.videos(), whole))
+    with pytest.raises(ValueError, match="do not fit"):
+        frames.put(0, 7, video[0, :, :4])

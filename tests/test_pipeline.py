@@ -167,6 +167,25 @@ def test_tiny_random_pipeline_end_to_end(tiny):
     assert tiny.settings["model"] == "tiny-random" and tiny.settings["attention"] in ("dense", "sla", "sagesla")
 
 
+def test_frames_reach_the_sink_while_decoding(tiny, monkeypatch):
+    # the real VAE hands frames over chunk by chunk (one latent frame a chunk, as on a GPU at 480p);
+    # the result still holds every frame
+    from turbovid.models import vae_fast
+
+    real_plan = vae_fast.plan_decode
+    monkeypatch.setattr(vae_fast, "plan_decode", lambda *a, **kw: dataclasses.replace(real_plan(*a, **kw), chunk=1))
+    got = []
+    req = GenerationRequest(prompt="a red fox", num_frames=9, resolution="128p", aspect_ratio="1:1", num_steps=1)
+    res = tiny.generate(req, on_frames=lambda i, frames, wait: (wait(), got.append((i, frames.copy()))))
+    assert [len(f) for _, f in got] == [1, 4, 4] and {i for i, _ in got} == {0}
+    assert np.array_equal(np.concatenate([f for _, f in got]), res.frames)
+    assert np.array_equal(tiny.generate(req).frames, res.frames)  # the sink changes nothing
+    # a VAE without on_frames: each sample's whole video, once decoded
+    pipe, got = fake_pipeline(), []
+    two = pipe.generate(GenerationRequest(num_samples=2, **SMALL), on_frames=lambda i, frames, wait: got.append((i, frames)))
+    assert [i for i, _ in got] == [0, 1] and all(np.array_equal(f, v) for (_, f), v in zip(got, two.videos))
+
+
 def test_quant_fp8_swaps_block_linears_and_generates(monkeypatch):
     """--quant fp8 quantizes every block linear but SLA's proj_l to fp8 after loading (here on the
     CPU reference path: the GPU check is bypassed) and records it in the settings."""

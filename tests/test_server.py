@@ -139,17 +139,18 @@ def test_failed_job_reports_the_error(tmp_path):
 
 
 def _blocked_writes(monkeypatch):
-    """write_video that waits for `release`; `writing` is set once a write has started."""
+    """VideoWriter whose close() waits for `release`; `writing` is set once a close has started."""
     from turbovid.server import jobs as jobs_module
 
-    writing, release, real = threading.Event(), threading.Event(), jobs_module.write_video
+    writing, release = threading.Event(), threading.Event()
 
-    def blocked(frames, path):
-        writing.set()
-        release.wait(30)
-        return real(frames, path)
+    class Blocked(jobs_module.VideoWriter):
+        def close(self):
+            writing.set()
+            release.wait(30)
+            return super().close()
 
-    monkeypatch.setattr(jobs_module, "write_video", blocked)
+    monkeypatch.setattr(jobs_module, "VideoWriter", Blocked)
     return writing, release
 
 
@@ -190,19 +191,21 @@ def test_next_job_runs_while_the_last_video_is_written(tmp_path, monkeypatch):
 def test_failed_write_fails_the_job_and_the_writer_goes_on(tmp_path, monkeypatch):
     from turbovid.server import jobs as jobs_module
 
-    real = jobs_module.write_video
     fail = {"next": True}
 
-    def flaky(frames, path):
-        if fail.pop("next", False):
-            raise OSError(28, "No space left on device")
-        return real(frames, path)
+    class Flaky(jobs_module.VideoWriter):
+        def close(self):
+            if fail.pop("next", False):
+                self.abort()
+                raise OSError(28, "No space left on device")
+            return super().close()
 
-    monkeypatch.setattr(jobs_module, "write_video", flaky)
+    monkeypatch.setattr(jobs_module, "VideoWriter", Flaky)
     with TestClient(create_app(fake_pipeline(), output_dir=tmp_path)) as client:
         bad = wait(client, client.post("/v1/videos", json=SMALL).json()["id"])
         assert bad["status"] == "failed" and "No space left on device" in bad["error"]
         assert wait(client, client.post("/v1/videos", json=SMALL).json()["id"])["status"] == "succeeded"
+    assert not list(tmp_path.glob(".*.part"))  # the failed video left no temp file
 
 
 def test_web_page_options_and_health(client):

@@ -118,6 +118,26 @@ def test_tiled_decode_bound_and_exact_far_from_seams(vae):
     assert (alone[..., 180:192] - ref[..., 180:192]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_frames_are_handed_over_once_final(vae, tiled):
+    # on_frames sees every frame once, in order, with its final value: chunk by chunk untiled,
+    # during the last tile when tiled (earlier tiles still add to every frame)
+    zn = torch.randn(2, 16, 3, 3, 40)
+    plan = plan_decode(vae.cfg, 3, 3, 40, 4, "off")
+    if tiled:
+        plan = replace(plan, grid=(1, 2), halo=4, tiles=_tiles(3, 40, (1, 2), 4))
+    plan = replace(plan, chunk=1)
+    got = []
+    out = fast_decode(vae, zn, plan=plan, on_frames=lambda b, f0, x: got.append((b, f0, x.clone())))
+    assert [(b, f0, x.shape[1]) for b, f0, x in got] == [(b, f0, n) for b in (0, 1) for f0, n in ((0, 1), (1, 4), (5, 4))]
+    for b in (0, 1):
+        assert torch.equal(torch.cat([x for i, _, x in got if i == b], dim=1), out[b])
+    # the reference decode hands over each whole video
+    seen = []
+    ref = vae.decode(zn, fast=False, on_frames=lambda b, f0, x: seen.append((b, f0, x.shape)))
+    assert seen == [(0, 0, ref.shape[1:]), (1, 0, ref.shape[1:])]
+
+
 def test_tiling_auto_follows_budget(vae):
     zn = torch.randn(1, 16, 1, 8, 12)
     ref = vae.decode(zn)

@@ -144,7 +144,7 @@ def summary_line(paths: list[Path], result, load_s: float) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     import time
 
-    from turbovid.io import check_output_path, write_json, write_video
+    from turbovid.io import VideoWriter, check_output_path, write_json
     from turbovid.pipeline import Pipeline, UsageError, check_options, resolve_request
 
     request = dataclass_from_args(GenerationRequest, args)
@@ -158,17 +158,32 @@ def run_generate(args: argparse.Namespace) -> int:
             check_output_path(p)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    # 2. load, generate
+    # 2. load, generate; each video is encoded while the VAE decodes the rest of it, into a temp
+    # file that becomes the output only when complete (nothing half-written on an error or Ctrl-C)
     bars = _Bars(enabled=not args.quiet)
+    writers: list[VideoWriter] = []
     try:
         pipe = Pipeline.from_options(options, progress=bars, resolution=request.resolution)
-        result = pipe.generate(request, progress=bars)
+        width, height = pipe.frame_size(request)
+        writers = [VideoWriter(p, width, height) for p in paths]
+        result = pipe.generate(request, progress=bars, on_frames=lambda i, frames, wait: writers[i].write(frames, wait))
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
     finally:
         bars.close()
-    # 3. write (each file atomically: nothing half-written on Ctrl-C)
+    # 3. finish the files: "write" is the encoding left after the decode
     for i, path in enumerate(paths):
         start = time.perf_counter()
-        write_video(result.videos[i], path)
+        try:
+            writers[i].close()
+        except BaseException as e:
+            for w in writers[i + 1:]:
+                w.abort()
+            if isinstance(e, OSError):  # disk full, folder removed meanwhile
+                raise UsageError(f"writing {path} failed ({e}); free disk space or choose another --output") from None
+            raise
         timings = {"load": pipe.load_seconds, "write": time.perf_counter() - start}
         write_json(result.metadata(i, path.name, timings), sidecar_path(path))
     print(summary_line(paths, result, pipe.load_seconds))

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -33,24 +35,82 @@ _FORMATS = {
 VIDEO_EXTENSIONS = tuple(_FORMATS)
 
 
+def _uint8(video: torch.Tensor) -> torch.Tensor:
+    """[..., 3, F, H, W] in [-1, 1] -> uint8 [..., F, H, W, 3] on video's device, rounding as the
+    reference saves videos."""
+    x = (video.detach().float().clamp(-1, 1) + 1) / 2
+    x = (x * 255 + 0.5).to(torch.uint8)  # truncation after +0.5 == round half up
+    return x.movedim(-4, -1)
+
+
+def _host_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """uint8 host memory, page-locked when possible: a pageable .cpu() of a 480p video (97 MB) took
+    64 ms on an H100 host, a page-locked copy 2 ms. PyTorch's host allocator caches the block."""
+    try:
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+    except RuntimeError as e:  # page-locked memory can be capped (containers, ulimit -l)
+        log.info("video frames: pageable copy to the host (page-locked allocation failed: %s)", e)
+        return torch.empty(shape, dtype=torch.uint8)
+
+
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[B, 3, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, 3], rounding as the reference saves videos."""
     if video.ndim != 5 or video.shape[1] != 3:
         raise ValueError(f"expected a video batch [B, 3, F, H, W], got shape {tuple(video.shape)}")
-    x = (video.detach().float().clamp(-1, 1) + 1) / 2
-    x = (x * 255 + 0.5).to(torch.uint8)  # truncation after +0.5 == round half up
-    x = x.permute(0, 2, 3, 4, 1)
+    x = _uint8(video)
     if x.device.type != "cuda":
         return x.contiguous().numpy()
-    # Page-locked destination: a pageable .cpu() of a 480p video (97 MB) took 64 ms on an H100
-    # host, this copy 2 ms. PyTorch's host allocator caches the block for the next video.
-    try:
-        host = torch.empty(x.shape, dtype=torch.uint8, pin_memory=True)
-    except RuntimeError as e:  # page-locked memory can be capped (containers, ulimit -l)
-        log.info("video frames: pageable copy to the host (page-locked allocation failed: %s)", e)
-        return x.contiguous().cpu().numpy()
+    host = _host_buffer(tuple(x.shape))
     host.copy_(x)
     return host.numpy()
+
+
+# (sample index, uint8 frames [t, H, W, 3] in host memory, wait): the frames may be read once
+# wait() has returned (their copy from the GPU is asynchronous).
+FrameSink = Callable[[int, np.ndarray, Callable[[], None]], None]
+
+
+def _no_wait() -> None:
+    pass
+
+
+class HostFrames:
+    """A batch of videos [B, F, H, W, 3] uint8 in host memory, filled chunk by chunk as a decoder
+    finishes frames on the device. Each chunk is converted on the device, copied asynchronously
+    and handed to `sink` at once, so a video encoder can start while the GPU decodes the rest."""
+
+    def __init__(self, batch: int, frames: int, height: int, width: int, device: torch.device,
+                 sink: Optional[FrameSink] = None):
+        self.device = torch.device(device)
+        shape = (batch, frames, height, width, 3)
+        self.host = _host_buffer(shape) if self.device.type == "cuda" else torch.empty(shape, dtype=torch.uint8)
+        self.sink = sink
+
+    def put(self, sample: int, first: int, chunk: torch.Tensor) -> None:
+        """Frames [first, first + t) of `sample`: chunk [3, t, H, W] (or [1, 3, t, H, W]) in [-1, 1]."""
+        if chunk.ndim == 5:
+            chunk = chunk[0]
+        x = _uint8(chunk)
+        dst = self.host[sample, first:first + x.shape[0]]
+        if dst.shape != x.shape:
+            raise ValueError(f"frames {first}..{first + x.shape[0]} of shape {tuple(x.shape)} do not fit "
+                             f"a video of shape {tuple(self.host.shape[1:])}")
+        wait = _no_wait
+        if x.device.type == "cuda" and dst.is_pinned():
+            dst.copy_(x, non_blocking=True)  # the allocator keeps x's memory for this stream's copy
+            event = torch.cuda.Event()
+            event.record()
+            wait = event.synchronize  # releases the GIL while it waits
+        else:
+            dst.copy_(x)
+        if self.sink is not None:
+            self.sink(sample, dst.numpy(), wait)
+
+    def videos(self) -> list[np.ndarray]:
+        """The finished videos (waits for the last copies)."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return list(self.host.numpy())
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -97,10 +157,133 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _check_frame_size(ext: str, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise ValueError(f"video frames must be at least 1x1, got {width}x{height}")
+    if _FORMATS[ext][2] == "yuv420p" and (height % 2 or width % 2):
+        raise ValueError(f"{ext} (yuv420p) needs an even width and height, got {width}x{height}")
+
+
+class VideoWriter:
+    """Encode frames as they arrive, on a background thread, into .mp4 (H.264, yuv420p), .webm
+    (VP9) or .gif, by extension. The file appears at close(), atomically; abort() (or an exception
+    inside a `with` block) leaves nothing behind.
+
+    write() only queues the frames, so a GPU decode can go on while the CPU encodes what is
+    already decoded. A failure of the encoder (disk full, codec error) is raised by close().
+    GIFs need all frames for their palette, so they are encoded at close().
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS):
+        self.path = Path(path)
+        ext = self.path.suffix.lower()
+        if ext not in _FORMATS:
+            raise ValueError(f"unsupported video extension {ext!r}; use one of {', '.join(VIDEO_EXTENSIONS)}")
+        _check_frame_size(ext, width, height)
+        import av  # noqa: F401  (fail here, before any work, when PyAV is missing)
+
+        self.ext, self.width, self.height, self.fps = ext, width, height, fps
+        self.frames_written = 0
+        self._items: queue.Queue = queue.Queue()
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self._drained = False  # the encoder thread has taken the end marker
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._thread = threading.Thread(target=self._run, name=f"video-writer:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def write(self, frames: np.ndarray, wait: Callable[[], None] = _no_wait) -> None:
+        """Queue uint8 frames [t, H, W, 3]; the encoder reads them after wait() returns."""
+        if self._closed:
+            raise ValueError(f"{self.path}: write() after close()")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames [t, {self.height}, {self.width}, 3], got {frames.dtype} {frames.shape}")
+        self._items.put((frames, wait))
+
+    def close(self) -> Path:
+        """Wait for the encoder, then move the file into place; raises what the encoder raised."""
+        if self._closed:
+            raise ValueError(f"{self.path}: close() called twice")
+        self._closed = True
+        self._items.put(None)
+        self._thread.join()
+        error = self._error
+        if error is None and self.frames_written == 0:
+            error = ValueError(f"{self.path}: no frames were written")
+        if error is not None:
+            self._atomic.__exit__(type(error), error, None)  # removes the temp file
+            raise error
+        self._atomic.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop encoding and remove the partial file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._error = self._error or _Aborted()
+        self._items.put(None)
+        self._thread.join()
+        err = self._error
+        self._atomic.__exit__(type(err), err, None)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        """Queued frames, one at a time, until close(); stops early once aborted."""
+        while True:
+            item = self._items.get()
+            if item is None:
+                self._drained = True
+                return
+            if self._error is not None:
+                return
+            frames, wait = item
+            wait()
+            yield from frames
+
+    def _run(self) -> None:
+        import av
+
+        fmt, codec, pix_fmt, options = _FORMATS[self.ext]
+        try:
+            container_options = {"movflags": "+faststart"} if fmt == "mp4" else {}
+            with av.open(str(self._tmp), mode="w", format=fmt, options=container_options) as container:
+                stream = container.add_stream(codec, rate=Fraction(self.fps))
+                stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
+                stream.options = options
+                stream.thread_type = "AUTO"  # frame and slice threads, as many as the encoder wants
+                if pix_fmt == "pal8":
+                    frames = list(self._frames())
+                    source = _paletted(np.stack(frames), self.fps) if frames else []
+                else:
+                    source = (av.VideoFrame.from_ndarray(f, format="rgb24") for f in self._frames())
+                for frame in source:
+                    container.mux(stream.encode(frame))
+                    self.frames_written += 1
+                if self._error is None:  # not aborted: flush the encoder's delayed frames
+                    container.mux(stream.encode())
+        except BaseException as e:  # kept for close() to raise
+            self._error = self._error or e
+        while not self._drained:  # up to close()'s or abort()'s end marker, so neither can block
+            self._drained = self._items.get() is None
+
+
+class _Aborted(Exception):
+    pass
+
+
 def write_video(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
     """Write uint8 frames [T, H, W, 3] as .mp4 (H.264, yuv420p), .webm (VP9) or .gif, by extension."""
-    import av
-
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in _FORMATS:
@@ -108,23 +291,8 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
         raise ValueError(f"expected uint8 frames [T, H, W, 3] with T >= 1, got {frames.dtype} {frames.shape}")
-    fmt, codec, pix_fmt, options = _FORMATS[ext]
-    _, height, width, _ = frames.shape
-    if pix_fmt == "yuv420p" and (height % 2 or width % 2):
-        raise ValueError(f"{ext} (yuv420p) needs an even width and height, got {width}x{height}")
-    with atomic_path(path) as tmp:
-        container_options = {"movflags": "+faststart"} if fmt == "mp4" else {}
-        with av.open(str(tmp), mode="w", format=fmt, options=container_options) as container:
-            stream = container.add_stream(codec, rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            stream.options = options
-            stream.thread_type = "AUTO"  # frame and slice threads, as many as the encoder wants
-            source = _paletted(frames, fps) if pix_fmt == "pal8" else (
-                av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames
-            )
-            for frame in source:
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
+    with VideoWriter(path, frames.shape[2], frames.shape[1], fps) as writer:
+        writer.write(frames)
     return path
 
 

@@ -22,7 +22,7 @@ import torch
 
 from turbovid import hub
 from turbovid.configs import DIT_PRESETS
-from turbovid.io import to_uint8_frames
+from turbovid.io import FrameSink, HostFrames
 from turbovid.loading.common import CheckpointError
 from turbovid.options import (
     ASPECT_RATIOS, ATTENTIONS, DTYPES, QUANTS, RESOLUTIONS, SAMPLERS, VAE_TILING, WAN_NEGATIVE_PROMPT,
@@ -408,14 +408,23 @@ class Pipeline:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, frames: HostFrames) -> None:
+        """Decode into `frames`, chunk by chunk when the VAE can hand frames over as it finishes them."""
         params = inspect.signature(self.vae.decode).parameters
-        if "tiling" in params:
-            return self.vae.decode(latents, tiling=self.vae_tiling)
-        return self.vae.decode(latents)
+        kw = {"tiling": self.vae_tiling} if "tiling" in params else {}
+        if "on_frames" in params:
+            self.vae.decode(latents, on_frames=frames.put, **kw)
+            return
+        video = self.vae.decode(latents, **kw)
+        for i in range(video.shape[0]):
+            frames.put(i, 0, video[i])
 
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest | None = None, progress: Progress | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest | None = None, progress: Progress | None = None,
+                 on_frames: FrameSink | None = None) -> GenerationResult:
+        """One batch of videos. on_frames(sample, frames, wait) receives each sample's uint8 frames
+        [t, H, W, 3] in order while the VAE decodes the rest (readable once wait() returns), so a
+        VideoWriter can encode during the decode; the result holds every frame either way."""
         req = self.resolve(request or GenerationRequest())
         step = progress or (lambda *a: None)
         width, height = self.frame_size(req)
@@ -469,8 +478,9 @@ class Pipeline:
             t2 = time.perf_counter()
             step("decode", 0, 1)
             with self._on_device(self.vae):
-                video = self._decode(latents.to(self.dtype))
-            videos = list(to_uint8_frames(video))
+                frames = HostFrames(b, req.num_frames, height, width, self.device, on_frames)
+                self._decode(latents.to(self.dtype), frames)
+            videos = frames.videos()
             timings["vae_decode"] = time.perf_counter() - t2
             step("decode", 1, 1)
         except torch.cuda.OutOfMemoryError:

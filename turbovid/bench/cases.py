@@ -245,6 +245,30 @@ def _mp4_seconds(frames) -> float | None:
         return time.perf_counter() - t0
 
 
+def _streamed_mp4(pipe, req, repeats: int) -> dict | None:
+    """Prompt to .mp4 file in place, the video encoded while the VAE decodes (turbovid.io.VideoWriter,
+    as the CLI does): the median run's wall time and its VAE stage. None without PyAV."""
+    from turbovid.io import VideoWriter
+
+    if importlib.util.find_spec("av") is None:
+        return None
+    width, height = pipe.frame_size(pipe.resolve(req))
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            writer = VideoWriter(Path(tmp) / "bench.mp4", width, height)
+            try:
+                res = pipe.generate(req, on_frames=lambda i, frames, wait: writer.write(frames, wait))
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+            runs.append((time.perf_counter() - t0, res.timings["vae_decode"]))
+    wall, vae = sorted(runs)[(len(runs) - 1) // 2]
+    return {"to_file_s": round(wall, 4), "vae_decode_streamed_s": round(vae, 4)}
+
+
 def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], frames: int, steps: int,
                   device: torch.device, dtype: torch.dtype, variant: str, repeats: int,
                   time_left: Callable[[], float]) -> list[dict]:
@@ -280,6 +304,7 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
             results = [pipe.generate(req) for _ in range(max(1, repeats))]
             runs = [r.timings for r in results]
             encode_s = _mp4_seconds(results[-1].videos[0])
+            streamed = _streamed_mp4(pipe, req, repeats) or {}
         except torch.cuda.OutOfMemoryError as e:
             rows.append(skipped(f"out of memory ({_reason(e)})", **row))
             continue
@@ -291,6 +316,7 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         rows.append({**row, "status": "ok", "repeats": len(runs), "peak_gib": peak_gib(device),
                      **{f"{k}_s": round(best[k], 4) for k in ("text_encoding", "sampling", "vae_decode", "total")},
                      "mp4_encode_s": None if encode_s is None else round(encode_s, 4), "cpu_count": os.cpu_count(),
+                     "to_file_s": streamed.get("to_file_s"), "vae_decode_streamed_s": streamed.get("vae_decode_streamed_s"),
                      "step_s": [round(s, 4) for s in best.get("steps", [])]})
     del pipe, text_encoder, vae
     reset_peak(device)

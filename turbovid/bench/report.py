@@ -167,14 +167,17 @@ def e2e_markdown(result: dict) -> str:
     pipes = _ok(cases, what="pipeline")
     if pipes:
         lines += ["", "### Full pipeline (s): umT5-XXL text encoding, 4 rCM steps, VAE decode", "",
-                  "| model | res | variant | text | sampling | VAE decode | total | peak GiB | then .mp4 encode (CPU) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| model | res | variant | text | sampling | VAE decode | total | peak GiB | .mp4 encode after it (CPU) "
+                  "| prompt to .mp4 file, encoded during the decode |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in pipes:
             enc = p.get("mp4_encode_s")
             enc = "—" if enc is None else f"{_fmt_s(enc)} ({p.get('cpu_count')} cores)"
+            to_file = p.get("to_file_s")
+            to_file = "—" if to_file is None else f"{_fmt_s(to_file)} (VAE stage {_fmt_s(p['vae_decode_streamed_s'])})"
             lines.append(f"| {p['model']} | {p['resolution']} | {p['variant']} | {_fmt_s(p['text_encoding_s'])} | "
                          f"{_fmt_s(p['sampling_s'])} | {_fmt_s(p['vae_decode_s'])} | {_fmt_s(p['total_s'])} | "
-                         f"{p.get('peak_gib')} | {enc} |")
+                         f"{p.get('peak_gib')} | {enc} | {to_file} |")
     ceil = result.get("ceilings")
     if ceil:
         lines += ["", "### Ceilings measured in the same run (the floor is priced at these rates)", ""]

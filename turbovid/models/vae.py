@@ -12,7 +12,7 @@ Wan2.1's 16 per-channel constants.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -286,6 +286,7 @@ class WanVAE(nn.Module):
         fast: bool = True,
         memory_budget: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
+        on_frames: Optional[Callable[[int, int, torch.Tensor], None]] = None,
     ) -> torch.Tensor:
         """Normalised latents [B, z_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] in [-1, 1] (float32).
 
@@ -294,6 +295,8 @@ class WanVAE(nn.Module):
         `dtype` (default: the weights' dtype); tiling "auto" splits the frame into overlapping
         spatial tiles only when the decode would not fit `memory_budget` bytes (default: the free
         GPU memory), "on" always tiles, "off" never does.
+        on_frames(sample, first, frames [3, t, H, W]) receives frames as soon as they are final
+        (chunk by chunk on the fast path, each whole video on the reference path).
         """
         self.check_latents(latents)
         if tiling not in ("auto", "on", "off"):
@@ -301,10 +304,14 @@ class WanVAE(nn.Module):
         if fast:
             from turbovid.models.vae_fast import fast_decode
 
-            return fast_decode(self, latents, tiling=tiling, memory_budget=memory_budget, dtype=dtype)
+            return fast_decode(self, latents, tiling=tiling, memory_budget=memory_budget, dtype=dtype,
+                               on_frames=on_frames)
         if tiling == "on":
             raise ValueError("tiling='on' needs the fast decoder: call decode(latents, tiling='on', fast=True)")
-        return self.decode_reference(latents)
+        video = self.decode_reference(latents)
+        for b in range(video.shape[0] if on_frames is not None else 0):
+            on_frames(b, 0, video[b])
+        return video
 
     @torch.no_grad()
     def decode_reference(self, latents: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -261,8 +261,12 @@ def default_budget(device: torch.device) -> Optional[int]:
 def fast_decode(
     vae: WanVAE, latents: torch.Tensor, tiling: str = "auto", memory_budget: Optional[int] = None,
     dtype: Optional[torch.dtype] = None, plan: Optional[DecodePlan] = None,
+    on_frames: Optional[Callable[[int, int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
-    """Normalised latents [B, z, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] float32 in [-1, 1]."""
+    """Normalised latents [B, z, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] float32 in [-1, 1].
+
+    on_frames(sample, first, frames [3, t, H, W]) is called as soon as frames are final (each
+    chunk of the untiled decode, each chunk of the last tile when tiled), in frame order."""
     vae.check_latents(latents)
     p = next(vae.parameters())
     device, dtype = p.device, dtype or p.dtype
@@ -291,19 +295,22 @@ def fast_decode(
             mid[:, s:e] = out
             del out
         del state, z
-        for tile in plan.tiles:
+        for n, tile in enumerate(plan.tiles):
             r0, r1, c0, c1 = tile
             weight = tile_weights(plan, tile, h, w, sf, device) if tiled else None
             state = {}
             for s, e in _chunks(t, plan.chunk):
                 rgb = dec.up_stage(mid[:, s:e, r0:r1, c0:c1].contiguous(), state)  # (1, F, H, W, 3)
                 f0 = 0 if s == 0 else 1 + tf * (s - 1)
-                dst = video[b, :, f0:f0 + rgb.shape[1], sf * r0:sf * r1, sf * c0:sf * c1]
+                f1 = f0 + rgb.shape[1]
+                dst = video[b, :, f0:f1, sf * r0:sf * r1, sf * c0:sf * c1]
                 rgb = rgb[0].permute(3, 0, 1, 2)  # (3, F, H, W)
                 if weight is None:
                     dst.copy_(rgb)
                 else:
                     dst.add_(rgb.float() * weight)
                 del rgb
+                if on_frames is not None and n == len(plan.tiles) - 1:  # these frames are final
+                    on_frames(b, f0, video[b, :, f0:f1].clamp_(-1, 1))
             del state
     return video.clamp_(-1, 1)
