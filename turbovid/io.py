@@ -5,6 +5,7 @@ either the old file or absent, never half-written.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -180,7 +181,8 @@ class VideoWriter:
         if ext not in _FORMATS:
             raise ValueError(f"unsupported video extension {ext!r}; use one of {', '.join(VIDEO_EXTENSIONS)}")
         _check_frame_size(ext, width, height)
-        import av  # noqa: F401  (fail here, before any work, when PyAV is missing)
+        if importlib.util.find_spec("av") is None:  # fail here, before any work
+            raise ImportError("writing videos needs PyAV: pip install av")
 
         self.ext, self.width, self.height, self.fps = ext, width, height, fps
         self.frames_written = 0
