@@ -1,8 +1,8 @@
 """Compile Triton kernels for Hopper (sm_90) on a machine without a GPU and report their resources
-(dev tool): registers a thread, spill stack, static shared memory, and optionally the TTGIR with the
-layouts Triton chose. The local Triton may differ from the GPU image's (3.6), so the figures are a
-guide; they found the select kernel's 255 registers and a row count reduced across warps before
-any GPU time was spent (docs/benchmarks.md, run 11).
+(dev tool): registers a thread, spill stack, static and dynamic shared memory, and optionally the
+TTGIR with the layouts Triton chose. The local Triton may differ from the GPU image's (3.6), so the
+figures are a guide; they found the select kernel's 255 registers and a row count reduced across
+warps before any GPU time was spent (docs/benchmarks.md, run 11).
 
     python benchmarks/offline_compile.py [--dump DIR]
 """
@@ -24,23 +24,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=4, num_stages=3,
-                 dump: Path | None = None) -> str:
+                 maxnreg: int | None = None, dump: Path | None = None) -> str:
     """Resource line of `kernel` compiled for sm_90. signature: argument -> Triton type ("*bf16", "i32",
-    ...); constexprs: argument -> value; div16: arguments the launcher would mark divisible by 16."""
+    ...); constexprs: argument -> value; div16: arguments the launcher would mark divisible by 16;
+    maxnreg: the launch's register cap, if any."""
     import triton.backends.nvidia as nvidia
 
     names = kernel.arg_names
     full = {a: "constexpr" if a in constexprs else signature[a] for a in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
     compiled = triton.compile(ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+                              target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
     if dump is not None:
         dump.write_text(compiled.asm["ttgir"])
     cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "offline_compile.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
     out = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
-    return next(line.strip() for line in out.splitlines() if "REG" in line)
+    line = next(line.strip() for line in out.splitlines() if "REG" in line)
+    return f"{line} DYNAMIC_SHARED:{compiled.metadata.shared}"  # what decides programs per SM beside REG
 
 
 def main() -> None:
@@ -72,17 +75,32 @@ def main() -> None:
         lin_eps="fp32", ROWS_B="i32", ROWS_H="i32", COL_H="i32", ROWS_TOTAL="i32")
     sla_div = ["Q", "K", "V", "O", "OQ", "OS", "LUT", "KVW", "PHISUM", "BIAS", "sq_b", "sq_l", "sq_h", "sk_b", "sk_l",
                "sk_h", "sv_b", "sv_l", "sv_h", "so_b", "so_l", "so_h"]
+    key_sig = dict(K="*bf16", V="*bf16", PK=f32, KSUM=f32, PHISUM=f32, KV=f32, VMAX=f32, KC="*bf16", VC="*bf16",
+                   sk_b="i32", sk_l="i32", sk_h="i32", sv_b="i32", sv_l="i32", sv_h="i32", L="i32", H="i32",
+                   NK="i32", NCH="i32", CHB="i32")
+    key_div = ["K", "V", "PK", "KSUM", "PHISUM", "KV", "VMAX", "KC", "VC", "sk_b", "sk_l", "sk_h", "sv_b", "sv_l",
+               "sv_h", "H", "NK"]
+    sage_key = dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=3)
+    sla_key = sage_key | dict(BLKK=64, VABSMAX=False)
+    # the tc variants as blockmap.key_pass launches them (RED = 256 * warps / D, capped at SUB)
+    tc_key = dict(USE_TMA=False, INTERPRET=False)
+    tma_key_sig = key_sig | dict(K="tensordesc<bf16[1,128,128]>", V="tensordesc<bf16[1,128,128]>")
     cases = [
         ("select, 1.3B/14B 480p sagesla (256 key blocks)", blockmap._select_kernel,
          dict(PQ=f32, PK=f32, KMEAN=f32, S=f32, LUT="*i32", NQ="i32", NK="i32", KK="i32", S_ROWS="i32", S_STRIDE="i32"),
          dict(D=128, QT=16, QD=16, CN=64, DC=32, NCH=2, CW=128, RS=16, EARLY=True),
          ["PQ", "PK", "KMEAN", "S", "LUT", "NQ", "NK", "S_ROWS", "S_STRIDE"], 4),
-        ("key pass, sagesla (key blocks of 128)", blockmap._key_pass_kernel,
-         dict(K="*bf16", V="*bf16", PK=f32, KSUM=f32, PHISUM=f32, KV=f32, VMAX=f32, KC="*bf16", VC="*bf16",
-              sk_b="i32", sk_l="i32", sk_h="i32", sv_b="i32", sv_l="i32", sv_h="i32", L="i32", H="i32", NK="i32",
-              NCH="i32", CHB="i32"),
-         dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=3),
-         ["K", "V", "PK", "KSUM", "PHISUM", "KV", "VMAX", "KC", "VC", "sk_b", "sk_l", "sk_h", "sv_b", "sv_l", "sv_h", "H", "NK"], 8),
+        ("key pass, sagesla (key blocks of 128)", blockmap._key_pass_kernel, key_sig, sage_key, key_div, 8),
+        ("key pass, sla (key blocks of 64)", blockmap._key_pass_kernel, key_sig, sla_key, key_div, 4),
+        ("key pass tc, sagesla", blockmap._key_pass_tc_kernel, key_sig, sage_key | tc_key | dict(SUB=128, RED=16),
+         key_div, 8),
+        ("key pass tc, sagesla, K and V through descriptors", blockmap._key_pass_tc_kernel, tma_key_sig,
+         sage_key | tc_key | dict(SUB=128, RED=16, USE_TMA=True), [a for a in key_div if a not in ("K", "V")], 8),
+        ("key pass tc, sla", blockmap._key_pass_tc_kernel, key_sig, sla_key | tc_key | dict(SUB=64, RED=8), key_div, 4),
+        ("key pass tc_lean, sagesla (rows of 32, two programs an SM)", blockmap._key_pass_tc_kernel, key_sig,
+         sage_key | tc_key | dict(SUB=32, RED=16), key_div, 8, 3, 128),
+        ("key pass tc_lean, sla (rows of 32, two programs an SM)", blockmap._key_pass_tc_kernel, key_sig,
+         sla_key | tc_key | dict(SUB=32, RED=16), key_div, 8, 3, 128),
         ("sagesla attention (pointer loads, linear branch in the epilogue)", sagesla_kernel._sagesla_fwd_kernel,
          sage_sig, sage_consts, sage_div, 4),
         ("sagesla attention (TMA, fp8 output: the shipped Hopper launch)", sagesla_kernel._sagesla_fwd_kernel,
@@ -120,12 +138,13 @@ def main() -> None:
          ["x_ptr", "q_ptr", "s_ptr", "tbl_ptr", "K", "stride_xm", "stride_qm"], int8_triton.QUANT_WARPS[True]),
     ]
     print(f"triton {triton.__version__}, target sm_90")
-    for i, (name, kernel, sig, consts, div16, warps, *stages) in enumerate(cases):  # num_stages 3 unless given
+    for i, (name, kernel, sig, consts, div16, warps, *extra) in enumerate(cases):  # extra: num_stages (3), maxnreg
         dump = None if args.dump is None else args.dump / f"{i}{kernel.__name__}.ttgir"
         if dump is not None:
             args.dump.mkdir(parents=True, exist_ok=True)
-        res = compile_sm90(kernel, sig, consts, div16, warps, *stages, dump=dump)
-        print(f"{name} ({warps} warps): {res}")
+        res = compile_sm90(kernel, sig, consts, div16, warps, *extra, dump=dump)
+        cap = f", at most {extra[1]} registers" if len(extra) > 1 else ""
+        print(f"{name} ({warps} warps{cap}): {res}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Three launches, each one pass over its input:
              K, of phi(K) = softmax_D(K), of phi(K)^T V (the linear branch's reduction) and of
              max|V| per channel (sagesla's V scales). Chunk partials are summed afterwards
              (deterministic; no atomics). Optionally writes head-major copies of K and V, so
-             the attention kernel gathers contiguous blocks.
+             the attention kernel gathers contiguous blocks. Two kernels (StatsConfig.key_variant):
+             _key_pass_kernel, and _key_pass_tc_kernel with the column sums on the tensor cores.
   query pool over Q: per query block the mean of Q, and optionally the linear branch for those
              queries (phi(Q) (phi(K)^T V) ..., proj_l), written into the output buffer that the
              attention kernel then adds its sparse part to.
@@ -26,6 +27,11 @@ import triton
 import triton.language as tl
 
 from turbovid.ops.quant.int8_triton import _to_e4m3
+
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
 
 from .sla_reference import LINEAR_EPS, keep_count
 
@@ -84,6 +90,103 @@ def _key_pass_kernel(
         tl.store(KV + part * D * D + d[:, None] * D + d[None, :], kv)
     if VABSMAX:
         tl.store(VMAX + part * D + d, v_max)
+
+
+@triton.jit
+def _exp2_ftz(x, INTERPRET: tl.constexpr):
+    # tl.exp's ex2.approx.f32 rescales arguments below -126 around the instruction (3 more per
+    # element); flushing those to zero changes no sum that matters
+    if INTERPRET:
+        return tl.exp2(x)
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _row_tile(X, bh, H, row0, s_l, L, SUB: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows row0 .. row0 + SUB of head bh % H of batch bh // H, zero past L. X: a descriptor over
+    [B, L, H*D] with blocks (1, SUB, D), which zero-fills rows past L, or that head's first row."""
+    if USE_TMA:
+        x = tl.reshape(X.load([bh // H, row0, (bh % H) * D]), [SUB, D])
+    else:
+        rows = row0 + tl.arange(0, SUB)
+        x = tl.load(X + rows[:, None] * s_l + tl.arange(0, D)[None, :], mask=(rows < L)[:, None], other=0.0)
+    return x
+
+
+@triton.jit
+def _key_pass_tc_kernel(
+    K, V, PK, KSUM, PHISUM, KV, VMAX, KC, VC,
+    sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
+    L, H, NK, NCH, CHB,
+    D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr, COPY: tl.constexpr,
+    STAGES: tl.constexpr = 1, SUB: tl.constexpr = 128, RED: tl.constexpr = 16, USE_TMA: tl.constexpr = False,
+    INTERPRET: tl.constexpr = False,
+):
+    """_key_pass_kernel's outputs from a shorter chain per block:
+    - K's column sums (PK) on the tensor cores, K^T @ e0 with e0 one in column 0: no cross-warp sum;
+    - phi^T V as (V^T phi)^T, both operands in shared memory: V stays out of the registers, and
+      ptxas does not serialize the wgmmas (it did with phi^T as a register operand);
+    - phi's normalisation one reciprocal per row with the row mask in it: no divide or select per element;
+    - sum phi and max|V| kept per (RED, D) slice of rows, RED the rows one repetition of the tile's
+      layout covers, so each thread folds its own rows; the cross-warp reduction once per program;
+    - each step over SUB rows (a slice of a key block when SUB < BLKK): fewer registers, so two
+      programs can share an SM, one's softmax beside the other's wgmma;
+    - USE_TMA: K and V (descriptors over [B, L, H*D], rows past L zero-filled) through the bulk
+      copy engine: no address or mask arithmetic per row."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    if USE_TMA:
+        k_src, v_src = K, V
+    else:
+        k_src = K + (bh // H).to(tl.int64) * sk_b + (bh % H).to(tl.int64) * sk_h
+        v_src = V + (bh // H).to(tl.int64) * sv_b + (bh % H).to(tl.int64) * sv_h
+    r = tl.arange(0, SUB)
+    d = tl.arange(0, D)
+    e0 = (r[:, None] * 0 + tl.arange(0, 16)[None, :] == 0).to(KC.dtype.element_ty)  # (SUB, 16)
+    SPB: tl.constexpr = BLKK // SUB  # slices per key block
+    k_sum = tl.zeros([D], dtype=tl.float32)
+    phi_acc = tl.zeros([RED, D], dtype=tl.float32)
+    v_acc = tl.zeros([RED, D], dtype=tl.float32)
+    kvt = tl.zeros([D, D], dtype=tl.float32)  # (phi^T V)^T
+    blk_acc = tl.zeros([D, 16], dtype=tl.float32)
+    for t in tl.range(CHB * SPB, num_stages=STAGES):
+        blk = c * CHB + t // SPB
+        row0 = (c * CHB * SPB + t) * SUB
+        rows = row0 + r
+        row_ok = rows < L
+        k = _row_tile(k_src, bh, H, row0, sk_l, L, SUB, D, USE_TMA)
+        if SPB > 1:  # a block's slices add up in one accumulator
+            blk_acc = tl.dot(tl.trans(k), e0, tl.where(t % SPB == 0, 0.0, blk_acc))
+        else:
+            blk_acc = tl.dot(tl.trans(k), e0)
+        if LINEAR or VABSMAX or COPY:
+            v = _row_tile(v_src, bh, H, row0, sv_l, L, SUB, D, USE_TMA)
+        if COPY:  # head-major copies (B*H, NK*BLKK, D), zero rows past L
+            copy_at = (bh.to(tl.int64) * NK * BLKK + rows[:, None]) * D + d[None, :]
+            tl.store(KC + copy_at, k, mask=rows[:, None] < NK * BLKK)
+            tl.store(VC + copy_at, v, mask=rows[:, None] < NK * BLKK)
+        if LINEAR:
+            kf = k.to(tl.float32)
+            m = tl.max(kf, 1) * 1.4426950408889634
+            e = _exp2_ftz(kf * 1.4426950408889634 - m[:, None], INTERPRET)  # one FMA and the ex2
+            phi = e * tl.where(row_ok, 1.0 / tl.sum(e, 1), 0.0)[:, None]
+            phi_acc += tl.sum(tl.reshape(phi, [SUB // RED, RED, D]), 0)
+            kvt = tl.dot(tl.trans(v), phi.to(v.dtype), kvt)  # (D, SUB) @ (SUB, D)
+        if VABSMAX:
+            v_acc = tl.maximum(v_acc, tl.max(tl.reshape(tl.abs(v.to(tl.float32)), [SUB // RED, RED, D]), 0))
+        blk_sum = tl.sum(blk_acc, 1)  # column 0 holds the sums, the others are zero
+        last = t % SPB == SPB - 1
+        count = tl.minimum(L - blk * BLKK, BLKK).to(tl.float32)
+        tl.store(PK + (bh * NK + blk).to(tl.int64) * D + d, blk_sum / count, mask=(blk + 0 * d < NK) & last)
+        k_sum += tl.where(last, blk_sum, 0.0)
+    part = (bh * NCH + c).to(tl.int64)
+    tl.store(KSUM + part * D + d, k_sum)
+    if LINEAR:
+        tl.store(PHISUM + part * D + d, tl.sum(phi_acc, 0))
+        tl.store(KV + part * D * D + d[None, :] * D + d[:, None], kvt)
+    if VABSMAX:
+        tl.store(VMAX + part * D + d, tl.max(v_acc, 0))
 
 
 @triton.jit
@@ -277,15 +380,24 @@ class StatsConfig:
     select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
     select_early: bool = True  # stop the radix select once every row has a clean cut
     key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
+    # key pass kernel (KEY_VARIANTS): "shipped" _key_pass_kernel; "tc" _key_pass_tc_kernel a key
+    # block per step; "tc_lean" the same in steps of 32 rows, under 128 registers at 8 warps so two
+    # programs share an SM. Not timed on a GPU yet (benchmarks/explore_keypass.py)
+    key_variant: str = "shipped"
+    key_tma: bool = False  # tc variants: K and V through tensor descriptors where their strides allow
 
 
 DEFAULT_STATS = StatsConfig()
+KEY_VARIANTS = ("shipped", "tc", "tc_lean")
 
 
 def key_launch(blkk: int, cfg: StatsConfig) -> tuple[int, int]:
     """(warps, resident programs per SM) of the key pass."""
-    warps = cfg.key_warps or (8 if blkk >= 128 else 4)
-    return warps, cfg.programs_per_sm or (1 if warps >= 8 else 2)
+    if cfg.key_variant not in KEY_VARIANTS:
+        raise ValueError(f"key_variant must be one of {KEY_VARIANTS}, got {cfg.key_variant!r}")
+    lean = cfg.key_variant == "tc_lean"
+    warps = cfg.key_warps or (8 if blkk >= 128 or lean else 4)
+    return warps, cfg.programs_per_sm or (2 if lean or warps < 8 else 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -302,6 +414,54 @@ def key_chunk_blocks(nk: int, bh: int, slots: int, overhead: int) -> int:
         if best_cost is None or cost < best_cost:
             best_cost, best_chb = cost, chb
     return best_chb
+
+
+def _tma_view(x: torch.Tensor) -> bool:
+    """[B, L, H, D] whose rows are [B, L, H*D] with 16-byte aligned strides: a descriptor can read it."""
+    return (x.stride(3) == 1 and x.stride(2) == x.shape[3] and x.data_ptr() % 16 == 0
+            and all(s * x.element_size() % 16 == 0 for s in x.stride()[:2]))
+
+
+def key_pass(
+    k: torch.Tensor, v: torch.Tensor, blkk: int, linear: bool, v_absmax: bool, kv_copy: bool,
+    cfg: StatsConfig, chb: int | None = None,
+) -> tuple:
+    """One pass over K and V: (pooled K (B*H, nk, D); chunk partials (B*H, nch, ...) of sum K, sum
+    phi(K), phi(K)^T V and max|V| per channel; head-major copies of K and V), None where not asked.
+    Each program covers a contiguous chunk of chb key blocks (default: sized to whole waves)."""
+    B, L, H, D = k.shape
+    BH, nk, dev = B * H, triton.cdiv(L, blkk), k.device
+    warps, per_sm = key_launch(blkk, cfg)
+    chb = chb or key_chunk_blocks(nk, BH, per_sm * _num_sms(dev), max(1, 256 // blkk))
+    nch = triton.cdiv(nk, chb)
+    f32 = dict(dtype=torch.float32, device=dev)
+    pk = torch.empty(BH, nk, D, **f32)
+    k_sum = torch.empty(BH, nch, D, **f32)
+    phi_sum = torch.empty(BH, nch, D, **f32) if linear else None
+    kv = torch.empty(BH, nch, D, D, **f32) if linear else None
+    v_max = torch.empty(BH, nch, D, **f32) if v_absmax else None
+    k_copy = torch.empty(BH, nk * blkk, D, dtype=k.dtype, device=dev) if kv_copy else None
+    v_copy = torch.empty(BH, nk * blkk, D, dtype=v.dtype, device=dev) if kv_copy else None
+    args = (k_sum, k_sum if phi_sum is None else phi_sum, k_sum if kv is None else kv,  # k_sum: unused slots
+            k_sum if v_max is None else v_max, k if k_copy is None else k_copy, v if v_copy is None else v_copy,
+            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), L, H, nk, nch, chb)
+    consts = dict(D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, STAGES=cfg.key_stages,
+                  num_warps=warps)
+    if cfg.key_variant == "shipped":
+        _key_pass_kernel[(nch, BH)](k, v, pk, *args, **consts)
+    else:
+        sub = blkk if cfg.key_variant == "tc" else min(blkk, 32)
+        tma = cfg.key_tma and TensorDescriptor is not None and _tma_view(k) and _tma_view(v)
+        k_src, v_src = k, v
+        if tma:  # over [B, L, H*D]: rows past L come zero-filled, never the next batch's
+            k_src, v_src = (TensorDescriptor(x, [B, L, H * D], [x.stride(0), x.stride(1), 1], [1, sub, D])
+                            for x in (k, v))
+        # registers a thread that let per_sm programs share the SM's 64K (ptxas takes up to 255 otherwise)
+        regs = 65536 // (32 * warps * per_sm) // 8 * 8
+        _key_pass_tc_kernel[(nch, BH)](
+            k_src, v_src, pk, *args, **consts, SUB=sub, RED=min(sub, 256 * warps // D), USE_TMA=tma,
+            INTERPRET=INTERPRETED, maxnreg=regs if regs < 255 else None)
+    return pk, k_sum, phi_sum, kv, v_max, k_copy, v_copy
 
 
 def _num_sms(device: torch.device) -> int:
@@ -334,24 +494,8 @@ def block_stats(
     f32 = dict(dtype=torch.float32, device=dev)
     cfg = cfg or DEFAULT_STATS
 
-    # 1. key pass: each program over a contiguous chunk of key blocks, chunks sized to whole waves
-    key_warps, per_sm = key_launch(blkk, cfg)
-    chb = key_chunk_blocks(nk, BH, per_sm * _num_sms(dev), max(1, 256 // blkk))
-    nch = triton.cdiv(nk, chb)
-    pk = torch.empty(BH, nk, D, **f32)
-    k_sum = torch.empty(BH, nch, D, **f32)
-    phi_sum = torch.empty(BH, nch, D, **f32) if linear else k_sum
-    kv = torch.empty(BH, nch, D, D, **f32) if linear else k_sum
-    v_max = torch.empty(BH, nch, D, **f32) if v_absmax else k_sum
-    k_copy = torch.empty(BH, nk * blkk, D, dtype=k.dtype, device=dev) if kv_copy else None
-    v_copy = torch.empty(BH, nk * blkk, D, dtype=v.dtype, device=dev) if kv_copy else None
-    _key_pass_kernel[(nch, BH)](
-        k, v, pk, k_sum, phi_sum, kv, v_max, k_copy if kv_copy else k, v_copy if kv_copy else v,
-        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        L, H, nk, nch, chb,
-        D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, STAGES=cfg.key_stages,
-        num_warps=key_warps,
-    )
+    # 1. key pass: chunk partials, summed here (deterministic)
+    pk, k_sum, phi_sum, kv, v_max, k_copy, v_copy = key_pass(k, v, blkk, linear, v_absmax, kv_copy, cfg)
     k_mean = k_sum.sum(1) / L
     kv = kv.sum(1) / L if linear else None
     phi_sum = phi_sum.sum(1) / L if linear else None
