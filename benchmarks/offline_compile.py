@@ -80,27 +80,28 @@ def main() -> None:
                    NK="i32", NCH="i32", CHB="i32")
     key_div = ["K", "V", "PK", "KSUM", "PHISUM", "KV", "VMAX", "KC", "VC", "sk_b", "sk_l", "sk_h", "sv_b", "sv_l",
                "sv_h", "H", "NK"]
-    sage_key = dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=3)
+    # the key pass as blockmap.key_pass launches it (steps of 32 rows, RED = 256 * warps / D), K and V through
+    # descriptors where their strides allow (the model's: slices of the fused qkv) and pointer loads otherwise
+    key_warps, _, key_regs = blockmap.key_launch(blockmap.DEFAULT_STATS)
+    sage_key = dict(D=128, BLKK=128, LINEAR=True, VABSMAX=True, COPY=False, STAGES=blockmap.DEFAULT_STATS.key_stages,
+                    SUB=32, RED=16, USE_TMA=True, INTERPRET=False)
     sla_key = sage_key | dict(BLKK=64, VABSMAX=False)
-    # the tc variants as blockmap.key_pass launches them (RED = 256 * warps / D, capped at SUB)
-    tc_key = dict(USE_TMA=False, INTERPRET=False)
-    tma_key_sig = key_sig | dict(K="tensordesc<bf16[1,128,128]>", V="tensordesc<bf16[1,128,128]>")
+    tma_key_sig = key_sig | dict(K="tensordesc<bf16[1,32,128]>", V="tensordesc<bf16[1,32,128]>")
+    tma_key_div = [a for a in key_div if a not in ("K", "V")]  # descriptors carry no alignment hint
+    key_opts = (key_warps, 3, key_regs)  # warps, num_stages (the launcher's default), maxnreg
     cases = [
         ("select, 1.3B/14B 480p sagesla (256 key blocks)", blockmap._select_kernel,
          dict(PQ=f32, PK=f32, KMEAN=f32, S=f32, LUT="*i32", NQ="i32", NK="i32", KK="i32", S_ROWS="i32", S_STRIDE="i32"),
          dict(D=128, QT=16, QD=16, CN=64, DC=32, NCH=2, CW=128, RS=16, EARLY=True),
          ["PQ", "PK", "KMEAN", "S", "LUT", "NQ", "NK", "S_ROWS", "S_STRIDE"], 4),
-        ("key pass, sagesla (key blocks of 128)", blockmap._key_pass_kernel, key_sig, sage_key, key_div, 8),
-        ("key pass, sla (key blocks of 64)", blockmap._key_pass_kernel, key_sig, sla_key, key_div, 4),
-        ("key pass tc, sagesla", blockmap._key_pass_tc_kernel, key_sig, sage_key | tc_key | dict(SUB=128, RED=16),
-         key_div, 8),
-        ("key pass tc, sagesla, K and V through descriptors", blockmap._key_pass_tc_kernel, tma_key_sig,
-         sage_key | tc_key | dict(SUB=128, RED=16, USE_TMA=True), [a for a in key_div if a not in ("K", "V")], 8),
-        ("key pass tc, sla", blockmap._key_pass_tc_kernel, key_sig, sla_key | tc_key | dict(SUB=64, RED=8), key_div, 4),
-        ("key pass tc_lean, sagesla (rows of 32, two programs an SM)", blockmap._key_pass_tc_kernel, key_sig,
-         sage_key | tc_key | dict(SUB=32, RED=16), key_div, 8, 3, 128),
-        ("key pass tc_lean, sla (rows of 32, two programs an SM)", blockmap._key_pass_tc_kernel, key_sig,
-         sla_key | tc_key | dict(SUB=32, RED=16), key_div, 8, 3, 128),
+        ("key pass, sagesla (key blocks of 128), descriptors", blockmap._key_pass_kernel, tma_key_sig, sage_key,
+         tma_key_div, *key_opts),
+        ("key pass, sagesla (key blocks of 128), pointer loads", blockmap._key_pass_kernel, key_sig,
+         sage_key | dict(USE_TMA=False), key_div, *key_opts),
+        ("key pass, sla (key blocks of 64), descriptors", blockmap._key_pass_kernel, tma_key_sig, sla_key,
+         tma_key_div, *key_opts),
+        ("key pass, sla (key blocks of 64), pointer loads", blockmap._key_pass_kernel, key_sig,
+         sla_key | dict(USE_TMA=False), key_div, *key_opts),
         ("sagesla attention (pointer loads, linear branch in the epilogue)", sagesla_kernel._sagesla_fwd_kernel,
          sage_sig, sage_consts, sage_div, 4),
         ("sagesla attention (TMA, fp8 output: the shipped Hopper launch)", sagesla_kernel._sagesla_fwd_kernel,

@@ -323,13 +323,17 @@ def test_custom_op_passes_opcheck_and_compiles():
 
 
 def test_key_pass_chunks_fill_whole_waves():
-    """The key pass's chunking (blockmap.key_chunk_blocks): on 132 SMs with one program each, the
-    1.3B shape runs as one full wave and the 14B shape as one wave of 120, not 280 programs in
-    three (measured 0.85 ms vs the model's ~0.65 ms, benchmarks/explore_keypass.py)."""
+    """The key pass's chunking (blockmap.key_chunk_blocks): on 132 SMs with one program each (the
+    earlier kernel's launch), the 1.3B shape runs as one full wave and the 14B shape as one wave of
+    120, not 280 programs in three (measured 0.85 ms vs the model's ~0.65 ms,
+    benchmarks/explore_keypass.py); with two each (the current launch) the chunks run 3 timed."""
     from turbovid.ops.attention.blockmap import key_chunk_blocks
 
     assert key_chunk_blocks(256, 12, 132, 2) == 24  # 11 chunks x 12 heads = 132 programs
     assert key_chunk_blocks(256, 40, 132, 2) == 86  # 3 chunks x 40 heads = 120 programs
+    assert key_chunk_blocks(256, 12, 264, 2) == 12  # 1.3B sagesla: 22 chunks x 12 heads = 264 programs
+    assert key_chunk_blocks(512, 12, 264, 4) == 24  # 1.3B sla (key blocks of 64): 264 programs
+    assert key_chunk_blocks(256, 40, 264, 2) == 20  # 14B sagesla: 13 chunks x 40 heads = 520 programs
     for nk, bh, slots in [(1, 1, 2), (7, 3, 2), (1182, 12, 264), (591, 40, 132)]:
         chb = key_chunk_blocks(nk, bh, slots, 2)
         assert 1 <= chb <= nk

@@ -1,12 +1,12 @@
 """Block map and linear-branch statistics shared by the sla and sagesla kernels (Triton).
 
 Three launches, each one pass over its input:
-  key pass   over K (and V): per key block the mean of K; per chunk of blocks the partial sums of
-             K, of phi(K) = softmax_D(K), of phi(K)^T V (the linear branch's reduction) and of
-             max|V| per channel (sagesla's V scales). Chunk partials are summed afterwards
-             (deterministic; no atomics). Optionally writes head-major copies of K and V, so
-             the attention kernel gathers contiguous blocks. Two kernels (StatsConfig.key_variant):
-             _key_pass_kernel, and _key_pass_tc_kernel with the column sums on the tensor cores.
+  key pass   over K (and V), 32 rows a step: per key block the mean of K; per chunk of blocks the
+             partial sums of K, of phi(K) = softmax_D(K), of phi(K)^T V (the linear branch's
+             reduction) and of max|V| per channel (sagesla's V scales); K's sums and phi(K)^T V
+             on the tensor cores. Chunk partials are summed afterwards (deterministic; no atomics).
+             Optionally writes head-major copies of K and V, so the attention kernel gathers
+             contiguous blocks.
   query pool over Q: per query block the mean of Q, and optionally the linear branch for those
              queries (phi(Q) (phi(K)^T V) ..., proj_l), written into the output buffer that the
              attention kernel then adds its sparse part to.
@@ -39,60 +39,6 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton dec
 
 
 @triton.jit
-def _key_pass_kernel(
-    K, V, PK, KSUM, PHISUM, KV, VMAX, KC, VC,
-    sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
-    L, H, NK, NCH, CHB,
-    D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr, COPY: tl.constexpr,
-    STAGES: tl.constexpr = 1,
-):
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
-    r = tl.arange(0, BLKK)
-    d = tl.arange(0, D)
-    k_sum = tl.zeros([D], dtype=tl.float32)
-    phi_sum = tl.zeros([D], dtype=tl.float32)
-    v_max = tl.zeros([D], dtype=tl.float32)
-    kv = tl.zeros([D, D], dtype=tl.float32)
-    for j in tl.range(CHB, num_stages=STAGES):
-        blk = c * CHB + j
-        rows = blk * BLKK + r
-        row_ok = rows < L
-        k = tl.load(k_base + rows[:, None] * sk_l + d[None, :], mask=row_ok[:, None], other=0.0)
-        if COPY:  # head-major copies (B*H, NK*BLKK, D), zero rows past L
-            copy_at = (bh.to(tl.int64) * NK * BLKK + rows[:, None]) * D + d[None, :]
-            tl.store(KC + copy_at, k, mask=rows[:, None] < NK * BLKK)
-        k = k.to(tl.float32)
-        blk_sum = tl.sum(k, 0)
-        count = tl.minimum(L - blk * BLKK, BLKK).to(tl.float32)
-        tl.store(PK + (bh * NK + blk).to(tl.int64) * D + d, blk_sum / count, mask=(blk + 0 * d) < NK)
-        k_sum += blk_sum
-        if LINEAR or VABSMAX or COPY:
-            v = tl.load(v_base + rows[:, None] * sv_l + d[None, :], mask=row_ok[:, None], other=0.0)
-        if COPY:
-            tl.store(VC + copy_at, v, mask=rows[:, None] < NK * BLKK)
-        if LINEAR:
-            e = tl.exp(k - tl.max(k, 1)[:, None])
-            phi = e / tl.sum(e, 1)[:, None]
-            phi = tl.where(row_ok[:, None], phi, 0.0)
-            phi_sum += tl.sum(phi, 0)
-            kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv)  # (D, BLKK) @ (BLKK, D)
-        if VABSMAX:
-            v_max = tl.maximum(v_max, tl.max(tl.abs(v.to(tl.float32)), 0))
-    part = (bh * NCH + c).to(tl.int64)
-    tl.store(KSUM + part * D + d, k_sum)
-    if LINEAR:
-        tl.store(PHISUM + part * D + d, phi_sum)
-        tl.store(KV + part * D * D + d[:, None] * D + d[None, :], kv)
-    if VABSMAX:
-        tl.store(VMAX + part * D + d, v_max)
-
-
-@triton.jit
 def _exp2_ftz(x, INTERPRET: tl.constexpr):
     # tl.exp's ex2.approx.f32 rescales arguments below -126 around the instruction (3 more per
     # element); flushing those to zero changes no sum that matters
@@ -115,22 +61,24 @@ def _row_tile(X, bh, H, row0, s_l, L, SUB: tl.constexpr, D: tl.constexpr, USE_TM
 
 
 @triton.jit
-def _key_pass_tc_kernel(
+def _key_pass_kernel(
     K, V, PK, KSUM, PHISUM, KV, VMAX, KC, VC,
     sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
     L, H, NK, NCH, CHB,
     D: tl.constexpr, BLKK: tl.constexpr, LINEAR: tl.constexpr, VABSMAX: tl.constexpr, COPY: tl.constexpr,
-    STAGES: tl.constexpr = 1, SUB: tl.constexpr = 128, RED: tl.constexpr = 16, USE_TMA: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, SUB: tl.constexpr = 32, RED: tl.constexpr = 16, USE_TMA: tl.constexpr = False,
     INTERPRET: tl.constexpr = False,
 ):
-    """_key_pass_kernel's outputs from a shorter chain per block:
+    """Program (c, bh): key blocks c * CHB .. (c + 1) * CHB of row bh, SUB rows a step. A short chain
+    per block (offline sm_90 compile: ~1150 instructions a thread per 128 rows with 4 barriers; the
+    earlier kernel, which summed K and phi across warps, ~1900 with 20-35):
     - K's column sums (PK) on the tensor cores, K^T @ e0 with e0 one in column 0: no cross-warp sum;
     - phi^T V as (V^T phi)^T, both operands in shared memory: V stays out of the registers, and
       ptxas does not serialize the wgmmas (it did with phi^T as a register operand);
     - phi's normalisation one reciprocal per row with the row mask in it: no divide or select per element;
     - sum phi and max|V| kept per (RED, D) slice of rows, RED the rows one repetition of the tile's
       layout covers, so each thread folds its own rows; the cross-warp reduction once per program;
-    - each step over SUB rows (a slice of a key block when SUB < BLKK): fewer registers, so two
+    - steps of SUB rows (a slice of a key block when SUB < BLKK): fewer registers, so two
       programs can share an SM, one's softmax beside the other's wgmma;
     - USE_TMA: K and V (descriptors over [B, L, H*D], rows past L zero-filled) through the bulk
       copy engine: no address or mask arithmetic per row."""
@@ -366,11 +314,18 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    # key pass: warps per program and programs resident per SM; None picks by key block (measured on
-    # an H100, benchmarks/explore_keypass.py: 8 warps, one program per SM for blocks of 128 (the
-    # kernel holds ~255 registers a thread); 4 warps, two per SM for blocks of 64)
+    # key pass: 8 warps, two programs per SM under a register cap (128 a thread), steps of 32 rows,
+    # K and V through tensor descriptors where their strides allow. H100, benchmarks/explore_keypass.py
+    # run 3 (results/2026-11-26-explore-keypass-h100-run3.json, its "tc_lean tma") against the earlier
+    # kernel (8 warps, one program per SM for key blocks of 128; 4 warps, two per SM for 64):
+    # 0.193 -> 0.092 ms at 1.3B sagesla, 0.155 -> 0.086 ms at 1.3B sla, 0.686 -> 0.281 ms at 14B
+    # sagesla, the same block lists; steps of a whole key block were never faster.
+    # None / the defaults: that rule; other values for the tests and benchmarks/explore_keypass.py.
     programs_per_sm: int | None = None
     key_warps: int | None = None
+    key_rows: int = 32  # rows per step, at most a key block
+    key_tma: bool = True  # False: pointer loads even where a descriptor could read K and V
+    key_stages: int = 3  # software pipelining of the key pass's loop (run 3: 4 within 1% of 3)
     # select: 4 warps, 16 query blocks a program, the dot over D in slices of 32, the radix select
     # stopping early (benchmarks/explore_select.py run 2 on an H100: block map 0.52 -> 0.41 ms at
     # 1.3B 480p, 1.39 -> 1.16 ms at 14B 480p, 5.11 -> 3.46 ms at 14B 720p)
@@ -379,25 +334,17 @@ class StatsConfig:
     select_cols: int = 128  # key blocks per chunk of a row in the top-k step (one warp's width in float32)
     select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
     select_early: bool = True  # stop the radix select once every row has a clean cut
-    key_stages: int = 3  # software pipelining of the key pass's block loop (3: -30 us at 480p on an H100)
-    # key pass kernel (KEY_VARIANTS): "shipped" _key_pass_kernel; "tc" _key_pass_tc_kernel a key
-    # block per step; "tc_lean" the same in steps of 32 rows, under 128 registers at 8 warps so two
-    # programs share an SM. Not timed on a GPU yet (benchmarks/explore_keypass.py)
-    key_variant: str = "shipped"
-    key_tma: bool = False  # tc variants: K and V through tensor descriptors where their strides allow
 
 
 DEFAULT_STATS = StatsConfig()
-KEY_VARIANTS = ("shipped", "tc", "tc_lean")
 
 
-def key_launch(blkk: int, cfg: StatsConfig) -> tuple[int, int]:
-    """(warps, resident programs per SM) of the key pass."""
-    if cfg.key_variant not in KEY_VARIANTS:
-        raise ValueError(f"key_variant must be one of {KEY_VARIANTS}, got {cfg.key_variant!r}")
-    lean = cfg.key_variant == "tc_lean"
-    warps = cfg.key_warps or (8 if blkk >= 128 or lean else 4)
-    return warps, cfg.programs_per_sm or (2 if lean or warps < 8 else 1)
+def key_launch(cfg: StatsConfig) -> tuple[int, int, int | None]:
+    """(warps, resident programs per SM, register cap a thread) of the key pass. The cap lets the
+    programs share the SM's 64K registers (ptxas takes up to 255 otherwise)."""
+    warps, per_sm = cfg.key_warps or 8, cfg.programs_per_sm or 2
+    regs = 65536 // (32 * warps * per_sm) // 8 * 8
+    return warps, per_sm, regs if regs < 255 else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -431,7 +378,7 @@ def key_pass(
     Each program covers a contiguous chunk of chb key blocks (default: sized to whole waves)."""
     B, L, H, D = k.shape
     BH, nk, dev = B * H, triton.cdiv(L, blkk), k.device
-    warps, per_sm = key_launch(blkk, cfg)
+    warps, per_sm, maxnreg = key_launch(cfg)
     chb = chb or key_chunk_blocks(nk, BH, per_sm * _num_sms(dev), max(1, 256 // blkk))
     nch = triton.cdiv(nk, chb)
     f32 = dict(dtype=torch.float32, device=dev)
@@ -445,22 +392,16 @@ def key_pass(
     args = (k_sum, k_sum if phi_sum is None else phi_sum, k_sum if kv is None else kv,  # k_sum: unused slots
             k_sum if v_max is None else v_max, k if k_copy is None else k_copy, v if v_copy is None else v_copy,
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), L, H, nk, nch, chb)
-    consts = dict(D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy, STAGES=cfg.key_stages,
-                  num_warps=warps)
-    if cfg.key_variant == "shipped":
-        _key_pass_kernel[(nch, BH)](k, v, pk, *args, **consts)
-    else:
-        sub = blkk if cfg.key_variant == "tc" else min(blkk, 32)
-        tma = cfg.key_tma and TensorDescriptor is not None and _tma_view(k) and _tma_view(v)
-        k_src, v_src = k, v
-        if tma:  # over [B, L, H*D]: rows past L come zero-filled, never the next batch's
-            k_src, v_src = (TensorDescriptor(x, [B, L, H * D], [x.stride(0), x.stride(1), 1], [1, sub, D])
-                            for x in (k, v))
-        # registers a thread that let per_sm programs share the SM's 64K (ptxas takes up to 255 otherwise)
-        regs = 65536 // (32 * warps * per_sm) // 8 * 8
-        _key_pass_tc_kernel[(nch, BH)](
-            k_src, v_src, pk, *args, **consts, SUB=sub, RED=min(sub, 256 * warps // D), USE_TMA=tma,
-            INTERPRET=INTERPRETED, maxnreg=regs if regs < 255 else None)
+    sub = min(blkk, cfg.key_rows)
+    tma = cfg.key_tma and TensorDescriptor is not None and _tma_view(k) and _tma_view(v)
+    k_src, v_src = k, v
+    if tma:  # over [B, L, H*D]: rows past L come zero-filled, never the next batch's
+        k_src, v_src = (TensorDescriptor(x, [B, L, H * D], [x.stride(0), x.stride(1), 1], [1, sub, D])
+                        for x in (k, v))
+    _key_pass_kernel[(nch, BH)](
+        k_src, v_src, pk, *args, D=D, BLKK=blkk, LINEAR=linear, VABSMAX=v_absmax, COPY=kv_copy,
+        STAGES=cfg.key_stages, SUB=sub, RED=min(sub, 256 * warps // D), USE_TMA=tma, INTERPRET=INTERPRETED,
+        num_warps=warps, maxnreg=maxnreg)
     return pk, k_sum, phi_sum, kv, v_max, k_copy, v_copy
 
 
