@@ -144,7 +144,7 @@ def main() -> None:
         if dump is not None:
             args.dump.mkdir(parents=True, exist_ok=True)
         res = compile_sm90(kernel, sig, consts, div16, warps, *extra, dump=dump)
-        cap = f", at most {extra[1]} registers" if len(extra) > 1 else ""
+        cap = f", at most {extra[1]} registers" if len(extra) > 1 and extra[1] else ""
         print(f"{name} ({warps} warps{cap}): {res}")
 
 

@@ -108,6 +108,7 @@ def test_key_pass_reads_strided_v(blockmap, tma):
 
 def test_key_launch(blockmap):
     cfg = blockmap.StatsConfig
-    assert blockmap.key_launch(cfg()) == (8, 2, 128)  # two programs an SM under 128 registers
-    assert blockmap.key_launch(cfg(programs_per_sm=1)) == (8, 1, None)  # ptxas's own count, up to 255
+    assert blockmap.key_launch(cfg()) == (4, 2, None)  # two 4-warp programs an SM fit 255 registers a thread
+    assert blockmap.key_launch(cfg(key_warps=8)) == (8, 2, 128)  # two 8-warp programs: under 128
+    assert blockmap.key_launch(cfg(key_warps=8, programs_per_sm=1)) == (8, 1, None)  # ptxas's own count, up to 255
     assert blockmap.key_launch(cfg(key_warps=4, programs_per_sm=3)) == (4, 3, 168)

@@ -314,12 +314,14 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    # key pass: 8 warps, two programs per SM under a register cap (128 a thread), steps of 32 rows,
-    # K and V through tensor descriptors where their strides allow. H100, benchmarks/explore_keypass.py
-    # run 3 (results/2026-11-26-explore-keypass-h100-run3.json, its "tc_lean tma") against the earlier
-    # kernel (8 warps, one program per SM for key blocks of 128; 4 warps, two per SM for 64):
-    # 0.193 -> 0.092 ms at 1.3B sagesla, 0.155 -> 0.086 ms at 1.3B sla, 0.686 -> 0.281 ms at 14B
-    # sagesla, the same block lists; steps of a whole key block were never faster.
+    # key pass: 4 warps, two programs per SM, steps of 32 rows, K and V through tensor descriptors
+    # where their strides allow. H100, benchmarks/explore_keypass.py: run 3
+    # (results/2026-11-26-explore-keypass-h100-run3.json, its "tc_lean tma": 8 warps under a
+    # 128-register cap) against the earlier kernel (8 warps, one program per SM for key blocks of
+    # 128; 4 warps, two per SM for 64): 0.193 -> 0.092 ms at 1.3B sagesla, 0.155 -> 0.086 ms at
+    # 1.3B sla, 0.686 -> 0.281 ms at 14B sagesla, the same block lists; steps of a whole key block
+    # were never faster. Run 4 (...-run4.json): 4 warps without a cap 0.084 / 0.085 / 0.262 ms
+    # against 0.090 / 0.086 / 0.282 ms on 8 warps.
     # None / the defaults: that rule; other values for the tests and benchmarks/explore_keypass.py.
     programs_per_sm: int | None = None
     key_warps: int | None = None
@@ -342,7 +344,7 @@ DEFAULT_STATS = StatsConfig()
 def key_launch(cfg: StatsConfig) -> tuple[int, int, int | None]:
     """(warps, resident programs per SM, register cap a thread) of the key pass. The cap lets the
     programs share the SM's 64K registers (ptxas takes up to 255 otherwise)."""
-    warps, per_sm = cfg.key_warps or 8, cfg.programs_per_sm or 2
+    warps, per_sm = cfg.key_warps or 4, cfg.programs_per_sm or 2
     regs = 65536 // (32 * warps * per_sm) // 8 * 8
     return warps, per_sm, regs if regs < 255 else None
 
