@@ -194,3 +194,11 @@ def test_host_frames_hand_over_chunks_in_order():
     assert all(np.array_equal(a, b) for a, b in zip(frames.videos(), whole))
     with pytest.raises(ValueError, match="do not fit"):
         frames.put(0, 7, video[0, :, :4])
+
+
+def test_video_writer_thread_count_reaches_the_encoder(tmp_path):
+    # an explicit count is what x264 records in its settings (0 leaves it to x264: 1.5 a core)
+    frames = _frames(t=3, h=256, w=256)
+    with io.VideoWriter(tmp_path / "two.mp4", 256, 256, threads=2) as writer:
+        writer.write(frames)
+    assert b" threads=2 " in (tmp_path / "two.mp4").read_bytes()

@@ -83,7 +83,7 @@ def test_generate_frames_timings_and_calls():
     times = [c[2][0].item() for c in pipe.dit.calls]
     assert times == pytest.approx([1000 * v for v in rcm_schedule(3).tolist()[:3]], rel=1e-6)
     assert pipe.dit.calls[0][0] == (1, 16, 2, 16, 16)
-    assert events[0] == ("encode", 0, 1) and events[-1] == ("decode", 1, 1)
+    assert events[0] == ("encode", 0, 1) and events[-1] == ("decode", 5, 5)  # decode progress counts frames
     assert [e for e in events if e[0] == "sample"] == [("sample", i, 3) for i in range(4)]
     assert pipe.vae.tiling == ["auto"]
     assert res.request.num_steps == 3 and res.settings["model"] == "tiny-random"
@@ -174,10 +174,12 @@ def test_frames_reach_the_sink_while_decoding(tiny, monkeypatch):
 
     real_plan = vae_fast.plan_decode
     monkeypatch.setattr(vae_fast, "plan_decode", lambda *a, **kw: dataclasses.replace(real_plan(*a, **kw), chunk=1))
-    got = []
+    got, events = [], []
     req = GenerationRequest(prompt="a red fox", num_frames=9, resolution="128p", aspect_ratio="1:1", num_steps=1)
-    res = tiny.generate(req, on_frames=lambda i, frames, wait: (wait(), got.append((i, frames.copy()))))
+    res = tiny.generate(req, progress=lambda *e: events.append(e),
+                        on_frames=lambda i, frames, wait: (wait(), got.append((i, frames.copy()))))
     assert [len(f) for _, f in got] == [1, 4, 4] and {i for i, _ in got} == {0}
+    assert [e for e in events if e[0] == "decode"] == [("decode", n, 9) for n in (0, 1, 5, 9)]  # frames decoded
     assert np.array_equal(np.concatenate([f for _, f in got]), res.frames)
     assert np.array_equal(tiny.generate(req).frames, res.frames)  # the sink changes nothing
     # a VAE without on_frames: each sample's whole video, once decoded

@@ -105,6 +105,7 @@ class _Bars:
     """tqdm bars for the pipeline's progress events, one per stage."""
 
     LABELS = {"load": "loading", "encode": "text", "sample": "sampling", "decode": "decoding"}
+    UNITS = {"decode": "frame"}
 
     def __init__(self, enabled: bool):
         self.enabled, self.bars = enabled, {}
@@ -116,8 +117,9 @@ class _Bars:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=self.LABELS.get(stage, stage), unit="step",
-                                          file=sys.stderr, leave=False, dynamic_ncols=True)
+            bar = self.bars[stage] = tqdm(total=total, desc=self.LABELS.get(stage, stage),
+                                          unit=self.UNITS.get(stage, "step"), file=sys.stderr, leave=False,
+                                          dynamic_ncols=True)
         bar.n = done
         bar.refresh()
         if done >= total:

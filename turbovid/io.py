@@ -175,7 +175,9 @@ class VideoWriter:
     GIFs need all frames for their palette, so they are encoded at close().
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS):
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS, threads: int = 0):
+        """threads: the encoder's threads (0: its own choice, about one per core; fewer did not help
+        the GPU decode beside it, benchmarks/explore_stream_threads.py)."""
         self.path = Path(path)
         ext = self.path.suffix.lower()
         if ext not in _FORMATS:
@@ -184,7 +186,7 @@ class VideoWriter:
         if importlib.util.find_spec("av") is None:  # fail here, before any work
             raise ImportError("writing videos needs PyAV: pip install av")
 
-        self.ext, self.width, self.height, self.fps = ext, width, height, fps
+        self.ext, self.width, self.height, self.fps, self.threads = ext, width, height, fps, threads
         self.frames_written = 0
         self._items: queue.Queue = queue.Queue()
         self._error: Optional[BaseException] = None
@@ -263,7 +265,8 @@ class VideoWriter:
                 stream = container.add_stream(codec, rate=Fraction(self.fps))
                 stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
                 stream.options = options
-                stream.thread_type = "AUTO"  # frame and slice threads, as many as the encoder wants
+                stream.thread_type = "AUTO"  # frame and slice threads
+                stream.thread_count = self.threads
                 if pix_fmt == "pal8":
                     frames = list(self._frames())
                     source = _paletted(np.stack(frames), self.fps) if frames else []

@@ -476,13 +476,20 @@ class Pipeline:
             # 3. latents -> pixels
             stage = "VAE decoding"
             t2 = time.perf_counter()
-            step("decode", 0, 1)
+            total_frames, done = b * req.num_frames, [0]
+
+            def on_chunk(i: int, chunk: np.ndarray, wait) -> None:  # progress in frames, then the caller's sink
+                done[0] += len(chunk)
+                step("decode", done[0], total_frames)
+                if on_frames is not None:
+                    on_frames(i, chunk, wait)
+
+            step("decode", 0, total_frames)
             with self._on_device(self.vae):
-                frames = HostFrames(b, req.num_frames, height, width, self.device, on_frames)
+                frames = HostFrames(b, req.num_frames, height, width, self.device, on_chunk)
                 self._decode(latents.to(self.dtype), frames)
             videos = frames.videos()
             timings["vae_decode"] = time.perf_counter() - t2
-            step("decode", 1, 1)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise OutOfMemory(
