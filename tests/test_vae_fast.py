@@ -132,10 +132,32 @@ def test_frames_are_handed_over_once_final(vae, tiled):
     assert [(b, f0, x.shape[1]) for b, f0, x in got] == [(b, f0, n) for b in (0, 1) for f0, n in ((0, 1), (1, 4), (5, 4))]
     for b in (0, 1):
         assert torch.equal(torch.cat([x for i, _, x in got if i == b], dim=1), out[b])
+    # without the returned video: the same frames, passed through only (untiled: no float32 video)
+    streamed = []
+    assert fast_decode(vae, zn, plan=plan, return_video=False, on_frames=lambda b, f0, x: streamed.append(x.float())) is None
+    assert len(streamed) == len(got) and all(torch.equal(a, b) for a, (_, _, b) in zip(streamed, got))
+    with pytest.raises(ValueError, match="needs on_frames"):
+        fast_decode(vae, zn, plan=plan, return_video=False)
     # the reference decode hands over each whole video
     seen = []
     ref = vae.decode(zn, fast=False, on_frames=lambda b, f0, x: seen.append((b, f0, x.shape)))
     assert seen == [(0, 0, ref.shape[1:]), (1, 0, ref.shape[1:])]
+
+
+def test_streaming_plans_leave_the_video_out_unless_tiled(vae):
+    cfg = VAE_PRESETS["wan2.1"]
+    video = 3 * 81 * 480 * 832 * 4
+    assert estimate_bytes(cfg, 21, 60, 104, 2, 1, 21) - estimate_bytes(cfg, 21, 60, 104, 2, 1, 21, keep_video=False) == video
+    untiled = plan_decode(cfg, 21, 60, 104, 2, "off", budget=70 * GiB, keep_video=False)
+    assert untiled.est_bytes == plan_decode(cfg, 21, 60, 104, 2, "off", budget=70 * GiB).est_bytes - video
+    # a budget the whole video does not fit beside the decode, but the streamed frames do: no tiles
+    budget = untiled.est_bytes + video // 2
+    assert plan_decode(cfg, 21, 60, 104, 2, "auto", budget=budget, soft_cap=None, keep_video=False).grid == (1, 1)
+    tiled = plan_decode(cfg, 21, 60, 104, 2, "auto", budget=budget, soft_cap=None)
+    assert tiled.grid != (1, 1)
+    # tiles add into one video buffer, so a tiled plan counts it either way
+    assert plan_decode(cfg, 21, 60, 104, 2, "on", budget=70 * GiB, keep_video=False) == plan_decode(
+        cfg, 21, 60, 104, 2, "on", budget=70 * GiB)
 
 
 def test_tiling_auto_follows_budget(vae):

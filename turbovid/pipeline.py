@@ -413,6 +413,8 @@ class Pipeline:
         params = inspect.signature(self.vae.decode).parameters
         kw = {"tiling": self.vae_tiling} if "tiling" in params else {}
         if "on_frames" in params:
+            if "return_video" in params:  # the frames only pass through: no float32 video on the GPU
+                kw["return_video"] = False
             self.vae.decode(latents, on_frames=frames.put, **kw)
             return
         video = self.vae.decode(latents, **kw)

@@ -287,7 +287,8 @@ class WanVAE(nn.Module):
         memory_budget: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
         on_frames: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-    ) -> torch.Tensor:
+        return_video: bool = True,
+    ) -> Optional[torch.Tensor]:
         """Normalised latents [B, z_dim, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] in [-1, 1] (float32).
 
         fast=False runs the reference: one latent frame at a time through these modules.
@@ -296,7 +297,9 @@ class WanVAE(nn.Module):
         spatial tiles only when the decode would not fit `memory_budget` bytes (default: the free
         GPU memory), "on" always tiles, "off" never does.
         on_frames(sample, first, frames [3, t, H, W]) receives frames as soon as they are final
-        (chunk by chunk on the fast path, each whole video on the reference path).
+        (chunk by chunk on the fast path, each whole video on the reference path); with
+        return_video=False they go only there (None is returned, and the fast path never holds the
+        whole float32 video unless it tiles).
         """
         self.check_latents(latents)
         if tiling not in ("auto", "on", "off"):
@@ -305,13 +308,15 @@ class WanVAE(nn.Module):
             from turbovid.models.vae_fast import fast_decode
 
             return fast_decode(self, latents, tiling=tiling, memory_budget=memory_budget, dtype=dtype,
-                               on_frames=on_frames)
+                               on_frames=on_frames, return_video=return_video)
         if tiling == "on":
             raise ValueError("tiling='on' needs the fast decoder: call decode(latents, tiling='on', fast=True)")
+        if not return_video and on_frames is None:
+            raise ValueError("return_video=False needs on_frames: the frames would go nowhere")
         video = self.decode_reference(latents)
         for b in range(video.shape[0] if on_frames is not None else 0):
             on_frames(b, 0, video[b])
-        return video
+        return video if return_video else None
 
     @torch.no_grad()
     def decode_reference(self, latents: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
-from turbovid.models.vae_tiling import SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
+from turbovid.models.vae_tiling import DEFAULT_SOFT_CAP, SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
 from turbovid.ops import interleave
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
@@ -261,12 +261,16 @@ def default_budget(device: torch.device) -> Optional[int]:
 def fast_decode(
     vae: WanVAE, latents: torch.Tensor, tiling: str = "auto", memory_budget: Optional[int] = None,
     dtype: Optional[torch.dtype] = None, plan: Optional[DecodePlan] = None,
-    on_frames: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-) -> torch.Tensor:
+    on_frames: Optional[Callable[[int, int, torch.Tensor], None]] = None, return_video: bool = True,
+) -> Optional[torch.Tensor]:
     """Normalised latents [B, z, T, h, w] -> video [B, 3, 1+4(T-1), 8h, 8w] float32 in [-1, 1].
 
-    on_frames(sample, first, frames [3, t, H, W]) is called as soon as frames are final (each
-    chunk of the untiled decode, each chunk of the last tile when tiled), in frame order."""
+    on_frames(sample, first, frames [3, t, H, W], in [-1, 1]) is called as soon as frames are final
+    (each chunk of the untiled decode, each chunk of the last tile when tiled), in frame order. With
+    return_video=False the decode returns None and, untiled, never holds the whole float32 video
+    (0.36 GiB at 480p, 0.84 GiB at 720p): the frames only pass through on_frames."""
+    if not return_video and on_frames is None:
+        raise ValueError("return_video=False needs on_frames: the frames would go nowhere")
     vae.check_latents(latents)
     p = next(vae.parameters())
     device, dtype = p.device, dtype or p.dtype
@@ -275,13 +279,14 @@ def fast_decode(
     tf, sf = vae.time_factor, vae.space_factor
     if plan is None:
         elem = torch.finfo(dtype).bits // 8
-        if memory_budget is not None:  # an explicit budget: chunks may use all of it
-            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, memory_budget, soft_cap=None, small_conv=SMALL_CONV)
-        else:
-            plan = plan_decode(vae.cfg, t, h, w, elem, tiling, default_budget(device), small_conv=SMALL_CONV)
+        budget, cap = (memory_budget, None) if memory_budget is not None else (default_budget(device), DEFAULT_SOFT_CAP)
+        plan = plan_decode(vae.cfg, t, h, w, elem, tiling, budget, soft_cap=cap, small_conv=SMALL_CONV,
+                           keep_video=return_video)  # an explicit budget: chunks may use all of it
     log.debug("VAE decode plan: %s", plan)
-    video = torch.empty(bsz, 3, 1 + tf * (t - 1), sf * h, sf * w, dtype=torch.float32, device=device)
     tiled = len(plan.tiles) > 1
+    video = None
+    if return_video or tiled:  # tiles add into it
+        video = torch.empty(bsz, 3, 1 + tf * (t - 1), sf * h, sf * w, dtype=torch.float32, device=device)
     if tiled:
         video.zero_()
     for b in range(bsz):
@@ -303,8 +308,11 @@ def fast_decode(
                 rgb = dec.up_stage(mid[:, s:e, r0:r1, c0:c1].contiguous(), state)  # (1, F, H, W, 3)
                 f0 = 0 if s == 0 else 1 + tf * (s - 1)
                 f1 = f0 + rgb.shape[1]
-                dst = video[b, :, f0:f1, sf * r0:sf * r1, sf * c0:sf * c1]
                 rgb = rgb[0].permute(3, 0, 1, 2)  # (3, F, H, W)
+                if video is None:  # untiled, streaming: the chunk is final as it is
+                    on_frames(b, f0, rgb.clamp_(-1, 1))
+                    continue
+                dst = video[b, :, f0:f1, sf * r0:sf * r1, sf * c0:sf * c1]
                 if weight is None:
                     dst.copy_(rgb)
                 else:
@@ -313,4 +321,4 @@ def fast_decode(
                 if on_frames is not None and n == len(plan.tiles) - 1:  # these frames are final
                     on_frames(b, f0, video[b, :, f0:f1].clamp_(-1, 1))
             del state
-    return video.clamp_(-1, 1)
+    return video.clamp_(-1, 1) if return_video else None

@@ -1,7 +1,8 @@
 """Memory plan of the fast VAE decode: temporal chunk size, spatial tiles, blending weights.
 
 The estimate walks the decoder's layers symbolically and adds up what the fast path keeps alive
-at its worst moment: the output video (float32), the middle-block output (kept for all frames),
+at its worst moment: the output video (float32; not when an untiled decode hands its frames over
+as it goes), the middle-block output (kept for all frames),
 the stream state (the last 2 input frames of every causal conv, per tile) and the largest
 layer's working set for one chunk (input, time-padded buffer, output, shortcut). Tiles split
 only the upsampling stage: each tile is its core plus `halo` latent pixels on interior sides;
@@ -96,10 +97,11 @@ def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int) -> int:
 
 
 def estimate_bytes(cfg: VAEConfig, t: int, h: int, w: int, elem: int, chunk: int, mid_chunk: int,
-                   tile: Optional[tuple[int, int]] = None, small_conv: str = "stacked") -> int:
+                   tile: Optional[tuple[int, int]] = None, small_conv: str = "stacked", keep_video: bool = True) -> int:
+    """keep_video=False: the frames leave chunk by chunk (fast_decode's streaming), no float32 video."""
     sf, tf = 2 ** (len(cfg.dim_mult) - 1), 2 ** sum(cfg.temporal_downsample)
     th, tw = tile or (h, w)
-    video = 3 * (1 + tf * (t - 1)) * sf * h * sf * w * 4
+    video = 3 * (1 + tf * (t - 1)) * sf * h * sf * w * 4 if keep_video else 0
     mid = t * h * w * _decoder_dims(cfg)[0] * elem
     up, _ = up_stage_elements(cfg, chunk, th, tw, small_conv)
     work = max(up, latent_stage_elements(cfg, mid_chunk, h, w)) * elem
@@ -130,10 +132,11 @@ def _halo_for(h: int, w: int, grid: tuple[int, int], halo: int) -> int:
 def plan_decode(
     cfg: VAEConfig, t: int, h: int, w: int, elem: int, tiling: str = "auto",
     budget: Optional[int] = None, soft_cap: Optional[int] = DEFAULT_SOFT_CAP, halo: int = DEFAULT_HALO,
-    small_conv: str = "stacked",
+    small_conv: str = "stacked", keep_video: bool = True,
 ) -> DecodePlan:
     """Pick chunk sizes and tiles. `budget`: bytes that may be allocated (None: unlimited);
-    `soft_cap`: a tighter target for the chunk sizes (None: use the whole budget)."""
+    `soft_cap`: a tighter target for the chunk sizes (None: use the whole budget); keep_video=False:
+    the decode hands its frames over instead of keeping the whole video (tiled plans always keep it)."""
     if tiling not in ("auto", "on", "off"):
         raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
     hard = math.inf if budget is None else budget
@@ -149,12 +152,14 @@ def plan_decode(
         tiles = _tiles(h, w, grid, hl)
         th, tw = max(r1 - r0 for r0, r1, _, _ in tiles), max(c1 - c0 for _, _, c0, c1 in tiles)
 
+        keep = keep_video or grid != (1, 1)  # tiles add into one video buffer
+
         def fits(k: int) -> bool:
-            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv) <= cap
+            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep) <= cap
                     and up_stage_elements(cfg, k, th, tw, small_conv)[1] <= MAX_ELEMENTS)
 
         k = largest_chunk(fits)
-        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv)
+        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep)
         return DecodePlan(chunk=k, mid_chunk=mid_chunk, grid=grid, halo=hl, tiles=tiles, est_bytes=est)
 
     whole = plan_for((1, 1))
