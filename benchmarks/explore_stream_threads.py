@@ -87,10 +87,8 @@ def main() -> None:
             continue
         results["runs"][label] = runs(threads)
         print(label, results["runs"][label], flush=True)
-    text = json.dumps(results, indent=1)
-    print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -131,15 +131,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    for name, c, t, h, w, taps in SHAPES:
-        results[f"rms_silu_stream {name}"] = stream_case(c, t, h, w, taps)
-        results[f"add_bias_residual {name.split(',')[0]}"] = residual_case(c, t, h, w)
-        print(name, json.dumps(results[f"rms_silu_stream {name}"]), flush=True)
-    results["head conv 288 -> 3 (stacked taps), 4 frames 480x832"] = head_conv_case()
-    text = json.dumps(results, indent=1)
-    print(text)
+    cases = [(f"rms_silu_stream {name}", lambda c=c, t=t, h=h, w=w, taps=taps: stream_case(c, t, h, w, taps))
+             for name, c, t, h, w, taps in SHAPES]
+    cases += [(f"add_bias_residual {name.split(',')[0]}", lambda c=c, t=t, h=h, w=w: residual_case(c, t, h, w))
+              for name, c, t, h, w, _ in SHAPES]
+    cases += [("head conv 288 -> 3 (stacked taps), 4 frames 480x832", head_conv_case)]
+    for key, case in cases:
+        results[key] = case()
+        print(key, json.dumps(results[key]), flush=True)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
