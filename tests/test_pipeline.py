@@ -188,6 +188,31 @@ def test_frames_reach_the_sink_while_decoding(tiny, monkeypatch):
     assert [i for i, _ in got] == [0, 1] and all(np.array_equal(f, v) for (_, f), v in zip(got, two.videos))
 
 
+def test_generate_into_writes_each_sample_and_cleans_up_on_errors(tmp_path):
+    from turbovid.io import read_video
+
+    pipe = fake_pipeline()
+    req = GenerationRequest(num_samples=2, **SMALL)
+    paths = [tmp_path / "a.mp4", tmp_path / "b.webm"]
+    result, writers = pipe.generate_into(req, paths)
+    assert not any(p.exists() for p in paths)  # the files appear when the writers close
+    for w in writers:
+        w.close()
+    for p, frames in zip(paths, result.videos):
+        back, _ = read_video(p)
+        assert back.shape == frames.shape and np.abs(back.astype(int) - frames).mean() < 5  # lossy codecs: ~3 here
+    with pytest.raises(ValueError, match="1 output paths for 2 samples"):
+        pipe.generate_into(req, paths[:1])
+
+    def boom(*a, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    pipe.vae.decode = boom
+    with pytest.raises(OutOfMemory):
+        pipe.generate_into(req, [tmp_path / "c.mp4", tmp_path / "d.mp4"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.webm"]  # no temp files left
+
+
 def test_quant_fp8_swaps_block_linears_and_generates(monkeypatch):
     """--quant fp8 quantizes every block linear but SLA's proj_l to fp8 after loading (here on the
     CPU reference path: the GPU check is bypassed) and records it in the settings."""

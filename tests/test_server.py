@@ -140,17 +140,17 @@ def test_failed_job_reports_the_error(tmp_path):
 
 def _blocked_writes(monkeypatch):
     """VideoWriter whose close() waits for `release`; `writing` is set once a close has started."""
-    from turbovid.server import jobs as jobs_module
+    from turbovid import pipeline as pipeline_module
 
     writing, release = threading.Event(), threading.Event()
 
-    class Blocked(jobs_module.VideoWriter):
+    class Blocked(pipeline_module.VideoWriter):
         def close(self):
             writing.set()
             release.wait(30)
             return super().close()
 
-    monkeypatch.setattr(jobs_module, "VideoWriter", Blocked)
+    monkeypatch.setattr(pipeline_module, "VideoWriter", Blocked)
     return writing, release
 
 
@@ -189,18 +189,18 @@ def test_next_job_runs_while_the_last_video_is_written(tmp_path, monkeypatch):
 
 
 def test_failed_write_fails_the_job_and_the_writer_goes_on(tmp_path, monkeypatch):
-    from turbovid.server import jobs as jobs_module
+    from turbovid import pipeline as pipeline_module
 
     fail = {"next": True}
 
-    class Flaky(jobs_module.VideoWriter):
+    class Flaky(pipeline_module.VideoWriter):
         def close(self):
             if fail.pop("next", False):
                 self.abort()
                 raise OSError(28, "No space left on device")
             return super().close()
 
-    monkeypatch.setattr(jobs_module, "VideoWriter", Flaky)
+    monkeypatch.setattr(pipeline_module, "VideoWriter", Flaky)
     with TestClient(create_app(fake_pipeline(), output_dir=tmp_path)) as client:
         bad = wait(client, client.post("/v1/videos", json=SMALL).json()["id"])
         assert bad["status"] == "failed" and "No space left on device" in bad["error"]

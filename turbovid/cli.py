@@ -146,7 +146,7 @@ def summary_line(paths: list[Path], result, load_s: float) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     import time
 
-    from turbovid.io import VideoWriter, check_output_path, write_json
+    from turbovid.io import check_output_path, write_json
     from turbovid.pipeline import Pipeline, UsageError, check_options, resolve_request
 
     request = dataclass_from_args(GenerationRequest, args)
@@ -163,16 +163,9 @@ def run_generate(args: argparse.Namespace) -> int:
     # 2. load, generate; each video is encoded while the VAE decodes the rest of it, into a temp
     # file that becomes the output only when complete (nothing half-written on an error or Ctrl-C)
     bars = _Bars(enabled=not args.quiet)
-    writers: list[VideoWriter] = []
     try:
         pipe = Pipeline.from_options(options, progress=bars, resolution=request.resolution)
-        width, height = pipe.frame_size(request)
-        writers = [VideoWriter(p, width, height) for p in paths]
-        result = pipe.generate(request, progress=bars, on_frames=lambda i, frames, wait: writers[i].write(frames, wait))
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
+        result, writers = pipe.generate_into(request, paths, progress=bars)
     finally:
         bars.close()
     # 3. finish the files: "write" is the encoding left after the decode

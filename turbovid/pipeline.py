@@ -22,7 +22,7 @@ import torch
 
 from turbovid import hub
 from turbovid.configs import DIT_PRESETS
-from turbovid.io import FrameSink, HostFrames
+from turbovid.io import FrameSink, HostFrames, VideoWriter
 from turbovid.loading.common import CheckpointError
 from turbovid.options import (
     ASPECT_RATIOS, ATTENTIONS, DTYPES, QUANTS, RESOLUTIONS, SAMPLERS, VAE_TILING, WAN_NEGATIVE_PROMPT,
@@ -420,6 +420,25 @@ class Pipeline:
         video = self.vae.decode(latents, **kw)
         for i in range(video.shape[0]):
             frames.put(i, 0, video[i])
+
+    def generate_into(self, request: GenerationRequest, paths: list[Path], progress: Progress | None = None,
+                      ) -> tuple[GenerationResult, list[VideoWriter]]:
+        """generate(), each sample's video encoded into its file (one path a sample) while the VAE
+        decodes it. The caller close()s the writers, which puts the files in place, or abort()s
+        them; on an error here nothing is left behind."""
+        req = self.resolve(request)
+        if len(paths) != req.num_samples:
+            raise ValueError(f"{len(paths)} output paths for {req.num_samples} samples")
+        width, height = self.frame_size(req)
+        writers: list[VideoWriter] = []
+        try:
+            writers += [VideoWriter(p, width, height) for p in paths]
+            result = self.generate(req, progress, on_frames=lambda i, frames, wait: writers[i].write(frames, wait))
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        return result, writers
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest | None = None, progress: Progress | None = None,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turbovid.io import VideoWriter, write_json
+from turbovid.io import write_json
 from turbovid.options import GenerationRequest
 
 log = logging.getLogger("turbovid.server")
@@ -165,21 +165,9 @@ class JobQueue:
             job.stage = stage
             job.progress = lo + (hi - lo) * (done / max(total, 1))
 
-        req = self.pipeline.resolve(job.request)
-        width, height = self.pipeline.frame_size(req)
-        n = req.num_samples
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        writers = []
-        try:
-            for i in range(n):
-                writers.append(VideoWriter(self.output_dir / (f"{job.id}.mp4" if n == 1 else f"{job.id}_{i}.mp4"), width, height))
-            result = self.pipeline.generate(job.request, progress=progress,
-                                            on_frames=lambda i, frames, wait: writers[i].write(frames, wait))
-        except BaseException:
-            for w in writers:
-                w.abort()
-            raise
-        return result, writers
+        n = self.pipeline.resolve(job.request).num_samples
+        paths = [self.output_dir / (f"{job.id}.mp4" if n == 1 else f"{job.id}_{i}.mp4") for i in range(n)]
+        return self.pipeline.generate_into(job.request, paths, progress=progress)
 
     def _write(self, job: Job, result, writers: list) -> None:
         """Finish each file (the encoding left after the decode) and its JSON sidecar."""
