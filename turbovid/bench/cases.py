@@ -246,24 +246,16 @@ def _mp4_seconds(frames) -> float | None:
 
 
 def _streamed_mp4(pipe, req, repeats: int) -> dict | None:
-    """Prompt to .mp4 file in place, the video encoded while the VAE decodes (turbovid.io.VideoWriter,
+    """Prompt to .mp4 file in place, the video encoded while the VAE decodes (Pipeline.generate_into,
     as the CLI does): the median run's wall time and its VAE stage. None without PyAV."""
-    from turbovid.io import VideoWriter
-
     if importlib.util.find_spec("av") is None:
         return None
-    width, height = pipe.frame_size(pipe.resolve(req))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
-            writer = VideoWriter(Path(tmp) / "bench.mp4", width, height)
-            try:
-                res = pipe.generate(req, on_frames=lambda i, frames, wait: writer.write(frames, wait))
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
+            res, writers = pipe.generate_into(req, [Path(tmp) / "bench.mp4"])
+            writers[0].close()
             runs.append((time.perf_counter() - t0, res.timings["vae_decode"]))
     wall, vae = sorted(runs)[(len(runs) - 1) // 2]
     return {"to_file_s": round(wall, 4), "vae_decode_streamed_s": round(vae, 4)}
