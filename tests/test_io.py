@@ -202,3 +202,21 @@ def test_video_writer_thread_count_reaches_the_encoder(tmp_path):
     with io.VideoWriter(tmp_path / "two.mp4", 256, 256, threads=2) as writer:
         writer.write(frames)
     assert b" threads=2 " in (tmp_path / "two.mp4").read_bytes()
+
+
+def test_video_writer_interrupted_close_leaves_nothing(tmp_path):
+    writer = io.VideoWriter(tmp_path / "v.mp4", 48, 32)
+    writer.write(_frames(t=5))
+    real_join, calls = writer._thread.join, []
+
+    def interrupted_join(*a, **kw):  # Ctrl-C arrives while close() waits for the encoder
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_join(*a, **kw)
+
+    writer._thread.join = interrupted_join
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert len(calls) == 2 and not writer._thread.is_alive()
+    assert list(tmp_path.iterdir()) == []

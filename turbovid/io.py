@@ -212,7 +212,13 @@ class VideoWriter:
             raise ValueError(f"{self.path}: close() called twice")
         self._closed = True
         self._items.put(None)
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException as e:  # Ctrl-C while the encode finishes: leave nothing behind
+            self._error = self._error or _Aborted()
+            self._thread.join()
+            self._atomic.__exit__(type(e), e, None)
+            raise
         error = self._error
         if error is None and self.frames_written == 0:
             error = ValueError(f"{self.path}: no frames were written")
