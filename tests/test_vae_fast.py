@@ -273,6 +273,56 @@ def test_rms_silu_kernel_in_interpreter():
     assert_runs_interpreted(KERNEL_CHECK)
 
 
+RESIDUAL_CHECK = textwrap.dedent(
+    """
+    import torch
+    from turbovid.ops import rms_silu as ops
+    ops.allow_interpreter(True)
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.float16):
+        y, r = torch.randn(3, 5, 7, 96).to(dtype), torch.randn(3, 5, 7, 96).to(dtype)
+        g, b = 1 + 0.3 * torch.randn(96), (0.5 * torch.randn(96)).to(dtype)
+        hist = (0.5 * torch.randn(2, 5, 7, 96)).to(dtype)
+        for taps, rows in ((3, 3), (1, 5)):
+            for history in (None, hist):
+                # the unfused pair: the residual add's kernel, then the norm of what it stored
+                x = ops.add_bias_residual_(y.clone(), b, r)
+                want, want_h = torch.empty(rows, 5, 7, 96 * taps, dtype=dtype), torch.empty(2, 5, 7, 96, dtype=dtype)
+                ops.rms_silu_stream(x, g, True, want, history, want_h, taps=taps, frame_rows=35)
+                for keep in (True, False):
+                    got, got_h = torch.empty_like(want), torch.empty_like(want_h)
+                    x_out = torch.empty_like(y) if keep else None
+                    before = y.clone()
+                    ops.rms_silu_stream(y, g, True, got, history, got_h, taps=taps, frame_rows=35, bias=b,
+                                        residual=r, x_out=x_out)
+                    assert torch.equal(got, want) and torch.equal(got_h, want_h), (dtype, taps, keep)
+                    assert torch.equal(y, before)  # the input is left as it is
+                    assert x_out is None or torch.equal(x_out, x)
+    for kw, words in ((dict(residual=r), "needs a bias"), (dict(bias=b, x_out=y), "x_out takes the residual sum")):
+        try:
+            ops.rms_silu_stream(y, g, True, torch.empty(3, 5, 7, 288, dtype=dtype), None, torch.empty_like(hist),
+                                taps=3, frame_rows=35, **kw)
+            raise AssertionError(f"no error for {words}")
+        except ValueError as e:
+            assert words in str(e), e
+    print("kernel ok")
+    """
+)
+
+
+def test_rms_silu_residual_fused_in_interpreter():
+    # the residual sum formed in the norm's pass: the same bytes as the add kernel then the norm
+    assert_runs_interpreted(RESIDUAL_CHECK)
+
+
+def test_fused_residual_decode_equals_unfused(vae, latents_and_reference, monkeypatch):
+    zn, _ = latents_and_reference
+    plan = replace(plan_decode(vae.cfg, 3, 3, 5, 4, "off"), chunk=1, mid_chunk=1)
+    fused = fast_decode(vae, zn, plan=plan)
+    monkeypatch.setattr(vae_fast, "FUSE_RESIDUAL", False)
+    assert torch.equal(fused, fast_decode(vae, zn, plan=plan))
+
+
 def test_rms_silu_reference_matches_module_norm():
     from turbovid.models.vae import RMSNorm
     from turbovid.ops.rms_silu import rms_silu

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -40,6 +41,10 @@ log = logging.getLogger("turbovid.vae")
 # output row 2i+1 sees rows i, i+1.
 _SUBPIXEL_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 
+
+# A residual block's sum y + bias + h formed by the next norm kernel (next block's first norm, the
+# head's norm) instead of a separate add pass: one pass over the sum fewer; False for A/B timing.
+FUSE_RESIDUAL = True
 
 # How a 3x3x3 conv over few channels (the full-resolution 96) runs: cuDNN's conv3d picks slow
 # kernels there. "stacked": the norm kernel writes the three time taps side by side as 3C
@@ -73,15 +78,21 @@ class FastConv:
         self.stride = conv.stride
 
     def __call__(self, x: torch.Tensor, state: dict, key: str, gamma: Optional[torch.Tensor] = None,
-                 silu: bool = True, in_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 silu: bool = True, in_bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+                 x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """residual (with in_bias): the input is add_bias_residual_(x, in_bias, residual), formed by
+        the norm kernel (and stored into x_out if given); only where a norm precedes the conv."""
+        if residual is not None and (gamma is None or not (self.mode == "stacked" or self.time_pad)):
+            raise ValueError("FastConv: a residual input needs the streaming norm before the conv")
         if self.mode == "stacked":
-            return self._stacked(x, state, key, gamma, silu, in_bias)
+            return self._stacked(x, state, key, gamma, silu, in_bias, residual, x_out)
         _, t, h, w, c = x.shape  # (1, T, H, W, C)
         p = self.time_pad
         if p and gamma is not None:  # one kernel: history + normalised frames, and the next history
             buf = x.new_empty(1, p + t, h, w, c)
             history = x.new_empty(1, p, h, w, c)
-            rms_silu_stream(x, gamma, silu, buf, state.get(key), history, taps=1, frame_rows=h * w, bias=in_bias)
+            rms_silu_stream(x, gamma, silu, buf, state.get(key), history, taps=1, frame_rows=h * w, bias=in_bias,
+                            residual=residual, x_out=x_out)
             state[key] = history
         elif p:  # no norm before it (the upsampler's time conv): copies
             buf = x.new_empty(1, p + t, h, w, c)
@@ -106,15 +117,30 @@ class FastConv:
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
 
-    def _stacked(self, x, state, key, gamma, silu, in_bias) -> torch.Tensor:
+    def _stacked(self, x, state, key, gamma, silu, in_bias, residual=None, x_out=None) -> torch.Tensor:
         _, t, h, w, c = x.shape
         stacked = x.new_empty(t, h, w, 3 * c)  # [t', ..., tau*C + c] = input frame t' + tau - 2
         history = x.new_empty(2, h, w, c)  # the last two normalised input frames, for the next chunk
-        rms_silu_stream(x[0], gamma, silu, stacked, state.get(key), history, taps=3, frame_rows=h * w, bias=in_bias)
+        rms_silu_stream(x[0], gamma, silu, stacked, state.get(key), history, taps=3, frame_rows=h * w, bias=in_bias,
+                        residual=None if residual is None else residual[0], x_out=None if x_out is None else x_out[0])
         state[key] = history
         bias = None if self.fused_bias else self.bias
         y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
         return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
+
+
+@dataclass
+class Pending:
+    """A residual block's output not yet added up: y + bias + h. The next residual block's first
+    norm forms it in its own pass (one read of the sum fewer); anything else materialises it."""
+
+    y: torch.Tensor
+    bias: torch.Tensor
+    h: torch.Tensor
+
+
+def materialize(x):
+    return add_bias_residual_(x.y, x.bias, x.h) if isinstance(x, Pending) else x
 
 
 class FastRes:
@@ -128,11 +154,16 @@ class FastRes:
             w = block.shortcut.weight.detach()
             self.shortcut = (w.reshape(w.shape[0], w.shape[1]).to(dtype), block.shortcut.bias.detach().to(dtype))
 
-    def __call__(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    def __call__(self, x, state: dict, key: str) -> Pending:
+        if isinstance(x, Pending) and FUSE_RESIDUAL:  # conv1's norm forms the input, and keeps it for h
+            pending, x = x, torch.empty_like(x.y)
+            y = self.conv1(pending.y, state, key + ".1", self.gamma1, in_bias=pending.bias, residual=pending.h, x_out=x)
+        else:
+            x = materialize(x)
+            y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
         h = x if self.shortcut is None else F.linear(x, *self.shortcut)
-        y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
         y = self.conv2(y, state, key + ".2", self.gamma2, in_bias=self.conv1.bias)
-        return add_bias_residual_(y, self.conv2.bias, h)
+        return Pending(y, self.conv2.bias, h)
 
 
 class FastAttention:
@@ -142,7 +173,8 @@ class FastAttention:
         self.qkv = (block.to_qkv.weight.detach().reshape(3 * c, c).to(dtype), block.to_qkv.bias.detach().to(dtype))
         self.proj = (block.proj.weight.detach().reshape(c, c).to(dtype), block.proj.bias.detach().to(dtype))
 
-    def __call__(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    def __call__(self, x, state: dict, key: str) -> torch.Tensor:
+        x = materialize(x)
         b, t, h, w, c = x.shape
         qkv = F.linear(rms_silu(x, self.gamma, silu=False), *self.qkv).view(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.split(c, dim=-1)
@@ -171,7 +203,8 @@ class FastUpsample:
         self.bias = block.conv.bias.detach().to(dtype)
         self.time = FastConv(block.time_conv, dtype, fused_bias=True) if block.mode == "up3d" else None
 
-    def __call__(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    def __call__(self, x, state: dict, key: str) -> torch.Tensor:
+        x = materialize(x)
         if self.time is not None:
             x = self._double_frames(x, state, key)
         b, t, h, w, c = x.shape
@@ -222,13 +255,15 @@ class FastDecoder:
         x = self.conv_in(x, state, "in")
         for i, layer in enumerate(self.mid):
             x = layer(x, state, f"mid{i}")
-        return x
+        return materialize(x)
 
     def up_stage(self, x: torch.Tensor, state: dict) -> torch.Tensor:
         """Middle-block output (1, T, h, w, C0) -> RGB (1, F, 8h, 8w, 3), unclamped."""
         for i, layer in enumerate(self.up):
             x = layer(x, state, f"up{i}")
-        return self.conv_out(x, state, "out", self.gamma_out)
+        if isinstance(x, Pending) and FUSE_RESIDUAL:  # the head's norm forms the last block's sum
+            return self.conv_out(x.y, state, "out", self.gamma_out, in_bias=x.bias, residual=x.h)
+        return self.conv_out(materialize(x), state, "out", self.gamma_out)
 
 
 def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecoder:

@@ -51,13 +51,20 @@ def rms_silu_reference(x: torch.Tensor, gamma: torch.Tensor, silu: bool = True,
 if triton is not None:
 
     @triton.jit
-    def _normalize(X, G, B, rows, cols, N, C, scale, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    def _normalize(X, G, B, rows, cols, N, C, scale, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   R=None, XO=None, HAS_RES: tl.constexpr = False, WRITE_X: tl.constexpr = False):
         col_ok = cols[None, :] < C
         mask = (rows[:, None] >= 0) & (rows[:, None] < N) & col_ok
-        x = tl.load(X + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             x += tl.load(B + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
             x = tl.where(col_ok, x, 0.0)
+        if HAS_RES:  # x + bias + residual, rounded as add_bias_residual_ stores it, then normalised
+            x = (x + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
+            if WRITE_X:
+                tl.store(XO + offs, x, mask=mask)
+            x = x.to(tl.float32)
         norm = tl.sqrt(tl.sum(x * x, axis=1))
         inv = scale / tl.maximum(norm, 1e-12)
         g = tl.load(G + cols, mask=cols < C, other=0.0).to(tl.float32)
@@ -76,15 +83,17 @@ if triton is not None:
         tl.store(Y + rows[:, None].to(tl.int64) * y_stride + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rms_silu_stream_kernel(X, H, G, B, Y, HN, N, C, HR, N_OUT, y_stride, frame_rows, scale,
+    def _rms_silu_stream_kernel(X, H, G, B, Y, HN, R, XO, N, C, HR, N_OUT, y_stride, frame_rows, scale,
                                 SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_HIST: tl.constexpr,
-                                TAPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                                TAPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                                HAS_RES: tl.constexpr = False, WRITE_X: tl.constexpr = False):
         # rows of V = [history (HR rows, already normalised); rms_silu(x) (N rows)]
         v = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_C)
         col_ok = cols[None, :] < C
         in_v = (v[:, None] < HR + N) & col_ok
-        y = _normalize(X, G, B, v - HR, cols, N, C, scale, SILU, HAS_BIAS).to(Y.dtype.element_ty)
+        y = _normalize(X, G, B, v - HR, cols, N, C, scale, SILU, HAS_BIAS, R, XO, HAS_RES, WRITE_X)
+        y = y.to(Y.dtype.element_ty)
         is_hist = (v < HR)[:, None]
         if HAS_HIST:
             h = tl.load(H + v[:, None].to(tl.int64) * C + cols[None, :], mask=is_hist & col_ok, other=0.0)
@@ -176,12 +185,20 @@ def rms_silu(
 def rms_silu_stream(
     x: torch.Tensor, gamma: torch.Tensor, silu: bool, out: torch.Tensor, history: Optional[torch.Tensor],
     history_out: torch.Tensor, taps: int, frame_rows: int, bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """rms_silu of x ([..., C] contiguous) as a causal conv's input, after `history` (see the module
     docstring). history / history_out: [..., C] with the same number of rows (None: zeros, the
     start of the stream); taps=3: history holds 2 * frame_rows rows and out is [rows of x, 3C];
-    taps=1: out is [history rows + rows of x, C]. Returns out."""
+    taps=1: out is [history rows + rows of x, C]. With `residual` (like x) the rows normalised are
+    add_bias_residual_(x, bias, residual)'s, computed in the same pass and stored into `x_out` if
+    given (x itself is left as it is). Returns out."""
     c = _check_rows(x, gamma, bias)
+    if residual is not None and (bias is None or residual.shape != x.shape or not residual.is_contiguous()):
+        raise ValueError("rms_silu_stream: a residual needs a bias and must be contiguous like x")
+    if x_out is not None and (residual is None or x_out.shape != x.shape or not x_out.is_contiguous()
+                              or x_out.dtype != x.dtype):
+        raise ValueError("rms_silu_stream: x_out takes the residual sum: contiguous, x's shape and dtype")
     n, hr = x.numel() // c, history_out.numel() // c
     if taps not in (1, 3) or (taps == 3 and hr != 2 * frame_rows):
         raise ValueError("taps must be 1, or 3 with a history of 2 * frame_rows rows")
@@ -192,6 +209,11 @@ def rms_silu_stream(
     if history is not None and history.data_ptr() == history_out.data_ptr():
         raise ValueError("rms_silu_stream: history_out must not alias history")
     if not _use_kernel(x):
+        if residual is not None:  # the unfused pair, as the kernel reproduces it
+            x = add_bias_residual_(x.clone(), bias, residual)
+            if x_out is not None:
+                x_out.copy_(x)
+            bias = None
         y = rms_silu_reference(x, gamma, silu, bias).reshape(n, c)
         hist = history.reshape(hr, c) if history is not None else y.new_zeros(hr, c)
         v = torch.cat([hist, y])
@@ -203,9 +225,10 @@ def rms_silu_stream(
     block_n, block_c = _blocks(c)
     _rms_silu_stream_kernel[(triton.cdiv(hr + n, block_n),)](
         x, x if history is None else history, gamma.contiguous(), gamma if bias is None else bias.contiguous(),
-        out, history_out, n, c, hr, n_out, taps * c, frame_rows, float(c) ** 0.5,
+        out, history_out, x if residual is None else residual, x if x_out is None else x_out,
+        n, c, hr, n_out, taps * c, frame_rows, float(c) ** 0.5,
         SILU=silu, HAS_BIAS=bias is not None, HAS_HIST=history is not None, TAPS=taps,
-        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4,
+        BLOCK_N=block_n, BLOCK_C=block_c, HAS_RES=residual is not None, WRITE_X=x_out is not None, num_warps=4,
     )
     return out
 
