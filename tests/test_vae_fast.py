@@ -323,6 +323,38 @@ def test_fused_residual_decode_equals_unfused(vae, latents_and_reference, monkey
     assert torch.equal(fused, fast_decode(vae, zn, plan=plan))
 
 
+def test_fused_residual_parts_are_freed_before_the_conv(vae, latents_and_reference, monkeypatch):
+    # a residual sum's parts (y, h) must not stay alive through the conv that follows the norm that
+    # formed the sum: the memory plan counts what the unfused path holds
+    import weakref
+
+    zn, _ = latents_and_reference
+    parts, fused, convs = [], [], []
+    real_norm, real_f = vae_fast._norm_stream, vae_fast.F
+
+    def norm_stream(x, *args):
+        if isinstance(x, vae_fast.Pending):
+            parts.extend(weakref.ref(t) for t in (x.y, x.h))
+            fused.append(1)
+        return real_norm(x, *args)
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(real_f, name)
+            if name not in ("conv2d", "conv3d"):
+                return fn
+
+            def conv(*a, **kw):
+                convs.append(all(r() is None for r in parts))
+                return fn(*a, **kw)
+            return conv
+
+    monkeypatch.setattr(vae_fast, "_norm_stream", norm_stream)
+    monkeypatch.setattr(vae_fast, "F", Spy())
+    fast_decode(vae, zn, plan=replace(plan_decode(vae.cfg, 3, 3, 5, 4, "off"), chunk=1, mid_chunk=1))
+    assert fused and parts and all(convs)  # residual sums were fused, and their parts gone at every conv
+
+
 def test_rms_silu_reference_matches_module_norm():
     from turbovid.models.vae import RMSNorm
     from turbovid.ops.rms_silu import rms_silu

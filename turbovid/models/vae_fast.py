@@ -77,22 +77,31 @@ class FastConv:
         self.space_pad = conv.space_pad[2], conv.space_pad[0]  # (h, w)
         self.stride = conv.stride
 
-    def __call__(self, x: torch.Tensor, state: dict, key: str, gamma: Optional[torch.Tensor] = None,
-                 silu: bool = True, in_bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+    def __call__(self, x, state: dict, key: str, gamma: Optional[torch.Tensor] = None,
+                 silu: bool = True, in_bias: Optional[torch.Tensor] = None,
                  x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """residual (with in_bias): the input is add_bias_residual_(x, in_bias, residual), formed by
-        the norm kernel (and stored into x_out if given); only where a norm precedes the conv."""
-        if residual is not None and (gamma is None or not (self.mode == "stacked" or self.time_pad)):
-            raise ValueError("FastConv: a residual input needs the streaming norm before the conv")
+        """x: activations, or a Pending residual sum that the norm kernel forms (stored into x_out
+        if given); the Pending lets go of its tensors once the kernel has read them, so they are
+        not alive during the conv. Only where a norm precedes the conv."""
+        pending = isinstance(x, Pending)
+        if pending and (gamma is None or in_bias is not None or not (self.mode == "stacked" or self.time_pad)):
+            raise ValueError("FastConv: a pending residual sum needs the streaming norm (and no other bias) before the conv")
+        _, t, h, w, c = x.y.shape if pending else x.shape  # (1, T, H, W, C)
+        dtype, device = (x.y if pending else x).dtype, (x.y if pending else x).device
         if self.mode == "stacked":
-            return self._stacked(x, state, key, gamma, silu, in_bias, residual, x_out)
-        _, t, h, w, c = x.shape  # (1, T, H, W, C)
+            stacked = torch.empty(t, h, w, 3 * c, dtype=dtype, device=device)  # [t', ..., tau*C + c] = frame t' + tau - 2
+            history = torch.empty(2, h, w, c, dtype=dtype, device=device)  # the last two normalised frames
+            _norm_stream(x, gamma, silu, stacked, state.get(key), history, 3, h * w, in_bias, x_out)
+            state[key] = history
+            del x  # a Pending's parts are gone already
+            bias = None if self.fused_bias else self.bias
+            y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
+            return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         p = self.time_pad
         if p and gamma is not None:  # one kernel: history + normalised frames, and the next history
-            buf = x.new_empty(1, p + t, h, w, c)
-            history = x.new_empty(1, p, h, w, c)
-            rms_silu_stream(x, gamma, silu, buf, state.get(key), history, taps=1, frame_rows=h * w, bias=in_bias,
-                            residual=residual, x_out=x_out)
+            buf = torch.empty(1, p + t, h, w, c, dtype=dtype, device=device)
+            history = torch.empty(1, p, h, w, c, dtype=dtype, device=device)
+            _norm_stream(x, gamma, silu, buf, state.get(key), history, 1, h * w, in_bias, x_out)
             state[key] = history
         elif p:  # no norm before it (the upsampler's time conv): copies
             buf = x.new_empty(1, p + t, h, w, c)
@@ -117,30 +126,39 @@ class FastConv:
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
 
-    def _stacked(self, x, state, key, gamma, silu, in_bias, residual=None, x_out=None) -> torch.Tensor:
-        _, t, h, w, c = x.shape
-        stacked = x.new_empty(t, h, w, 3 * c)  # [t', ..., tau*C + c] = input frame t' + tau - 2
-        history = x.new_empty(2, h, w, c)  # the last two normalised input frames, for the next chunk
-        rms_silu_stream(x[0], gamma, silu, stacked, state.get(key), history, taps=3, frame_rows=h * w, bias=in_bias,
-                        residual=None if residual is None else residual[0], x_out=None if x_out is None else x_out[0])
-        state[key] = history
-        bias = None if self.fused_bias else self.bias
-        y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
-        return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
-
 
 @dataclass
 class Pending:
     """A residual block's output not yet added up: y + bias + h. The next residual block's first
     norm forms it in its own pass (one read of the sum fewer); anything else materialises it."""
 
-    y: torch.Tensor
+    y: Optional[torch.Tensor]
     bias: torch.Tensor
-    h: torch.Tensor
+    h: Optional[torch.Tensor]
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y, bias, h), and this object lets go of y and h (the caller frees them when done)."""
+        if self.y is None:
+            raise RuntimeError("a Pending residual sum is consumed once")
+        parts = self.y, self.bias, self.h
+        self.y = self.h = None
+        return parts
 
 
 def materialize(x):
-    return add_bias_residual_(x.y, x.bias, x.h) if isinstance(x, Pending) else x
+    if not isinstance(x, Pending):
+        return x
+    y, bias, h = x.take()
+    return add_bias_residual_(y, bias, h)
+
+
+def _norm_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, in_bias, x_out) -> None:
+    """rms_silu_stream of activations x, or of a Pending's sum (its parts freed when this returns)."""
+    if isinstance(x, Pending):
+        y, bias, h = x.take()
+        rms_silu_stream(y, gamma, silu, out, history, history_out, taps, frame_rows, bias=bias, residual=h, x_out=x_out)
+    else:
+        rms_silu_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, bias=in_bias)
 
 
 class FastRes:
@@ -157,7 +175,7 @@ class FastRes:
     def __call__(self, x, state: dict, key: str) -> Pending:
         if isinstance(x, Pending) and FUSE_RESIDUAL:  # conv1's norm forms the input, and keeps it for h
             pending, x = x, torch.empty_like(x.y)
-            y = self.conv1(pending.y, state, key + ".1", self.gamma1, in_bias=pending.bias, residual=pending.h, x_out=x)
+            y = self.conv1(pending, state, key + ".1", self.gamma1, x_out=x)
         else:
             x = materialize(x)
             y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
@@ -261,9 +279,9 @@ class FastDecoder:
         """Middle-block output (1, T, h, w, C0) -> RGB (1, F, 8h, 8w, 3), unclamped."""
         for i, layer in enumerate(self.up):
             x = layer(x, state, f"up{i}")
-        if isinstance(x, Pending) and FUSE_RESIDUAL:  # the head's norm forms the last block's sum
-            return self.conv_out(x.y, state, "out", self.gamma_out, in_bias=x.bias, residual=x.h)
-        return self.conv_out(materialize(x), state, "out", self.gamma_out)
+        if not FUSE_RESIDUAL:
+            x = materialize(x)
+        return self.conv_out(x, state, "out", self.gamma_out)  # a Pending: the head's norm forms the sum
 
 
 def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecoder:
