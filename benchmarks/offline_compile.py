@@ -53,6 +53,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
+    from turbovid.ops import rms_silu
     from turbovid.ops.quant import int8, int8_triton
 
     f32 = "*fp32"
@@ -137,6 +138,13 @@ def main() -> None:
          dict(ROW_SCALES=True, IS_FP8=True, INTERPRET=False, USE_TABLE=False, EXP_LO=int8.TABLE_EXPONENTS[0],
               EXP_HI=int8.TABLE_EXPONENTS[1], PRE_GELU=True),
          ["x_ptr", "q_ptr", "s_ptr", "tbl_ptr", "K", "stride_xm", "stride_qm"], int8_triton.QUANT_WARPS[True]),
+        ("VAE RMS norm + SiLU, stacked taps, the residual sum formed and stored (96 channels)",
+         rms_silu._rms_silu_stream_kernel,
+         dict(X="*bf16", H="*bf16", G=f32, B="*bf16", Y="*bf16", HN="*bf16", R="*bf16", XO="*bf16", N="i32", C="i32",
+              HR="i32", N_OUT="i32", y_stride="i32", frame_rows="i32", scale="fp32"),
+         dict(SILU=True, HAS_BIAS=True, HAS_HIST=True, TAPS=3, BLOCK_N=rms_silu._blocks(96)[0], BLOCK_C=128,
+              HAS_RES=True, WRITE_X=True),
+         ["X", "H", "G", "B", "Y", "HN", "R", "XO", "C", "y_stride", "frame_rows"], 4),
     ]
     print(f"triton {triton.__version__}, target sm_90")
     for i, (name, kernel, sig, consts, div16, warps, *extra) in enumerate(cases):  # extra: num_stages (3), maxnreg
