@@ -2,7 +2,8 @@
 formed by the next norm kernel (vae_fast.FUSE_RESIDUAL, the default) against the separate
 bias + residual add pass, in one process, at 480p and 720p (the real Wan2.1 VAE config, random
 weights and latents), decoding as the pipeline does (frames handed over, no float32 video).
-Checks that both write the same bytes, then alternates them, --repeats times each.
+Checks that both write the same bytes, then alternates them, --repeats times each, and records
+each one's peak GPU memory (weights included).
 
 Result (H100, results/2026-11-26-explore-vae-residual-h100.json): the same video bytes; 480p
 0.682 s fused against 0.688 s with the separate add (every fused run below every separate one),
@@ -40,14 +41,18 @@ def main() -> None:
     for res, (t, h, w) in LATENTS.items():
         zn = torch.randn(1, 16, t, h, w, device=dev, generator=torch.Generator(device=dev).manual_seed(0))
 
+        peaks = {}
+
         def decode(fuse: bool) -> float:
             vae_fast.FUSE_RESIDUAL = fuse
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             vae.decode(zn, return_video=False, on_frames=lambda *chunk: None)
             end.record()
             torch.cuda.synchronize()
+            peaks[fuse] = max(peaks.get(fuse, 0), torch.cuda.max_memory_allocated())
             return start.elapsed_time(end) / 1e3
 
         same = {}
@@ -62,7 +67,8 @@ def main() -> None:
             for fuse in (True, False):
                 times[fuse].append(decode(fuse))
         row |= {"fused_s": round(statistics.median(times[True]), 4), "separate_add_s": round(statistics.median(times[False]), 4),
-                "fused_all": [round(x, 4) for x in times[True]], "separate_all": [round(x, 4) for x in times[False]]}
+                "fused_all": [round(x, 4) for x in times[True]], "separate_all": [round(x, 4) for x in times[False]],
+                "fused_peak_gib": round(peaks[True] / 2**30, 3), "separate_add_peak_gib": round(peaks[False] / 2**30, 3)}
         results[res] = row
         print(res, row, flush=True)
     vae_fast.FUSE_RESIDUAL = True
