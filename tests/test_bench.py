@@ -58,6 +58,10 @@ def test_json_has_baseline_pipeline_and_derived_figures(tiny_run):
     assert p["mp4_encode_s"] > 0 and p["cpu_count"] >= 1  # the .mp4 write of one video, timed apart
     # prompt to .mp4 file with the encode during the decode: a whole generation, then the file
     assert p["to_file_s"] >= p["text_encoding_s"] + p["sampling_s"] + p["vae_decode_streamed_s"] - 1e-3
+    # every streamed run's VAE stage, the median among them; the collector's time in both sets of runs
+    assert len(p["vae_decode_streamed_all_s"]) == p["repeats"]
+    assert p["vae_decode_streamed_s"] in p["vae_decode_streamed_all_s"]
+    assert p["gc_s"] >= 0 and p["gc_streamed_s"] >= 0
     assert len(p["step_s"]) == 4
     rec = result["derived"]["recipe"][0]
     assert rec["original_recipe_s"] == pytest.approx(100 * base[0]["ms"] / 1e3)
@@ -150,3 +154,19 @@ def test_mp4_timing_is_skipped_without_pyav(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
     assert cases._mp4_seconds(frames) is None
+
+
+def test_gc_pauses_counts_collections_in_the_block_only():
+    import gc
+
+    from turbovid.bench.cases import gc_pauses
+
+    before = len(gc.callbacks)
+    with gc_pauses() as seconds:
+        junk = [[i] for i in range(200_000)]  # many containers: a full collection takes measurable time
+        gc.collect()
+        assert seconds[0] > 0
+        del junk
+    inside = seconds[0]
+    gc.collect()  # after the block: not counted, and the callback is gone
+    assert seconds[0] == inside and len(gc.callbacks) == before

@@ -6,6 +6,7 @@ Random weights at the real sizes; no checkpoint is read.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import logging
 import os
@@ -245,20 +246,42 @@ def _mp4_seconds(frames) -> float | None:
         return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def gc_pauses():
+    """Yields a one-element list holding the seconds Python's cyclic garbage collector ran inside the
+    block, in any thread: it holds the GIL, so a collection stalls the thread launching GPU work."""
+    total, start = [0.0], [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            start[0] = time.perf_counter()
+        else:
+            total[0] += time.perf_counter() - start[0]
+
+    gc.callbacks.append(on_gc)
+    try:
+        yield total
+    finally:
+        gc.callbacks.remove(on_gc)
+
+
 def _streamed_mp4(pipe, req, repeats: int) -> dict | None:
     """Prompt to .mp4 file in place, the video encoded while the VAE decodes (Pipeline.generate_into,
-    as the CLI does): the median run's wall time and its VAE stage. None without PyAV."""
+    as the CLI does): the median run's wall time and its VAE stage, every run's VAE stage, and the
+    garbage collector's time during the runs. None without PyAV."""
     if importlib.util.find_spec("av") is None:
         return None
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, gc_pauses() as gc_s:
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             res, writers = pipe.generate_into(req, [Path(tmp) / "bench.mp4"])
             writers[0].close()
             runs.append((time.perf_counter() - t0, res.timings["vae_decode"]))
+            del res, writers  # as the CLI and the server do: nothing of a finished video is kept
     wall, vae = sorted(runs)[(len(runs) - 1) // 2]
-    return {"to_file_s": round(wall, 4), "vae_decode_streamed_s": round(vae, 4)}
+    return {"to_file_s": round(wall, 4), "vae_decode_streamed_s": round(vae, 4),
+            "vae_decode_streamed_all_s": [round(r[1], 4) for r in runs], "gc_streamed_s": round(gc_s[0], 4)}
 
 
 def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], frames: int, steps: int,
@@ -293,9 +316,12 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         try:
             pipe.generate(req)  # warm-up: kernel compilation, graph capture
             reset_peak(device)
-            results = [pipe.generate(req) for _ in range(max(1, repeats))]
-            runs = [r.timings for r in results]
-            encode_s = _mp4_seconds(results[-1].videos[0])
+            with gc_pauses() as gc_s:
+                runs = [pipe.generate(req).timings for _ in range(max(1, repeats) - 1)]
+                last = pipe.generate(req)  # its video is encoded after the pipeline, below
+                runs.append(last.timings)
+            encode_s = _mp4_seconds(last.videos[0])
+            del last
             streamed = _streamed_mp4(pipe, req, repeats) or {}
         except torch.cuda.OutOfMemoryError as e:
             rows.append(skipped(f"out of memory ({_reason(e)})", **row))
@@ -308,7 +334,7 @@ def pipeline_case(dit_runner: nn.Module, model: str, resolutions: list[str], fra
         rows.append({**row, "status": "ok", "repeats": len(runs), "peak_gib": peak_gib(device),
                      **{f"{k}_s": round(best[k], 4) for k in ("text_encoding", "sampling", "vae_decode", "total")},
                      "mp4_encode_s": None if encode_s is None else round(encode_s, 4), "cpu_count": os.cpu_count(),
-                     "to_file_s": streamed.get("to_file_s"), "vae_decode_streamed_s": streamed.get("vae_decode_streamed_s"),
+                     "gc_s": round(gc_s[0], 4), **streamed,
                      "step_s": [round(s, 4) for s in best.get("steps", [])]})
     del pipe, text_encoder, vae
     reset_peak(device)
