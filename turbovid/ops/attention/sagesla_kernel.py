@@ -168,10 +168,7 @@ def _sagesla_fwd_kernel(
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
     o = acc * v_from[None, :] / l_i[:, None]  # l_i carries P's 448
     offs = b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
-    if LIN_MODE == 1:  # linear branch here, from the queries read again: held through the loop
-        # they cost 32 registers a thread and the epilogue spilled (152 B of stack at sm_90, 40 now)
-        q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0,
-                    volatile=True)  # volatile: not merged with the first load
+    if LIN_MODE == 1:  # linear branch here, from the queries in registers
         o += _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
     if LIN_MODE == 2:  # the query pass already wrote it into the output
         o += tl.load(O + offs, mask=rows[:, None] < L, other=0.0).to(tl.float32)
