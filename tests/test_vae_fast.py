@@ -298,6 +298,11 @@ RESIDUAL_CHECK = textwrap.dedent(
                     assert torch.equal(got, want) and torch.equal(got_h, want_h), (dtype, taps, keep)
                     assert torch.equal(y, before)  # the input is left as it is
                     assert x_out is None or torch.equal(x_out, x)
+                # the sum stored in y's own place, as the decode does: same bytes
+                got, got_h, y_in = torch.empty_like(want), torch.empty_like(want_h), y.clone()
+                ops.rms_silu_stream(y_in, g, True, got, history, got_h, taps=taps, frame_rows=35, bias=b,
+                                    residual=r, x_out=y_in)
+                assert torch.equal(got, want) and torch.equal(got_h, want_h) and torch.equal(y_in, x), (dtype, taps)
     for kw, words in ((dict(residual=r), "needs a bias"), (dict(bias=b, x_out=y), "x_out takes the residual sum")):
         try:
             ops.rms_silu_stream(y, g, True, torch.empty(3, 5, 7, 288, dtype=dtype), None, torch.empty_like(hist),
@@ -324,8 +329,9 @@ def test_fused_residual_decode_equals_unfused(vae, latents_and_reference, monkey
 
 
 def test_fused_residual_parts_are_freed_before_the_conv(vae, latents_and_reference, monkeypatch):
-    # a residual sum's parts (y, h) must not stay alive through the conv that follows the norm that
-    # formed the sum: the memory plan counts what the unfused path holds
+    # a residual sum's parts must not stay alive through the conv that follows the norm that formed
+    # the sum, and the sum takes y's place (as the unfused add does): the memory plan counts what
+    # the unfused path holds
     import weakref
 
     zn, _ = latents_and_reference
@@ -334,8 +340,14 @@ def test_fused_residual_parts_are_freed_before_the_conv(vae, latents_and_referen
 
     def norm_stream(x, *args):
         if isinstance(x, vae_fast.Pending):
-            parts.extend(weakref.ref(t) for t in (x.y, x.h))
-            fused.append(1)
+            y, x_out = x.y, args[-1]
+            if x_out is not None:  # a residual block's first norm keeps the sum: in y's storage
+                assert x_out.data_ptr() == y.data_ptr()
+                fused.append(1)
+            else:  # the head's norm: the sum is not kept
+                parts.append(weakref.ref(y))
+            parts.append(weakref.ref(x.h))
+            del y, x_out
         return real_norm(x, *args)
 
     class Spy:
