@@ -196,6 +196,19 @@ def test_host_frames_hand_over_chunks_in_order():
         frames.put(0, 7, video[0, :, :4])
 
 
+def test_host_frames_take_a_buffer_allocated_ahead():
+    # the pipeline asks for the video's host memory on a helper thread before the decode
+    ahead = io.host_buffer_ahead((2, 9, 4, 6, 3), torch.device("cpu"))
+    buf = ahead.result()
+    assert buf.shape == (2, 9, 4, 6, 3) and buf.dtype == torch.uint8
+    frames = io.HostFrames(2, 9, 4, 6, torch.device("cpu"), host=ahead)
+    assert frames.host is buf  # used as it is, not allocated again
+    frames.put(1, 0, torch.zeros(3, 9, 4, 6))
+    assert (frames.videos()[1] == 128).all()
+    with pytest.raises(ValueError, match="host buffer of shape"):
+        io.HostFrames(2, 9, 4, 8, torch.device("cpu"), host=io.host_buffer_ahead((2, 9, 4, 6, 3), torch.device("cpu")))
+
+
 def test_video_writer_thread_count_reaches_the_encoder(tmp_path):
     # an explicit count is what x264 records in its settings (0 leaves it to x264: 1.5 a core)
     frames = _frames(t=3, h=256, w=256)

@@ -22,7 +22,7 @@ import torch
 
 from turbovid import hub
 from turbovid.configs import DIT_PRESETS
-from turbovid.io import FrameSink, HostFrames, VideoWriter
+from turbovid.io import FrameSink, HostFrames, VideoWriter, host_buffer_ahead
 from turbovid.loading.common import CheckpointError
 from turbovid.options import (
     ASPECT_RATIOS, ATTENTIONS, DTYPES, QUANTS, RESOLUTIONS, SAMPLERS, VAE_TILING, WAN_NEGATIVE_PROMPT,
@@ -454,6 +454,8 @@ class Pipeline:
         stage = "text encoding"
         timings: dict = {}
         t0 = time.perf_counter()
+        # the video's page-locked host memory, allocated on a helper thread while the GPU works
+        host = host_buffer_ahead((b, req.num_frames, height, width, 3), self.device) if self.device.type == "cuda" else None
         try:
             # 1. text -> context [B, L, D]
             step("encode", 0, 1)
@@ -507,7 +509,7 @@ class Pipeline:
 
             step("decode", 0, total_frames)
             with self._on_device(self.vae):
-                frames = HostFrames(b, req.num_frames, height, width, self.device, on_chunk)
+                frames = HostFrames(b, req.num_frames, height, width, self.device, on_chunk, host)
                 self._decode(latents.to(self.dtype), frames)
             videos = frames.videos()
             timings["vae_decode"] = time.perf_counter() - t2
