@@ -42,12 +42,8 @@ from turbovid.models.vae import build_vae  # noqa: E402
 from turbovid.pipeline import GenerationRequest, Pipeline  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--resolution", default="480p")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+def fp8_pipeline(resolution: str) -> tuple[Pipeline, GenerationRequest]:
+    """The benchmark's 1.3B pipeline (random weights, sagesla+fp8, fast path) and an 81-frame request."""
     dev, dtype = torch.device("cuda"), torch.bfloat16
     dit = build_dit("Wan2.1-1.3B", dev, dtype)
     quantize(dit, "fp8")
@@ -56,8 +52,18 @@ def main() -> None:
         text_encoder = build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0)
         vae = build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0)
     pipe = Pipeline(make_fast(dit), text_encoder, vae, device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
-    req = pipe.resolve(GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution=args.resolution,
+    req = pipe.resolve(GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution=resolution,
                                          num_frames=81, num_steps=4, seed=0))
+    return pipe, req
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resolution", default="480p")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    pipe, req = fp8_pipeline(args.resolution)
     width, height = pipe.frame_size(req)
     pipe.generate(req)  # warm-up
     cores = os.cpu_count() or 1
