@@ -1,6 +1,6 @@
 """Exploration (dev tool, run on the device): what a fresh page-locked block for the video costs the
 pipeline, allocated inline at the start of the VAE stage (as before) or ahead on a helper thread
-while the GPU samples (io.host_buffer_ahead, the default), against a block the host allocator has
+once the first forward is queued (io.host_buffer_ahead, the default), against a block the host allocator has
 cached (every later video of the same size in one process). 1.3B sagesla+fp8, random weights, the
 pipeline's own stage timings; every finished video is kept in the fresh settings, so each run needs
 a new block, as the first video of a CLI run does.
@@ -46,8 +46,8 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(), "resolution": args.resolution, "runs": {}}
     for name, timings in runs.items():
         out["runs"][name] = {k: round(statistics.median(t[k] for t in timings), 4)
-                             for k in ("sampling", "vae_decode", "total")}
-        out["runs"][name]["vae_decode_all"] = [round(t["vae_decode"], 4) for t in timings]
+                             for k in ("text_encoding", "sampling", "vae_decode", "total")}
+        out["runs"][name] |= {f"{k}_all": [round(t[k], 4) for t in timings] for k in ("text_encoding", "vae_decode", "total")}
         print(name, out["runs"][name], flush=True)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
