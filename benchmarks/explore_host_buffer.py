@@ -5,6 +5,11 @@ cached (every later video of the same size in one process). 1.3B sagesla+fp8, ra
 pipeline's own stage timings; every finished video is kept in the fresh settings, so each run needs
 a new block, as the first video of a CLI run does.
 
+Result (H100, results/2026-11-26-explore-host-buffer-h100-480p-3a44c7a.json): total 1.478 s with the
+block allocated at the start of the VAE stage, 1.437 s ahead, 1.433 s with a cached block (VAE stage
+0.726 / 0.691 / 0.694 s). Asked for at the start of generate() instead (52f405c) the VAE stage fell
+alike but the total did not: pinning stalls the main thread's CUDA calls (text encoding's launches).
+
     python3 benchmarks/explore_host_buffer.py [--resolution 480p] [--repeats 3] [--out r.json]
 """
 from __future__ import annotations

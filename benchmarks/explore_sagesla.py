@@ -3,6 +3,11 @@ its kernel module (--baseline), in one process: B = 1, head_dim 128, topk 0.1, r
 proj_l, the fp8 output the DiT's o-projection takes, at the 1.3B 480p / 720p and 14B 480p shapes.
 Checks that both write the same bytes, then alternates them (do_bench medians).
 
+Result (H100, results/2026-11-26-explore-sagesla-h100-epilogue-reload.json): the epilogue reading the
+queries again for the linear branch (instead of holding them through the key loop) was slower, 1.78
+vs 1.74 ms at 1.3B 480p and 5.91 vs 5.67 ms at 14B 480p, and its linear-branch sums ran in another
+order (not the same bytes); reverted.
+
     git show HEAD~1:turbovid/ops/attention/sagesla_kernel.py > turbovid/ops/attention/_sagesla_kernel_before.py
     python3 benchmarks/explore_sagesla.py --baseline turbovid.ops.attention._sagesla_kernel_before [--out r.json]
 """
