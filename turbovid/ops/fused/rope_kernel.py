@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from turbovid.ops.tuning import autotune
+
 log = logging.getLogger("turbovid.fused")
 
 
@@ -79,10 +81,11 @@ def _rmsnorm_rope_kernel(
         tl.store(OUT + base + 1, oo.to(OUT.dtype.element_ty), mask=pair_mask)
 
 
-# Which load pattern is faster depends on the compiler: time both on first use (cheap: 2 configs).
+# Which load pattern is faster depends on the compiler: time both on first use (2 patterns x 2 warp
+# counts; the result is kept on disk, see ops/tuning.py).
 # The configs carry num_warps, so the tuned launch must not pass it (Triton would see it twice).
 TUNE_CONFIGS = [triton.Config({"SPLIT": s}, num_warps=w) for s in (1, 0) for w in (4, 8)]
-_rmsnorm_rope_tuned = triton.autotune(configs=TUNE_CONFIGS, key=["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"])(
+_rmsnorm_rope_tuned = autotune(TUNE_CONFIGS, ["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"])(
     _rmsnorm_rope_kernel
 )
 SPLIT_FOR_INTERPRETER = 1  # tests set 0 / 1 to cover both paths

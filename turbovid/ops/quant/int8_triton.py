@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from turbovid.ops.quant import int8
+from turbovid.ops.tuning import autotune
 
 try:  # present on Triton >= 3.1; the device loop falls back to pointer loads without it
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -325,8 +326,8 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if not c.kwargs["MAGIC"]]
 
 
-_scaled_mm_tuned = triton.autotune(
-    configs=CONFIGS, key=["N", "K", "M_BUCKET", "IS_INT8", "USE_TMA", "HAS_BIAS"],
+_scaled_mm_tuned = autotune(  # results kept on disk (ops/tuning.py): tuned once, not every run
+    CONFIGS, ["N", "K", "M_BUCKET", "IS_INT8", "USE_TMA", "HAS_BIAS"],
     prune_configs_by={"early_config_prune": _prune},
 )(_scaled_mm_kernel)
 
