@@ -82,7 +82,7 @@ def _rmsnorm_rope_kernel(
 
 
 # Which load pattern is faster depends on the compiler: time both on first use (2 patterns x 2 warp
-# counts; the result is kept on disk, see ops/tuning.py).
+# counts; the pick is kept on disk, see ops/tuning.py).
 # The configs carry num_warps, so the tuned launch must not pass it (Triton would see it twice).
 TUNE_CONFIGS = [triton.Config({"SPLIT": s}, num_warps=w) for s in (1, 0) for w in (4, 8)]
 _rmsnorm_rope_tuned = autotune(TUNE_CONFIGS, ["C", "L", "HAS_ROPE", "BLOCK_L", "BLOCK_P"])(
