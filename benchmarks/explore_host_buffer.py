@@ -14,7 +14,6 @@ alike but the total did not: pinning stalls the main thread's CUDA calls (text e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,17 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from explore_stream_threads import fp8_pipeline  # noqa: E402
+from explore_stream_threads import pipeline_from_args  # noqa: E402
 from turbovid import pipeline  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--resolution", default="480p")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    pipe, req = fp8_pipeline(args.resolution)
+    args, pipe, req = pipeline_from_args(__doc__.splitlines()[0])
     ahead = pipeline.host_buffer_ahead
     kept = [pipe.generate(req)]  # warm-up, kept: no block is free in the host allocator's cache
     fresh = {"fresh block, inline": lambda *a: None, "fresh block, ahead (default)": ahead}

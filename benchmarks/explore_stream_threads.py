@@ -57,13 +57,18 @@ def fp8_pipeline(resolution: str) -> tuple[Pipeline, GenerationRequest]:
     return pipe, req
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def pipeline_from_args(description: str) -> tuple[argparse.Namespace, Pipeline, GenerationRequest]:
+    """--resolution, --repeats, --out, and fp8_pipeline at that resolution."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--resolution", default="480p")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    pipe, req = fp8_pipeline(args.resolution)
+    return args, *fp8_pipeline(args.resolution)
+
+
+def main() -> None:
+    args, pipe, req = pipeline_from_args(__doc__.splitlines()[0])
     width, height = pipe.frame_size(req)
     pipe.generate(req)  # warm-up
     cores = os.cpu_count() or 1
