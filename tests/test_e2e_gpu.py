@@ -274,5 +274,5 @@ def test_host_frames_stream_chunks_from_the_gpu():
     assert all(np.array_equal(np.concatenate([f for i, f in got if i == b]), whole[b]) for b in range(2))
     assert all(np.array_equal(a, b) for a, b in zip(frames.videos(), whole))
     # the pipeline's buffer asked for ahead, on a helper thread: page-locked there too
-    ahead = io.HostFrames(2, 9, 64, 96, torch.device(DEV), host=io.host_buffer_ahead((2, 9, 64, 96, 3), torch.device(DEV)))
+    ahead = io.HostFrames(2, 9, 64, 96, torch.device(DEV), ahead=io.host_buffer_ahead((2, 9, 64, 96, 3), torch.device(DEV)))
     assert ahead.host.is_pinned()

@@ -201,12 +201,12 @@ def test_host_frames_take_a_buffer_allocated_ahead():
     ahead = io.host_buffer_ahead((2, 9, 4, 6, 3), torch.device("cpu"))
     buf = ahead.result()
     assert buf.shape == (2, 9, 4, 6, 3) and buf.dtype == torch.uint8
-    frames = io.HostFrames(2, 9, 4, 6, torch.device("cpu"), host=ahead)
+    frames = io.HostFrames(2, 9, 4, 6, torch.device("cpu"), ahead=ahead)
     assert frames.host is buf  # used as it is, not allocated again
     frames.put(1, 0, torch.zeros(3, 9, 4, 6))
     assert (frames.videos()[1] == 128).all()
     with pytest.raises(ValueError, match="host buffer of shape"):
-        io.HostFrames(2, 9, 4, 8, torch.device("cpu"), host=io.host_buffer_ahead((2, 9, 4, 6, 3), torch.device("cpu")))
+        io.HostFrames(2, 9, 4, 8, torch.device("cpu"), ahead=io.host_buffer_ahead((2, 9, 4, 6, 3), torch.device("cpu")))
 
 
 def test_video_writer_thread_count_reaches_the_encoder(tmp_path):

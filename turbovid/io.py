@@ -101,12 +101,12 @@ class HostFrames:
     and handed to `sink` at once, so a video encoder can start while the GPU decodes the rest."""
 
     def __init__(self, batch: int, frames: int, height: int, width: int, device: torch.device,
-                 sink: Optional[FrameSink] = None, host: Optional[Future] = None):
-        """host: the uint8 buffer from host_buffer_ahead(), if one was asked for in advance."""
+                 sink: Optional[FrameSink] = None, ahead: Optional[Future] = None):
+        """ahead: host_buffer_ahead()'s future of the uint8 buffer, if one was asked for in advance."""
         self.device = torch.device(device)
         shape = (batch, frames, height, width, 3)
-        if host is not None:
-            self.host = host.result()
+        if ahead is not None:
+            self.host = ahead.result()
             if tuple(self.host.shape) != shape:
                 raise ValueError(f"host buffer of shape {tuple(self.host.shape)} for videos of shape {shape}")
         else:

@@ -1,8 +1,8 @@
 """Autotuning whose picks outlive the process.
 
 Triton's autotuner times every config on a kernel's first call for each tuning key, in every new
-process: each `./predict.sh` run paid it again before its first video (H100, 1.3B 480p: ~1.4 s
-with fp8 linears, ~7 s with the int8 GEMM's configs). Triton's own `cache_results` cannot keep
+process: each `./predict.sh` run paid it again before its first video (H100, 1.3B 480p: ~1.6 s
+with fp8 linears, ~7.6 s with the int8 GEMM's configs). Triton's own `cache_results` cannot keep
 configs that carry a pre_hook (the int8 GEMM's sets its tensor descriptors' block shapes), so the
 pick is kept here instead: the index of the winning config for each tuning key, in a JSON file in
 Triton's cache folder (TRITON_CACHE_DIR, default ~/.triton/cache), named by the kernel's source, the
