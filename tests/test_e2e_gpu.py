@@ -98,10 +98,15 @@ def test_fast_dit_matches_plain_within_the_kernels_bound():
     plain = make_plain(dit)(*bf)
     fast_dit = make_fast(dit)
     assert isinstance(fast_dit, GraphedDiT)
-    fast = fast_dit(*bf)
-    again = fast_dit(*bf)  # graph replay: same inputs, same numbers
+    runs = []
+    hook = dit.register_forward_hook(lambda *a: runs.append(1))
+    fast = fast_dit(*bf)  # eager: compiles, tunes, fills caches
+    again = fast_dit(*bf)  # captured, then replayed: same inputs, same numbers
+    third = fast_dit(*bf)  # replayed
+    hook.remove()
     assert fast_dit._graphs and not fast_dit._eager_keys, "the forward was not captured as a CUDA graph"
-    assert torch.equal(fast, again)
+    assert torch.equal(fast, again) and torch.equal(again, third)
+    assert len(runs) == 2, runs  # the eager call and the capture: no throwaway warm-up forwards
     assert fast.shape == exact.shape == (1, 16, 21, 60, 104) and fast.dtype == torch.float32
     within(fast, plain, exact)
     make_plain(fast_dit)

@@ -276,6 +276,7 @@ class GraphedDiT(nn.Module):
         object.__setattr__(self, "_fn", torch.compile(dit, dynamic=False) if compile else dit)
         self._graphs: dict[tuple, tuple] = {}
         self._eager_keys: set[tuple] = set()
+        self._warm: set[tuple] = set()  # shapes run once eagerly: the next call captures
 
     def __getattr__(self, name: str):
         try:
@@ -290,12 +291,6 @@ class GraphedDiT(nn.Module):
 
     def _capture(self, key, latents, timesteps, context):
         static = [latents.clone(), timesteps.clone(), context.clone()]
-        side = torch.cuda.Stream(latents.device)
-        side.wait_stream(torch.cuda.current_stream(latents.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # compiles Triton kernels, fills caches (RoPE tables) outside the capture
-                self._fn(*static)
-        torch.cuda.current_stream(latents.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self._fn(*static)
@@ -313,6 +308,13 @@ class GraphedDiT(nn.Module):
 
     def _replay(self, key, latents, timesteps, context) -> torch.Tensor:
         if key not in self._graphs:
+            if key not in self._warm:
+                # The first call of these shapes runs eagerly, and its result is used: it compiles and
+                # tunes the kernels and fills the caches (RoPE tables) that a capture must not. The
+                # next call captures. (Two throwaway warm-up forwards before the capture cost ~0.4 s
+                # of the first video at 1.3B 480p.)
+                self._warm.add(key)
+                return self._fn(latents, timesteps, context)
             try:
                 self._capture(key, latents, timesteps, context)
             except Exception as e:  # noqa: BLE001 - any capture failure means: run this shape eagerly
@@ -332,6 +334,7 @@ class GraphedDiT(nn.Module):
         """Drop the captured graphs (after changing weights' storage, the backend or quantization)."""
         self._graphs.clear()
         self._eager_keys.clear()
+        self._warm.clear()  # new kernels or weights: warm up again before capturing
 
 
 def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
