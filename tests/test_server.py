@@ -236,3 +236,44 @@ def test_serve_defaults_to_localhost():
 
     args = build_parser().parse_args(["serve", "--model", "tiny-random"])
     assert args.host == "127.0.0.1" and args.port == 8000
+
+
+def _serve_calls(monkeypatch, pipe, argv):
+    """Run `turbovid serve argv` with `pipe` as the loaded pipeline and uvicorn stubbed out: the order of
+    generations (by resolution) and the start of serving (by port)."""
+    import uvicorn
+
+    from turbovid import cli
+    from turbovid.pipeline import Pipeline
+
+    calls = []
+    real = pipe.generate
+
+    def generate(request=None, *a, **kw):
+        calls.append(("generate", request.resolution))
+        return real(request, *a, **kw)
+
+    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, *a, **k: pipe))
+    monkeypatch.setattr(pipe, "generate", generate)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(("serve", kw["port"])))
+    assert cli.main(["serve", "--model", "tiny-random", *argv]) == 0
+    return calls
+
+
+def test_serve_warms_up_before_listening(monkeypatch):
+    # the first request should not pay for kernel compiles, tuning and graph capture
+    assert _serve_calls(monkeypatch, fake_pipeline(), ["--port", "8123"]) == [("generate", "480p"), ("serve", 8123)]
+    assert _serve_calls(monkeypatch, fake_pipeline(), ["--resolution", "720p"])[0] == ("generate", "720p")
+    assert _serve_calls(monkeypatch, fake_pipeline(), ["--no-warmup"]) == [("serve", 8000)]
+
+
+def test_serve_still_starts_when_the_warm_up_runs_out_of_memory(monkeypatch, caplog):
+    from turbovid.pipeline import OutOfMemory
+
+    def oom(*a, **kw):
+        raise OutOfMemory("CUDA out of memory during sampling (832x480, 81 frames); use --offload")
+    pipe = fake_pipeline()
+    monkeypatch.setattr(pipe, "generate", oom)
+    with caplog.at_level("WARNING", logger="turbovid"):
+        assert _serve_calls(monkeypatch, pipe, []) == [("generate", "480p"), ("serve", 8000)]
+    assert "warm-up skipped: CUDA out of memory" in caplog.text

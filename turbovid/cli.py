@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=16,
                      help="jobs waiting at most; more are refused with 503 (default: 16)")
     srv.add_argument("--resolution", default="480p", choices=("480p", "720p"),
-                     help="which weights to fetch where a model has both (14B); requests still pick any size")
+                     help="which weights to fetch where a model has both (14B), and the warm-up video's size; "
+                          "requests still pick any size")
+    srv.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                     help="generate one video before serving, so the first request is as fast as the rest "
+                          "(the first start after installing compiles the kernels: about half a minute) (default: on)")
     add_dataclass_arguments(srv, PipelineOptions, "model")
 
     conv = sub.add_parser("convert", help="quantize a DiT checkpoint offline (int8 / fp8 block-scaled)",
@@ -185,6 +189,18 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warm_up(pipe, resolution: str) -> None:
+    from turbovid.pipeline import OutOfMemory
+
+    log.info("warming up: one %s video before serving (--no-warmup skips it)", resolution)
+    try:
+        seconds = pipe.warmup(GenerationRequest(prompt="warm-up", resolution=resolution))
+    except OutOfMemory as e:  # smaller requests may still fit: serve them, and say why this one did not
+        log.warning("warm-up skipped: %s", e)
+        return
+    log.info("warm-up done in %.1f s", seconds)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -200,6 +216,8 @@ def run_serve(args: argparse.Namespace) -> int:
         pipe = Pipeline.from_options(options, progress=bars, resolution=args.resolution)
     finally:
         bars.close()
+    if args.warmup:
+        _warm_up(pipe, args.resolution)
     app = create_app(pipe, output_dir=args.output_dir, max_queue=args.max_queue)
     log.info("serving on http://%s:%d/", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

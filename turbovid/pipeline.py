@@ -421,6 +421,14 @@ class Pipeline:
         for i in range(video.shape[0]):
             frames.put(i, 0, video[i])
 
+    def warmup(self, request: GenerationRequest | None = None) -> float:
+        """One throwaway generation (a 4-step 81-frame video by default), so the first real one does not
+        pay for compiling or loading the kernels, tuning them, capturing the CUDA graph of its shape
+        and the libraries' first calls. Returns its seconds."""
+        start = time.perf_counter()
+        self.generate(request or GenerationRequest(prompt="warm-up"))
+        return time.perf_counter() - start
+
     def generate_into(self, request: GenerationRequest, paths: list[Path], progress: Progress | None = None,
                       ) -> tuple[GenerationResult, list[VideoWriter]]:
         """generate(), each sample's video encoded into its file (one path a sample) while the VAE
