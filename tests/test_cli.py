@@ -95,9 +95,11 @@ def test_predict_sh_tiny_random(tmp_path):
 
 
 def test_num_samples_write_one_file_each(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, *a, **k: fake_pipeline()))
+    pipe = fake_pipeline()
+    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, *a, **k: pipe))
     rc, out, err = run([*SMALL, "--num_frames", "1", "--num_samples", "2", "--output", str(tmp_path / "v.webm")], capsys)
     assert rc == 0, err
+    assert pipe.text_encoder is None  # one request: let go of once the prompt was encoded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v_0.json", "v_0.webm", "v_1.json", "v_1.webm"]
     assert json.loads((tmp_path / "v_1.json").read_text())["sample"] == 1
 

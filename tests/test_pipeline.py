@@ -112,6 +112,25 @@ def test_seed_reproducibility_and_samples():
     assert pipe.dit.calls[-1][0][0] == 2
 
 
+def test_one_request_pipeline_lets_go_of_the_text_encoder():
+    # the CLI's single video: the text encoder's memory is free for sampling and the decode
+    import weakref
+
+    pipe = fake_pipeline()
+    gone = weakref.ref(pipe.text_encoder)
+    pipe.release_text_encoder = True
+    seen_in_sampling = []
+    real_dit = pipe.dit.forward
+    pipe.dit.forward = lambda *a: (seen_in_sampling.append(gone() is None), real_dit(*a))[1]
+    a = pipe.generate(GenerationRequest(seed=1, **SMALL)).frames
+    assert pipe.text_encoder is None and gone() is None and seen_in_sampling and all(seen_in_sampling)
+    with pytest.raises(UsageError, match="let go of its text encoder"):
+        pipe.generate(GenerationRequest(seed=1, **SMALL))
+    kept = fake_pipeline()  # by default (the server) it stays, and the video is the same
+    assert np.array_equal(kept.generate(GenerationRequest(seed=1, **SMALL)).frames, a)
+    assert kept.text_encoder is not None
+
+
 def test_offload_moves_models_only_while_used():
     enc = FakeTextEncoder()
     pipe = Pipeline(FakeDiT(), enc, FakeVAE(), offload=True)

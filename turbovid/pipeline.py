@@ -226,6 +226,9 @@ class Pipeline:
         self.sampler, self.offload, self.vae_tiling = sampler, offload, vae_tiling
         self.model_name = model_name
         self.load_seconds = 0.0
+        # One request only (the CLI): let go of the text encoder once it has encoded the prompt, so its
+        # weights (umT5-XXL: 10.6 GiB in bf16) are not held through sampling and the decode.
+        self.release_text_encoder = False
         self.settings = {
             "model": model_name, "sampler": sampler, "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "offload": offload, "vae_tiling": vae_tiling, **(settings or {}),
@@ -466,9 +469,16 @@ class Pipeline:
         try:
             # 1. text -> context [B, L, D]
             step("encode", 0, 1)
+            if self.text_encoder is None:
+                raise UsageError("this pipeline let go of its text encoder after its first video "
+                                 "(release_text_encoder); load a new one for more videos")
             with self._on_device(self.text_encoder):
                 prompts = [req.prompt] + ([req.negative_prompt] if self.sampler == "euler" else [])
                 ctx = self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            if self.release_text_encoder:
+                self.text_encoder = None  # its GPU (or, offloaded, host) memory is free from here on
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
             context = ctx[:1].expand(b, *ctx.shape[1:])
             _sync(self.device)
             timings["text_encoding"] = time.perf_counter() - t0
