@@ -192,6 +192,14 @@ class CrossAttention(_Projections):
         return self.o(attention(q, k, v, "dense").reshape(b, l, c))
 
 
+def _modulation(n: int, dim: int) -> nn.Parameter:
+    """N(0, 1/dim) as in Wan; on the meta device (every checkpoint load) nothing is drawn: a random
+    draw there goes through PyTorch's Python reference ops, whose first use imports sympy (0.4 s)."""
+    shape = (1, n, dim)
+    t = torch.empty(shape)
+    return nn.Parameter(t if t.is_meta else torch.randn(shape) / dim**0.5)
+
+
 class Block(nn.Module):
     # "fp8": the three norms hand their linears (q/k/v, cross-attention q, FFN in) quantized inputs;
     # turbovid.fast sets it when those linears are Fp8Linear. None: the norms return h.
@@ -204,7 +212,7 @@ class Block(nn.Module):
         self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps)
         self.cross_attn = CrossAttention(cfg)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self.modulation = _modulation(6, cfg.dim)
 
     def forward(self, x, e, cos, sin, context, residual=None):
         """One block. `residual` is the previous block's pending (y, gate), added to x in the same
@@ -230,7 +238,7 @@ class Head(nn.Module):
         super().__init__()
         self.eps = cfg.eps
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.modulation = _modulation(2, cfg.dim)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, residual=None) -> torch.Tensor:
         # e: [B, C] float32 time embedding; everything here is float32. residual: the last block's
