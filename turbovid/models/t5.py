@@ -51,10 +51,18 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     return buckets + torch.where(rel < exact, rel, far)
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, left uninitialised on the meta device (every checkpoint load): its N(0, 1) init
+    there runs PyTorch's Python reference ops, whose first use imports torch._dynamo and sympy."""
+    if torch.empty(0).is_meta:  # the default device of the enclosing `with torch.device(...)`
+        return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim)
+
+
 class RelativePositionBias(nn.Module):
     def __init__(self, num_buckets: int, num_heads: int):
         super().__init__()
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = _embedding(num_buckets, num_heads)
 
     def forward(self, buckets: torch.Tensor) -> torch.Tensor:
         return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, Lq, Lk)
@@ -127,7 +135,7 @@ class UMT5Encoder(nn.Module):
         if cfg.dim_attn % cfg.num_heads:
             raise ValueError(f"dim_attn {cfg.dim_attn} is not divisible by num_heads {cfg.num_heads}")
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.token_embedding = _embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.dim, cfg.eps)
 
