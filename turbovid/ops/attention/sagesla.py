@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from . import Backend, register_backend, sla
-from .sla import call_kernel, check_inputs, kernel_unavailable, log_once, register_ops, run_sla
+from .sla import call_kernel, call_op, check_inputs, kernel_unavailable, log_once, register_ops, run_sla
 
 BLKQ, BLKK = 64, 128
 
@@ -38,7 +38,7 @@ def run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool
     return call_kernel(sagesla_kernel.sagesla_forward, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 
-sagesla_op, sagesla_fp8_op = register_ops("sagesla", run_sagesla)
+sagesla_ops = register_ops("sagesla", run_sagesla)
 
 
 def sagesla_attention(
@@ -56,8 +56,7 @@ def sagesla_attention(
     """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype, or
     with out_fp8 that output quantized for an fp8 linear (as sla_attention)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
-    op = sagesla_fp8_op if out_fp8 else sagesla_op
-    return op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+    return call_op(sagesla_ops, run_sagesla, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 
 def _unavailable(device: torch.device) -> Optional[str]:

@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
+from turbovid.ops.dispatch import call
+
 from . import Backend, register_backend
 from .sla_reference import check_topk, sla_reference
 
@@ -143,7 +145,14 @@ def register_ops(name: str, run: Callable) -> tuple[Callable, Callable]:
     return plain_op, fp8_op
 
 
-sla_op, sla_fp8_op = register_ops("sla", run_sla)
+def call_op(ops: tuple[Callable, Callable], run: Callable, q, k, v, topk, proj_weight, proj_bias, blkq, blkk,
+            out_fp8: bool):
+    """register_ops' op for out_fp8 where torch.compile traces, `run` itself in eager code (ops/dispatch.py)."""
+    return call(ops[1] if out_fp8 else ops[0], lambda *a: run(*a, out_fp8),
+                q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+
+
+sla_ops = register_ops("sla", run_sla)
 
 
 def sla_attention(
@@ -161,8 +170,7 @@ def sla_attention(
     """Sparse-linear attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype,
     or with out_fp8 that output quantized for an fp8 linear (e4m3 values, scales; see fp8_output)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
-    op = sla_fp8_op if out_fp8 else sla_op
-    return op(q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+    return call_op(sla_ops, run_sla, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 
 register_backend(Backend("sla", sla_attention, lambda device: None, fp8_output=True))

@@ -29,6 +29,7 @@ from turbovid.ops.block_reference import (
     rmsnorm_rope_ref,
     rope_tables,
 )
+from turbovid.ops.dispatch import call
 
 log = logging.getLogger("turbovid.fused")
 
@@ -244,13 +245,6 @@ def _(x, weight, eps, out_dtype):
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
-def _call(op, direct, *args):
-    # Eager calls skip the custom-op dispatcher (~10 us each); compiled graphs go through it.
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return direct(*args)
-
-
 # ---- public API --------------------------------------------------------------------------------
 
 def norm_modulate(
@@ -278,12 +272,12 @@ def norm_modulate(
     if not _use_triton(x):
         return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
-        return _fp8_activation(out_dtype, *_call(
+        return _fp8_activation(out_dtype, *call(
             _norm_modulate_fp8_op,
             lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True, True)[1],
             x, weight, bias, shift, scale, eps, out_dtype,
         ))
-    return _call(
+    return call(
         _norm_modulate_op,
         lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True)[1],
         x, weight, bias, shift, scale, eps, out_dtype,
@@ -317,13 +311,13 @@ def add_norm_modulate(
     if not _use_triton(x):
         return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
-        x_out, q, s = _call(
+        x_out, q, s = call(
             _add_norm_modulate_fp8_op,
             lambda *a: (lambda xo, qs: (xo, *qs))(*add_norm_modulate_triton(*a, True, True, True)),
             x, y, gate, weight, bias, shift, scale, eps, out_dtype,
         )
         return x_out, _fp8_activation(out_dtype, q, s)
-    return _call(
+    return call(
         _add_norm_modulate_op,
         lambda *a: add_norm_modulate_triton(*a, True, True),
         x, y, gate, weight, bias, shift, scale, eps, out_dtype,
@@ -344,7 +338,7 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
     gate = _per_sample("gate", gate, x)
     if not _use_triton(x):
         return gated_residual_ref(x, y, gate)
-    return _call(
+    return call(
         _gated_residual_op,
         lambda a, b, g: add_norm_modulate_triton(a, b, g, None, None, None, None, 0.0, a.dtype, True, False)[0],
         x, y, gate,
@@ -373,7 +367,7 @@ def rmsnorm_rope(
     if not _use_triton(x):
         return rmsnorm_rope_ref(x, weight, cos, sin, eps, out_dtype)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    return _call(_rmsnorm_rope_op, rmsnorm_rope_triton, x, weight, cos, sin, eps, out_dtype)
+    return call(_rmsnorm_rope_op, rmsnorm_rope_triton, x, weight, cos, sin, eps, out_dtype)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -383,4 +377,4 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype:
     out_dtype = out_dtype or x.dtype
     if x.shape[-1] % 2 or not _use_triton(x):
         return rmsnorm_ref(x, weight, eps, out_dtype)
-    return _call(_rmsnorm_op, lambda a, w, e, d: rmsnorm_rope_triton(a, w, None, None, e, d), x, weight, eps, out_dtype)
+    return call(_rmsnorm_op, lambda a, w, e, d: rmsnorm_rope_triton(a, w, None, None, e, d), x, weight, eps, out_dtype)

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from turbovid.ops.dispatch import call
 from turbovid.ops.quant.int8 import (
     BLOCK, QuantLinearBase, _cdiv, dequantize_blockwise, kernels, quantize_blockwise, swap_linears, use_kernel,
 )
@@ -92,9 +93,12 @@ class Fp8Activation:
         return cls(q.reshape(x.shape), s, x.dtype)
 
 
-@torch.library.custom_op("turbovid::fp8_linear", mutates_args=())
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W^T + b, W given as e4m3 + 128x128 block scales; x quantized per (1 x 128) group."""
+    return call(_fp8_linear_op, _fp8_linear, x, w_q, w_scale, bias)
+
+
+def _fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     kernel = fp8_kernel_linear(x, w_q)
     if kernel is not None:
         return kernel(x, w_q, w_scale, bias)
@@ -118,13 +122,15 @@ def fp8_kernel_linear(x: torch.Tensor, w_q: torch.Tensor):
     return kernels().linear
 
 
-@fp8_linear.register_fake
+_fp8_linear_op = torch.library.custom_op("turbovid::fp8_linear", _fp8_linear, mutates_args=())
+
+
+@_fp8_linear_op.register_fake
 def _(x, w_q, w_scale, bias=None):
     return x.new_empty(*x.shape[:-1], w_q.shape[0])
 
 
-@torch.library.custom_op("turbovid::fp8_linear_quantized", mutates_args=())
-def _fp8_linear_quantized_op(
+def _fp8_linear_quantized(
     a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
     bias: Optional[torch.Tensor], out_dtype: torch.dtype,
 ) -> torch.Tensor:
@@ -137,6 +143,10 @@ def _fp8_linear_quantized_op(
     return fp8_linear_quantized_reference(a_q, a_s, w_q, w_scale, bias, out_dtype)
 
 
+_fp8_linear_quantized_op = torch.library.custom_op("turbovid::fp8_linear_quantized", _fp8_linear_quantized,
+                                                   mutates_args=())
+
+
 @_fp8_linear_quantized_op.register_fake
 def _(a_q, a_s, w_q, w_scale, bias, out_dtype):
     return a_q.new_empty(a_q.shape[0], w_q.shape[0], dtype=out_dtype)
@@ -146,7 +156,8 @@ def fp8_linear_quantized(act: Fp8Activation, w_q: torch.Tensor, w_scale: torch.T
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp8_linear for an activation the previous kernel already quantized; output in act.dtype."""
     shape = act.q.shape
-    y = _fp8_linear_quantized_op(act.q.reshape(-1, shape[-1]), act.scale, w_q, w_scale, bias, act.dtype)
+    y = call(_fp8_linear_quantized_op, _fp8_linear_quantized, act.q.reshape(-1, shape[-1]), act.scale, w_q, w_scale,
+             bias, act.dtype)
     return y.reshape(*shape[:-1], w_q.shape[0])
 
 

@@ -18,6 +18,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from turbovid.ops.dispatch import call
+
 log = logging.getLogger(__name__)
 
 BLOCK = 128
@@ -168,15 +170,21 @@ def int8_linear_reference(
     return y.to(x.dtype).reshape(*shape[:-1], w_q.shape[0])
 
 
-@torch.library.custom_op("turbovid::int8_linear", mutates_args=())
 def int8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W^T + b, W given as int8 + 128x128 block scales; x quantized per 128x128 block."""
+    return call(_int8_linear_op, _int8_linear, x, w_q, w_scale, bias)
+
+
+def _int8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     if use_kernel(x):
         return kernels().linear(x, w_q, w_scale, bias)
     return int8_linear_reference(x, w_q, w_scale, bias)
 
 
-@int8_linear.register_fake
+_int8_linear_op = torch.library.custom_op("turbovid::int8_linear", _int8_linear, mutates_args=())
+
+
+@_int8_linear_op.register_fake
 def _(x, w_q, w_scale, bias=None):
     return x.new_empty(*x.shape[:-1], w_q.shape[0])
 
