@@ -150,14 +150,16 @@ def _channel(name: str, v: torch.Tensor | None, c: int) -> torch.Tensor | None:
     return None if v is None else v.contiguous()
 
 
-# ---- custom ops: what torch.compile sees -----------------------------------------------------
+# ---- implementations, and the custom ops torch.compile sees (eager code calls the former) -------
 
-@torch.library.custom_op("turbovid::norm_modulate", mutates_args=())
-def _norm_modulate_op(
+def _norm_modulate(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
     shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype,
 ) -> torch.Tensor:
     return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True)[1]
+
+
+_norm_modulate_op = torch.library.custom_op("turbovid::norm_modulate", _norm_modulate, mutates_args=())
 
 
 @_norm_modulate_op.register_fake
@@ -165,13 +167,15 @@ def _(x, weight, bias, shift, scale, eps, out_dtype):
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
-@torch.library.custom_op("turbovid::add_norm_modulate", mutates_args=())
-def _add_norm_modulate_op(
+def _add_norm_modulate(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
     eps: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True)
+
+
+_add_norm_modulate_op = torch.library.custom_op("turbovid::add_norm_modulate", _add_norm_modulate, mutates_args=())
 
 
 @_add_norm_modulate_op.register_fake
@@ -185,12 +189,14 @@ def _quant_fakes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.empty(-(-c // 128), b * l, dtype=torch.float32, device=x.device))
 
 
-@torch.library.custom_op("turbovid::norm_modulate_fp8", mutates_args=())
-def _norm_modulate_fp8_op(
+def _norm_modulate_fp8(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
     shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True)[1]
+
+
+_norm_modulate_fp8_op = torch.library.custom_op("turbovid::norm_modulate_fp8", _norm_modulate_fp8, mutates_args=())
 
 
 @_norm_modulate_fp8_op.register_fake
@@ -198,8 +204,7 @@ def _(x, weight, bias, shift, scale, eps, out_dtype):
     return _quant_fakes(x)
 
 
-@torch.library.custom_op("turbovid::add_norm_modulate_fp8", mutates_args=())
-def _add_norm_modulate_fp8_op(
+def _add_norm_modulate_fp8(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
     eps: float, out_dtype: torch.dtype,
@@ -208,14 +213,20 @@ def _add_norm_modulate_fp8_op(
     return x_out, q, s
 
 
+_add_norm_modulate_fp8_op = torch.library.custom_op("turbovid::add_norm_modulate_fp8", _add_norm_modulate_fp8,
+                                                    mutates_args=())
+
+
 @_add_norm_modulate_fp8_op.register_fake
 def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
     return (torch.empty_like(x), *_quant_fakes(x))
 
 
-@torch.library.custom_op("turbovid::gated_residual", mutates_args=())
-def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return add_norm_modulate_triton(x, y, gate, None, None, None, None, 0.0, x.dtype, True, False)[0]
+
+
+_gated_residual_op = torch.library.custom_op("turbovid::gated_residual", _gated_residual, mutates_args=())
 
 
 @_gated_residual_op.register_fake
@@ -223,11 +234,13 @@ def _(x, y, gate):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("turbovid::rmsnorm_rope", mutates_args=())
-def _rmsnorm_rope_op(
+def _rmsnorm_rope(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
     return rmsnorm_rope_triton(x, weight, cos, sin, eps, out_dtype)
+
+
+_rmsnorm_rope_op = torch.library.custom_op("turbovid::rmsnorm_rope", _rmsnorm_rope, mutates_args=())
 
 
 @_rmsnorm_rope_op.register_fake
@@ -235,9 +248,11 @@ def _(x, weight, cos, sin, eps, out_dtype):
     return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
-@torch.library.custom_op("turbovid::rmsnorm", mutates_args=())
-def _rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
     return rmsnorm_rope_triton(x, weight, None, None, eps, out_dtype)
+
+
+_rmsnorm_op = torch.library.custom_op("turbovid::rmsnorm", _rmsnorm, mutates_args=())
 
 
 @_rmsnorm_op.register_fake
@@ -273,15 +288,8 @@ def norm_modulate(
         return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
         return _fp8_activation(out_dtype, *call(
-            _norm_modulate_fp8_op,
-            lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True, True)[1],
-            x, weight, bias, shift, scale, eps, out_dtype,
-        ))
-    return call(
-        _norm_modulate_op,
-        lambda *a: add_norm_modulate_triton(a[0], None, None, *a[1:], False, True)[1],
-        x, weight, bias, shift, scale, eps, out_dtype,
-    )
+            _norm_modulate_fp8_op, _norm_modulate_fp8, x, weight, bias, shift, scale, eps, out_dtype))
+    return call(_norm_modulate_op, _norm_modulate, x, weight, bias, shift, scale, eps, out_dtype)
 
 
 def add_norm_modulate(
@@ -311,17 +319,10 @@ def add_norm_modulate(
     if not _use_triton(x):
         return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
-        x_out, q, s = call(
-            _add_norm_modulate_fp8_op,
-            lambda *a: (lambda xo, qs: (xo, *qs))(*add_norm_modulate_triton(*a, True, True, True)),
-            x, y, gate, weight, bias, shift, scale, eps, out_dtype,
-        )
+        x_out, q, s = call(_add_norm_modulate_fp8_op, _add_norm_modulate_fp8, x, y, gate, weight, bias, shift, scale,
+                           eps, out_dtype)
         return x_out, _fp8_activation(out_dtype, q, s)
-    return call(
-        _add_norm_modulate_op,
-        lambda *a: add_norm_modulate_triton(*a, True, True),
-        x, y, gate, weight, bias, shift, scale, eps, out_dtype,
-    )
+    return call(_add_norm_modulate_op, _add_norm_modulate, x, y, gate, weight, bias, shift, scale, eps, out_dtype)
 
 
 def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor):
@@ -338,11 +339,7 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
     gate = _per_sample("gate", gate, x)
     if not _use_triton(x):
         return gated_residual_ref(x, y, gate)
-    return call(
-        _gated_residual_op,
-        lambda a, b, g: add_norm_modulate_triton(a, b, g, None, None, None, None, 0.0, a.dtype, True, False)[0],
-        x, y, gate,
-    )
+    return call(_gated_residual_op, _gated_residual, x, y, gate)
 
 
 def rmsnorm_rope(
@@ -367,7 +364,7 @@ def rmsnorm_rope(
     if not _use_triton(x):
         return rmsnorm_rope_ref(x, weight, cos, sin, eps, out_dtype)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    return call(_rmsnorm_rope_op, rmsnorm_rope_triton, x, weight, cos, sin, eps, out_dtype)
+    return call(_rmsnorm_rope_op, _rmsnorm_rope, x, weight, cos, sin, eps, out_dtype)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -377,4 +374,4 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype:
     out_dtype = out_dtype or x.dtype
     if x.shape[-1] % 2 or not _use_triton(x):
         return rmsnorm_ref(x, weight, eps, out_dtype)
-    return call(_rmsnorm_op, lambda a, w, e, d: rmsnorm_rope_triton(a, w, None, None, e, d), x, weight, eps, out_dtype)
+    return call(_rmsnorm_op, _rmsnorm, x, weight, eps, out_dtype)
