@@ -1,10 +1,12 @@
-"""Run a test script in a fresh Python with Triton's interpreter on (TRITON_INTERPRET must be set
-before triton is imported, so kernels decorated in this process cannot be reused)."""
+"""Run a test script in a fresh Python: with Triton's interpreter on (TRITON_INTERPRET must be set
+before triton is imported, so kernels decorated in this process cannot be reused), or without it,
+to see what a new process imports and keeps."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,3 +18,13 @@ def assert_runs_interpreted(script: str, done: str = "kernel ok", timeout: int =
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0 and done in res.stdout, res.stderr[-2000:]
+
+
+def run_fresh(code: str, *args: str, timeout: int = 300, **env: str) -> str:
+    """Run the (dedented) `code` with `args` in a fresh Python, Triton compiling rather than
+    interpreting, from the repository root with `env` added; it must exit 0. Returns its stdout."""
+    full = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=full, capture_output=True,
+                         text=True, timeout=timeout, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout

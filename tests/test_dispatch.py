@@ -1,20 +1,11 @@
 """Eager code calls the kernel wrappers' implementations directly; torch.compile sees the custom ops
 (turbovid/ops/dispatch.py). Each check runs in a fresh interpreter: what matters is what a new
 process imports."""
-import os
-import subprocess
-import sys
-import textwrap
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from interpreter_helpers import run_fresh
 
 
 def _run(code: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_fresh(code, timeout=600)
 
 
 def test_an_eager_video_never_imports_torch_dynamo():

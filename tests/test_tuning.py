@@ -2,22 +2,9 @@
 
 Each check runs in a subprocess: importing triton here would decide the JIT-vs-interpreter choice for
 the test modules that need the interpreter."""
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(code: str, *args: str, **env) -> str:
-    full = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          env=full, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+from interpreter_helpers import run_fresh as _run
 
 
 FAKE = """
