@@ -55,23 +55,25 @@ def _host_buffer(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8)
 
 
+def _frames_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """uint8 host memory for videos decoded on `device`: page-locked for a GPU's copies."""
+    if torch.device(device).type != "cuda":
+        return torch.empty(shape, dtype=torch.uint8)
+    with torch.cuda.device(device):  # on a helper thread, the current device is the pipeline's
+        return _host_buffer(shape)
+
+
 _pinner: Optional[ThreadPoolExecutor] = None
 
 
 def host_buffer_ahead(shape: tuple[int, ...], device: torch.device) -> Future:
-    """_host_buffer(shape) on a helper thread, for a video still being generated. A fresh page-locked
+    """_frames_buffer(shape, device) on a helper thread, for a video still being generated. A fresh page-locked
     block took 82 ms for a 480p video and 158 ms at 720p on an H100 host (a cached one 0.01 ms): on
     the pipeline's critical path in every one-shot CLI run, off it while the GPU samples."""
     global _pinner
     if _pinner is None:
         _pinner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turbovid-pin")
-
-    def allocate() -> torch.Tensor:
-        if torch.device(device).type != "cuda":
-            return torch.empty(shape, dtype=torch.uint8)
-        with torch.cuda.device(device):  # the helper thread's current device is the pipeline's
-            return _host_buffer(shape)
-    return _pinner.submit(allocate)
+    return _pinner.submit(_frames_buffer, shape, device)
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -110,7 +112,7 @@ class HostFrames:
             if tuple(self.host.shape) != shape:
                 raise ValueError(f"host buffer of shape {tuple(self.host.shape)} for videos of shape {shape}")
         else:
-            self.host = _host_buffer(shape) if self.device.type == "cuda" else torch.empty(shape, dtype=torch.uint8)
+            self.host = _frames_buffer(shape, self.device)
         self.sink = sink
 
     def put(self, sample: int, first: int, chunk: torch.Tensor) -> None:
