@@ -7,13 +7,19 @@ Runs the 1.3B pipeline with random weights (umT5-XXL, sagesla+fp8, 4 rCM steps, 
 twice with the same empty TRITON_CACHE_DIR: the first process pays the compiles, the second shows a
 warm disk cache (what every later CLI run sees).
 
-    TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8]
+    TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8] [--release-text-encoder]
+        [--profile FILE]
+
+--release-text-encoder does what the CLI does (frees umT5 after encoding); each call's peak GPU memory
+is printed. --profile writes a cProfile of the first call (cumulative order) to FILE.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -26,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quant", default="fp8", choices=("fp8", "int8"))
+    ap.add_argument("--release-text-encoder", action="store_true", help="as the CLI: free umT5 after encoding")
+    ap.add_argument("--profile", help="write a cProfile of the first generate() here (text, cumulative)")
     args = ap.parse_args()
     from turbovid.bench.cases import build_dit, default_dtype_device, quantize
     from turbovid.configs import T5_PRESETS, VAE_PRESETS
@@ -43,15 +51,27 @@ def main() -> None:
         text_encoder = build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0)
         vae = build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0)
     pipe = Pipeline(make_fast(dit), text_encoder, vae, device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
+    pipe.release_text_encoder = args.release_text_encoder
     build_s = time.perf_counter() - t0
     req = GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution="480p", num_steps=4, seed=0)
     calls = []
-    for _ in range(2):
+    for i in range(1 if args.release_text_encoder else 2):  # a released encoder allows one video
+        torch.cuda.reset_peak_memory_stats()
+        profiler = cProfile.Profile() if args.profile and i == 0 else None
         t0 = time.perf_counter()
+        if profiler:
+            profiler.enable()
         result = pipe.generate(req)
-        calls.append({"wall_s": round(time.perf_counter() - t0, 3),
-                      **{f"{k}_s": round(result.timings[k], 3) for k in ("text_encoding", "sampling", "vae_decode", "total")}})
-    print(json.dumps({"quant": args.quant, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
+        wall = time.perf_counter() - t0
+        if profiler:
+            profiler.disable()
+            with open(args.profile, "w") as f:
+                pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(80)
+        calls.append({"wall_s": round(wall, 3),
+                      **{f"{k}_s": round(result.timings[k], 3) for k in ("text_encoding", "sampling", "vae_decode", "total")},
+                      "steps_s": [round(s, 3) for s in result.timings["steps"]],
+                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+    print(json.dumps({"quant": args.quant, "release_text_encoder": args.release_text_encoder, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
                       "cache_files_after": sum(len(f) for _, _, f in os.walk(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))),
                       "build_random_weights_s": round(build_s, 1), "generate": calls}))
 
