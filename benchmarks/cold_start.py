@@ -8,10 +8,11 @@ twice with the same empty TRITON_CACHE_DIR: the first process pays the compiles,
 warm disk cache (what every later CLI run sees).
 
     TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8] [--release-text-encoder]
-        [--profile FILE]
+        [--profile FILE] [--prewarm]
 
 --release-text-encoder does what the CLI does (frees umT5 after encoding); each call's peak GPU memory
-is printed. --profile writes a cProfile of the first call (cumulative order) to FILE.
+is printed. --profile writes a cProfile of the first call (cumulative order) to FILE. --prewarm starts
+turbovid.prewarm before the weights are built, as Pipeline.from_options does before it loads them.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--quant", default="fp8", choices=("fp8", "int8"))
     ap.add_argument("--release-text-encoder", action="store_true", help="as the CLI: free umT5 after encoding")
     ap.add_argument("--profile", help="write a cProfile of the first generate() here (text, cumulative)")
+    ap.add_argument("--prewarm", action="store_true", help="start turbovid.prewarm before building, as loading does")
     args = ap.parse_args()
     from turbovid.bench.cases import build_dit, default_dtype_device, quantize
     from turbovid.configs import T5_PRESETS, VAE_PRESETS
@@ -41,23 +43,32 @@ def main() -> None:
     from turbovid.models.t5 import build_text_encoder
     from turbovid.models.vae import build_vae
     from turbovid.pipeline import GenerationRequest, Pipeline
+    from turbovid.prewarm import Prewarm
 
     dev, dtype = torch.device("cuda"), torch.bfloat16
     t0 = time.perf_counter()
+    prewarm = Prewarm(dev).start() if args.prewarm else None
     dit = build_dit("Wan2.1-1.3B", dev, dtype)
     quantize(dit, args.quant)
     dit.set_attention("sagesla", 0.1)
     with default_dtype_device(dtype, dev):  # random weights drawn on the GPU (on the CPU this took ~70 s)
-        text_encoder = build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0)
-        vae = build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0)
-    pipe = Pipeline(make_fast(dit), text_encoder, vae, device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
-    pipe.release_text_encoder = args.release_text_encoder
+        # built inside the call: only the pipeline holds them, so a released text encoder is freed
+        pipe = Pipeline(make_fast(dit), build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0),
+                        build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0),
+                        device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
+    del dit
+    torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
+    if prewarm:
+        prewarm.join()
+    waited_s = time.perf_counter() - t0 - build_s
+    pipe.release_text_encoder = args.release_text_encoder
     req = GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution="480p", num_steps=4, seed=0)
     calls = []
     for i in range(1 if args.release_text_encoder else 2):  # a released encoder allows one video
         torch.cuda.reset_peak_memory_stats()
         profiler = cProfile.Profile() if args.profile and i == 0 else None
+        modules = set(sys.modules)
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -66,14 +77,16 @@ def main() -> None:
         if profiler:
             profiler.disable()
             with open(args.profile, "w") as f:
-                pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(80)
+                pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(150)
         calls.append({"wall_s": round(wall, 3),
                       **{f"{k}_s": round(result.timings[k], 3) for k in ("text_encoding", "sampling", "vae_decode", "total")},
                       "steps_s": [round(s, 3) for s in result.timings["steps"]],
-                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                      "modules_imported": sorted(set(sys.modules) - modules)})
     print(json.dumps({"quant": args.quant, "release_text_encoder": args.release_text_encoder, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
                       "cache_files_after": sum(len(f) for _, _, f in os.walk(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))),
-                      "build_random_weights_s": round(build_s, 1), "generate": calls}))
+                      "prewarm": args.prewarm,
+                      "build_random_weights_s": round(build_s, 2), "prewarm_wait_s": round(waited_s, 3), "generate": calls}))
 
 
 if __name__ == "__main__":

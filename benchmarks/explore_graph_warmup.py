@@ -6,6 +6,8 @@ weights; each trial resets the wrapper and times 4 calls (one video's sampling),
 
     python3 benchmarks/explore_graph_warmup.py [--trials 3] [--out r.json]
 
+It also times 4 eager calls of the same fused kernels (no graph), after the captured ones.
+
 Result (H100, results/2026-11-26-explore-graph-warmup-h100.json): 0.870 s for the 4 calls now against
 1.197 s before (medians of 3, alternated), 0.697 s once captured; the eager first call's output is
 bit-identical to the replays'.
@@ -90,10 +92,20 @@ def main() -> None:
     for _ in range(4):  # what every later video's sampling pays
         runner(lat, t, ctx)
     torch.cuda.synchronize()
+    replays = time.perf_counter() - t0
+    eager = []  # the same fused kernels without a graph: what a graph saves per forward
+    for _ in range(args.trials):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            runner._fn(lat, t, ctx)
+        torch.cuda.synchronize()
+        eager.append(time.perf_counter() - t0)
     out = {"device": torch.cuda.get_device_name(), "same_outputs": same,
            **{f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()},
            **{f"{k}_all": [round(x, 4) for x in v] for k, v in times.items()},
-           "four_replays_s": round(time.perf_counter() - t0, 4)}
+           "four_replays_s": round(replays, 4), "four_eager_s": round(statistics.median(eager), 4),
+           "four_eager_all": [round(x, 4) for x in eager]}
     print(out, flush=True)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")

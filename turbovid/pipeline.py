@@ -28,6 +28,7 @@ from turbovid.options import (
     ASPECT_RATIOS, ATTENTIONS, DTYPES, QUANTS, RESOLUTIONS, SAMPLERS, VAE_TILING, WAN_NEGATIVE_PROMPT,
     GenerationRequest, PipelineOptions,
 )
+from turbovid.prewarm import Prewarm
 from turbovid.sampling import RCM_MAX_STEPS, cfg_velocity, sample_flow_euler, sample_rcm
 
 log = logging.getLogger("turbovid.pipeline")
@@ -251,6 +252,8 @@ class Pipeline:
         start = time.perf_counter()
         check_options(opts)
         device = _resolve_device(opts.device)
+        # the first video's one-time work that needs no weights, done beside the checkpoint reads
+        prewarm = Prewarm(device).start()
         dtype = _resolve_dtype(opts.dtype, device)
         attention = cls._pick_attention(opts, device)
         fp8 = opts.quant == "fp8"
@@ -306,6 +309,7 @@ class Pipeline:
                 "checkpoints": {k: str(v) for k, v in paths.items()},
             },
         )
+        prewarm.join()
         pipe.load_seconds = time.perf_counter() - start
         return pipe
 
