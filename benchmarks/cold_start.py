@@ -7,11 +7,11 @@ Runs the 1.3B pipeline with random weights (umT5-XXL, sagesla+fp8, 4 rCM steps, 
 twice with the same empty TRITON_CACHE_DIR: the first process pays the compiles, the second shows a
 warm disk cache (what every later CLI run sees).
 
-    TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8] [--release-text-encoder]
+    TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8] [--one-request]
         [--profile FILE] [--prewarm]
 
---release-text-encoder does what the CLI does (frees umT5 after encoding); each call's peak GPU memory
-is printed. --profile writes a cProfile of the first call (cumulative order) to FILE. --prewarm starts
+--one-request sets the pipeline up as the CLI does (Pipeline.for_one_request: umT5 freed after encoding,
+no CUDA graph); each call's peak GPU memory is printed. --profile writes a cProfile of the first call (cumulative order) to FILE. --prewarm starts
 turbovid.prewarm before the weights are built, as Pipeline.from_options does before it loads them.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quant", default="fp8", choices=("fp8", "int8"))
-    ap.add_argument("--release-text-encoder", action="store_true", help="as the CLI: free umT5 after encoding")
+    ap.add_argument("--one-request", action="store_true", help="as the CLI: Pipeline.for_one_request()")
     ap.add_argument("--profile", help="write a cProfile of the first generate() here (text, cumulative)")
     ap.add_argument("--prewarm", action="store_true", help="start turbovid.prewarm before building, as loading does")
     args = ap.parse_args()
@@ -42,12 +42,13 @@ def main() -> None:
     from turbovid.fast import make_fast
     from turbovid.models.t5 import build_text_encoder
     from turbovid.models.vae import build_vae
-    from turbovid.pipeline import GenerationRequest, Pipeline
+    from turbovid.pipeline import GenerationRequest, Pipeline, PipelineOptions
     from turbovid.prewarm import Prewarm
 
     dev, dtype = torch.device("cuda"), torch.bfloat16
     t0 = time.perf_counter()
-    prewarm = Prewarm(dev).start() if args.prewarm else None
+    tasks = Pipeline._prewarm_tasks(PipelineOptions(quant=args.quant), dev, dtype)
+    prewarm = Prewarm(dev, tasks).start() if args.prewarm else None
     dit = build_dit("Wan2.1-1.3B", dev, dtype)
     quantize(dit, args.quant)
     dit.set_attention("sagesla", 0.1)
@@ -62,10 +63,11 @@ def main() -> None:
     if prewarm:
         prewarm.join()
     waited_s = time.perf_counter() - t0 - build_s
-    pipe.release_text_encoder = args.release_text_encoder
+    if args.one_request:
+        pipe.for_one_request()
     req = GenerationRequest(prompt="A red fox trotting through fresh snow at dawn", resolution="480p", num_steps=4, seed=0)
     calls = []
-    for i in range(1 if args.release_text_encoder else 2):  # a released encoder allows one video
+    for i in range(1 if args.one_request else 2):  # a released encoder allows one video
         torch.cuda.reset_peak_memory_stats()
         profiler = cProfile.Profile() if args.profile and i == 0 else None
         modules = set(sys.modules)
@@ -83,7 +85,7 @@ def main() -> None:
                       "steps_s": [round(s, 3) for s in result.timings["steps"]],
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "modules_imported": sorted(set(sys.modules) - modules)})
-    print(json.dumps({"quant": args.quant, "release_text_encoder": args.release_text_encoder, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
+    print(json.dumps({"quant": args.quant, "one_request": args.one_request, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
                       "cache_files_after": sum(len(f) for _, _, f in os.walk(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))),
                       "prewarm": args.prewarm,
                       "build_random_weights_s": round(build_s, 2), "prewarm_wait_s": round(waited_s, 3), "generate": calls}))

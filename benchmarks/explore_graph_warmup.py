@@ -4,7 +4,7 @@ call eagerly (its result used) and captures on the second; before, the first cal
 warm-up forwards on a side stream, then captured and replayed. 1.3B sagesla+fp8 at 480p, random
 weights; each trial resets the wrapper and times 4 calls (one video's sampling), alternating.
 
-    python3 benchmarks/explore_graph_warmup.py [--trials 3] [--out r.json]
+    python3 benchmarks/explore_graph_warmup.py [--trials 3] [--quant fp8|int8] [--out r.json]
 
 It also times 4 eager calls of the same fused kernels (no graph), after the captured ones.
 
@@ -54,11 +54,12 @@ def _replay_before(self, key, latents, timesteps, context):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--quant", default="fp8", choices=("fp8", "int8"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     dit = build_dit("Wan2.1-1.3B", dev, dtype)
-    quantize(dit, "fp8")
+    quantize(dit, args.quant)
     dit.set_attention("sagesla", 0.1)
     runner = make_fast(dit)
     now = runner._replay
@@ -101,7 +102,7 @@ def main() -> None:
             runner._fn(lat, t, ctx)
         torch.cuda.synchronize()
         eager.append(time.perf_counter() - t0)
-    out = {"device": torch.cuda.get_device_name(), "same_outputs": same,
+    out = {"device": torch.cuda.get_device_name(), "quant": args.quant, "same_outputs": same,
            **{f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()},
            **{f"{k}_all": [round(x, 4) for x in v] for k, v in times.items()},
            "four_replays_s": round(replays, 4), "four_eager_s": round(statistics.median(eager), 4),

@@ -131,6 +131,27 @@ def test_one_request_pipeline_lets_go_of_the_text_encoder():
     assert kept.text_encoder is not None
 
 
+@pytest.mark.parametrize("sampler, graph_after", [("rcm", False), ("euler", True)])
+def test_for_one_request_frees_the_encoder_and_skips_the_graph_for_few_steps(sampler, graph_after):
+    pipe = fake_pipeline(sampler=sampler, settings={"cuda_graph": True})
+    pipe.dit.graph = True  # as GraphedDiT: capture on the second call of a shape
+    pipe.for_one_request()
+    assert pipe.release_text_encoder
+    assert pipe.dit.graph is graph_after and pipe.settings["cuda_graph"] is graph_after
+
+
+def test_cli_sets_the_pipeline_up_for_one_request(monkeypatch, tmp_path):
+    from turbovid import cli
+
+    calls = []
+    real = Pipeline.for_one_request
+    monkeypatch.setattr(Pipeline, "for_one_request", lambda self: (calls.append(self), real(self))[1])
+    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, *a, **kw: fake_pipeline()))
+    assert cli.main(["generate", "--prompt", "a fox", "--output", str(tmp_path / "a.mp4"), "--quiet",
+                     "--num_frames", "5", "--resolution", "480p"]) == 0
+    assert len(calls) == 1 and calls[0].text_encoder is None
+
+
 def test_offload_moves_models_only_while_used():
     enc = FakeTextEncoder()
     pipe = Pipeline(FakeDiT(), enc, FakeVAE(), offload=True)

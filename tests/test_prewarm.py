@@ -57,14 +57,14 @@ def test_errors_are_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setattr(prewarm, "_work", boom)
     with caplog.at_level(logging.DEBUG, logger="turbovid.prewarm"):
         prewarm.Prewarm(torch.device("cuda")).start().join()
-    assert "prewarm skipped: no driver" in caplog.text
+    assert "prewarm step skipped: RuntimeError: no driver" in caplog.text
 
 
 def test_loading_starts_the_prewarm_first_and_waits_for_it(monkeypatch):
     events = []
 
     class Recorder:
-        def __init__(self, device):
+        def __init__(self, device, tasks=()):
             events.append(("init", device.type))
 
         def start(self):
@@ -84,3 +84,45 @@ def test_loading_starts_the_prewarm_first_and_waits_for_it(monkeypatch):
     monkeypatch.setattr(Pipeline, "_build_tiny", staticmethod(build))
     Pipeline.from_options(PipelineOptions(model="tiny-random", device="cpu"))
     assert events == [("init", "cpu"), "start", "load", "join"]
+
+
+def test_tasks_run_after_the_common_work_and_one_failing_skips_only_itself(monkeypatch):
+    order = []
+    monkeypatch.setattr(prewarm, "_work", lambda device: order.append("common"))
+
+    def bad():
+        raise ValueError("no fp8 here")
+
+    prewarm.Prewarm(torch.device("cuda"), [lambda: order.append("a"), bad, lambda: order.append("b")]).start().join()
+    assert order == ["common", "a", "b"]
+    order.clear()
+    prewarm.Prewarm(torch.device("cpu"), [lambda: order.append("a")]).start().join()
+    assert order == ["common"]  # model tasks warm GPU kernels only
+
+
+def test_pipeline_prewarm_tasks(monkeypatch):
+    from turbovid.models import t5
+    from turbovid.ops.quant import fp8_cublas
+
+    seen = []
+    monkeypatch.setattr(t5, "warm_up_kernels", lambda device, dtype: seen.append(("t5", device.type, dtype)))
+    monkeypatch.setattr(fp8_cublas, "available", lambda device: seen.append(("fp8", device.type)))
+    dev = torch.device("cuda")
+    for quant in ("none", "int8", "fp8"):
+        for task in Pipeline._prewarm_tasks(PipelineOptions(quant=quant), dev, torch.bfloat16):
+            task()
+    assert seen == [("t5", "cuda", torch.bfloat16)] * 3 + [("fp8", "cuda")]
+
+
+def test_text_encoder_warm_up_runs_the_real_encoders_ops(monkeypatch):
+    from turbovid.configs import T5_PRESETS
+    from turbovid.models import t5
+
+    built = []
+    real = t5.build_text_encoder
+    monkeypatch.setattr(t5, "build_text_encoder", lambda cfg, *a, **kw: built.append(cfg) or real(cfg, *a, **kw))
+    t5.warm_up_kernels(torch.device("cpu"), torch.float32)
+    (cfg,) = built
+    xxl = T5_PRESETS["umt5-xxl"]
+    assert cfg.dim_attn // cfg.num_heads == xxl.dim_attn // xxl.num_heads  # same attention kernels
+    assert cfg.text_len == xxl.text_len and cfg.num_layers == 1

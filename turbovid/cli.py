@@ -169,7 +169,7 @@ def run_generate(args: argparse.Namespace) -> int:
     bars = _Bars(enabled=not args.quiet)
     try:
         pipe = Pipeline.from_options(options, progress=bars, resolution=request.resolution)
-        pipe.release_text_encoder = True  # one request: sampling and the decode get its memory
+        pipe.for_one_request()  # frees the text encoder after encoding; no CUDA graph for a few forwards
         result, writers = pipe.generate_into(request, paths, progress=bars)
     finally:
         bars.close()

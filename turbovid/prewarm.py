@@ -11,14 +11,23 @@ import importlib
 import importlib.util
 import logging
 import threading
+from typing import Callable, Sequence
 
 import torch
 
 log = logging.getLogger("turbovid.prewarm")
 
-# Imported by the first launch of a Triton kernel, even one loaded from the cache. (Modules the loading
-# thread imports itself stay off this list: two threads importing one module would just wait.)
-MODULES = ("triton.compiler.code_generator",)
+# Imported by the first launch of a Triton kernel (even one loaded from the cache) and, lazily, by the
+# first video (measured: cold_start.py's "modules_imported"). A module the loading thread imports too
+# just makes one of the two wait.
+MODULES = (
+    "triton.compiler.code_generator",
+    "turbovid.models.vae_fast",
+    "turbovid.models.vae_tiling",
+    "turbovid.ops.interleave",
+    "turbovid.ops.quant.fp8_cublas",
+    "turbovid.ops.rms_silu",
+)
 
 
 def _triton_key() -> None:
@@ -33,6 +42,9 @@ def _work(device: torch.device) -> None:
     if device.type != "cuda" or importlib.util.find_spec("triton") is None:
         return  # the PyTorch paths run: nothing to warm
     _triton_key()
+    from triton.runtime import driver
+
+    driver.active.get_current_device()  # loads Triton's compiled CUDA helpers (cuda_utils)
     for name in MODULES:
         importlib.import_module(name)
     # The CUDA context and a cuBLAS handle: a helper thread's handle goes back to PyTorch's pool when
@@ -42,17 +54,22 @@ def _work(device: torch.device) -> None:
 
 
 class Prewarm:
-    """start() at the beginning of loading; join() before the first video (waits only if still busy)."""
+    """start() at the beginning of loading; join() before the first video (waits only if still busy).
 
-    def __init__(self, device: torch.device):
+    tasks: more of the same for the models being loaded (e.g. the text encoder's op kernels), run after
+    the common work, on CUDA devices only."""
+
+    def __init__(self, device: torch.device, tasks: Sequence[Callable[[], object]] = ()):
         self.device = device
+        self.tasks = list(tasks)
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        try:
-            _work(self.device)
-        except Exception as e:  # an optimisation only: the first video does this work itself
-            log.debug("prewarm skipped: %s", e)
+        for task in [lambda: _work(self.device)] + (self.tasks if self.device.type == "cuda" else []):
+            try:
+                task()
+            except Exception as e:  # an optimisation only: the first video does this work itself
+                log.debug("prewarm step skipped: %s: %s", type(e).__name__, e)
 
     def start(self) -> "Prewarm":
         if self._thread is None:
