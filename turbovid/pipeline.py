@@ -476,12 +476,26 @@ class Pipeline:
             raise
         return result, writers
 
-    @torch.inference_mode()
     def generate(self, request: GenerationRequest | None = None, progress: Progress | None = None,
                  on_frames: FrameSink | None = None) -> GenerationResult:
         """One batch of videos. on_frames(sample, frames, wait) receives each sample's uint8 frames
         [t, H, W, 3] in order while the VAE decodes the rest (readable once wait() returns), so a
         VideoWriter can encode during the decode; the result holds every frame either way."""
+        with self._kernel_recording():  # the Triton kernels it loads, for the next process to load ahead
+            return self._generate(request, progress, on_frames)
+
+    def _kernel_recording(self):
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        try:
+            from turbovid.ops import preload
+        except ImportError:  # no Triton
+            return contextlib.nullcontext()
+        return preload.recording()
+
+    @torch.inference_mode()
+    def _generate(self, request: GenerationRequest | None, progress: Progress | None,
+                  on_frames: FrameSink | None) -> GenerationResult:
         req = self.resolve(request or GenerationRequest())
         step = progress or (lambda *a: None)
         width, height = self.frame_size(req)

@@ -1,9 +1,11 @@
 """One-time work of a process's first video, started on a helper thread while the weights load.
 
 A fresh process's first video waited ~0.35 s for Triton to hash its own sources and libtriton
-(`triton_key()`, the prefix of every kernel's cache key, computed once per process) and ~0.1 s for
-modules the first kernel launch imports. None of it needs the weights, so it runs beside the
-checkpoint reads. Nothing here is required: on any error the first call does the work as before.
+(`triton_key()`, the prefix of every kernel's cache key, computed once per process), ~0.1 s for
+modules the first kernel launch imports, ~0.24 s to load its Triton kernels from the disk cache
+(turbovid.ops.preload) and ~0.3 s for the text encoder's first kernel loads. None of it needs the
+weights, so it runs beside the checkpoint reads. Nothing here is required: on any error the first
+call does the work as before.
 """
 from __future__ import annotations
 
@@ -41,12 +43,16 @@ def _triton_key() -> None:
 def _work(device: torch.device) -> None:
     if device.type != "cuda" or importlib.util.find_spec("triton") is None:
         return  # the PyTorch paths run: nothing to warm
+    torch.cuda.set_device(device)  # this thread's current device: where the kernels below are loaded
     _triton_key()
     from triton.runtime import driver
 
     driver.active.get_current_device()  # loads Triton's compiled CUDA helpers (cuda_utils)
     for name in MODULES:
         importlib.import_module(name)
+    from turbovid.ops import preload
+
+    log.debug("%d Triton kernels loaded ahead", preload.load_all())
     # The CUDA context and a cuBLAS handle: a helper thread's handle goes back to PyTorch's pool when
     # the thread ends, where the main thread finds it.
     a = torch.ones(16, 16, device=device, dtype=torch.bfloat16)
