@@ -126,3 +126,28 @@ def test_text_encoder_warm_up_runs_the_real_encoders_ops(monkeypatch):
     xxl = T5_PRESETS["umt5-xxl"]
     assert cfg.dim_attn // cfg.num_heads == xxl.dim_attn // xxl.num_heads  # same attention kernels
     assert cfg.text_len == xxl.text_len and cfg.num_layers == 1
+
+
+def test_each_common_step_runs_even_when_an_earlier_one_fails(monkeypatch, caplog):
+    pytest.importorskip("triton")
+    ran = []
+
+    def failing(name):
+        def step(*a):
+            ran.append(name)
+            raise RuntimeError(name)
+        return step
+
+    monkeypatch.setattr(prewarm, "_triton_key", failing("key"))
+    monkeypatch.setattr(prewarm, "_load_driver", failing("driver"))
+    monkeypatch.setattr(prewarm, "_import_modules", lambda: ran.append("modules"))
+    monkeypatch.setattr(prewarm, "_preload", lambda: ran.append("preload"))
+    monkeypatch.setattr(prewarm, "_cublas", lambda device: ran.append(("cublas", str(device))))
+    monkeypatch.setattr(torch.cuda, "set_device", failing("set_device"))
+    with caplog.at_level(logging.DEBUG, logger="turbovid.prewarm"):
+        prewarm._work(torch.device("cuda:1"))
+    assert ran == ["set_device", "key", "driver", "modules", "preload", ("cublas", "cuda:1")]
+    assert "prewarm step skipped: RuntimeError: driver" in caplog.text
+    ran.clear()
+    prewarm._work(torch.device("cuda"))  # no index: the thread keeps the default device
+    assert ran[0] == "key"

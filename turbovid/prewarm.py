@@ -40,23 +40,42 @@ def _triton_key() -> None:
     triton_key()  # lru_cached: later cache-key computations reuse it
 
 
-def _work(device: torch.device) -> None:
-    if device.type != "cuda" or importlib.util.find_spec("triton") is None:
-        return  # the PyTorch paths run: nothing to warm
-    torch.cuda.set_device(device)  # this thread's current device: where the kernels below are loaded
-    _triton_key()
+def _load_driver() -> None:
     from triton.runtime import driver
 
     driver.active.get_current_device()  # loads Triton's compiled CUDA helpers (cuda_utils)
+
+
+def _import_modules() -> None:
     for name in MODULES:
         importlib.import_module(name)
+
+
+def _preload() -> None:
     from turbovid.ops import preload
 
     log.debug("%d Triton kernels loaded ahead", preload.load_all())
+
+
+def _cublas(device: torch.device) -> None:
     # The CUDA context and a cuBLAS handle: a helper thread's handle goes back to PyTorch's pool when
     # the thread ends, where the main thread finds it.
     a = torch.ones(16, 16, device=device, dtype=torch.bfloat16)
     (a @ a).sum().item()
+
+
+def _work(device: torch.device) -> None:
+    if device.type != "cuda" or importlib.util.find_spec("triton") is None:
+        return  # the PyTorch paths run: nothing to warm
+    steps: list[Callable[[], object]] = []
+    if device.index is not None:  # this thread's current device: where the kernels are loaded
+        steps.append(lambda: torch.cuda.set_device(device))
+    steps += [_triton_key, _load_driver, _import_modules, _preload, lambda: _cublas(device)]
+    for step in steps:  # each on its own: one that fails (another Triton version) skips only itself
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001
+            log.debug("prewarm step skipped: %s: %s", type(e).__name__, e)
 
 
 class Prewarm:
