@@ -170,6 +170,21 @@ def test_padding_does_not_change_valid_positions(diffusers_root):
     assert raw[:, 9:].abs().sum() > 0  # the network's own output there is not zero: the zeroing is ours
 
 
+def test_only_the_prompts_tokens_are_encoded(diffusers_root):
+    te = load_text_encoder(diffusers_root, tokenizer="byte")
+    ids, mask = random_batch([9, 4], 9)
+    ids, mask = torch.nn.functional.pad(ids, (0, 23)), torch.nn.functional.pad(mask, (0, 23))  # 32 positions
+    seen = []
+    te.model.token_embedding.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    out = te.encode_ids(ids, mask)
+    assert seen == [(2, 9)] and out.shape == (2, 32, DIM)  # the longest prompt's 9 tokens, not 32
+    full = te.model(ids, mask)  # all positions, as the reference encodes them
+    keep = mask.bool()
+    assert rel_l2(out[keep], full[keep]) < 1e-6 and torch.all(out[~keep] == 0)
+    none = te.encode_ids(ids, torch.zeros_like(mask))  # no token at all: one position runs, all zero
+    assert seen[-1] == (2, 1) and none.shape == (2, 32, DIM) and torch.all(none == 0)
+
+
 def test_encode_prompts_matches_encode_ids_and_transformers(diffusers_root, hf_model):
     te = turbovid.load_text_encoder(diffusers_root)  # public API; tokenizer/ beside text_encoder/ by default
     assert te.tokenizer.source == str(diffusers_root / "tokenizer")
@@ -179,7 +194,11 @@ def test_encode_prompts_matches_encode_ids_and_transformers(diffusers_root, hf_m
     ids, mask = te.tokenizer(prompts)
     assert torch.equal(out, te.encode_ids(ids, mask))
     check_parity(te, hf_model, ids, mask)
-    assert torch.equal(te.encode(["a dog & a fox"]), out[1:])  # cleaning happened before tokenizing
+    # cleaning happened before tokenizing: the same tokens, so the same embedding (to rounding: alone,
+    # the prompt's own length is encoded rather than the batch's longest)
+    one_ids, one_mask = te.tokenizer(["a dog & a fox"])
+    assert torch.equal(one_ids, ids[1:]) and torch.equal(one_mask, mask[1:])
+    assert rel_l2(te.encode(["a dog & a fox"]), out[1:]) < 1e-6
 
 
 @pytest.mark.parametrize("layout", ["google/umt5-xxl", "umt5-xxl"])  # Wan's repo, turbovid's checkpoint folder

@@ -220,10 +220,17 @@ class TextEncoder:
         lo, hi = int(input_ids.min()), int(input_ids.max())  # one sync per call, spares a device-side assert
         if lo < 0 or hi >= self.model.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.model.cfg.vocab_size}); got [{lo}, {hi}]")
-        ids = input_ids.to(self.device, torch.long)
-        mask = attention_mask.to(self.device)
+        # Only the positions up to the batch's last token are encoded: every token's attention masks
+        # the padded keys out, and padded rows are zero in the result anyway, so the values are the
+        # same (to rounding) as encoding all text_len (512) positions, for a fraction of the work (a
+        # prompt is typically 20-100 tokens).
+        used = attention_mask.bool().any(0).nonzero()
+        n = int(used.max()) + 1 if len(used) else 1
+        ids = input_ids[:, :n].to(self.device, torch.long)
+        mask = attention_mask[:, :n].to(self.device)
         out = self.model(ids, mask)
-        return torch.where(mask.bool()[..., None], out, out.new_zeros(()))
+        out = torch.where(mask.bool()[..., None], out, out.new_zeros(()))
+        return torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - n))
 
 
 def warm_up_kernels(device, dtype: torch.dtype) -> None:
