@@ -8,7 +8,7 @@ twice with the same empty TRITON_CACHE_DIR: the first process pays the compiles,
 warm disk cache (what every later CLI run sees).
 
     TRITON_CACHE_DIR=/tmp/tc python3 benchmarks/cold_start.py [--quant fp8|int8] [--one-request]
-        [--profile FILE] [--prewarm]
+        [--profile FILE] [--prewarm] [--text-encoder-cpu]
 
 --one-request sets the pipeline up as the CLI does (Pipeline.for_one_request: umT5 freed after encoding,
 no CUDA graph); each call's peak GPU memory is printed. --profile writes a cProfile of the first call (cumulative order) to FILE. --prewarm starts
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--one-request", action="store_true", help="as the CLI: Pipeline.for_one_request()")
     ap.add_argument("--profile", help="write a cProfile of the first generate() here (text, cumulative)")
     ap.add_argument("--prewarm", action="store_true", help="start turbovid.prewarm before building, as loading does")
+    ap.add_argument("--text-encoder-cpu", action="store_true", help="umT5 on the CPU (--text-encoder-cpu)")
     args = ap.parse_args()
     from turbovid.bench.cases import build_dit, default_dtype_device, quantize
     from turbovid.configs import T5_PRESETS, VAE_PRESETS
@@ -47,7 +48,7 @@ def main() -> None:
 
     dev, dtype = torch.device("cuda"), torch.bfloat16
     t0 = time.perf_counter()
-    tasks = Pipeline._prewarm_tasks(PipelineOptions(quant=args.quant), dev, dtype)
+    tasks = Pipeline._prewarm_tasks(PipelineOptions(quant=args.quant, text_encoder_cpu=args.text_encoder_cpu), dev, dtype)
     prewarm = Prewarm(dev, tasks).start() if args.prewarm else None
     dit = build_dit("Wan2.1-1.3B", dev, dtype)
     quantize(dit, args.quant)
@@ -56,7 +57,8 @@ def main() -> None:
         # built inside the call: only the pipeline holds them, so a released text encoder is freed
         pipe = Pipeline(make_fast(dit), build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=dev, dtype=dtype, seed=0),
                         build_vae(VAE_PRESETS["wan2.1"], device=dev, dtype=dtype, seed=0),
-                        device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B")
+                        device=dev, dtype=dtype, sampler="rcm", model_name="Wan2.1-1.3B",
+                        text_encoder_cpu=args.text_encoder_cpu)
     del dit
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
@@ -85,7 +87,7 @@ def main() -> None:
                       "steps_s": [round(s, 3) for s in result.timings["steps"]],
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "modules_imported": sorted(set(sys.modules) - modules)})
-    print(json.dumps({"quant": args.quant, "one_request": args.one_request, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
+    print(json.dumps({"quant": args.quant, "one_request": args.one_request, "text_encoder_cpu": args.text_encoder_cpu, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "~/.triton/cache"),
                       "cache_files_after": sum(len(f) for _, _, f in os.walk(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))),
                       "prewarm": args.prewarm,
                       "build_random_weights_s": round(build_s, 2), "prewarm_wait_s": round(waited_s, 3), "generate": calls}))

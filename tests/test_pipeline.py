@@ -167,6 +167,35 @@ def test_offload_moves_models_only_while_used():
     assert enc.devices == []
 
 
+@pytest.mark.parametrize("offload", [False, True])
+def test_text_encoder_cpu_keeps_the_encoder_on_the_cpu_and_encodes_there(offload):
+    enc = FakeTextEncoder()
+    pipe = Pipeline(FakeDiT(), enc, FakeVAE(), device="meta", offload=offload, text_encoder_cpu=True)
+    assert enc.devices == ["cpu"] and pipe.settings["text_encoder_cpu"] is True
+    dit_devices = {p.device.type for p in pipe.dit.parameters()}
+    assert dit_devices == {"cpu" if offload else "meta"}  # the others go where they would anyway
+    with pipe._on_device(enc, stays=pipe.text_encoder_cpu):
+        pass
+    assert enc.devices == ["cpu"]  # not moved to the GPU for encoding, even with --offload
+    # the context it encodes on the CPU reaches the DiT on the pipeline's device
+    cpu_pipe = fake_pipeline(text_encoder_cpu=True)
+    cpu_pipe.generate(GenerationRequest(seed=1, **SMALL))
+    assert cpu_pipe.text_encoder.prompts and cpu_pipe.dit.calls
+
+
+def test_text_encoder_cpu_from_options_and_cli(monkeypatch, tmp_path):
+    pipe = Pipeline.from_options(PipelineOptions(model="tiny-random", device="cpu", text_encoder_cpu=True))
+    assert pipe.text_encoder_cpu and pipe.text_encoder.device.type == "cpu"
+    from turbovid import cli
+
+    seen = []
+    monkeypatch.setattr(Pipeline, "from_options", classmethod(lambda cls, opts, **kw: seen.append(opts) or fake_pipeline()))
+    assert cli.main(["generate", "--text-encoder-cpu", "--quiet", "--output", str(tmp_path / "a.mp4"),
+                     "--num_frames", "5"]) == 0
+    assert seen[0].text_encoder_cpu is True
+    assert Pipeline._prewarm_tasks(seen[0], torch.device("cuda"), torch.bfloat16) == []  # no GPU kernels to warm
+
+
 def test_cuda_oom_becomes_a_one_line_suggestion():
     pipe = fake_pipeline()
 

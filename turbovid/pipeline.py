@@ -216,6 +216,7 @@ class Pipeline:
         dtype: torch.dtype = torch.float32,
         sampler: str = "rcm",
         offload: bool = False,
+        text_encoder_cpu: bool = False,
         vae_tiling: str = "auto",
         model_name: str = "custom",
         settings: dict | None = None,
@@ -225,6 +226,7 @@ class Pipeline:
         self.dit, self.text_encoder, self.vae = dit, text_encoder, vae
         self.device, self.dtype = torch.device(device), dtype
         self.sampler, self.offload, self.vae_tiling = sampler, offload, vae_tiling
+        self.text_encoder_cpu = text_encoder_cpu
         self.model_name = model_name
         self.load_seconds = 0.0
         # One request only (the CLI): let go of the text encoder once it has encoded the prompt, so its
@@ -232,11 +234,12 @@ class Pipeline:
         self.release_text_encoder = False
         self.settings = {
             "model": model_name, "sampler": sampler, "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
-            "offload": offload, "vae_tiling": vae_tiling, **(settings or {}),
+            "offload": offload, "text_encoder_cpu": text_encoder_cpu, "vae_tiling": vae_tiling, **(settings or {}),
         }
         home = torch.device("cpu") if offload else self.device
-        for m in (dit, text_encoder, vae):
+        for m in (dit, vae):
             m.to(home)
+        text_encoder.to(torch.device("cpu") if text_encoder_cpu else home)
         for m in (dit, vae):
             if isinstance(m, torch.nn.Module):
                 m.eval()
@@ -264,11 +267,12 @@ class Pipeline:
         # fp8 starts from float weights (an int8 file is dequantized) and is quantized after loading.
         quant = "int8" if int8 else ("none" if opts.quant in ("none", "fp8") else None)
         home = "cpu" if opts.offload else device
+        text_home = "cpu" if opts.text_encoder_cpu else home
         step = progress or (lambda *a: None)
         try:
             if opts.model == TINY and not any((opts.dit_path, opts.text_encoder_path, opts.vae_path)):
                 log.warning(TINY_NOTE)
-                dit, text_encoder, vae = cls._build_tiny(attention, home, dtype, step)
+                dit, text_encoder, vae = cls._build_tiny(attention, home, text_home, dtype, step)
                 paths = {}
                 if quant == "int8":
                     from turbovid.ops.quant import swap_linears
@@ -277,7 +281,7 @@ class Pipeline:
                         swap_linears(block, skip=("proj_l",))
             else:
                 paths = cls._checkpoint_paths(opts, int8, resolution)
-                dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, dtype, step)
+                dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, text_home, dtype, step)
             if fp8:
                 from turbovid.ops.quant import swap_linears_fp8
 
@@ -286,7 +290,7 @@ class Pipeline:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise OutOfMemory(
-                "CUDA out of memory while loading the models; use --offload, --quant int8 or a smaller --model"
+                "CUDA out of memory while loading the models; use --text-encoder-cpu, --offload, --quant int8 or a smaller --model"
             ) from None
         except (CheckpointError, UsageError):
             raise
@@ -302,6 +306,7 @@ class Pipeline:
             fast = type(dit).__name__ == "GraphedDiT"
         pipe = cls(
             dit, text_encoder, vae, device=device, dtype=dtype, sampler=opts.sampler, offload=opts.offload,
+            text_encoder_cpu=opts.text_encoder_cpu,
             vae_tiling=opts.vae_tiling, model_name=opts.model,
             settings={
                 "attention": attention, "sla_topk": opts.sla_topk, "quant": _quant_of(dit),
@@ -317,7 +322,7 @@ class Pipeline:
     def _prewarm_tasks(opts: PipelineOptions, device: torch.device, dtype: torch.dtype) -> list[Callable[[], object]]:
         from turbovid.models.t5 import warm_up_kernels
 
-        tasks: list[Callable[[], object]] = [lambda: warm_up_kernels(device, dtype)]
+        tasks: list[Callable[[], object]] = [] if opts.text_encoder_cpu else [lambda: warm_up_kernels(device, dtype)]
         if opts.quant == "fp8":
             from turbovid.ops.quant import fp8_cublas
 
@@ -370,7 +375,7 @@ class Pipeline:
         return paths
 
     @staticmethod
-    def _load(opts, paths, attention, quant, home, dtype, step: Progress):
+    def _load(opts, paths, attention, quant, home, text_home, dtype, step: Progress):
         from turbovid.loading import load_dit, load_text_encoder, load_vae
 
         # The DiT first: a checkpoint that does not match --model fails before the 11 GB text encoder loads.
@@ -380,12 +385,12 @@ class Pipeline:
         vae = load_vae(paths["vae"], device=home, dtype=dtype)
         step("load", 2, 3)
         tokenizer = paths.get("tokenizer", "byte" if opts.model == TINY else None)
-        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=home, dtype=dtype)
+        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=text_home, dtype=dtype)
         step("load", 3, 3)
         return dit, text_encoder, vae
 
     @staticmethod
-    def _build_tiny(attention, home, dtype, step: Progress):
+    def _build_tiny(attention, home, text_home, dtype, step: Progress):
         from turbovid.configs import T5_PRESETS, VAE_PRESETS
         from turbovid.loading.dit import build_dit
         from turbovid.models.t5 import build_text_encoder
@@ -393,7 +398,7 @@ class Pipeline:
         from turbovid.models.vae import build_vae
 
         step("load", 0, 3)
-        text_encoder = build_text_encoder(T5_PRESETS[TINY], ByteTokenizer(), device=home, dtype=dtype, seed=0)
+        text_encoder = build_text_encoder(T5_PRESETS[TINY], ByteTokenizer(), device=text_home, dtype=dtype, seed=0)
         step("load", 1, 3)
         dit = build_dit(DIT_PRESETS[TINY], attention=attention, device=home, dtype=dtype, seed=0)
         step("load", 2, 3)
@@ -414,14 +419,16 @@ class Pipeline:
     # ---------------------------------------------------------------- generation
 
     @contextlib.contextmanager
-    def _on_device(self, model):
-        """With --offload, a model visits the GPU only for the duration of the block."""
-        if self.offload:
+    def _on_device(self, model, stays: bool = False):
+        """With --offload, a model visits the GPU only for the duration of the block (unless it stays
+        where it is: the text encoder with text_encoder_cpu)."""
+        move = self.offload and not stays
+        if move:
             model.to(self.device)
         try:
             yield model
         finally:
-            if self.offload:
+            if move:
                 model.to("cpu")
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -511,7 +518,7 @@ class Pipeline:
             if self.text_encoder is None:
                 raise UsageError("this pipeline let go of its text encoder after its first video "
                                  "(release_text_encoder); load a new one for more videos")
-            with self._on_device(self.text_encoder):
+            with self._on_device(self.text_encoder, stays=self.text_encoder_cpu):
                 prompts = [req.prompt] + ([req.negative_prompt] if self.sampler == "euler" else [])
                 ctx = self.text_encoder.encode(prompts).to(self.device, self.dtype)
             if self.release_text_encoder:
@@ -581,7 +588,7 @@ class Pipeline:
             torch.cuda.empty_cache()
             raise OutOfMemory(
                 f"CUDA out of memory during {stage} ({width}x{height}, {req.num_frames} frames); "
-                "use --offload, --resolution 480p, --quant int8, --vae-tiling on or fewer --num_frames"
+                "use --text-encoder-cpu, --offload, --resolution 480p, --quant int8, --vae-tiling on or fewer --num_frames"
             ) from None
         timings["total"] = time.perf_counter() - t0
         return GenerationResult(videos=videos, request=req, timings=timings, settings=dict(self.settings))
