@@ -2,7 +2,7 @@
 all 512 positions, as the reference does (umT5-XXL, random weights, bf16, one prompt). Times
 TextEncoder.encode_ids (which stops at the batch's last token) against the same model over all
 positions with the padded rows zeroed afterwards (what encode_ids did before), on the GPU and on the
-CPU (--text-encoder-cpu), and checks the two agree on the prompt's rows.
+CPU (--text-encoder-cpu), and how far each lies from the float32 model on the prompt's rows.
 
     python3 benchmarks/explore_text_truncation.py [--out r.json]
 """
@@ -52,6 +52,14 @@ def main() -> None:
             return torch.where(mask.to(te.device).bool()[..., None], o, o.new_zeros(()))
 
         case = {"tokens": int(mask.sum())}
+        # how far each bf16 result lies from float32 over all positions (the weights are bf16 values)
+        keep = mask.bool()
+        ours, old = te.encode_ids(ids, mask).cpu().float()[keep], full().cpu().float()[keep]
+        te.to(dtype=torch.float32)
+        ref = full().cpu()[keep]
+        te.to(dtype=torch.bfloat16)
+        case["prompt_tokens_vs_fp32_rel_l2"] = ((ours - ref).norm() / ref.norm()).item()
+        case["all_512_vs_fp32_rel_l2"] = ((old - ref).norm() / ref.norm()).item()
         for where, reps in (("gpu", 20), ("cpu", 1)):
             dev = torch.device(where if where == "cpu" else "cuda")
             te.to(dev)
