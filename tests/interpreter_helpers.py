@@ -11,6 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# For fresh-process GPU scripts (indented as they are, for run_fresh's dedent): launch_rope() runs the
+# autotuned fused RMSNorm + RoPE kernel at a model-like shape and checks the tuned launch ran.
+ROPE_LAUNCH = """
+    import torch
+    from turbovid.ops.fused import rope_kernel
+    def launch_rope():
+        x = torch.randn(1, 4096, 1536, device="cuda", dtype=torch.bfloat16)
+        w = torch.ones(1536, device="cuda", dtype=torch.bfloat16)
+        cos, sin = torch.rand(4096, 64, device="cuda"), torch.rand(4096, 64, device="cuda")
+        rope_kernel.rmsnorm_rope_triton(x, w, cos, sin, 1e-6, torch.bfloat16)
+        assert not rope_kernel._split_failed  # the tuned launch ran, not the fallback
+"""
+
 
 def assert_runs_interpreted(script: str, done: str = "kernel ok", timeout: int = 300) -> None:
     """Run `script` with TRITON_INTERPRET=1 and the repository importable; it must exit 0 and print `done`."""

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from interpreter_helpers import run_fresh
+from interpreter_helpers import ROPE_LAUNCH, run_fresh
 
 pytest.importorskip("triton")
 
@@ -98,10 +98,9 @@ def test_no_hooks_in_this_triton_means_nothing_recorded(monkeypatch, tmp_path):
     assert seen == [] and not preload.list_file().exists()
 
 
-TWO_PROCESSES = """
-    import sys, torch
+TWO_PROCESSES = ROPE_LAUNCH + """
+    import sys
     from turbovid.ops import preload
-    from turbovid.ops.fused import rope_kernel
     if sys.argv[1] == "again":  # the prewarm thread, as Pipeline.from_options starts it
         from turbovid.prewarm import Prewarm
         Prewarm(torch.device(sys.argv[2])).start().join()
@@ -109,13 +108,9 @@ TWO_PROCESSES = """
         def no_loading(*a, **kw):
             raise AssertionError("a listed kernel was loaded on its launch")
         jit.JITFunction._do_compile = no_loading
-    x = torch.randn(1, 4096, 1536, device="cuda", dtype=torch.bfloat16)
-    w = torch.ones(1536, device="cuda", dtype=torch.bfloat16)
-    cos, sin = torch.rand(4096, 64, device="cuda"), torch.rand(4096, 64, device="cuda")
     with preload.recording() as seen:
-        out = rope_kernel.rmsnorm_rope_triton(x, w, cos, sin, 1e-6, torch.bfloat16)
+        launch_rope()
     torch.cuda.synchronize()
-    assert not rope_kernel._split_failed
     print("seen", len(seen))
 """
 

@@ -4,7 +4,7 @@ Each check runs in a subprocess: importing triton here would decide the JIT-vs-i
 the test modules that need the interpreter."""
 import pytest
 
-from interpreter_helpers import run_fresh as _run
+from interpreter_helpers import ROPE_LAUNCH, run_fresh as _run
 
 
 FAKE = """
@@ -87,20 +87,15 @@ def test_shipped_autotuned_kernels_keep_their_picks():
     assert out.split() == ["True"]
 
 
-SECOND_PROCESS = """
-    import sys, torch
+SECOND_PROCESS = ROPE_LAUNCH + """
+    import sys
     import triton.runtime.autotuner as at
     if sys.argv[1] == "again":
         def no_timing(*a, **kw):
             raise AssertionError("the autotuner timed configs again")
         at.Autotuner._bench = no_timing
-    from turbovid.ops.fused import rope_kernel
     from turbovid.ops.quant import int8_triton
-    x = torch.randn(1, 4096, 1536, device="cuda", dtype=torch.bfloat16)
-    w = torch.ones(1536, device="cuda", dtype=torch.bfloat16)
-    cos, sin = torch.rand(4096, 64, device="cuda"), torch.rand(4096, 64, device="cuda")
-    rope_kernel.rmsnorm_rope_triton(x, w, cos, sin, 1e-6, torch.bfloat16)
-    assert not rope_kernel._split_failed  # the tuned launch ran, not the fallback
+    launch_rope()
     # the int8 GEMM's configs carry a pre_hook (tensor descriptors' block shapes)
     a = torch.randint(-127, 128, (1024, 512), device="cuda", dtype=torch.int8)
     b = torch.randint(-127, 128, (384, 512), device="cuda", dtype=torch.int8)
