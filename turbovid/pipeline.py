@@ -492,13 +492,9 @@ class Pipeline:
             return self._generate(request, progress, on_frames)
 
     def _kernel_recording(self):
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        try:
-            from turbovid.ops import preload
-        except ImportError:  # no Triton
-            return contextlib.nullcontext()
-        return preload.recording()
+        from turbovid.ops import preload  # imports Triton only inside: records nothing without it
+
+        return preload.recording() if self.device.type == "cuda" else contextlib.nullcontext()
 
     @torch.inference_mode()
     def _generate(self, request: GenerationRequest | None, progress: Progress | None,

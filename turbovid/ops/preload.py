@@ -96,11 +96,15 @@ def recording() -> Iterator[list[dict]]:
         if seen:
             with _lock:
                 path = list_file()
-                known = _read(path)
-                datas = {e["data"] for e in known}
-                new = [e for e in seen if e["data"] not in datas and not datas.add(e["data"])]
-                if new:
-                    _write(path, known + new)
+                entries = _read(path)
+                before = len(entries)
+                known = {e["data"] for e in entries}
+                for e in seen:
+                    if e["data"] not in known:
+                        known.add(e["data"])
+                        entries.append(e)
+                if len(entries) > before:
+                    _write(path, entries)
 
 
 def _jit_function(module: str, name: str):
