@@ -90,6 +90,22 @@ def test_load_all_preloads_through_wrappers_and_skips_bad_entries(monkeypatch, t
     assert calls == ["spec", "init"]
 
 
+def test_turbovid_preload_0_turns_recording_and_loading_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    preload._write(preload.list_file(), [{"module": "turbovid.no_such_module", "name": "k", "data": "x"}])
+    loaded = []
+    monkeypatch.setattr(preload, "_jit_function", lambda m, n: loaded.append(n))
+    monkeypatch.setenv("TURBOVID_PRELOAD", "0")
+    runtime = __import__("triton").knobs.runtime
+    previous = runtime.jit_post_compile_hook
+    with preload.recording() as seen:
+        assert runtime.jit_post_compile_hook is previous  # no hook installed
+    assert seen == [] and preload.load_all() == 0 and loaded == []
+    monkeypatch.setenv("TURBOVID_PRELOAD", "1")
+    preload.load_all()
+    assert loaded == ["k"]  # on again: the entry is tried
+
+
 def test_no_hooks_in_this_triton_means_nothing_recorded(monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(preload, "_runtime_knobs", lambda: None)

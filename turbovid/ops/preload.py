@@ -6,7 +6,7 @@ video, ~0.24 s of its first forward (H100 host, cProfile). While a video runs, a
 the specialization of every turbovid kernel that gets loaded; the list is kept next to the autotune
 picks (one file per GPU and Triton version), and the next process loads those kernels while its
 weights load (Triton's JITFunction.preload). A missing or unreadable list only means loading them
-on first launch, as before.
+on first launch, as before. TURBOVID_PRELOAD=0 turns both the recording and the loading off.
 """
 from __future__ import annotations
 
@@ -60,7 +60,13 @@ def _write(path: Path, entries: list[dict]) -> None:
         log.info("kernel preload list not kept (%s)", e)
 
 
+def enabled() -> bool:
+    return os.environ.get("TURBOVID_PRELOAD", "1") != "0"
+
+
 def _runtime_knobs():
+    if not enabled():
+        return None
     try:
         from triton import knobs
     except ImportError:  # Triton < 3.4: no hooks, nothing recorded
@@ -120,6 +126,8 @@ def load_all() -> int:
     """Load every listed kernel (from Triton's disk cache) into this process on the current device;
     returns how many. Entries that fail (a kernel renamed, an edited source) are skipped."""
     done = 0
+    if not enabled():
+        return done
     for entry in _read(list_file()):
         try:
             kernel = _jit_function(entry["module"], entry["name"]).preload(entry["data"])
