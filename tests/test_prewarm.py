@@ -43,7 +43,8 @@ def test_work_runs_on_a_helper_thread_and_join_waits(monkeypatch):
     import threading
 
     seen = []
-    monkeypatch.setattr(prewarm, "_work", lambda device: seen.append((threading.current_thread().name, device.type)))
+    monkeypatch.setattr(prewarm, "_steps", lambda device: [
+        lambda: seen.append((threading.current_thread().name, device.type))])
     p = prewarm.Prewarm(torch.device("cuda")).start()
     p.join()
     assert seen == [("turbovid-prewarm", "cuda")]
@@ -51,10 +52,10 @@ def test_work_runs_on_a_helper_thread_and_join_waits(monkeypatch):
 
 
 def test_errors_are_logged_not_raised(monkeypatch, caplog):
-    def boom(device):
+    def boom():
         raise RuntimeError("no driver")
 
-    monkeypatch.setattr(prewarm, "_work", boom)
+    monkeypatch.setattr(prewarm, "_steps", lambda device: [boom])
     with caplog.at_level(logging.DEBUG, logger="turbovid.prewarm"):
         prewarm.Prewarm(torch.device("cuda")).start().join()
     assert "prewarm step skipped: RuntimeError: no driver" in caplog.text
@@ -88,7 +89,7 @@ def test_loading_starts_the_prewarm_first_and_waits_for_it(monkeypatch):
 
 def test_tasks_run_after_the_common_work_and_one_failing_skips_only_itself(monkeypatch):
     order = []
-    monkeypatch.setattr(prewarm, "_work", lambda device: order.append("common"))
+    monkeypatch.setattr(prewarm, "_steps", lambda device: [lambda: order.append("common")])
 
     def bad():
         raise ValueError("no fp8 here")
@@ -145,9 +146,9 @@ def test_each_common_step_runs_even_when_an_earlier_one_fails(monkeypatch, caplo
     monkeypatch.setattr(prewarm, "_cublas", lambda device: ran.append(("cublas", str(device))))
     monkeypatch.setattr(torch.cuda, "set_device", failing("set_device"))
     with caplog.at_level(logging.DEBUG, logger="turbovid.prewarm"):
-        prewarm._work(torch.device("cuda:1"))
+        prewarm.Prewarm(torch.device("cuda:1")).start().join()
     assert ran == ["set_device", "key", "driver", "modules", "preload", ("cublas", "cuda:1")]
     assert "prewarm step skipped: RuntimeError: driver" in caplog.text
     ran.clear()
-    prewarm._work(torch.device("cuda"))  # no index: the thread keeps the default device
+    prewarm.Prewarm(torch.device("cuda")).start().join()  # no index: the thread keeps the default device
     assert ran[0] == "key"

@@ -237,10 +237,9 @@ class Pipeline:
             "offload": offload, "text_encoder_cpu": text_encoder_cpu, "vae_tiling": vae_tiling, **(settings or {}),
         }
         home = torch.device("cpu") if offload else self.device
-        for m in (dit, vae):
-            m.to(home)
         text_encoder.to(torch.device("cpu") if text_encoder_cpu else home)
         for m in (dit, vae):
+            m.to(home)
             if isinstance(m, torch.nn.Module):
                 m.eval()
 

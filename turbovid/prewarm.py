@@ -64,18 +64,14 @@ def _cublas(device: torch.device) -> None:
     (a @ a).sum().item()
 
 
-def _work(device: torch.device) -> None:
+def _steps(device: torch.device) -> list[Callable[[], object]]:
+    """The work every CUDA pipeline's first video would otherwise wait for; none off CUDA or without Triton."""
     if device.type != "cuda" or importlib.util.find_spec("triton") is None:
-        return  # the PyTorch paths run: nothing to warm
+        return []  # the PyTorch paths run: nothing to warm
     steps: list[Callable[[], object]] = []
     if device.index is not None:  # this thread's current device: where the kernels are loaded
         steps.append(lambda: torch.cuda.set_device(device))
-    steps += [_triton_key, _load_driver, _import_modules, _preload, lambda: _cublas(device)]
-    for step in steps:  # each on its own: one that fails (another Triton version) skips only itself
-        try:
-            step()
-        except Exception as e:  # noqa: BLE001
-            log.debug("prewarm step skipped: %s: %s", type(e).__name__, e)
+    return steps + [_triton_key, _load_driver, _import_modules, _preload, lambda: _cublas(device)]
 
 
 class Prewarm:
@@ -90,10 +86,12 @@ class Prewarm:
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        for task in [lambda: _work(self.device)] + (self.tasks if self.device.type == "cuda" else []):
+        # each step on its own: one that fails (another Triton version) skips only itself, and the first
+        # video then does that work itself
+        for step in _steps(self.device) + (self.tasks if self.device.type == "cuda" else []):
             try:
-                task()
-            except Exception as e:  # an optimisation only: the first video does this work itself
+                step()
+            except Exception as e:  # noqa: BLE001 - an optimisation only
                 log.debug("prewarm step skipped: %s: %s", type(e).__name__, e)
 
     def start(self) -> "Prewarm":
