@@ -65,6 +65,9 @@ def test_generate_end_to_end_with_checkpoints(tmp_path, ckpts, capsys):
     assert meta["settings"]["model"] == "tiny-random" and meta["settings"]["checkpoints"]["dit"] == str(ckpts["dit"])
     assert set(meta["timings"]) >= {"load", "text_encoding", "sampling", "steps", "vae_decode", "total", "write"}
     assert len(meta["timings"]["steps"]) == 2
+    parts = meta["timings"]["load_parts"]  # each checkpoint's read-and-place time, then the prewarm wait
+    assert set(parts) == {"dit", "vae", "text_encoder", "prewarm_wait"} and all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) <= meta["timings"]["load"]
     import turbovid
 
     assert meta["version"] == turbovid.__version__

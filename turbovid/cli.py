@@ -184,7 +184,7 @@ def run_generate(args: argparse.Namespace) -> int:
             if isinstance(e, OSError):  # disk full, folder removed meanwhile
                 raise UsageError(f"writing {path} failed ({e}); free disk space or choose another --output") from None
             raise
-        timings = {"load": pipe.load_seconds, "write": time.perf_counter() - start}
+        timings = {"load": pipe.load_seconds, "load_parts": pipe.load_timings, "write": time.perf_counter() - start}
         write_json(result.metadata(i, path.name, timings), sidecar_path(path))
     print(summary_line(paths, result, pipe.load_seconds))
     return 0

@@ -229,6 +229,7 @@ class Pipeline:
         self.text_encoder_cpu = text_encoder_cpu
         self.model_name = model_name
         self.load_seconds = 0.0
+        self.load_timings: dict[str, float] = {}  # seconds per model read and placed, set by from_options
         # One request only (the CLI): let go of the text encoder once it has encoded the prompt, so its
         # weights (umT5-XXL: 10.6 GiB in bf16) are not held through sampling and the decode.
         self.release_text_encoder = False
@@ -268,6 +269,7 @@ class Pipeline:
         home = "cpu" if opts.offload else device
         text_home = "cpu" if opts.text_encoder_cpu else home
         step = progress or (lambda *a: None)
+        load_timings: dict[str, float] = {}
         try:
             if opts.model == TINY and not any((opts.dit_path, opts.text_encoder_path, opts.vae_path)):
                 log.warning(TINY_NOTE)
@@ -280,7 +282,7 @@ class Pipeline:
                         swap_linears(block, skip=("proj_l",))
             else:
                 paths = cls._checkpoint_paths(opts, int8, resolution)
-                dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, text_home, dtype, step)
+                dit, text_encoder, vae = cls._load(opts, paths, attention, quant, home, text_home, dtype, step, load_timings)
             if fp8:
                 from turbovid.ops.quant import swap_linears_fp8
 
@@ -313,8 +315,10 @@ class Pipeline:
                 "checkpoints": {k: str(v) for k, v in paths.items()},
             },
         )
+        waited = time.perf_counter()
         prewarm.join()
         pipe.load_seconds = time.perf_counter() - start
+        pipe.load_timings = {**load_timings, "prewarm_wait": time.perf_counter() - waited}
         return pipe
 
     @staticmethod
@@ -374,19 +378,27 @@ class Pipeline:
         return paths
 
     @staticmethod
-    def _load(opts, paths, attention, quant, home, text_home, dtype, step: Progress):
+    def _load(opts, paths, attention, quant, home, text_home, dtype, step: Progress, timings: dict[str, float]):
         from turbovid.loading import load_dit, load_text_encoder, load_vae
+        from turbovid.loading.transfer import prefetch
 
         # The DiT first: a checkpoint that does not match --model fails before the 11 GB text encoder loads.
-        step("load", 0, 3)
-        dit = load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)
-        step("load", 1, 3)
-        vae = load_vae(paths["vae"], device=home, dtype=dtype)
-        step("load", 2, 3)
+        # The disk reads ahead in that order meanwhile.
+        prefetch([paths["dit"], paths["vae"], paths["text_encoder"]])
         tokenizer = paths.get("tokenizer", "byte" if opts.model == TINY else None)
-        text_encoder = load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=text_home, dtype=dtype)
-        step("load", 3, 3)
-        return dit, text_encoder, vae
+        loads = (
+            ("dit", lambda: load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)),
+            ("vae", lambda: load_vae(paths["vae"], device=home, dtype=dtype)),
+            ("text_encoder", lambda: load_text_encoder(paths["text_encoder"], tokenizer=tokenizer, device=text_home, dtype=dtype)),
+        )
+        models = {}
+        for i, (name, load) in enumerate(loads):
+            step("load", i, len(loads))
+            t0 = time.perf_counter()
+            models[name] = load()
+            timings[name] = time.perf_counter() - t0
+        step("load", len(loads), len(loads))
+        return models["dit"], models["text_encoder"], models["vae"]
 
     @staticmethod
     def _build_tiny(attention, home, text_home, dtype, step: Progress):

@@ -23,6 +23,7 @@ import torch.nn as nn
 from turbovid.configs import DIT_PRESETS, DiTConfig
 from turbovid.loading.common import CheckpointError, StateDict, assign_state_dict, read_sharded, strip_prefix
 from turbovid.loading.keymaps import diffusers_to_ours, turbodiffusion_to_ours
+from turbovid.loading.transfer import to_device
 from turbovid.models.dit import WanDiT
 from turbovid.ops.quant.int8 import Int8Linear, dequantize_blockwise, swap_linears
 
@@ -317,7 +318,7 @@ def load_dit(
     proj_l = [f"blocks.{i}.self_attn.proj_l.{p}" for i in range(cfg.num_layers) for p in ("weight", "bias")]
     assign_state_dict(net, sd, path, dtype=None, allow_missing=proj_l)
     del sd
-    net = net.to(device)
+    net = to_device(net, device)
     if quant == "int8" and not int8:
         for blk in net.blocks:
             swap_linears(blk, skip=("proj_l",))

@@ -22,6 +22,7 @@ import torch
 
 from turbovid.configs import T5Config
 from turbovid.loading.common import CheckpointError, StateDict, assign_state_dict, read_sharded, strip_prefix
+from turbovid.loading.transfer import to_device
 from turbovid.models.t5 import TextEncoder, UMT5Encoder
 from turbovid.models.tokenizer import TOKENIZER_FILES, UMT5_HUB_ID, load_tokenizer
 
@@ -195,4 +196,4 @@ def load_text_encoder(path, tokenizer=None, device="cpu", dtype: torch.dtype | N
     assign_state_dict(model, sd, src, dtype=dtype)
     del sd
     tok = load_tokenizer(default_tokenizer(src) if tokenizer is None else tokenizer, text_len=cfg.text_len)
-    return TextEncoder(model.to(device), tok)
+    return TextEncoder(to_device(model, device), tok)

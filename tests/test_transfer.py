@@ -1,0 +1,118 @@
+"""turbovid.loading.transfer: checkpoint read-ahead and the staged copy to the GPU."""
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from spm_fixture import make_tokenizer_dir
+from turbovid.loading import transfer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _weights(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / "b.safetensors", folder / "a.pth", folder / "sub" / "c.bin"]
+    for f in files:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"x" * 1000)
+    (folder / "config.json").write_text("{}")
+    return files
+
+
+def test_files_expands_folders_in_order_and_keeps_only_weights(tmp_path):
+    a_pth, *_ = files = _weights(tmp_path / "ckpt")
+    single = tmp_path / "vae.pth"
+    single.write_bytes(b"y")
+    got = transfer._files([single, tmp_path / "ckpt", tmp_path / "missing"])
+    assert got == [single, tmp_path / "ckpt" / "a.pth", tmp_path / "ckpt" / "b.safetensors", tmp_path / "ckpt" / "sub" / "c.bin"]
+    assert sorted(got[1:]) == sorted(files)
+
+
+def test_prefetch_reads_ahead_on_a_daemon_thread(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(transfer.os, "posix_fadvise", lambda fd, off, n, advice: calls.append(advice))
+    thread = transfer.prefetch(_weights(tmp_path / "ckpt"))
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    thread.join(5)
+    assert calls == [transfer.os.POSIX_FADV_WILLNEED] * 3
+
+
+def test_prefetch_off_or_too_large_does_nothing(tmp_path, monkeypatch):
+    files = _weights(tmp_path / "ckpt")
+    monkeypatch.setattr(transfer, "_available_bytes", lambda: 4000)  # 3000 bytes of files > half of it
+    assert transfer.prefetch(files) is None
+    monkeypatch.setattr(transfer, "_available_bytes", lambda: 10**12)
+    monkeypatch.setenv("TURBOVID_FAST_LOAD", "0")
+    assert transfer.prefetch(files) is None
+
+
+def test_prefetch_survives_a_file_that_vanished(tmp_path, monkeypatch):
+    files = _weights(tmp_path / "ckpt")
+
+    def fadvise(fd, off, n, advice):
+        raise OSError("not supported here")
+
+    monkeypatch.setattr(transfer.os, "posix_fadvise", fadvise)
+    thread = transfer.prefetch(files)
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_to_device_on_cpu_is_plain_to():
+    m = nn.Linear(4, 4)
+    assert transfer.to_device(m, "cpu") is m and m.weight.device.type == "cpu"
+
+
+def test_bench_load_plumbing_on_cpu(tmp_path):
+    """The loading benchmark end to end with test-sized checkpoints: well-formed JSON, every run recorded."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_load.py"), "--model", "tiny-random", "--trials", "1",
+           "--tokenizer", str(make_tokenizer_dir(tmp_path)), "--dir", str(tmp_path / "ckpt"), "--out", str(out),
+           "--name", "load.json", "--commit", "abc1234",
+           "--cli-args", "--resolution 128p --aspect_ratio 1:1 --num_frames 1 --num_steps 1 --device cpu"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((out / "load.json").read_text())
+    assert report["commit"] == "abc1234" and report["card"] == "cpu"
+    assert set(report["checkpoint_GB"]) == {"TurboWan2.1-T2V-1.3B-480P.pth", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"}
+    assert report["floors"]["cold_read_GBps"] > 0 and report["floors"]["warm_read_GBps"] > 0
+    tags = [r["tag"] for r in report["runs"]]
+    assert tags == ["warmup", "t0-cold-fast", "t0-warm-fast", "t0-cold-plain", "t0-warm-plain"]
+    for r in report["runs"]:
+        assert set(r["load_parts_s"]) == {"dit", "vae", "text_encoder", "prewarm_wait"}
+        assert r["process_s"] > r["load_s"] > 0 and r["total_s"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_to_device_staged_copy_equals_plain_to(monkeypatch, fast):
+    monkeypatch.setenv("TURBOVID_FAST_LOAD", fast)
+    monkeypatch.setattr(transfer, "STAGE_BYTES", 1 << 20)  # many chunks and buffer reuse at a small size
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.big = nn.Parameter(torch.randn(2048, 3000).bfloat16(), requires_grad=False)  # ~12 MB: 12 chunks
+            self.a = nn.Linear(300, 500)
+            self.b = nn.Linear(300, 500)
+            self.b.weight = self.a.weight  # tied: one tensor on the GPU
+            self.register_buffer("q", torch.randint(-128, 127, (1000, 1000), dtype=torch.int8))
+            self.register_buffer("t", torch.randn(600, 700).t())  # not contiguous
+            self.register_buffer("empty", torch.empty(0, 5))
+
+    monkeypatch.setattr(transfer, "SMALL_BYTES", 1 << 20)
+    m = M().requires_grad_(False)
+    want = {k: v.clone() for k, v in m.state_dict().items()}
+    got = transfer.to_device(m, "cuda")
+    assert got is m
+    torch.cuda.synchronize()
+    for k, v in m.state_dict().items():
+        assert v.device.type == "cuda" and v.dtype == want[k].dtype and v.shape == want[k].shape, k
+        assert torch.equal(v.cpu(), want[k]), k
+    assert m.a.weight is m.b.weight and isinstance(m.big, nn.Parameter)
