@@ -28,8 +28,39 @@ def spm(tok_dir):
 
 def test_fixture_folder_shape(tok_dir, tok):
     assert {"spiece.model", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tok_dir.iterdir()}
-    assert isinstance(tok, UMT5Tokenizer) and tok.vocab_size <= 256
-    assert (tok.hf.pad_token_id, tok.hf.eos_token_id, tok.hf.unk_token_id) == (0, 1, 2)  # umT5's layout
+    assert isinstance(tok, UMT5Tokenizer) and tok.rust and tok.vocab_size <= 256
+    ids = [tok.backend.token_to_id(t) for t in ("<pad>", "</s>", "<unk>")]
+    assert ids == [0, 1, 2] and tok.pad_id == 0  # umT5's layout
+
+
+def test_tokenizers_backend_equals_transformers(tok, tok_dir):
+    """tokenizer.json read by `tokenizers` gives transformers' AutoTokenizer ids and masks, byte for byte."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from spm_fixture import _EXTRA, _WORDS
+
+    hf = UMT5Tokenizer(AutoTokenizer.from_pretrained(str(tok_dir)))
+    assert not hf.rust and hf.vocab_size == tok.vocab_size and hf.pad_id == tok.pad_id
+    rng = random.Random(1)
+    words = [*_WORDS, *_EXTRA, "unseenword", "ZZZ", "  ", "\t", "😀", "ß", "İ"]
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(200)]
+    prompts += ["cat " * 600, "<pad> </s> <unk>", "a</s>b", "▁x ▁ y", ""]
+    for text_len in (512, 16):
+        a, b = UMT5Tokenizer(tok.backend, text_len), UMT5Tokenizer(hf.backend, text_len)
+        (ia, ma), (ib, mb) = a(prompts), b(prompts)
+        assert torch.equal(ia, ib) and torch.equal(ma, mb)
+
+
+def test_loading_the_tokenizer_does_not_import_transformers(tok_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from turbovid.models.tokenizer import load_tokenizer; t = load_tokenizer(sys.argv[1]); t('a cat');"
+            " print('transformers' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(tok_dir)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]
 
 
 def test_clean_text():

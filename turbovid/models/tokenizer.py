@@ -60,32 +60,58 @@ class PromptTokenizer(Protocol):
 
 
 class UMT5Tokenizer:
-    """A transformers tokenizer plus Wan's cleaning, padded and truncated to `text_len` tokens (EOS included)."""
+    """The umT5 tokenizer plus Wan's cleaning, padded and truncated to `text_len` tokens (EOS included).
 
-    def __init__(self, hf_tokenizer, text_len: int = TEXT_LEN, source: str = ""):
-        self.hf = hf_tokenizer
+    Reads the folder's tokenizer.json with the `tokenizers` library, the same Rust tokenizer transformers'
+    fast T5 tokenizer runs, without importing transformers (2-10 s of a CLI run's imports, most of its
+    text-encoder load time). A folder with only spiece.model goes through transformers' AutoTokenizer.
+    """
+
+    def __init__(self, backend, text_len: int = TEXT_LEN, source: str = ""):
+        self.backend = backend  # a tokenizers.Tokenizer, or a transformers tokenizer
         self.text_len = text_len
         self.source = source
-        self.vocab_size = len(hf_tokenizer)
+        self.rust = type(backend).__module__.startswith("tokenizers")  # else a transformers tokenizer
+        if self.rust:
+            self.pad_id = backend.token_to_id("<pad>")
+            if self.pad_id is None:
+                raise ValueError(f"{source}: tokenizer.json has no <pad> token; it is not an umT5 tokenizer")
+            self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        else:
+            self.pad_id = backend.pad_token_id
+            self.vocab_size = len(backend)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, text_len: int = TEXT_LEN, cache_dir: str | None = None):
         folder = _resolve_folder(str(name_or_path), cache_dir)
-        from transformers import AutoTokenizer
-
         try:
-            hf = AutoTokenizer.from_pretrained(str(folder))
+            if (folder / "tokenizer.json").is_file():
+                from tokenizers import Tokenizer
+
+                return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), text_len=text_len, source=str(name_or_path))
+            from transformers import AutoTokenizer
+
+            return cls(AutoTokenizer.from_pretrained(str(folder)), text_len=text_len, source=str(name_or_path))
         except Exception as e:  # noqa: BLE001 - any failure here means the folder is not a usable tokenizer
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(
                 f"{folder}: not a loadable tokenizer folder ({msg}); it should hold {', '.join(TOKENIZER_FILES)}"
                 f" from https://huggingface.co/{UMT5_HUB_ID}"
             ) from None
-        return cls(hf, text_len=text_len, source=str(name_or_path))
 
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [clean_text(p) for p in _as_list(prompts)]
-        enc = self.hf(
+        if self.rust:
+            tok = self.backend
+            # set per call: the Tokenizer object holds them and may be shared with another text_len
+            if (tok.truncation or {}).get("max_length") != self.text_len:
+                tok.enable_truncation(max_length=self.text_len)  # the post-processor's EOS is counted in
+            if (tok.padding or {}).get("length") != self.text_len:
+                tok.enable_padding(length=self.text_len, pad_id=self.pad_id, pad_token="<pad>")
+            enc = tok.encode_batch(texts, add_special_tokens=True)
+            return (torch.tensor([e.ids for e in enc], dtype=torch.long),
+                    torch.tensor([e.attention_mask for e in enc], dtype=torch.long))
+        enc = self.backend(
             texts, padding="max_length", truncation=True, max_length=self.text_len,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
         )
