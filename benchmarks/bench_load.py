@@ -5,11 +5,14 @@ Writes random-weight checkpoints of the released sizes and dtypes once: TurboWan
 (TurboWan key layout, bf16, proj_l float32), models_t5_umt5-xxl-enc-bf16.pth (Wan's key layout, bf16) and
 Wan2.1_VAE.pth (float32; turbovid's key names, the official file's sizes). Then it measures the floors
 (the disk's cold sequential read, pageable and pinned host-to-GPU copies) and times whole CLI processes,
-`python -m turbovid generate ...` with the default options, for each variant (TURBOVID_FAST_LOAD=1 / 0) from a
-cold cache (the files dropped with posix_fadvise DONTNEED) and a warm one, variants alternated per trial.
+`turbovid generate ...` with the default options, for each variant (new: this tree; plain: this tree with
+TURBOVID_FAST_LOAD=0; base: the tree at --base-tree) from a cold page cache (the files dropped with
+posix_fadvise DONTNEED) and a warm one, variants alternated per trial. Each process's time is split into
+interpreter start, `import torch`, main() (load, video, write) and exit.
 
     python benchmarks/bench_load.py --tokenizer TOKENIZER_DIR [--dir /tmp/turbovid-ckpt] [--trials 2]
-        [--out DIR] [--name NAME.json] [--quant auto|fp8|int8] [--commit HASH]
+        [--out DIR] [--name NAME.json] [--quant auto|fp8|int8] [--commit HASH] [--variants new,plain,base
+        --base-tree DIR]
 
 TOKENIZER_DIR: any umT5-compatible tokenizer folder (the tests' SentencePiece fixture will do: ids < 256).
 `--model tiny-random --cli-args "..."` runs the same plumbing on the CPU with test-sized files (the CPU test).
@@ -121,25 +124,47 @@ def copy_rates(gib: int = 2) -> dict[str, float]:
     return out
 
 
-def run_cli(folder: Path, tokenizer: Path, out_dir: Path, fast: bool, args: argparse.Namespace, tag: str) -> dict:
+# The CLI under a wrapper that stamps the clock after `import torch` and after main() returns, so the
+# process's time splits into interpreter start, torch import, main (load + video + write) and exit.
+WRAPPER = """
+import sys, time
+t0 = time.time()
+import torch
+t1 = time.time()
+from turbovid.cli import main
+rc = main(sys.argv[1:])
+print("TIMES", t0, t1, time.time(), flush=True)
+sys.exit(rc)
+"""
+
+
+def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: argparse.Namespace, tag: str) -> dict:
+    """One `turbovid generate` process. variant: new (this tree), plain (TURBOVID_FAST_LOAD=0), base (--base-tree),
+    read (prefetch by reading the files, TURBOVID_PREFETCH=read)."""
     video = out_dir / f"{tag}.mp4"
-    cmd = [sys.executable, "-m", "turbovid", "generate", "--prompt", PROMPT, "--quiet", "--offline", "--model", args.model,
-           *args.cli_args.split(),
+    cli = ["generate", "--prompt", PROMPT, "--quiet", "--offline", "--model", args.model, *args.cli_args.split(),
            "--dit_path", str(folder / DIT), "--text_encoder_path", str(folder / T5), "--vae_path", str(folder / VAE),
            "--tokenizer_path", str(tokenizer), "--quant", args.quant, "--output", str(video)]
-    env = {**os.environ, "TURBOVID_FAST_LOAD": "1" if fast else "0", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    tree = args.base_tree if variant == "base" else ROOT
+    env = {**os.environ, "TURBOVID_FAST_LOAD": "0" if variant == "plain" else "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
+    if variant == "read":
+        env["TURBOVID_PREFETCH"] = "read"
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, text=True, cwd=tree)
+    end = time.time()
     if proc.returncode:
         raise SystemExit(f"{tag}: the CLI failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    t0, t1, t2 = map(float, lines[-1].split()[1:])
     side = json.loads(video.with_suffix(".json").read_text())
     t = side["timings"]
-    return {"tag": tag, "fast_load": fast, "process_s": round(wall, 3), "load_s": round(t["load"], 3),
-            "load_parts_s": {k: round(v, 3) for k, v in t.get("load_parts", {}).items()},
+    return {"tag": tag, "variant": variant, "process_s": round(end - start, 3),
+            "parts_s": {"interpreter": round(t0 - start, 3), "import_torch": round(t1 - t0, 3), "main": round(t2 - t1, 3),
+                        "exit": round(end - t2, 3)},
+            "load_s": round(t["load"], 3), "load_parts_s": {k: round(v, 3) for k, v in t.get("load_parts", {}).items()},
             **{f"{k}_s": round(t[k], 3) for k in ("text_encoding", "sampling", "vae_decode", "total", "write")},
-            "summary": proc.stdout.strip().splitlines()[-1]}
+            "summary": lines[-2]}
 
 
 def main() -> None:
@@ -151,6 +176,8 @@ def main() -> None:
     ap.add_argument("--model", default="Wan2.1-1.3B", choices=("Wan2.1-1.3B", "tiny-random"))
     ap.add_argument("--cli-args", default="", help="more `turbovid generate` options, one string")
     ap.add_argument("--commit", help="the tree's commit (default: git rev-parse)")
+    ap.add_argument("--variants", default="new,plain", help="comma list of new, plain, base, read")
+    ap.add_argument("--base-tree", type=Path, help="another checkout of turbovid (variant base), e.g. the previous release")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=f"{datetime.date.today()}-load.json")
     args = ap.parse_args()
@@ -179,14 +206,16 @@ def main() -> None:
         (args.out / args.name).write_text(json.dumps(report, indent=1))
         print(json.dumps(run), flush=True)
 
-    record(run_cli(args.dir, args.tokenizer, videos, True, args, "warmup"))  # Triton cache, autotune picks
+    variants = args.variants.split(",")
+    for v in dict.fromkeys(["new", *variants]):  # Triton cache, autotune picks, each tree's bytecode
+        record(run_cli(args.dir, args.tokenizer, videos, v, args, f"warmup-{v}"))
     for trial in range(args.trials):
-        for fast in ((True, False) if trial % 2 == 0 else (False, True)):
+        for v in (variants if trial % 2 == 0 else variants[::-1]):
             for cache in ("cold", "warm"):
                 if cache == "cold":
                     drop_cache(files)
-                tag = f"t{trial}-{cache}-{'fast' if fast else 'plain'}"
-                record({**run_cli(args.dir, args.tokenizer, videos, fast, args, tag), "cache": cache, "trial": trial})
+                tag = f"t{trial}-{cache}-{v}"
+                record({**run_cli(args.dir, args.tokenizer, videos, v, args, tag), "cache": cache, "trial": trial})
     print("wrote", args.out / args.name)
 
 

@@ -40,7 +40,17 @@ def test_prefetch_reads_ahead_on_a_daemon_thread(tmp_path, monkeypatch):
     thread = transfer.prefetch(_weights(tmp_path / "ckpt"))
     assert isinstance(thread, threading.Thread) and thread.daemon
     thread.join(5)
-    assert calls == [transfer.os.POSIX_FADV_WILLNEED] * 3
+    assert calls == [transfer.os.POSIX_FADV_WILLNEED] * 3  # one window each: the files are small
+
+
+def test_prefetch_advises_one_window_at_a_time(tmp_path, monkeypatch):
+    big = tmp_path / "big.pth"
+    big.write_bytes(b"z" * 2500)
+    calls = []
+    monkeypatch.setattr(transfer, "READAHEAD_STEP", 1000)
+    monkeypatch.setattr(transfer.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n)))
+    transfer.prefetch([big]).join(5)
+    assert calls == [(0, 1000), (1000, 1000), (2000, 1000)]
 
 
 def test_prefetch_off_or_too_large_does_nothing(tmp_path, monkeypatch):
@@ -74,7 +84,7 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_load.py"), "--model", "tiny-random", "--trials", "1",
            "--tokenizer", str(make_tokenizer_dir(tmp_path)), "--dir", str(tmp_path / "ckpt"), "--out", str(out),
-           "--name", "load.json", "--commit", "abc1234",
+           "--name", "load.json", "--commit", "abc1234", "--variants", "new,base", "--base-tree", str(ROOT),
            "--cli-args", "--resolution 128p --aspect_ratio 1:1 --num_frames 1 --num_steps 1 --device cpu"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -83,10 +93,11 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     assert set(report["checkpoint_GB"]) == {"TurboWan2.1-T2V-1.3B-480P.pth", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"}
     assert report["floors"]["cold_read_GBps"] > 0 and report["floors"]["warm_read_GBps"] > 0
     tags = [r["tag"] for r in report["runs"]]
-    assert tags == ["warmup", "t0-cold-fast", "t0-warm-fast", "t0-cold-plain", "t0-warm-plain"]
+    assert tags == ["warmup-new", "warmup-base", "t0-cold-new", "t0-warm-new", "t0-cold-base", "t0-warm-base"]
     for r in report["runs"]:
         assert set(r["load_parts_s"]) == {"dit", "vae", "text_encoder", "prewarm_wait"}
         assert r["process_s"] > r["load_s"] > 0 and r["total_s"] > 0
+        assert r["parts_s"]["main"] > r["load_s"] and abs(sum(r["parts_s"].values()) - r["process_s"]) < 0.05
 
 
 @pytest.mark.gpu

@@ -52,12 +52,25 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+READAHEAD_STEP = 8 << 20
+
+
 def _readahead(files: list[Path]) -> None:
+    # One WILLNEED over a whole file reads only the device's read-ahead window (Linux caps
+    # force_page_cache_ra at it), so the advice goes out one window at a time; each call queues
+    # the reads and returns, and skips pages already cached.
+    read = os.environ.get("TURBOVID_PREFETCH") == "read"  # experiment: read the bytes instead
+    buf = bytearray(READAHEAD_STEP) if read else None
     for f in files:
         try:
             fd = os.open(f, os.O_RDONLY)
             try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                size = os.fstat(fd).st_size
+                for off in range(0, size, READAHEAD_STEP):
+                    if buf is not None:
+                        os.preadv(fd, [buf], off)
+                    else:
+                        os.posix_fadvise(fd, off, READAHEAD_STEP, os.POSIX_FADV_WILLNEED)
             finally:
                 os.close(fd)
         except OSError as e:  # an optimisation only
