@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=f"{datetime.date.today()}-load.json")
     args = ap.parse_args()
+    args.tokenizer, args.dir, args.out = args.tokenizer.resolve(), args.dir.resolve(), args.out.resolve()  # base runs elsewhere
     args.out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     written = write_checkpoints(args.dir, args.model, dev)

@@ -1,5 +1,6 @@
 """turbovid.loading.transfer: checkpoint read-ahead and the staged copy to the GPU."""
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -83,7 +84,7 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     """The loading benchmark end to end with test-sized checkpoints: well-formed JSON, every run recorded."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_load.py"), "--model", "tiny-random", "--trials", "1",
-           "--tokenizer", str(make_tokenizer_dir(tmp_path)), "--dir", str(tmp_path / "ckpt"), "--out", str(out),
+           "--tokenizer", os.path.relpath(make_tokenizer_dir(tmp_path)), "--dir", str(tmp_path / "ckpt"), "--out", str(out),
            "--name", "load.json", "--commit", "abc1234", "--variants", "new,base", "--base-tree", str(ROOT),
            "--cli-args", "--resolution 128p --aspect_ratio 1:1 --num_frames 1 --num_steps 1 --device cpu"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
