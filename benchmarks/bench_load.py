@@ -139,8 +139,7 @@ sys.exit(rc)
 
 
 def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: argparse.Namespace, tag: str) -> dict:
-    """One `turbovid generate` process. variant: new (this tree), plain (TURBOVID_FAST_LOAD=0), base (--base-tree),
-    read (prefetch by reading the files, TURBOVID_PREFETCH=read)."""
+    """One `turbovid generate` process. variant: new (this tree), plain (TURBOVID_FAST_LOAD=0), base (--base-tree)."""
     video = out_dir / f"{tag}.mp4"
     cli = ["generate", "--prompt", PROMPT, "--quiet", "--offline", "--model", args.model, *args.cli_args.split(),
            "--dit_path", str(folder / DIT), "--text_encoder_path", str(folder / T5), "--vae_path", str(folder / VAE),
@@ -148,8 +147,6 @@ def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: ar
     tree = args.base_tree if variant == "base" else ROOT
     env = {**os.environ, "TURBOVID_FAST_LOAD": "0" if variant == "plain" else "1", "PYTHONPATH": os.pathsep.join(
         p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
-    if variant == "read":
-        env["TURBOVID_PREFETCH"] = "read"
     start = time.time()
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, text=True, cwd=tree)
     end = time.time()
@@ -176,7 +173,7 @@ def main() -> None:
     ap.add_argument("--model", default="Wan2.1-1.3B", choices=("Wan2.1-1.3B", "tiny-random"))
     ap.add_argument("--cli-args", default="", help="more `turbovid generate` options, one string")
     ap.add_argument("--commit", help="the tree's commit (default: git rev-parse)")
-    ap.add_argument("--variants", default="new,plain", help="comma list of new, plain, base, read")
+    ap.add_argument("--variants", default="new,plain", help="comma list of new, plain, base")
     ap.add_argument("--base-tree", type=Path, help="another checkout of turbovid (variant base), e.g. the previous release")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default=f"{datetime.date.today()}-load.json")
