@@ -125,7 +125,8 @@ def copy_rates(gib: int = 2) -> dict[str, float]:
 
 
 # The CLI under a wrapper that stamps the clock after `import torch` and after main() returns, so the
-# process's time splits into interpreter start, torch import, main (load + video + write) and exit.
+# process's time splits into interpreter start, torch import, main (load + video + write) and exit; it
+# also reports the process's peak of PyTorch's GPU allocator.
 WRAPPER = """
 import sys, time
 t0 = time.time()
@@ -133,7 +134,9 @@ import torch
 t1 = time.time()
 from turbovid.cli import main
 rc = main(sys.argv[1:])
-print("TIMES", t0, t1, time.time(), flush=True)
+t2 = time.time()
+peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_initialized() else 0.0
+print("TIMES", t0, t1, t2, peak, flush=True)
 sys.exit(rc)
 """
 
@@ -153,13 +156,13 @@ def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: ar
     if proc.returncode:
         raise SystemExit(f"{tag}: the CLI failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
-    t0, t1, t2 = map(float, lines[-1].split()[1:])
+    t0, t1, t2, peak = map(float, lines[-1].split()[1:])
     side = json.loads(video.with_suffix(".json").read_text())
     t = side["timings"]
     return {"tag": tag, "variant": variant, "process_s": round(end - start, 3),
             "parts_s": {"interpreter": round(t0 - start, 3), "import_torch": round(t1 - t0, 3), "main": round(t2 - t1, 3),
                         "exit": round(end - t2, 3)},
-            "load_s": round(t["load"], 3), "load_parts_s": {k: round(v, 3) for k, v in t.get("load_parts", {}).items()},
+            "gpu_peak_gib": round(peak, 2), "load_s": round(t["load"], 3), "load_parts_s": {k: round(v, 3) for k, v in t.get("load_parts", {}).items()},
             **{f"{k}_s": round(t[k], 3) for k in ("text_encoding", "sampling", "vae_decode", "total", "write")},
             "summary": lines[-2]}
 

@@ -233,6 +233,39 @@ def test_build_text_encoder_tiny_random():
     assert te.encode(["a cat"]).dtype == torch.float64
 
 
+def test_embedding_table_stays_in_cpu_memory():
+    """to(<GPU>) moves the layers and leaves the token-embedding table on the CPU (meta stands in for a GPU)."""
+    te = build_text_encoder("tiny-random", None, seed=0)
+    moved = []
+    te.to("meta", move=lambda m, d: moved.append((m, d)) or m.to(d))
+    assert te.model.token_embedding.weight.device.type == "cpu" and te.model.blocks[0].attn.q.weight.is_meta
+    assert te.device.type == "meta" and te.dtype == torch.float32
+    assert [d.type for _, d in moved] == ["cpu", "meta", "meta"]  # token_embedding, blocks, norm
+    other = build_text_encoder("tiny-random", None, seed=0).to(dtype=torch.float64)  # dtype alone: every part
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in other.model.parameters())
+
+
+def test_encode_looks_rows_up_where_the_table_is(wan_pth):
+    """The table's input ids arrive on the table's device; the layers run on their own (here: both CPU)."""
+    _, path = wan_pth
+    te = load_text_encoder(path, tokenizer="byte", device="cpu")
+    seen = []
+    te.model.token_embedding.register_forward_hook(lambda m, args, out: seen.append((args[0].device, out.shape)))
+    out = te.encode(["a cat"])
+    assert seen == [(torch.device("cpu"), (1, 6, te.dim))] and out.shape == (1, 512, te.dim)
+
+
+@pytest.mark.gpu
+def test_embedding_on_cpu_gives_the_same_encoding_on_gpu(wan_pth):
+    _, path = wan_pth
+    te = load_text_encoder(path, tokenizer="byte", device="cuda")
+    assert te.model.token_embedding.weight.device.type == "cpu" and te.device.type == "cuda"
+    prompts = ["a cat", "a red fox in the snow at dawn"]
+    split = te.encode(prompts)
+    te.model.token_embedding.to("cuda")  # the whole encoder on the GPU: the same rows, the same ops
+    assert split.device.type == "cuda" and torch.equal(split, te.encode(prompts))
+
+
 def test_tokenizer_vocab_larger_than_model_rejected(tmp_path):
     small = UMT5Encoder(turbovid.configs.T5Config(vocab_size=100, dim=16, dim_attn=16, dim_ffn=16, num_heads=2, num_layers=1))
     from turbovid.models.t5 import TextEncoder

@@ -98,6 +98,7 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     for r in report["runs"]:
         assert set(r["load_parts_s"]) == {"dit", "vae", "text_encoder", "prewarm_wait"}
         assert r["process_s"] > r["load_s"] > 0 and r["total_s"] > 0
+        assert r["gpu_peak_gib"] == 0.0  # a CPU run
         assert r["parts_s"]["main"] > r["load_s"] and abs(sum(r["parts_s"].values()) - r["process_s"]) < 0.05
 
 

@@ -196,4 +196,4 @@ def load_text_encoder(path, tokenizer=None, device="cpu", dtype: torch.dtype | N
     assign_state_dict(model, sd, src, dtype=dtype)
     del sd
     tok = load_tokenizer(default_tokenizer(src) if tokenizer is None else tokenizer, text_len=cfg.text_len)
-    return TextEncoder(to_device(model, device), tok)
+    return TextEncoder(model, tok).to(device, move=to_device)  # the embedding table stays in CPU memory
