@@ -26,13 +26,25 @@ def _weights(folder: Path) -> list[Path]:
     return files
 
 
-def test_files_expands_folders_in_order_and_keeps_only_weights(tmp_path):
-    a_pth, *_ = files = _weights(tmp_path / "ckpt")
-    single = tmp_path / "vae.pth"
-    single.write_bytes(b"y")
-    got = transfer._files([single, tmp_path / "ckpt", tmp_path / "missing"])
-    assert got == [single, tmp_path / "ckpt" / "a.pth", tmp_path / "ckpt" / "b.safetensors", tmp_path / "ckpt" / "sub" / "c.bin"]
-    assert sorted(got[1:]) == sorted(files)
+def test_checkpoint_files_are_what_each_loader_reads_in_load_order(tmp_path):
+    from turbovid.loading import checkpoint_files
+
+    dit = tmp_path / "TurboWan.pth"
+    dit.write_bytes(b"x")
+    wan = tmp_path / "wan"  # an official Wan2.1 folder: the VAE loader picks the VAE-named file
+    wan.mkdir()
+    for name in ("diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth", "models_t5.pth"):
+        (wan / name).write_bytes(b"x")
+    root = tmp_path / "diffusers"  # a diffusers root: only text_encoder/ is the text encoder's
+    for sub, names in (("text_encoder", ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")),
+                       ("transformer", ("diffusion_pytorch_model.safetensors",))):
+        (root / sub).mkdir(parents=True)
+        for n in names:
+            (root / sub / n).write_bytes(b"x")
+    got = checkpoint_files(dit, wan, root)
+    assert got == [dit, wan / "Wan2.1_VAE.pth", root / "text_encoder" / "model-00001-of-00002.safetensors",
+                   root / "text_encoder" / "model-00002-of-00002.safetensors"]
+    assert checkpoint_files(tmp_path / "missing.pth", None, dit) == [dit]  # its loader reports the missing one
 
 
 def test_prefetch_reads_ahead_on_a_daemon_thread(tmp_path, monkeypatch):
@@ -42,6 +54,14 @@ def test_prefetch_reads_ahead_on_a_daemon_thread(tmp_path, monkeypatch):
     assert isinstance(thread, threading.Thread) and thread.daemon
     thread.join(5)
     assert calls == [transfer.os.POSIX_FADV_WILLNEED] * 3  # one window each: the files are small
+
+
+def test_prefetch_skips_what_is_not_a_file(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(transfer.os, "posix_fadvise", lambda fd, off, n, advice: calls.append(advice))
+    files = _weights(tmp_path / "ckpt")
+    transfer.prefetch([tmp_path / "ckpt", tmp_path / "missing.pth", *files]).join(5)
+    assert len(calls) == 3
 
 
 def test_prefetch_advises_one_window_at_a_time(tmp_path, monkeypatch):

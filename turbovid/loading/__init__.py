@@ -1,6 +1,8 @@
 """Checkpoint loading: one entry point per network; formats are detected from keys and metadata."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from turbovid.loading.common import CheckpointError
 
 
@@ -25,4 +27,19 @@ def load_vae(path, device="cpu", dtype=None, **kw):
     return _load(path, device=device, dtype=dtype, **kw)
 
 
-__all__ = ["CheckpointError", "load_dit", "load_text_encoder", "load_vae"]
+def checkpoint_files(dit=None, vae=None, text_encoder=None) -> list[Path]:
+    """The weight files the loaders will read, in load order (DiT, VAE, text encoder). A checkpoint that
+    does not resolve is left out: its loader reports it."""
+    from turbovid.loading import dit as _dit, t5 as _t5, vae as _vae
+
+    out: list[Path] = []
+    for path, locate in ((dit, _dit._locate), (vae, _vae._find_files), (text_encoder, _t5.locate)):
+        if path is not None:
+            try:
+                out += locate(Path(path))[0]
+            except CheckpointError:
+                pass
+    return out
+
+
+__all__ = ["CheckpointError", "checkpoint_files", "load_dit", "load_text_encoder", "load_vae"]

@@ -136,23 +136,27 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_text_encoder_checkpoint(path: str | Path) -> tuple[StateDict, T5Config, Path]:
-    """Native-layout state dict, its config, and the file or folder it came from."""
+def locate(path: str | Path) -> tuple[list[Path], Path]:
+    """The weight files of a text-encoder checkpoint (file, folder or diffusers root) and the file or folder."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "text_encoder").is_dir():  # a diffusers pipeline root
         path = path / "text_encoder"
-    hf_config = None
     if path.is_dir():
-        files = _weight_files(path)
-        if (path / "config.json").is_file():
-            try:
-                hf_config = json.loads((path / "config.json").read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    elif path.is_file():
-        files = [path]
-    else:
-        raise CheckpointError(f"{path}: text encoder checkpoint not found (a .pth/.safetensors file or a text_encoder/ folder)")
+        return _weight_files(path), path
+    if path.is_file():
+        return [path], path
+    raise CheckpointError(f"{path}: text encoder checkpoint not found (a .pth/.safetensors file or a text_encoder/ folder)")
+
+
+def read_text_encoder_checkpoint(path: str | Path) -> tuple[StateDict, T5Config, Path]:
+    """Native-layout state dict, its config, and the file or folder it came from."""
+    files, path = locate(path)
+    hf_config = None
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            hf_config = json.loads((path / "config.json").read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from None
     sd, _ = read_sharded(files)
     sd = strip_prefix(sd, ("module.", "model."))
     fmt = detect_format(sd)

@@ -45,16 +45,6 @@ def _available_bytes() -> int:
     return 0
 
 
-def _files(paths: Iterable[str | Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pth", ".pt", ".bin"))
-        elif p.is_file():
-            out.append(p)
-    return out
-
-
 READAHEAD_STEP = 8 << 20
 
 
@@ -76,14 +66,14 @@ def _readahead(files: list[Path]) -> None:
             log.debug("prefetch of %s skipped: %s", f, e)
 
 
-def prefetch(paths: Iterable[str | Path]) -> threading.Thread | None:
-    """Start reading `paths` (files or folders, in load order) into the page cache on a daemon thread.
+def prefetch(files: Iterable[str | Path]) -> threading.Thread | None:
+    """Start reading `files` (in load order) into the page cache on a daemon thread.
 
     Skipped when turned off, where the OS has no posix_fadvise, or when the files would take more than
     half of the available memory (they would evict each other before being used)."""
     if not enabled() or not hasattr(os, "posix_fadvise"):
         return None
-    files = _files(paths)
+    files = [Path(f) for f in files if Path(f).is_file()]
     total = sum(f.stat().st_size for f in files)
     if not files or total > PREFETCH_SHARE * _available_bytes():
         log.debug("no prefetch: %.1f GB of checkpoints, %.1f GB available", total / 1e9, _available_bytes() / 1e9)
