@@ -71,7 +71,67 @@ def test_prefetch_advises_one_window_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "READAHEAD_STEP", 1000)
     monkeypatch.setattr(transfer.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n)))
     transfer.prefetch([big]).join(5)
-    assert calls == [(0, 1000), (1000, 1000), (2000, 1000)]
+    assert calls == [(0, 1000), (1000, 1000), (2000, 500)]
+
+
+def test_prefetch_leaves_out_the_ranges_it_is_told_to_skip(tmp_path, monkeypatch):
+    big, other = tmp_path / "big.pth", tmp_path / "other.pth"
+    big.write_bytes(b"z" * 2500)
+    other.write_bytes(b"z" * 300)
+    calls, asked = [], []
+    monkeypatch.setattr(transfer, "READAHEAD_STEP", 1000)
+    monkeypatch.setattr(transfer.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n)))
+
+    def skip(f):
+        asked.append((f.name, threading.current_thread().name))
+        return [(2000, 9000), (100, 200)] if f == big else []
+
+    transfer.prefetch([big, other], skip=skip).join(5)
+    assert calls == [(0, 100), (200, 1000), (1200, 800), (0, 300)]
+    assert asked == [("big.pth", "turbovid-prefetch"), ("other.pth", "turbovid-prefetch")]  # off the main thread
+
+
+def test_tensor_file_ranges_locate_the_data_without_reading_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from turbovid.loading.common import tensor_file_ranges
+
+    emb = torch.arange(300 * 8, dtype=torch.float32).view(300, 8).to(torch.bfloat16)
+    other = torch.randn(5, 3)
+    pth = tmp_path / "t5.pth"
+    torch.save({"module.token_embedding.weight": emb, "blocks.0.w": other}, pth)
+    st = tmp_path / "model.safetensors"
+    save_file({"shared.weight": emb, "encoder.final_layer_norm.weight": other[0]}, str(st))
+    for path, key in ((pth, "token_embedding.weight"), (st, "shared.weight")):
+        ranges = tensor_file_ranges(path, [key])
+        assert len(ranges) == 1, path
+        start, end = ranges[0]
+        assert path.read_bytes()[start:end] == emb.view(torch.uint8).numpy().tobytes()
+        assert tensor_file_ranges(path, ["missing.weight"]) == []
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    assert tensor_file_ranges(junk, ["token_embedding.weight"]) == []  # the loader reports it, not this
+
+
+def test_prefetch_checkpoints_skips_only_the_text_encoders_embedding_table(tmp_path, monkeypatch):
+    from turbovid.loading import prefetch_checkpoints
+    from turbovid.loading.common import tensor_file_ranges
+
+    emb = torch.zeros(4096, 64, dtype=torch.bfloat16)  # 512 KiB
+    t5 = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    torch.save({"token_embedding.weight": emb, "blocks.0.attn.q.weight": torch.zeros(64, 64)}, t5)
+    dit = tmp_path / "dit.pth"
+    torch.save({"token_embedding.weight": emb}, dit)  # the same name in another model's file: read whole
+    seen = {}
+    monkeypatch.setattr(transfer, "READAHEAD_STEP", 64 << 10)
+    monkeypatch.setattr(transfer.os, "posix_fadvise",
+                        lambda fd, off, n, advice: seen.setdefault(os.readlink(f"/proc/self/fd/{fd}"), []).append((off, n)))
+    prefetch_checkpoints(dit, None, t5).join(5)
+    (start, end), = tensor_file_ranges(t5, ["token_embedding.weight"])
+    t5_read = seen[str(t5)]
+    assert all(off + n <= start or off >= end for off, n in t5_read)
+    assert sum(n for _, n in t5_read) == t5.stat().st_size - (end - start)
+    assert sum(n for _, n in seen[str(dit)]) == dit.stat().st_size
 
 
 def test_prefetch_off_or_too_large_does_nothing(tmp_path, monkeypatch):

@@ -379,12 +379,11 @@ class Pipeline:
 
     @staticmethod
     def _load(opts, paths, attention, quant, home, text_home, dtype, step: Progress, timings: dict[str, float]):
-        from turbovid.loading import checkpoint_files, load_dit, load_text_encoder, load_vae
-        from turbovid.loading.transfer import prefetch
+        from turbovid.loading import load_dit, load_text_encoder, load_vae, prefetch_checkpoints
 
         # The DiT first: a checkpoint that does not match --model fails before the 11 GB text encoder loads.
         # The disk reads ahead in that order meanwhile.
-        prefetch(checkpoint_files(paths["dit"], paths["vae"], paths["text_encoder"]))
+        prefetch_checkpoints(paths["dit"], paths["vae"], paths["text_encoder"])
         tokenizer = paths.get("tokenizer", "byte" if opts.model == TINY else None)
         loads = (
             ("dit", lambda: load_dit(paths["dit"], model=opts.model, attention=attention, device=home, dtype=dtype, quant=quant)),

@@ -42,4 +42,17 @@ def checkpoint_files(dit=None, vae=None, text_encoder=None) -> list[Path]:
     return out
 
 
-__all__ = ["CheckpointError", "checkpoint_files", "load_dit", "load_text_encoder", "load_vae"]
+def prefetch_checkpoints(dit=None, vae=None, text_encoder=None):
+    """Start reading the checkpoints ahead of their loaders (transfer.prefetch), leaving out the text
+    encoder's token-embedding table, which stays memory-mapped and is read a prompt's rows at a time.
+    Returns the helper thread, or None."""
+    from turbovid.loading import t5 as _t5
+    from turbovid.loading.common import tensor_file_ranges
+    from turbovid.loading.transfer import prefetch
+
+    t5_files = set(checkpoint_files(text_encoder=text_encoder))
+    return prefetch(checkpoint_files(dit, vae, text_encoder),
+                    skip=lambda f: tensor_file_ranges(f, _t5.EMBEDDING_KEYS) if f in t5_files else [])
+
+
+__all__ = ["CheckpointError", "checkpoint_files", "load_dit", "load_text_encoder", "load_vae", "prefetch_checkpoints"]

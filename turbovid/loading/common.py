@@ -92,6 +92,38 @@ def read_sharded(paths: Iterable[str | Path]) -> tuple[StateDict, dict[str, str]
     return out, meta
 
 
+def tensor_file_ranges(path: str | Path, names: Iterable[str], prefixes: Iterable[str] = ("module.", "model.")) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of the named tensors' data inside a .safetensors file or a torch zip
+    checkpoint (a name matches with or without one of `prefixes`), found without reading the data.
+    [] for another format, a file that cannot be parsed, or a torch too old to report storage offsets."""
+    path = Path(path)
+    wanted = set(names)
+
+    def match(key: str) -> bool:
+        return key in wanted or any(key.startswith(p) and key[len(p):] in wanted for p in prefixes)
+
+    try:
+        if _is_safetensors(path):
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            return sorted((8 + n + e["data_offsets"][0], 8 + n + e["data_offsets"][1])
+                          for k, e in header.items() if k != "__metadata__" and match(k))
+        if not zipfile.is_zipfile(path):
+            return []
+        # map_location="meta" parses the pickle only; torch >= 2.6 notes each storage's offset in the file
+        sd = _unwrap(torch.load(path, map_location="meta", weights_only=True), path)
+    except Exception:  # an optimisation's input only: the loader reports a bad file
+        return []
+    out = []
+    for k, t in sd.items():
+        offset = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+        if match(k) and isinstance(offset, int) and t.is_contiguous():
+            start = offset + t.storage_offset() * t.element_size()
+            out.append((start, start + t.numel() * t.element_size()))
+    return sorted(out)
+
+
 def strip_prefix(sd: StateDict, prefixes: Iterable[str]) -> StateDict:
     """Drop a common key prefix such as 'net.' or 'model.' if every key has it."""
     for prefix in prefixes:

@@ -122,6 +122,11 @@ def _check_hf_config(cfg: T5Config, c: dict, path: Path) -> T5Config:
     )
 
 
+# The token-embedding table as each layout stores it. It stays memory-mapped in CPU memory (2.1 GB for
+# umT5-XXL), and encoding reads only the prompt's rows, so the load's read-ahead leaves it out.
+EMBEDDING_KEYS = ("token_embedding.weight", "shared.weight", "encoder.embed_tokens.weight")
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():

@@ -4,7 +4,9 @@ Loading reads checkpoints memory-mapped, so a tensor's bytes come off the disk w
 first touches them. Two things make that faster, both optional (`TURBOVID_FAST_LOAD=0` turns them off):
 
 - `prefetch` asks the kernel to read the files ahead, in the order they will be loaded, on a helper
-  thread, so the disk works while Python builds modules, CUDA starts and the earlier files are copied;
+  thread, so the disk works while Python builds modules, CUDA starts and the earlier files are copied
+  (less what stays memory-mapped and is read piecemeal: umT5's 2.1 GB token-embedding table, see
+  `turbovid.loading.prefetch_checkpoints`);
 - `to_device` copies a module's CPU tensors to the GPU through a ring of pinned buffers: PyTorch's
   threads fill one buffer from the page cache while the DMA of the previous one runs. A plain
   `module.to("cuda")` stages pageable memory through the driver, one tensor at a time.
@@ -18,7 +20,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,27 +49,40 @@ def _available_bytes() -> int:
 
 READAHEAD_STEP = 8 << 20
 
+Ranges = Callable[[Path], Sequence[tuple[int, int]]]
 
-def _readahead(files: list[Path]) -> None:
+
+def _windows(size: int, skip: Sequence[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+    """(offset, length) pieces of at most `step` bytes covering [0, size) minus the `skip` ranges."""
+    out, pos = [], 0
+    for start, end in sorted(skip) + [(size, size)]:
+        start, end = min(max(start, pos), size), min(end, size)
+        out += [(off, min(step, start - off)) for off in range(pos, start, step)]
+        pos = max(pos, end)
+    return out
+
+
+def _readahead(files: list[Path], skip: Ranges | None) -> None:
     # One WILLNEED over a whole file reads only the device's read-ahead window (Linux caps
     # force_page_cache_ra at it), so the advice goes out one window at a time; each call queues
     # the reads and returns, and skips pages already cached. (Reading the files on this thread
     # instead was slower from a cold cache: 16.6-18.6 vs 14.4-14.6 s a CLI run, H100 host.)
     for f in files:
         try:
+            ranges = skip(f) if skip is not None else ()
             fd = os.open(f, os.O_RDONLY)
             try:
-                size = os.fstat(fd).st_size
-                for off in range(0, size, READAHEAD_STEP):
-                    os.posix_fadvise(fd, off, READAHEAD_STEP, os.POSIX_FADV_WILLNEED)
+                for off, n in _windows(os.fstat(fd).st_size, ranges, READAHEAD_STEP):
+                    os.posix_fadvise(fd, off, n, os.POSIX_FADV_WILLNEED)
             finally:
                 os.close(fd)
         except OSError as e:  # an optimisation only
             log.debug("prefetch of %s skipped: %s", f, e)
 
 
-def prefetch(files: Iterable[str | Path]) -> threading.Thread | None:
-    """Start reading `files` (in load order) into the page cache on a daemon thread.
+def prefetch(files: Iterable[str | Path], skip: Ranges | None = None) -> threading.Thread | None:
+    """Start reading `files` (in load order) into the page cache on a daemon thread, less the byte
+    ranges `skip(file)` names (worked out on that thread, just before the file is read).
 
     Skipped when turned off, where the OS has no posix_fadvise, or when the files would take more than
     half of the available memory (they would evict each other before being used)."""
@@ -78,7 +93,7 @@ def prefetch(files: Iterable[str | Path]) -> threading.Thread | None:
     if not files or total > PREFETCH_SHARE * _available_bytes():
         log.debug("no prefetch: %.1f GB of checkpoints, %.1f GB available", total / 1e9, _available_bytes() / 1e9)
         return None
-    thread = threading.Thread(target=_readahead, args=(files,), name="turbovid-prefetch", daemon=True)
+    thread = threading.Thread(target=_readahead, args=(files, skip), name="turbovid-prefetch", daemon=True)
     thread.start()
     return thread
 
