@@ -125,19 +125,19 @@ def copy_rates(gib: int = 2) -> dict[str, float]:
 
 
 # The CLI under a wrapper that stamps the clock after `import torch` and after main() returns, so the
-# process's time splits into interpreter start, torch import, main (load + video + write) and exit; it
-# also reports the process's peak of PyTorch's GPU allocator.
+# process's time splits into interpreter start, torch import, main (load + video + write) and exit (as the
+# console script ends it); it also reports the process's peak of PyTorch's GPU allocator.
 WRAPPER = """
 import sys, time
 t0 = time.time()
 import torch
 t1 = time.time()
-from turbovid.cli import main
-rc = main(sys.argv[1:])
+from turbovid import cli
+rc = cli.main(sys.argv[1:])
 t2 = time.time()
 peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_initialized() else 0.0
 print("TIMES", t0, t1, t2, peak, flush=True)
-sys.exit(rc)
+getattr(cli, "exit_process", sys.exit)(rc)  # how the console script ends (trees before it: sys.exit)
 """
 
 

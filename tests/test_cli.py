@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 import subprocess
 from pathlib import Path
 
@@ -261,3 +262,22 @@ def test_help_lists_every_option(capsys):
                  "--text_encoder_path", "--vae_path", "--device", "--offload", "--num_samples", "--vae-tiling",
                  "--sampler", "--guidance_scale", "--shift"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("mode", ["fast", "env_off", "profiled"])
+def test_exit_process_skips_teardown_but_not_output(mode):
+    """The CLI ends with os._exit once its files are closed: buffered output still arrives, atexit
+    handlers (interpreter teardown) do not run, unless turned off or a profiler / tracer needs them."""
+    code = (
+        "import atexit, sys\n"
+        "from turbovid.cli import exit_process\n"
+        "atexit.register(lambda: print('[atexit]'))\n"
+        f"if {mode == 'profiled'}: sys.setprofile(lambda *a: None)\n"
+        "print('buffered', end='')\n"  # stdout is a pipe here: block-buffered until flushed
+        "print('to stderr', file=sys.stderr, end='')\n"
+        "exit_process(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TURBOVID_FAST_EXIT": "0" if mode == "env_off" else "1"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 3 and p.stderr == "to stderr"
+    assert p.stdout == ("buffered" if mode == "fast" else "buffered[atexit]\n")

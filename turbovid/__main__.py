@@ -1,6 +1,4 @@
 """`python -m turbovid ...` == the `turbovid` console script."""
-import sys
+from turbovid.cli import entry
 
-from turbovid.cli import main
-
-sys.exit(main())
+entry()
