@@ -155,6 +155,40 @@ def test_prefetch_survives_a_file_that_vanished(tmp_path, monkeypatch):
     assert not thread.is_alive()
 
 
+def _mapped_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    big = torch.arange(3 * 1000 * 700, dtype=torch.int32).view(3000, 700).to(torch.bfloat16)
+    torch.save({"big": big, "view": big[1000:1010], "small": torch.randn(7), "i8": torch.ones(33, dtype=torch.int8)}, path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def test_file_source_reads_a_mapped_tensors_bytes_from_its_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "READ_PIECE", 100_000)  # a tensor in several pieces, on several threads
+    sd = _mapped_checkpoint(tmp_path / "ck.pth")
+    files = transfer.FileSource()
+    try:
+        for name, t in sd.items():
+            where = files.locate(t)
+            assert where is not None, name
+            got = bytearray(t.numel() * t.element_size())
+            files.read(memoryview(got), *where)
+            assert bytes(got) == t.contiguous().view(torch.uint8).numpy().tobytes(), name
+        assert files.locate(torch.randn(100)) is None  # not a file mapping
+        assert files.locate(sd["big"].t()) is None  # not contiguous
+    finally:
+        files.close()
+    assert files.fds == {}
+
+
+def test_file_source_ignores_a_file_replaced_since_it_was_mapped(tmp_path):
+    path = tmp_path / "ck.pth"
+    sd = _mapped_checkpoint(path)
+    torch.save({"other": torch.zeros(5)}, tmp_path / "new.pth")
+    os.replace(tmp_path / "new.pth", path)  # the mapping still shows the old file's bytes
+    files = transfer.FileSource()
+    assert files.locate(sd["big"]) is None
+    files.close()
+
+
 def test_to_device_on_cpu_is_plain_to():
     m = nn.Linear(4, 4)
     assert transfer.to_device(m, "cpu") is m and m.weight.device.type == "cpu"
@@ -170,7 +204,8 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((out / "load.json").read_text())
-    assert report["commit"] == "abc1234" and report["card"] == "cpu"
+    assert report["commit"] == "abc1234"
+    assert report["card"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")  # the host's
     assert set(report["checkpoint_GB"]) == {"TurboWan2.1-T2V-1.3B-480P.pth", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"}
     assert report["floors"]["cold_read_GBps"] > 0 and report["floors"]["warm_read_GBps"] > 0
     tags = [r["tag"] for r in report["runs"]]
@@ -178,7 +213,7 @@ def test_bench_load_plumbing_on_cpu(tmp_path):
     for r in report["runs"]:
         assert set(r["load_parts_s"]) == {"dit", "vae", "text_encoder", "prewarm_wait"}
         assert r["process_s"] > r["load_s"] > 0 and r["total_s"] > 0
-        assert r["gpu_peak_gib"] == 0.0  # a CPU run
+        assert r["gpu_peak_gib"] == 0.0  # --device cpu
         assert r["parts_s"]["main"] > r["load_s"] and abs(sum(r["parts_s"].values()) - r["process_s"]) < 0.05
 
 
@@ -209,3 +244,29 @@ def test_to_device_staged_copy_equals_plain_to(monkeypatch, fast):
         assert v.device.type == "cuda" and v.dtype == want[k].dtype and v.shape == want[k].shape, k
         assert torch.equal(v.cpu(), want[k]), k
     assert m.a.weight is m.b.weight and isinstance(m.big, nn.Parameter)
+
+
+@pytest.mark.gpu
+def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "STAGE_BYTES", 1 << 20)
+    monkeypatch.setattr(transfer, "SMALL_BYTES", 1 << 20)
+    monkeypatch.setattr(transfer, "READ_PIECE", 300_000)
+    sd = _mapped_checkpoint(tmp_path / "ck.pth")
+    m = nn.Module()
+    for k, v in sd.items():
+        m.register_buffer(k, v)
+    want = {k: v.clone() for k, v in sd.items()}
+    stagers = []
+    real = transfer._Stager
+
+    def spy(*a, **k):
+        stagers.append(real(*a, **k))
+        return stagers[-1]
+
+    monkeypatch.setattr(transfer, "_Stager", spy)
+    transfer.to_device(m, "cuda", from_files=True)
+    for k, v in m.state_dict().items():
+        assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k
+    assert stagers[0].file_bytes == sum(v.numel() * v.element_size() for v in sd.values())
+    transfer.to_device(m.cpu(), "cuda")  # not from files: the copy through memory
+    assert stagers[1].file_bytes == 0

@@ -318,7 +318,7 @@ def load_dit(
     proj_l = [f"blocks.{i}.self_attn.proj_l.{p}" for i in range(cfg.num_layers) for p in ("weight", "bias")]
     assign_state_dict(net, sd, path, dtype=None, allow_missing=proj_l)
     del sd
-    net = to_device(net, device)
+    net = to_device(net, device, from_files=True)  # tensors still as read: pread may fetch them
     if quant == "int8" and not int8:
         for blk in net.blocks:
             swap_linears(blk, skip=("proj_l",))

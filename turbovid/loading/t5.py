@@ -13,6 +13,7 @@ models load through the same call.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -205,4 +206,5 @@ def load_text_encoder(path, tokenizer=None, device="cpu", dtype: torch.dtype | N
     assign_state_dict(model, sd, src, dtype=dtype)
     del sd
     tok = load_tokenizer(default_tokenizer(src) if tokenizer is None else tokenizer, text_len=cfg.text_len)
-    return TextEncoder(model, tok).to(device, move=to_device)  # the embedding table stays in CPU memory
+    # the embedding table stays in CPU memory; the rest is read from the file (to_device: from_files)
+    return TextEncoder(model, tok).to(device, move=functools.partial(to_device, from_files=True))

@@ -8,17 +8,20 @@ first touches them. Two things make that faster, both optional (`TURBOVID_FAST_L
   (less what stays memory-mapped and is read piecemeal: umT5's 2.1 GB token-embedding table, see
   `turbovid.loading.prefetch_checkpoints`);
 - `to_device` copies a module's CPU tensors to the GPU through a ring of pinned buffers: PyTorch's
-  threads fill one buffer from the page cache while the DMA of the previous one runs. A plain
-  `module.to("cuda")` stages pageable memory through the driver, one tensor at a time.
+  threads (or, for tensors a loader has just memory-mapped, pread on reader threads: `FileSource`)
+  fill one buffer while the DMA of the previous one runs. A plain `module.to("cuda")` stages pageable
+  memory through the driver, one tensor at a time.
 
 Warm page cache, umT5-XXL (11.4 GB) memory-mapped, H100 host: 0.39 s staged against 1.55 s for `.to()`
 per tensor (benchmarks/explore_load.py). From a cold cache the disk sets the pace either way.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -98,19 +101,113 @@ def prefetch(files: Iterable[str | Path], skip: Ranges | None = None) -> threadi
     return thread
 
 
+READ_PIECE = 8 << 20  # one pread; a staging buffer's pieces are read by several threads at once
+
+
+class FileSource:
+    """Where a memory-mapped CPU tensor's bytes lie in its file, so they can be read with pread.
+
+    Reading a checkpoint through its memory map fills the process's page tables: every 4 KiB page
+    touched gets an entry, and unmapping the file later tears them all down again (~0.5 s for umT5's
+    11.4 GB on an H100 host, inside the text-encoding stage that releases it). pread copies the same
+    page-cache bytes without mapping them, and several threads read in parallel (warm cache, 11.4 GB:
+    0.28 s with 16 threads against 0.39 s for the staged copy through the map; benchmarks/explore_load.py).
+    Only for tensors that still hold the file's bytes: the loaders use it straight after reading."""
+
+    def __init__(self) -> None:
+        self.maps = _file_mappings()
+        self.starts = [m[0] for m in self.maps]
+        self.fds: dict[str, int | None] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    def locate(self, t: torch.Tensor) -> tuple[int, int] | None:
+        """(open file descriptor, offset) of a contiguous CPU tensor inside a file mapping, else None."""
+        if t.device.type != "cpu" or not t.is_contiguous() or not self.maps:
+            return None
+        p, n = t.data_ptr(), t.numel() * t.element_size()
+        i = bisect.bisect_right(self.starts, p) - 1
+        if i < 0:
+            return None
+        lo, hi, offset, path, inode = self.maps[i]
+        if p + n > hi:
+            return None
+        fd = self._open(path, inode)
+        return None if fd is None else (fd, offset + p - lo)
+
+    def _open(self, path: str, inode: int) -> int | None:
+        if path not in self.fds:
+            fd = None
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                if os.fstat(fd).st_ino != inode:  # replaced on disk since it was mapped
+                    os.close(fd)
+                    fd = None
+            except OSError:
+                fd = None
+            self.fds[path] = fd
+        return self.fds[path]
+
+    def read(self, view: memoryview, fd: int, offset: int) -> None:
+        """Fill `view` from the file at `offset`, READ_PIECE bytes per thread."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="turbovid-read")
+        pieces = [self.pool.submit(_pread_all, fd, view[a:a + READ_PIECE], offset + a)
+                  for a in range(0, len(view), READ_PIECE)]
+        for f in pieces:
+            f.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        for fd in self.fds.values():
+            if fd is not None:
+                os.close(fd)
+        self.fds.clear()
+
+
+def _pread_all(fd: int, view: memoryview, offset: int) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            raise OSError(f"unexpected end of file at offset {offset + got}")
+        got += n
+
+
+def _file_mappings() -> list[tuple[int, int, int, str, int]]:
+    """(start, end, file offset, path, inode) of this process's file-backed memory mappings, by start;
+    [] where /proc/self/maps is not there (not Linux)."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(None, 5)
+                if len(parts) == 6 and parts[5].startswith("/") and parts[4] != "0":
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    out.append((lo, hi, int(parts[2], 16), parts[5], int(parts[4])))
+    except OSError:
+        return []
+    return sorted(out)
+
+
 class _Stager:
     """Callable for `nn.Module._apply`: returns the GPU copy of a CPU tensor, the DMA still in flight.
 
-    The caller must `finish()` before the copies are used."""
+    The caller must `finish()` before the copies are used. With `files`, tensors that are views of a
+    file mapping are read from the file with pread instead of through the map."""
 
-    def __init__(self, device: torch.device, buffers: int = 3, size: int = STAGE_BYTES):
+    def __init__(self, device: torch.device, buffers: int = 3, size: int | None = None, files: FileSource | None = None):
         self.device = device
+        size = size or STAGE_BYTES  # read at call time, so tests can shrink it
         self.stream = torch.cuda.Stream(device)
         self.bufs = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(buffers)]
+        self.views = [memoryview(b.numpy()) for b in self.bufs]
         self.done = [torch.cuda.Event() for _ in range(buffers)]
         self.used = [False] * buffers
         self.next = 0
         self.size = size
+        self.files = files
+        self.file_bytes = 0  # how many bytes came by pread (for tests and benchmarks)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
@@ -118,6 +215,7 @@ class _Stager:
         out = torch.empty(t.shape, dtype=t.dtype, device=self.device)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # out's memory may be a just-freed block
         src, dst = t.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.uint8)
+        where = self.files.locate(t) if self.files is not None else None
         for start in range(0, src.numel(), self.size):
             n = min(self.size, src.numel() - start)
             i = self.next
@@ -125,7 +223,11 @@ class _Stager:
             if self.used[i]:
                 self.done[i].synchronize()  # its last DMA has read it
             buf = self.bufs[i][:n]
-            buf.copy_(src[start:start + n])  # page cache -> pinned, on PyTorch's CPU threads
+            if where is not None:  # file -> pinned by pread, on the reader threads
+                self.files.read(self.views[i][:n], where[0], where[1] + start)
+                self.file_bytes += n
+            else:
+                buf.copy_(src[start:start + n])  # page cache -> pinned, on PyTorch's CPU threads
             with torch.cuda.stream(self.stream):
                 dst[start:start + n].copy_(buf, non_blocking=True)
                 self.done[i].record(self.stream)
@@ -134,25 +236,36 @@ class _Stager:
 
     def finish(self) -> None:
         self.stream.synchronize()
+        if self.files is not None:
+            self.files.close()
 
 
 def _cpu_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu")
 
 
-def to_device(module: nn.Module, device: str | torch.device) -> nn.Module:
-    """`module.to(device)`, through pinned staging buffers when moving a large module to a CUDA device."""
+# False: copy through the memory map even where a loader allows file reads (A/B timing)
+FILE_READS = True
+
+
+def to_device(module: nn.Module, device: str | torch.device, from_files: bool = False) -> nn.Module:
+    """`module.to(device)`, through pinned staging buffers when moving a large module to a CUDA device.
+
+    from_files: the module's CPU tensors that are views of a memory-mapped file still hold that file's
+    bytes (a loader that has just read the checkpoint), so they may be read with pread (FileSource)."""
     device = torch.device(device)
     if device.type != "cuda" or not enabled() or _cpu_bytes(module) < SMALL_BYTES:
         return module.to(device)
     try:
-        stager = _Stager(device)
+        stager = _Stager(device, files=FileSource() if from_files and FILE_READS else None)
     except RuntimeError as e:  # no pinned memory to be had: the plain copy still works
         log.debug("staged copy unavailable (%s); plain .to()", e)
         return module.to(device)
-    module._apply(stager)
-    stager.finish()
+    try:
+        module._apply(stager)
+    finally:
+        stager.finish()
     return module
 
 
-__all__ = ["prefetch", "to_device", "enabled"]
+__all__ = ["FileSource", "prefetch", "to_device", "enabled"]

@@ -192,7 +192,7 @@ def load_vae(
         vae = WanVAE(cfg)
     assign_state_dict(vae, sd, where, dtype=dtype)
     log.info("loaded %s VAE from %s (dim %d, z_dim %d)", layout, where, cfg.dim, cfg.z_dim)
-    return to_device(vae, device).eval().requires_grad_(False)
+    return to_device(vae, device, from_files=True).eval().requires_grad_(False)
 
 
 __all__ = ["load_vae", "official_to_ours", "diffusers_to_ours", "config_from_state_dict"]
