@@ -21,7 +21,8 @@ import bisect
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -147,13 +148,15 @@ class FileSource:
             self.fds[path] = fd
         return self.fds[path]
 
-    def read(self, view: memoryview, fd: int, offset: int) -> None:
-        """Fill `view` from the file at `offset`, READ_PIECE bytes per thread."""
+    def submit(self, view: memoryview, fd: int, offset: int) -> list[Future]:
+        """Start filling `view` from the file at `offset`, READ_PIECE bytes per reader thread."""
         if self.pool is None:
             self.pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="turbovid-read")
-        pieces = [self.pool.submit(_pread_all, fd, view[a:a + READ_PIECE], offset + a)
-                  for a in range(0, len(view), READ_PIECE)]
-        for f in pieces:
+        return [self.pool.submit(_pread_all, fd, view[a:a + READ_PIECE], offset + a)
+                for a in range(0, len(view), READ_PIECE)]
+
+    def read(self, view: memoryview, fd: int, offset: int) -> None:
+        for f in self.submit(view, fd, offset):
             f.result()
 
     def close(self) -> None:
@@ -191,12 +194,14 @@ def _file_mappings() -> list[tuple[int, int, int, str, int]]:
 
 
 class _Stager:
-    """Callable for `nn.Module._apply`: returns the GPU copy of a CPU tensor, the DMA still in flight.
+    """Callable for `nn.Module._apply`: returns the GPU copy of a CPU tensor, the DMA still to come.
 
-    The caller must `finish()` before the copies are used. With `files`, tensors that are views of a
-    file mapping are read from the file with pread instead of through the map."""
+    The caller must `finish()` before the copies are used. Chunks of STAGE_BYTES go through a ring of
+    pinned buffers; up to `buffers - 1` are being filled while the DMA of the ones before runs. With
+    `files`, tensors that are views of a file mapping are read from the file with pread (on FileSource's
+    threads) instead of copied through the map."""
 
-    def __init__(self, device: torch.device, buffers: int = 3, size: int | None = None, files: FileSource | None = None):
+    def __init__(self, device: torch.device, buffers: int = 4, size: int | None = None, files: FileSource | None = None):
         self.device = device
         size = size or STAGE_BYTES  # read at call time, so tests can shrink it
         self.stream = torch.cuda.Stream(device)
@@ -207,6 +212,7 @@ class _Stager:
         self.next = 0
         self.size = size
         self.files = files
+        self.pending: deque = deque()  # (buffer, bytes, destination, reads) filled or being filled, not sent
         self.file_bytes = 0  # how many bytes came by pread (for tests and benchmarks)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
@@ -218,26 +224,38 @@ class _Stager:
         where = self.files.locate(t) if self.files is not None else None
         for start in range(0, src.numel(), self.size):
             n = min(self.size, src.numel() - start)
+            if len(self.pending) >= len(self.bufs) - 1:
+                self._send_oldest()
             i = self.next
             self.next = (i + 1) % len(self.bufs)
             if self.used[i]:
                 self.done[i].synchronize()  # its last DMA has read it
-            buf = self.bufs[i][:n]
             if where is not None:  # file -> pinned by pread, on the reader threads
-                self.files.read(self.views[i][:n], where[0], where[1] + start)
+                reads = self.files.submit(self.views[i][:n], where[0], where[1] + start)
                 self.file_bytes += n
             else:
-                buf.copy_(src[start:start + n])  # page cache -> pinned, on PyTorch's CPU threads
-            with torch.cuda.stream(self.stream):
-                dst[start:start + n].copy_(buf, non_blocking=True)
-                self.done[i].record(self.stream)
-            self.used[i] = True
+                self.bufs[i][:n].copy_(src[start:start + n])  # page cache -> pinned, on PyTorch's CPU threads
+                reads = []
+            self.pending.append((i, n, dst[start:start + n], reads))
         return out
 
+    def _send_oldest(self) -> None:
+        i, n, dst, reads = self.pending.popleft()
+        for f in reads:
+            f.result()
+        with torch.cuda.stream(self.stream):
+            dst.copy_(self.bufs[i][:n], non_blocking=True)
+            self.done[i].record(self.stream)
+        self.used[i] = True
+
     def finish(self) -> None:
-        self.stream.synchronize()
-        if self.files is not None:
-            self.files.close()
+        try:
+            while self.pending:
+                self._send_oldest()
+            self.stream.synchronize()
+        finally:
+            if self.files is not None:
+                self.files.close()
 
 
 def _cpu_bytes(module: nn.Module) -> int:
