@@ -152,3 +152,21 @@ def test_each_common_step_runs_even_when_an_earlier_one_fails(monkeypatch, caplo
     ran.clear()
     prewarm.Prewarm(torch.device("cuda")).start().join()  # no index: the thread keeps the default device
     assert ran[0] == "key"
+
+
+def test_the_switch_interval_is_short_while_the_steps_run_and_restored_after(monkeypatch):
+    import sys
+
+    seen = []
+    monkeypatch.setattr(prewarm, "_steps", lambda device: [lambda: seen.append(sys.getswitchinterval())])
+    before = sys.getswitchinterval()
+    try:
+        p = prewarm.Prewarm(torch.device("cuda")).start()  # no CUDA call: the step is a stand-in
+        p.join()
+        assert seen == [pytest.approx(prewarm.SWITCH_INTERVAL, rel=0.05)] and sys.getswitchinterval() == before
+        sys.setswitchinterval(1e-4)  # a shorter one set by the application stays
+        mine = sys.getswitchinterval()  # CPython keeps whole microseconds: 9.9e-05
+        prewarm.Prewarm(torch.device("cuda")).start().join()
+        assert seen[-1] == mine and sys.getswitchinterval() == mine
+    finally:
+        sys.setswitchinterval(before)
