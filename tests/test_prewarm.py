@@ -144,14 +144,15 @@ def test_each_common_step_runs_even_when_an_earlier_one_fails(monkeypatch, caplo
     monkeypatch.setattr(prewarm, "_import_modules", lambda: ran.append("modules"))
     monkeypatch.setattr(prewarm, "_preload", lambda: ran.append("preload"))
     monkeypatch.setattr(prewarm, "_cublas", lambda device: ran.append(("cublas", str(device))))
+    monkeypatch.setattr(prewarm, "_context", lambda device: ran.append(("context", str(device))))
     monkeypatch.setattr(torch.cuda, "set_device", failing("set_device"))
     with caplog.at_level(logging.DEBUG, logger="turbovid.prewarm"):
         prewarm.Prewarm(torch.device("cuda:1")).start().join()
-    assert ran == ["set_device", "key", "driver", "modules", "preload", ("cublas", "cuda:1")]
+    assert ran == ["set_device", ("context", "cuda:1"), "key", "driver", "modules", "preload", ("cublas", "cuda:1")]
     assert "prewarm step skipped: RuntimeError: driver" in caplog.text
     ran.clear()
     prewarm.Prewarm(torch.device("cuda")).start().join()  # no index: the thread keeps the default device
-    assert ran[0] == "key"
+    assert ran[0] == ("context", "cuda")
 
 
 def test_the_switch_interval_is_short_while_the_steps_run_and_restored_after(monkeypatch):

@@ -247,6 +247,20 @@ def test_to_device_staged_copy_equals_plain_to(monkeypatch, fast):
 
 
 @pytest.mark.gpu
+def test_to_device_copies_small_tensors_together_at_the_end(monkeypatch):
+    monkeypatch.setattr(transfer, "SMALL_BYTES", 1)
+    m = nn.Sequential(*[nn.Linear(64, 64) for _ in range(50)], nn.Linear(1024, 1024))  # 100 small + 1 of 4 MiB
+    want = {k: v.clone() for k, v in m.state_dict().items()}
+    seen = []
+    real = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda outs, srcs: (seen.append(len(outs)), real(outs, srcs)))
+    transfer.to_device(m, "cuda")
+    assert seen == [100]  # one call for the biases and 64x64 weights; the 4 MiB weight was staged
+    for k, v in m.state_dict().items():
+        assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k
+
+
+@pytest.mark.gpu
 def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "STAGE_BYTES", 1 << 20)
     monkeypatch.setattr(transfer, "SMALL_BYTES", 1 << 20)
@@ -267,6 +281,8 @@ def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypa
     transfer.to_device(m, "cuda", from_files=True)
     for k, v in m.state_dict().items():
         assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k
-    assert stagers[0].file_bytes == sum(v.numel() * v.element_size() for v in sd.values())
+    assert stagers[0].file_bytes == sum(v.numel() * v.element_size() for v in sd.values()
+                                        if v.numel() * v.element_size() >= transfer.SMALL_TENSOR)
+    assert stagers[0].file_bytes > 0
     transfer.to_device(m.cpu(), "cuda")  # not from files: the copy through memory
     assert stagers[1].file_bytes == 0

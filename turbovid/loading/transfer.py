@@ -33,6 +33,7 @@ log = logging.getLogger("turbovid.loading")
 
 STAGE_BYTES = 64 << 20  # one pinned buffer; three of them are in flight
 SMALL_BYTES = 16 << 20  # modules below this go through .to(): nothing to gain
+SMALL_TENSOR = 1 << 20  # tensors below this are copied together at the end (one call for all of them)
 PREFETCH_SHARE = 0.5  # prefetch only while the files fit in this share of the available memory
 
 
@@ -213,12 +214,20 @@ class _Stager:
         self.size = size
         self.files = files
         self.pending: deque = deque()  # (buffer, bytes, destination, reads) filled or being filled, not sent
+        self.small: list[tuple[torch.Tensor, torch.Tensor]] = []  # (GPU tensor, CPU source) copied in finish()
         self.file_bytes = 0  # how many bytes came by pread (for tests and benchmarks)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
             return t.to(self.device)
         out = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+        if t.numel() * t.element_size() < SMALL_TENSOR:
+            # A DiT has hundreds of biases, norm weights and modulation vectors: staged one by one, each
+            # cost a dozen short torch calls, and each call can wait for the GIL on the prewarm thread.
+            # They are copied in one call at the end, on the current stream (after any earlier use of
+            # the memory `out` was given).
+            self.small.append((out, t))
+            return out
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # out's memory may be a just-freed block
         src, dst = t.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.uint8)
         where = self.files.locate(t) if self.files is not None else None
@@ -252,6 +261,15 @@ class _Stager:
         try:
             while self.pending:
                 self._send_oldest()
+            if self.small:
+                outs, srcs = (list(x) for x in zip(*self.small))
+                self.small.clear()
+                copy_all = getattr(torch, "_foreach_copy_", None)  # one call (PyTorch >= 2.1)
+                if copy_all is not None:
+                    copy_all(outs, srcs)
+                else:  # pragma: no cover - older PyTorch
+                    for o, src in zip(outs, srcs):
+                        o.copy_(src)
             self.stream.synchronize()
         finally:
             if self.files is not None:
