@@ -247,17 +247,22 @@ def test_to_device_staged_copy_equals_plain_to(monkeypatch, fast):
 
 
 @pytest.mark.gpu
-def test_to_device_copies_small_tensors_together_at_the_end(monkeypatch):
+def test_to_device_copies_small_tensors_after_the_staged_ones(monkeypatch):
     monkeypatch.setattr(transfer, "SMALL_BYTES", 1)
     m = nn.Sequential(*[nn.Linear(64, 64) for _ in range(50)], nn.Linear(1024, 1024))  # 100 small + 1 of 4 MiB
     want = {k: v.clone() for k, v in m.state_dict().items()}
-    seen = []
-    real = torch._foreach_copy_
-    monkeypatch.setattr(torch, "_foreach_copy_", lambda outs, srcs: (seen.append(len(outs)), real(outs, srcs)))
+    stagers = []
+    real = transfer._Stager
+
+    def spy(*a, **k):
+        stagers.append(real(*a, **k))
+        return stagers[-1]
+
+    monkeypatch.setattr(transfer, "_Stager", spy)
     transfer.to_device(m, "cuda")
-    assert seen == [100]  # one call for the biases and 64x64 weights; the 4 MiB weight was staged
     for k, v in m.state_dict().items():
         assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k
+    assert stagers[0].small == [] and stagers[0].used[0] and not stagers[0].used[1]  # one 4 MiB chunk staged
 
 
 @pytest.mark.gpu

@@ -33,7 +33,7 @@ log = logging.getLogger("turbovid.loading")
 
 STAGE_BYTES = 64 << 20  # one pinned buffer; three of them are in flight
 SMALL_BYTES = 16 << 20  # modules below this go through .to(): nothing to gain
-SMALL_TENSOR = 1 << 20  # tensors below this are copied together at the end (one call for all of them)
+SMALL_TENSOR = 1 << 20  # tensors below this skip the staging ring: one plain copy each, at the end
 PREFETCH_SHARE = 0.5  # prefetch only while the files fit in this share of the available memory
 
 
@@ -222,11 +222,11 @@ class _Stager:
             return t.to(self.device)
         out = torch.empty(t.shape, dtype=t.dtype, device=self.device)
         if t.numel() * t.element_size() < SMALL_TENSOR:
-            # A DiT has hundreds of biases, norm weights and modulation vectors: staged one by one, each
-            # cost a dozen short torch calls, and each call can wait for the GIL on the prewarm thread.
-            # They are copied in one call at the end, on the current stream (after any earlier use of
-            # the memory `out` was given).
-            self.small.append((out, t))
+            # A DiT has hundreds of biases, norm weights and modulation vectors: staged, each cost a
+            # dozen short torch calls, and each call can wait for the GIL on the prewarm thread. They
+            # are copied with one call each at the end, on the current stream (after any earlier use
+            # of the memory `out` was given).
+            self.small.append((out, t.detach()))  # not t: _apply points a Parameter t at `out` next
             return out
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # out's memory may be a just-freed block
         src, dst = t.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.uint8)
@@ -261,15 +261,9 @@ class _Stager:
         try:
             while self.pending:
                 self._send_oldest()
-            if self.small:
-                outs, srcs = (list(x) for x in zip(*self.small))
-                self.small.clear()
-                copy_all = getattr(torch, "_foreach_copy_", None)  # one call (PyTorch >= 2.1)
-                if copy_all is not None:
-                    copy_all(outs, srcs)
-                else:  # pragma: no cover - older PyTorch
-                    for o, src in zip(outs, srcs):
-                        o.copy_(src)
+            for out, src in self.small:  # one call each, on the current stream
+                out.copy_(src)
+            self.small.clear()
             self.stream.synchronize()
         finally:
             if self.files is not None:
