@@ -9,11 +9,12 @@ first touches them. Two things make that faster, both optional (`TURBOVID_FAST_L
   `turbovid.loading.prefetch_checkpoints`);
 - `to_device` copies a module's CPU tensors to the GPU through a ring of pinned buffers: PyTorch's
   threads (or, for tensors a loader has just memory-mapped, pread on reader threads: `FileSource`)
-  fill one buffer while the DMA of the previous one runs. A plain `module.to("cuda")` stages pageable
-  memory through the driver, one tensor at a time.
+  fill the next buffers while the DMA of the earlier ones runs. A plain `module.to("cuda")` stages
+  pageable memory through the driver, one tensor at a time.
 
 Warm page cache, umT5-XXL (11.4 GB) memory-mapped, H100 host: 0.39 s staged against 1.55 s for `.to()`
-per tensor (benchmarks/explore_load.py). From a cold cache the disk sets the pace either way.
+per tensor (benchmarks/explore_load.py); read with pread, its later release costs 0.07 s instead of
+0.6 s (benchmarks/explore_release.py). From a cold cache the disk sets the pace.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch.nn as nn
 
 log = logging.getLogger("turbovid.loading")
 
-STAGE_BYTES = 64 << 20  # one pinned buffer; three of them are in flight
+STAGE_BYTES = 64 << 20  # one pinned buffer of the ring of four (up to three being filled)
 SMALL_BYTES = 16 << 20  # modules below this go through .to(): nothing to gain
 SMALL_TENSOR = 1 << 20  # tensors below this skip the staging ring: one plain copy each, at the end
 PREFETCH_SHARE = 0.5  # prefetch only while the files fit in this share of the available memory
