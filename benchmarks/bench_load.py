@@ -141,6 +141,18 @@ getattr(cli, "exit_process", sys.exit)(rc)  # how the console script ends (trees
 """
 
 
+def run_python(code: str, argv: list[str], tree: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -c code *argv` in a fresh process, `tree` first on PYTHONPATH, output captured."""
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, cwd=tree)
+
+
+def last_line(proc: subprocess.CompletedProcess, what: str) -> str:
+    """A child's last line of output, or why it failed."""
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else f"{what}: failed\n{proc.stderr[-2000:]}"
+
+
 def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: argparse.Namespace, tag: str) -> dict:
     """One `turbovid generate` process. variant: new (this tree), plain (TURBOVID_FAST_LOAD=0), base (--base-tree)."""
     video = out_dir / f"{tag}.mp4"
@@ -148,10 +160,8 @@ def run_cli(folder: Path, tokenizer: Path, out_dir: Path, variant: str, args: ar
            "--dit_path", str(folder / DIT), "--text_encoder_path", str(folder / T5), "--vae_path", str(folder / VAE),
            "--tokenizer_path", str(tokenizer), "--quant", args.quant, "--output", str(video)]
     tree = args.base_tree if variant == "base" else ROOT
-    env = {**os.environ, "TURBOVID_FAST_LOAD": "0" if variant == "plain" else "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, text=True, cwd=tree)
+    proc = run_python(WRAPPER, cli, tree, {"TURBOVID_FAST_LOAD": "0" if variant == "plain" else "1"})
     end = time.time()
     if proc.returncode:
         raise SystemExit(f"{tag}: the CLI failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

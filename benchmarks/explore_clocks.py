@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from turbovid.bench.cases import build_dit, latent_shape, quantize, split_variant  # noqa: E402
+from profile_forward import build_forward  # noqa: E402
+from turbovid.bench.timing import cuda_ms  # noqa: E402
 
 QUERY = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active"
 
@@ -72,12 +74,7 @@ def loop(fn, seconds: float) -> tuple[float, float, list[float]]:
     times = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(cuda_ms(fn))
     return t0, time.monotonic(), times
 
 
@@ -93,17 +90,9 @@ def main() -> None:
     from turbovid.fast import FastOptions, make_fast
 
     dev = torch.device("cuda")
-    attn, quant = split_variant(args.variant)
-    dit = build_dit(args.model, dev, torch.bfloat16)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, 0.1)
-    g = torch.Generator(device=dev).manual_seed(0)
-    lat = torch.randn(latent_shape(args.resolution, 81), generator=g, device=dev).bfloat16()
-    ctx = torch.randn(1, 512, dit.cfg.text_dim, generator=g, device=dev).bfloat16()
-    t = torch.tensor([500.0], device=dev)
+    dit, lat, t, ctx = build_forward(args.model, args.variant, args.resolution, 81)
     up = dit.blocks[0].ffn[0]
-    x = torch.randn(1, 32760, dit.cfg.dim, generator=g, device=dev).bfloat16()
+    x = torch.randn(1, 32760, dit.cfg.dim, device=dev).bfloat16()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
               "gemm": f"{type(up).__name__} {dit.cfg.dim} -> {dit.cfg.ffn_dim}, M = 32760", "phases": {}}
     sampler = Sampler()

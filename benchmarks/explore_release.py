@@ -11,8 +11,6 @@ Writes bench_load.py's checkpoints if missing; prints one JSON line per process.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,19 +47,16 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/ck"))
     ap.add_argument("--trials", type=int, default=2)
     args = ap.parse_args()
-    from bench_load import T5, drop_cache, write_checkpoints
+    from bench_load import T5, drop_cache, last_line, run_python, write_checkpoints
 
     write_checkpoints(args.dir.resolve(), "Wan2.1-1.3B", torch.device("cuda"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    t5 = args.dir.resolve() / T5
     for trial in range(args.trials):
         for mode in (("pread", "map") if trial % 2 == 0 else ("map", "pread")):
             for cache in ("cold", "warm"):
                 if cache == "cold":
-                    drop_cache([args.dir / T5])
-                p = subprocess.run([sys.executable, "-c", CHILD, str(args.dir / T5), str(args.tokenizer.resolve()), mode],
-                                   env=env, capture_output=True, text=True)
-                line = p.stdout.strip().splitlines()[-1] if p.returncode == 0 else f"failed\n{p.stderr[-2000:]}"
-                print(cache, line, flush=True)
+                    drop_cache([t5])
+                print(cache, last_line(run_python(CHILD, [str(t5), str(args.tokenizer.resolve()), mode]), mode), flush=True)
 
 
 if __name__ == "__main__":

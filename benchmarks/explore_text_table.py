@@ -10,9 +10,6 @@ and 5 more. Prints one JSON line per process.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,15 +45,13 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/ck"))
     ap.add_argument("--trials", type=int, default=3)
     args = ap.parse_args()
-    from bench_load import T5, write_checkpoints
+    from bench_load import T5, last_line, run_python, write_checkpoints
 
     write_checkpoints(args.dir.resolve(), "Wan2.1-1.3B", torch.device("cuda"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     for trial in range(args.trials):
         for table in (("cpu", "gpu") if trial % 2 == 0 else ("gpu", "cpu")):
-            p = subprocess.run([sys.executable, "-c", CHILD, str(args.dir / T5), str(args.tokenizer.resolve()), table],
-                               env=env, capture_output=True, text=True)
-            print(p.stdout.strip().splitlines()[-1] if p.returncode == 0 else f"{table}: failed\n{p.stderr[-2000:]}", flush=True)
+            p = run_python(CHILD, [str(args.dir.resolve() / T5), str(args.tokenizer.resolve()), table])
+            print(last_line(p, table), flush=True)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,21 @@ def kernel_table(runner, *inputs) -> list[dict]:
     return sorted(rows, key=lambda r: -r["ms"])
 
 
+def build_forward(model: str, variant: str, resolution: str, frames: int):
+    """(dit, latents, t, context): a real-size model with random weights, quantized and with the attention
+    `variant` names, and random inputs for one forward, on the GPU."""
+    dev = torch.device("cuda")
+    attn, quant = split_variant(variant)
+    dit = build_dit(model, dev, torch.bfloat16)
+    if quant != "bf16":
+        quantize(dit, quant)
+    dit.set_attention(attn, 0.1)
+    g = torch.Generator(device=dev).manual_seed(0)
+    lat = torch.randn(latent_shape(resolution, frames), generator=g, device=dev).bfloat16()
+    ctx = torch.randn(1, 512, dit.cfg.text_dim, generator=g, device=dev).bfloat16()
+    return dit, lat, torch.tensor([500.0], device=dev), ctx
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="Wan2.1-1.3B")
@@ -77,15 +92,7 @@ def main() -> None:
     from turbovid.fast import FastOptions, make_fast, make_plain
 
     dev = torch.device("cuda")
-    attn, quant = split_variant(args.variant)
-    dit = build_dit(args.model, dev, torch.bfloat16)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, 0.1)
-    g = torch.Generator(device=dev).manual_seed(0)
-    lat = torch.randn(latent_shape(args.resolution, args.frames), generator=g, device=dev).bfloat16()
-    ctx = torch.randn(1, 512, dit.cfg.text_dim, generator=g, device=dev).bfloat16()
-    t = torch.tensor([500.0], device=dev)
+    dit, lat, t, ctx = build_forward(args.model, args.variant, args.resolution, args.frames)
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "args": vars(args) | {"out": str(args.out)}}
 
     with torch.inference_mode():

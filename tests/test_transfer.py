@@ -246,19 +246,25 @@ def test_to_device_staged_copy_equals_plain_to(monkeypatch, fast):
     assert m.a.weight is m.b.weight and isinstance(m.big, nn.Parameter)
 
 
-@pytest.mark.gpu
-def test_to_device_copies_small_tensors_after_the_staged_ones(monkeypatch):
-    monkeypatch.setattr(transfer, "SMALL_BYTES", 1)
-    m = nn.Sequential(*[nn.Linear(64, 64) for _ in range(50)], nn.Linear(1024, 1024))  # 100 small + 1 of 4 MiB
-    want = {k: v.clone() for k, v in m.state_dict().items()}
-    stagers = []
+@pytest.fixture
+def stagers(monkeypatch) -> list:
+    """Each _Stager that to_device makes, in order."""
+    made = []
     real = transfer._Stager
 
     def spy(*a, **k):
-        stagers.append(real(*a, **k))
-        return stagers[-1]
+        made.append(real(*a, **k))
+        return made[-1]
 
     monkeypatch.setattr(transfer, "_Stager", spy)
+    return made
+
+
+@pytest.mark.gpu
+def test_to_device_copies_small_tensors_after_the_staged_ones(monkeypatch, stagers):
+    monkeypatch.setattr(transfer, "SMALL_BYTES", 1)
+    m = nn.Sequential(*[nn.Linear(64, 64) for _ in range(50)], nn.Linear(1024, 1024))  # 100 small + 1 of 4 MiB
+    want = {k: v.clone() for k, v in m.state_dict().items()}
     transfer.to_device(m, "cuda")
     for k, v in m.state_dict().items():
         assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k
@@ -266,7 +272,7 @@ def test_to_device_copies_small_tensors_after_the_staged_ones(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypatch):
+def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypatch, stagers):
     monkeypatch.setattr(transfer, "STAGE_BYTES", 1 << 20)
     monkeypatch.setattr(transfer, "SMALL_BYTES", 1 << 20)
     monkeypatch.setattr(transfer, "READ_PIECE", 300_000)
@@ -275,14 +281,6 @@ def test_to_device_from_files_reads_mapped_tensors_with_pread(tmp_path, monkeypa
     for k, v in sd.items():
         m.register_buffer(k, v)
     want = {k: v.clone() for k, v in sd.items()}
-    stagers = []
-    real = transfer._Stager
-
-    def spy(*a, **k):
-        stagers.append(real(*a, **k))
-        return stagers[-1]
-
-    monkeypatch.setattr(transfer, "_Stager", spy)
     transfer.to_device(m, "cuda", from_files=True)
     for k, v in m.state_dict().items():
         assert v.device.type == "cuda" and torch.equal(v.cpu(), want[k]), k

@@ -32,6 +32,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_ms(fn: Callable[[], object]) -> float:
+    """One call's GPU time in ms, between CUDA events around it (waits for it to finish)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5,
             max_seconds: float = 20.0) -> Timing:
     """Median of up to `repeats` timed calls after `warmup` untimed ones (CUDA events on a GPU).
@@ -45,12 +55,7 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 1, rep
     times: list[float] = []
     for _ in range(max(1, repeats)):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(cuda_ms(fn))
         else:
             t0 = time.perf_counter()
             fn()
