@@ -56,8 +56,9 @@ def test_json_has_baseline_pipeline_and_derived_figures(tiny_run):
     p = pipe[0]
     assert p["total_s"] >= p["text_encoding_s"] + p["sampling_s"] + p["vae_decode_s"] - 1e-3
     assert p["mp4_encode_s"] > 0 and p["cpu_count"] >= 1  # the .mp4 write of one video, timed apart
-    # prompt to .mp4 file with the encode during the decode: a whole generation, then the file
-    assert p["to_file_s"] >= p["text_encoding_s"] + p["sampling_s"] + p["vae_decode_streamed_s"] - 1e-3
+    # prompt to .mp4 file with the encode during the decode: a whole generation, then the file (the
+    # stages of that same run: the medians above come from other runs)
+    assert p["to_file_s"] >= p["text_sampling_streamed_s"] + p["vae_decode_streamed_s"] - 1e-3
     # every streamed run's VAE stage, the median among them; the collector's time in both sets of runs
     assert len(p["vae_decode_streamed_all_s"]) == p["repeats"]
     assert p["vae_decode_streamed_s"] in p["vae_decode_streamed_all_s"]
