@@ -50,8 +50,8 @@ def prefetch_checkpoints(dit=None, vae=None, text_encoder=None):
     from turbovid.loading.common import tensor_file_ranges
     from turbovid.loading.transfer import prefetch
 
-    t5_files = set(checkpoint_files(text_encoder=text_encoder))
-    return prefetch(checkpoint_files(dit, vae, text_encoder),
+    t5_files = checkpoint_files(text_encoder=text_encoder)
+    return prefetch(checkpoint_files(dit, vae) + t5_files,
                     skip=lambda f: tensor_file_ranges(f, _t5.EMBEDDING_KEYS) if f in t5_files else [])
 
 

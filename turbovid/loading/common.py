@@ -30,11 +30,15 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100_000_000 and head[8:9] == b"{"
 
 
-def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    path = Path(path)
+def _safetensors_header(path: str | Path) -> tuple[dict, int]:
+    """A .safetensors file's JSON header and the offset where its tensor data starts."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        return json.loads(f.read(n)), 8 + n
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    header, _ = _safetensors_header(path)
     return dict(header.get("__metadata__") or {})
 
 
@@ -104,10 +108,8 @@ def tensor_file_ranges(path: str | Path, names: Iterable[str], prefixes: Iterabl
 
     try:
         if _is_safetensors(path):
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            return sorted((8 + n + e["data_offsets"][0], 8 + n + e["data_offsets"][1])
+            header, data = _safetensors_header(path)
+            return sorted((data + e["data_offsets"][0], data + e["data_offsets"][1])
                           for k, e in header.items() if k != "__metadata__" and match(k))
         if not zipfile.is_zipfile(path):
             return []

@@ -111,7 +111,7 @@ class FileSource:
     """Where a memory-mapped CPU tensor's bytes lie in its file, so they can be read with pread.
 
     Reading a checkpoint through its memory map fills the process's page tables: every 4 KiB page
-    touched gets an entry, and unmapping the file later tears them all down again (~0.5 s for umT5's
+    touched gets an entry, and unmapping the file later tears them all down again (0.6 s for umT5's
     11.4 GB on an H100 host, inside the text-encoding stage that releases it). pread copies the same
     page-cache bytes without mapping them, and several threads read in parallel (warm cache, 11.4 GB:
     0.28 s with 16 threads against 0.39 s for the staged copy through the map; benchmarks/explore_load.py).
