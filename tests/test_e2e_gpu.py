@@ -137,7 +137,7 @@ def test_pipeline_480p_random_weights_fast_path():
     make_plain(runner)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "fp8-tensor"])
 @torch.inference_mode()
 def test_quantized_ffn_with_the_gelu_fused_into_the_quantization(fmt):
     import torch.nn as nn
@@ -150,7 +150,10 @@ def test_quantized_ffn_with_the_gelu_fused_into_the_quantization(fmt):
     x = torch.randn(1, 4096, 1536, device=DEV, dtype=torch.bfloat16)
     exact = seq.float()(x.float())
     seq = seq.bfloat16()
-    (swap_linears if fmt == "int8" else swap_linears_fp8)(seq)
+    if fmt == "int8":
+        swap_linears(seq)
+    else:
+        swap_linears_fp8(seq, per_tensor=fmt == "fp8-tensor")
     assert _quant_kernel_for(seq[2], x) is not None  # the fused path is the one that runs
     plain, fused = seq(x), GeluFFN(*seq)(x)
     within(fused, plain, exact)
@@ -186,7 +189,7 @@ def test_norms_quantize_for_fp8_linears_bit_for_bit(monkeypatch):
     dit = build_dit("Wan2.1-1.3B", device=DEV, dtype=torch.bfloat16, seed=0)
     dit.blocks = dit.blocks[:4]
     for blk in dit.blocks:
-        swap_linears_fp8(blk)
+        swap_linears_fp8(blk, per_tensor=False)
     dit.set_attention("sagesla", 0.1)
     g = torch.Generator(device=DEV).manual_seed(0)
     lat = torch.randn(1, 16, 5, 30, 52, generator=g, device=DEV).bfloat16()
@@ -214,7 +217,7 @@ def test_attention_quantizes_for_the_fp8_o_projection_bit_for_bit(backend):
     dit = build_dit("Wan2.1-1.3B", device=DEV, dtype=torch.bfloat16, seed=0)
     dit.blocks = dit.blocks[:4]
     for blk in dit.blocks:
-        swap_linears_fp8(blk)
+        swap_linears_fp8(blk, per_tensor=False)
     dit.set_attention(backend, 0.1)
     g = torch.Generator(device=DEV).manual_seed(1)
     lat = torch.randn(1, 16, 5, 30, 52, generator=g, device=DEV).bfloat16()
@@ -227,6 +230,68 @@ def test_attention_quantizes_for_the_fp8_o_projection_bit_for_bit(backend):
     assert all(blk.self_attn.out_fp8 for blk in dit.blocks)
     assert torch.equal(runner(lat, t, ctx), own)
     make_plain(runner)
+
+
+@torch.inference_mode()
+def test_norms_quantize_per_tensor_with_the_modulation_bound(monkeypatch):
+    """quant="fp8-tensor" on the device: the bound holds (no value saturates), the bytes are the
+    rule applied to the kernel's own h, at both model widths."""
+    from turbovid.ops import fused
+    from turbovid.ops.fused import layernorm_kernel as ln
+    from turbovid.ops.quant import fp8_tensor
+
+    for c in (1536, 5120):  # the bf16-output launch at the quantizing launch's shape: same sums
+        monkeypatch.setitem(ln.LAUNCH, ln.row_parts(c), ln.QUANT_LAUNCH[ln.row_parts(c, quant=True)])
+    for c in (1536, 5120):
+        b, l = 1, 3000
+        x, y = (torch.randn(b, l, c, device=DEV, dtype=torch.bfloat16) * 2 for _ in range(2))
+        x[0, 5] = 0
+        x[0, 5, 17] = 1e4  # a row at the bound's worst case
+        shift, scale, gate = (torch.randn(b, c, device=DEV) * 0.3 for _ in range(3))
+        wt, bias = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
+        _, act = fused.add_norm_modulate(x, y, gate, shift, scale, weight=wt, bias=bias, quant="fp8-tensor")
+        # the bf16 h of the same launch shape (its row sums in the same order)
+        h = ln.add_norm_modulate_triton(x, y, gate, wt, bias, shift, scale, 1e-6, torch.bfloat16, True, True)[1]
+        bound, s = fp8_tensor.ln_bound_reference(c, wt, bias, shift, scale)
+        assert torch.equal(act.scale, s), c
+        assert h.abs().max() <= bound, c
+        q0, _ = fp8_tensor.quantize_with_bound(h, bound)
+        assert torch.equal(act.q.view(torch.uint8), q0.view(torch.uint8)), c
+
+
+@torch.inference_mode()
+def test_per_tensor_fp8_dit_is_as_accurate_as_the_block_scaled_one():
+    """A fast (graphed) 4-block 1.3B DiT: per-tensor fp8 linears' velocity error against the bf16
+    model is within 1.3x the block-scaled fp8 model's, and the fast path matches its own plain path."""
+    from turbovid.fast import make_fast, make_plain
+    from turbovid.loading.dit import build_dit
+    from turbovid.ops.quant import swap_linears_fp8
+
+    g = torch.Generator(device=DEV).manual_seed(2)
+    lat = torch.randn(1, 16, 5, 30, 52, generator=g, device=DEV).bfloat16()
+    ctx = torch.randn(1, 512, 4096, generator=g, device=DEV).bfloat16()
+    t = torch.tensor([600.0], device=DEV)
+    out = {}
+    for name in ("bf16", "block", "tensor"):
+        dit = build_dit("Wan2.1-1.3B", device=DEV, dtype=torch.bfloat16, seed=0)
+        dit.blocks = dit.blocks[:4]
+        dit.set_attention("sagesla", 0.1)
+        if name != "bf16":
+            for blk in dit.blocks:
+                swap_linears_fp8(blk, per_tensor=name == "tensor")
+        if name == "tensor":
+            out["tensor_plain"] = dit(lat, t, ctx)
+        runner = make_fast(dit)
+        runner(lat, t, ctx)
+        out[name] = runner(lat, t, ctx).float()
+        if name == "tensor":
+            assert all(blk.act_quant == "fp8-tensor" for blk in dit.blocks)
+        make_plain(runner)
+        del dit, runner
+    e_block, e_tensor = rel(out["block"], out["bf16"]), rel(out["tensor"], out["bf16"])
+    assert torch.isfinite(out["tensor"]).all()
+    assert e_tensor < 1.3 * e_block, (e_tensor, e_block)
+    assert rel(out["tensor"], out["tensor_plain"]) < e_tensor
 
 
 def test_uint8_frames_from_a_cuda_video_equal_the_cpu_conversion():

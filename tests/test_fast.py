@@ -122,7 +122,7 @@ def test_fp8_o_projection_takes_the_attention_output_quantized(monkeypatch):
     monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path
     dit = tiny()
     for blk in dit.blocks:
-        swap_linears_fp8(blk)
+        swap_linears_fp8(blk, per_tensor=False)
     dit.set_attention("sla", 0.5)
     lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
     seen = []
@@ -138,3 +138,25 @@ def test_fp8_o_projection_takes_the_attention_output_quantized(monkeypatch):
         fast.make_plain(dit)
         assert not any(blk.self_attn.out_fp8 for blk in dit.blocks)
     assert torch.equal(fused, own)
+
+
+def test_per_tensor_fp8_dit_fast_path_sets_the_tensor_formats():
+    """make_fast on a per-tensor fp8 DiT: the norms quantize per tensor ("fp8-tensor"), the attention
+    output stays bf16 (the per-tensor o quantizes it by its own amax), q/k/v share one weight scale,
+    and the velocity stays within the fp8 error of the same model's plain path."""
+    from turbovid.ops.quant import Fp8TensorLinear, swap_linears_fp8
+
+    dit = tiny()
+    for blk in dit.blocks:
+        swap_linears_fp8(blk, per_tensor=True)
+    assert all(isinstance(blk.self_attn.o, Fp8TensorLinear) for blk in dit.blocks)
+    lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
+    with torch.no_grad():
+        plain = dit(lat, t, ctx)
+        fast_out = fast.make_fast(dit)(lat, t, ctx)
+        assert all(blk.act_quant == "fp8-tensor" for blk in dit.blocks)
+        assert not any(blk.self_attn.out_fp8 for blk in dit.blocks)
+        fast.make_plain(dit)
+        assert all(blk.act_quant is None for blk in dit.blocks)
+    assert torch.isfinite(fast_out).all()
+    assert (fast_out - plain).norm() / plain.norm() < 3e-2

@@ -335,23 +335,32 @@ def test_activation_quant_with_the_ffn_gelu_fused_in(interp, fmt):
     assert (q1.float() - q0.float()).abs().max() <= (1 if fmt == "int8" else 32)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "fp8-tensor"])
 def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypatch):
     """GeluFFN with int8 / fp8 layers takes the fused path (interpreter) and matches the unfused FFN."""
     import torch.nn as nn
 
     from turbovid import fast
+    from turbovid.ops.quant import fp8_tensor_triton
     from turbovid.ops.quant import int8 as q8
     from turbovid.ops.quant import swap_linears, swap_linears_fp8
 
     monkeypatch.setattr(q8, "_allow_interpreter", True)
     seq = nn.Sequential(nn.Linear(128, 256), nn.GELU(approximate="tanh"), nn.Linear(256, 128)).half()
-    (swap_linears if fmt == "int8" else swap_linears_fp8)(seq)
+    if fmt == "int8":
+        swap_linears(seq)
+    else:
+        swap_linears_fp8(seq, per_tensor=fmt == "fp8-tensor")
     x = torch.randn(1, 40, 128).half()
     assert fast._quant_kernel_for(seq[2], x) is not None
     calls = []
-    real = q8.kernels().linear
-    monkeypatch.setattr(q8.kernels(), "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
+    if fmt == "fp8-tensor":
+        real = fp8_tensor_triton.quantize
+        monkeypatch.setattr(fp8_tensor_triton, "quantize", lambda x, gelu=False, bound=None: calls.append(
+            {"gelu_input": gelu}) or real(x, gelu, bound))
+    else:
+        real = q8.kernels().linear
+        monkeypatch.setattr(q8.kernels(), "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
     fused_out = fast.GeluFFN(*seq)(x)
     assert any(k.get("gelu_input") for k in calls)  # the second layer quantized GELU(h) itself
     plain = seq(x)
@@ -398,19 +407,21 @@ def test_norm_fp8_ops_pass_opcheck_and_unknown_formats_raise(interp):
     x, y = torch.randn(b, l, c), torch.randn(b, l, c)
     s, sh, g = adaln(b, c)
     w, bias = torch.randn(c), torch.randn(c)
-    torch.library.opcheck(fused._norm_modulate_fp8_op, (x, w, bias, sh, s, 1e-6, torch.float32),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(fused._add_norm_modulate_fp8_op, (x, y, g, None, None, sh, s, 1e-6, torch.float16),
-                          test_utils=("test_schema", "test_faketensor"))
-    with pytest.raises(ValueError, match="only 'fp8'"):
+    for per_tensor in (False, True):
+        torch.library.opcheck(fused._norm_modulate_fp8_op, (x, w, bias, sh, s, 1e-6, torch.float32, per_tensor),
+                              test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(fused._add_norm_modulate_fp8_op,
+                              (x, y, g, None, None, sh, s, 1e-6, torch.float16, per_tensor),
+                              test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="'fp8' or 'fp8-tensor'"):
         fused.norm_modulate(x, sh, s, quant="int8")
-    with pytest.raises(ValueError, match="only 'fp8'"):
+    with pytest.raises(ValueError, match="'fp8' or 'fp8-tensor'"):
         ref.norm_modulate_ref(x, sh, s, quant="nf4")
 
 
 def test_tiny_fp8_dit_with_quantizing_norms_matches_its_linears_quantizing(interp, monkeypatch):
-    """make_fast on an fp8 DiT: the norms hand q/k/v, cross-attention q and the FFN their inputs
-    already quantized, and the velocity is bit-identical to the linears quantizing themselves."""
+    """make_fast on a block-scaled fp8 DiT: the norms hand q/k/v, cross-attention q and the FFN their
+    inputs already quantized, and the velocity is bit-identical to the linears quantizing themselves."""
     from turbovid import fast
     from turbovid.loading.dit import build_dit
     from turbovid.ops.quant import fp8 as fp8_module
@@ -420,7 +431,7 @@ def test_tiny_fp8_dit_with_quantizing_norms_matches_its_linears_quantizing(inter
     for p in dit.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     for blk in dit.blocks:
-        swap_linears_fp8(blk)
+        swap_linears_fp8(blk, per_tensor=False)
     lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
     prequantized = []
     real = fp8_module.fp8_linear_quantized

@@ -101,18 +101,22 @@ def test_tasks_run_after_the_common_work_and_one_failing_skips_only_itself(monke
     assert order == ["common"]  # model tasks warm GPU kernels only
 
 
-def test_pipeline_prewarm_tasks(monkeypatch):
+@pytest.mark.parametrize("scales", ["tensor", "block"])
+def test_pipeline_prewarm_tasks(monkeypatch, scales):
+    """fp8 probes the cuBLAS GEMM of the layers' scale layout (TURBOVID_FP8_SCALES) ahead."""
     from turbovid.models import t5
-    from turbovid.ops.quant import fp8_cublas
+    from turbovid.ops.quant import fp8_cublas, fp8_tensor
 
     seen = []
+    monkeypatch.setenv("TURBOVID_FP8_SCALES", scales)
     monkeypatch.setattr(t5, "warm_up_kernels", lambda device, dtype: seen.append(("t5", device.type, dtype)))
-    monkeypatch.setattr(fp8_cublas, "available", lambda device: seen.append(("fp8", device.type)))
+    monkeypatch.setattr(fp8_cublas, "available", lambda device: seen.append(("block", device.type)))
+    monkeypatch.setattr(fp8_tensor, "cublas_available", lambda device: seen.append(("tensor", device.type)))
     dev = torch.device("cuda")
     for quant in ("none", "int8", "fp8"):
         for task in Pipeline._prewarm_tasks(PipelineOptions(quant=quant), dev, torch.bfloat16):
             task()
-    assert seen == [("t5", "cuda", torch.bfloat16)] * 3 + [("fp8", "cuda")]
+    assert seen == [("t5", "cuda", torch.bfloat16)] * 3 + [(scales, "cuda")]
 
 
 def test_text_encoder_warm_up_runs_the_real_encoders_ops(monkeypatch):

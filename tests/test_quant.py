@@ -2,6 +2,7 @@
 the swap function and the offline converter."""
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
@@ -310,7 +311,8 @@ def test_swapped_tiny_dit_velocity_matches_float_twin(swap):
     assert rel(got, want) <= 3e-2
 
 
-@pytest.mark.parametrize("swap", [swap_linears, swap_linears_fp8])
+@pytest.mark.parametrize("swap", [swap_linears, functools.partial(swap_linears_fp8, per_tensor=False)],
+                         ids=["int8", "fp8-block"])
 def test_fused_qkv_quantizes_once_and_matches_separate_layers(swap):
     """turbovid.fast.fuse_qkv on int8 / fp8 layers (interpreter kernels): one quantization + GEMM at
     N = 3 * dim, the same per-column math as three separate layers; a whole tiny DiT agrees too."""

@@ -140,3 +140,63 @@ def test_fused_qkv_matches_separate_linears(fmt):
         got = attn.project_qkv(x)
     for a, b in zip(got, want):
         assert rel(a.float(), b.float()) < 4e-3  # bf16: cuBLAS may tile differently; quantized: same math
+
+
+# ---- per-tensor fp8 (quant.fp8_tensor) --------------------------------------------------------------
+
+def _tensor_ok():
+    from turbovid.ops.quant import fp8_tensor
+
+    if not (fp8_available() and fp8_tensor.cublas_available(torch.device("cuda"))):
+        pytest.skip("cuBLAS per-tensor fp8 unavailable on this card / torch")
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_per_tensor_quantize_kernel_bytes_match_rule(gelu):
+    from turbovid.ops.quant import fp8_tensor, fp8_tensor_triton
+
+    _tensor_ok()
+    for m, k in [(4096, 1536), (77, 200), (1, 8960)]:
+        x = activations(m, k) * 3
+        q, s = fp8_tensor_triton.quantize(x, gelu=gelu)
+        q0, s0 = fp8_tensor.quantize_reference(x, gelu=gelu)
+        if not gelu:
+            assert torch.equal(s, s0) and torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
+        else:  # the kernel's and PyTorch's tanh-GELU may round one bf16 ulp apart
+            torch.testing.assert_close(s, s0, rtol=1e-2, atol=0)
+            assert (q.view(torch.uint8) != q0.view(torch.uint8)).float().mean() < 0.02
+            assert rel(q.float() * s, q0.float() * s0) < 1e-2
+
+
+@pytest.mark.parametrize("tokens", [1950, 4096, 32760])
+def test_per_tensor_layer_matches_its_dequantized_reference(tokens):
+    """cuBLAS's per-tensor fp8 GEMM with fast accumulation against the float32 GEMM of the same
+    quantized operands (bf16 input and a pre-quantized one), at token counts blockwise cuBLAS refuses."""
+    from turbovid.ops.quant import Fp8TensorLinear, fp8_tensor
+    from turbovid.ops.quant.fp8 import Fp8Activation
+
+    _tensor_ok()
+    layer = Fp8TensorLinear.from_linear(nn.Linear(1536, 4608, device="cuda", dtype=torch.bfloat16))
+    x = activations(tokens, 1536).reshape(1, tokens, 1536)
+    q, s = fp8_tensor.quantize_reference(x.reshape(-1, 1536))
+    ref = fp8_tensor.linear_reference(q, s, layer.fp8_weight, layer.scale, layer.bias, torch.float32)
+    for inp in (x, Fp8Activation.quantize_per_tensor(x)):
+        y = layer(inp)
+        assert y.shape == (1, tokens, 4608) and y.dtype == torch.bfloat16
+        assert rel(y.float().reshape(-1, 4608), ref) < 5e-3  # bf16 output + fast accumulation
+    assert (tokens, 1536, 4608) not in fp8_tensor._refused
+
+
+def test_per_tensor_layer_error_against_the_float_linear_is_fp8s():
+    """At a DiT shape with outlier channels, per-tensor fp8 is within 1.3x of the block-scaled
+    layer's error against the bf16 operands' float32 product."""
+    from turbovid.ops.quant import Fp8TensorLinear
+
+    _tensor_ok()
+    torch.manual_seed(0)
+    lin = nn.Linear(5120, 5120, device="cuda", dtype=torch.bfloat16)
+    x = activations(8192, 5120).reshape(1, 8192, 5120)
+    exact = torch.nn.functional.linear(x.float(), lin.weight.float(), lin.bias.float())
+    e_tensor = rel(Fp8TensorLinear.from_linear(lin)(x).float(), exact)
+    e_block = rel(Fp8Linear.from_linear(lin)(x).float(), exact)
+    assert e_tensor < 5e-2 and e_tensor < 1.3 * e_block, (e_tensor, e_block)

@@ -61,9 +61,11 @@ def use_fused_kernels(flag: bool = True) -> None:
 def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
     """The kernel linear (x, w_q, w_scale, bias, gelu_input=...) serving an int8 / fp8 `layer` for x
     (the same choice the layer's own forward makes: cuBLAS or Triton for fp8), else None."""
-    from turbovid.ops.quant.fp8 import Fp8Linear, fp8_kernel_linear
+    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear, fp8_kernel_linear, fp8_tensor_linear
     from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
 
+    if isinstance(layer, Fp8TensorLinear):
+        return fp8_tensor_linear  # its own kernels, or the reference where they cannot run
     if isinstance(layer, Fp8Linear):
         return fp8_kernel_linear(x, layer.fp8_weight)
     if isinstance(layer, Int8Linear) and use_kernel(x):
@@ -123,6 +125,7 @@ def _fused_qkv_layer(lins: list[nn.Module]) -> nn.Module | None:
     the concatenated tensors are allocated once and q / k / v are re-pointed at views of them, so
     no weight memory is added. None when the three cannot be fused (mixed types, no common dtype,
     quantized blocks straddling the q/k/v boundary)."""
+    from turbovid.ops.quant.fp8 import Fp8TensorLinear, share_weight_scale
     from turbovid.ops.quant.int8 import BLOCK, QuantLinearBase
 
     first = lins[0]
@@ -132,9 +135,12 @@ def _fused_qkv_layer(lins: list[nn.Module]) -> nn.Module | None:
         names = ["weight", "bias"]
         owner = "_parameters"
     elif isinstance(first, QuantLinearBase):
-        if first.out_features % BLOCK:  # one weight-scale block row must not span two of q, k, v
+        per_tensor = isinstance(first, Fp8TensorLinear)
+        if per_tensor:  # one weight scale for the three (exact: the scales are powers of two)
+            share_weight_scale(lins)
+        elif first.out_features % BLOCK:  # one weight-scale block row must not span two of q, k, v
             return None
-        names = [first.weight_name, "scale", "bias"]
+        names = [first.weight_name, "bias"] + ([] if per_tensor else ["scale"])
         owner = "_buffers"
     else:
         return None
@@ -153,6 +159,8 @@ def _fused_qkv_layer(lins: list[nn.Module]) -> nn.Module | None:
         fused = type(first)(first.in_features, 3 * first.out_features, bias=first.bias is not None, device="meta")
         for n in names:
             fused._buffers[n] = tensors[n]
+        if isinstance(first, Fp8TensorLinear):
+            fused._buffers["scale"] = first.scale  # the one the three now share
     for n in names:  # q, k, v now read (and load checkpoints into) slices of the fused storage
         for i, m in enumerate(lins):
             rows = tensors[n].shape[0] // 3
@@ -211,10 +219,11 @@ def fuse_qkv(dit: nn.Module) -> int:
 
 def fuse_act_quant(dit: nn.Module) -> int:
     """Let each block's norms quantize for its fp8 linears (q/k/v, cross-attention q, FFN in): the
-    linears' own rule applied to the norm's output, one pass fewer each. The quantizing launch
-    may sum a row in another order than the plain one (its own launch shape), so h can round one
-    ulp apart in places; at C = 1536 the bytes are identical (tests). Returns how many blocks."""
-    from turbovid.ops.quant.fp8 import Fp8Linear
+    linears' own rule applied to the norm's output, one pass fewer each ("fp8": block scales;
+    "fp8-tensor" for Fp8TensorLinear: one scale from the modulation's bound, fp8_tensor.py). The
+    quantizing launch may sum a row in another order than the plain one (its own launch shape), so h
+    can round one ulp apart in places; at C = 1536 the bytes are identical (tests). Returns how many blocks."""
+    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear
 
     n = 0
     for blk in getattr(dit, "blocks", []):
@@ -222,9 +231,13 @@ def fuse_act_quant(dit: nn.Module) -> int:
             readers = [blk.self_attn.q, blk.self_attn.k, blk.self_attn.v, blk.cross_attn.q, blk.ffn[0]]
         except (AttributeError, IndexError, TypeError):
             continue
-        if all(isinstance(m, Fp8Linear) for m in readers):
+        if all(isinstance(m, Fp8TensorLinear) for m in readers):
+            blk.act_quant = "fp8-tensor"
+        elif all(isinstance(m, Fp8Linear) and not isinstance(m, Fp8TensorLinear) for m in readers):
             blk.act_quant = "fp8"
-            n += 1
+        else:
+            continue
+        n += 1
     return n
 
 
@@ -232,12 +245,14 @@ def fuse_attn_quant(dit: nn.Module) -> int:
     """Let each self-attention quantize its output for an fp8 o-projection in the attention
     kernel's epilogue (sla / sagesla; other backends ignore it). Same bytes as the linear's own
     quantization of the bf16 output (tests). Returns how many blocks."""
-    from turbovid.ops.quant.fp8 import Fp8Linear
+    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear
 
     n = 0
     for blk in getattr(dit, "blocks", []):
         attn = getattr(blk, "self_attn", None)
-        if isinstance(attn, SelfAttention) and isinstance(getattr(attn, "o", None), Fp8Linear):
+        o = getattr(attn, "o", None)
+        # block scales only: an Fp8TensorLinear quantizes the bf16 output with its own amax
+        if isinstance(attn, SelfAttention) and isinstance(o, Fp8Linear) and not isinstance(o, Fp8TensorLinear):
             attn.out_fp8 = True
             n += 1
     return n

@@ -327,9 +327,12 @@ class Pipeline:
 
         tasks: list[Callable[[], object]] = [] if opts.text_encoder_cpu else [lambda: warm_up_kernels(device, dtype)]
         if opts.quant == "fp8":
-            from turbovid.ops.quant import fp8_cublas
+            from turbovid.ops.quant import fp8_cublas, fp8_tensor
+            from turbovid.ops.quant.fp8 import per_tensor_default
 
-            tasks.append(lambda: fp8_cublas.available(device))  # probes cuBLAS's blockwise fp8 once
+            # probes cuBLAS's fp8 GEMM of the layout the layers will use, once
+            probe = fp8_tensor.cublas_available if per_tensor_default() else fp8_cublas.available
+            tasks.append(lambda: probe(device))
         return tasks
 
     @staticmethod

@@ -3,7 +3,8 @@
 Shapes: x, y [B, L, C] (residual stream and a branch output); shift, scale, gate [B, C]
 (one adaLN vector per sample, broadcast over tokens); q/k [B, L, C] with C = heads x head_dim;
 cos, sin [L, head_dim / 2] (one rotation per token and complex pair).
-The norms take quant="fp8" to hand an fp8 linear its input already quantized (an Fp8Activation).
+The norms take quant="fp8" (block scales) or "fp8-tensor" (one scale from the modulation's bound,
+quant.fp8_tensor) to hand an fp8 linear its input already quantized (an Fp8Activation).
 """
 from __future__ import annotations
 
@@ -11,18 +12,24 @@ import torch
 import torch.nn.functional as F
 
 
+QUANTS = (None, "fp8", "fp8-tensor")
+
+
 def check_quant(quant: str | None) -> None:
-    if quant not in (None, "fp8"):
-        raise ValueError(f"unknown activation quantization {quant!r}; only 'fp8' is fused into the norms")
+    if quant not in QUANTS:
+        raise ValueError(f"unknown activation quantization {quant!r}; the norms take 'fp8' or 'fp8-tensor'")
 
 
-def quantize_output(h: torch.Tensor, quant: str | None):
-    """h itself (quant None), or h quantized for the fp8 linear that reads it next (quant "fp8")."""
+def quantize_output(h: torch.Tensor, quant: str | None, bound: torch.Tensor | None = None):
+    """h itself (quant None), or h quantized for the fp8 linear that reads it next: "fp8" per (row, 128
+    channels), "fp8-tensor" at the scale of `bound` (>= max|h|, quant.fp8_tensor.ln_bound_reference)."""
     check_quant(quant)
     if quant is None:
         return h
     from turbovid.ops.quant.fp8 import Fp8Activation
 
+    if quant == "fp8-tensor":
+        return Fp8Activation.quantize_per_tensor(h, bound)
     return Fp8Activation.quantize(h)
 
 
@@ -55,7 +62,12 @@ def norm_modulate_ref(
         h = h * (1 + scale.float()[:, None, :])
     if shift is not None:
         h = h + shift.float()[:, None, :]
-    return quantize_output(h.to(out_dtype or x.dtype), quant)
+    bound = None
+    if quant == "fp8-tensor":
+        from turbovid.ops.quant.fp8_tensor import ln_bound_reference
+
+        bound = ln_bound_reference(x.shape[-1], weight, bias, shift, scale)[0]
+    return quantize_output(h.to(out_dtype or x.dtype), quant, bound)
 
 
 def add_norm_modulate_ref(

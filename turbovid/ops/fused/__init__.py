@@ -183,33 +183,46 @@ def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
     return torch.empty_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
-def _quant_fakes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quant_fakes(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
     b, l, c = x.shape
+    shape = (1,) if per_tensor else (-(-c // 128), b * l)
     return (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
-            torch.empty(-(-c // 128), b * l, dtype=torch.float32, device=x.device))
+            torch.empty(shape, dtype=torch.float32, device=x.device))
+
+
+def _tensor_bound(x: torch.Tensor, weight, bias, shift, scale, per_tensor: bool) -> torch.Tensor | None:
+    if not per_tensor:
+        return None
+    from turbovid.ops.quant import fp8_tensor_triton
+
+    return fp8_tensor_triton.ln_bound(x.shape[-1], weight, bias, shift, scale)
 
 
 def _norm_modulate_fp8(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-    shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype,
+    shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype, per_tensor: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True)[1]
+    bound = _tensor_bound(x, weight, bias, shift, scale, per_tensor)
+    return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True,
+                                    bound)[1]
 
 
 _norm_modulate_fp8_op = torch.library.custom_op("turbovid::norm_modulate_fp8", _norm_modulate_fp8, mutates_args=())
 
 
 @_norm_modulate_fp8_op.register_fake
-def _(x, weight, bias, shift, scale, eps, out_dtype):
-    return _quant_fakes(x)
+def _(x, weight, bias, shift, scale, eps, out_dtype, per_tensor):
+    return _quant_fakes(x, per_tensor)
 
 
 def _add_norm_modulate_fp8(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
-    eps: float, out_dtype: torch.dtype,
+    eps: float, out_dtype: torch.dtype, per_tensor: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x_out, (q, s) = add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True, True)
+    bound = _tensor_bound(x, weight, bias, shift, scale, per_tensor)
+    x_out, (q, s) = add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True, True,
+                                             bound)
     return x_out, q, s
 
 
@@ -218,8 +231,8 @@ _add_norm_modulate_fp8_op = torch.library.custom_op("turbovid::add_norm_modulate
 
 
 @_add_norm_modulate_fp8_op.register_fake
-def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
-    return (torch.empty_like(x), *_quant_fakes(x))
+def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype, per_tensor):
+    return (torch.empty_like(x), *_quant_fakes(x, per_tensor))
 
 
 def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -275,7 +288,8 @@ def norm_modulate(
 ) -> torch.Tensor:
     """LayerNorm(x) (float32, affine when weight/bias are given) * (1 + scale) + shift.
 
-    quant="fp8" returns it quantized for an fp8 linear (an Fp8Activation), in the same launch."""
+    quant="fp8" returns it quantized for an fp8 linear (an Fp8Activation), in the same launch;
+    quant="fp8-tensor" at one per-tensor scale from the modulation's bound (fp8_tensor.py)."""
     x = _check_x("x", x)
     c = x.shape[-1]
     shift, scale = _per_sample("shift", shift, x), _per_sample("scale", scale, x)
@@ -287,8 +301,10 @@ def norm_modulate(
     if not _use_triton(x):
         return norm_modulate_ref(x, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
+        per_tensor = quant == "fp8-tensor"
         return _fp8_activation(out_dtype, *call(
-            _norm_modulate_fp8_op, _norm_modulate_fp8, x, weight, bias, shift, scale, eps, out_dtype))
+            _norm_modulate_fp8_op, _norm_modulate_fp8, x, weight, bias, shift, scale, eps, out_dtype, per_tensor),
+            per_tensor=per_tensor)
     return call(_norm_modulate_op, _norm_modulate, x, weight, bias, shift, scale, eps, out_dtype)
 
 
@@ -319,16 +335,17 @@ def add_norm_modulate(
     if not _use_triton(x):
         return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
+        per_tensor = quant == "fp8-tensor"
         x_out, q, s = call(_add_norm_modulate_fp8_op, _add_norm_modulate_fp8, x, y, gate, weight, bias, shift, scale,
-                           eps, out_dtype)
-        return x_out, _fp8_activation(out_dtype, q, s)
+                           eps, out_dtype, per_tensor)
+        return x_out, _fp8_activation(out_dtype, q, s, per_tensor=per_tensor)
     return call(_add_norm_modulate_op, _add_norm_modulate, x, y, gate, weight, bias, shift, scale, eps, out_dtype)
 
 
-def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor):
+def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor, per_tensor: bool = False):
     from turbovid.ops.quant.fp8 import Fp8Activation
 
-    return Fp8Activation(q, s, out_dtype)
+    return Fp8Activation(q, s, out_dtype, per_tensor=per_tensor)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:

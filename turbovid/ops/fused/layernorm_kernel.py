@@ -5,7 +5,8 @@ Per token row (C channels, all in registers, float32 math):
     h   <- (x - mean) / sqrt(var + eps)  (when a normed output is wanted)
     h   <- h * w + b                     (LayerNorm affine, optional)
     h   <- h * (1 + scale) + shift       (adaLN, one vector per sample, optional)
-    h   -> e4m3 + one scale per (row, 128 channels) group  (QUANT_FP8: what an fp8 linear reads next)
+    h   -> e4m3 + one scale per (row, 128 channels) group  (QUANT_FP8: what an fp8 linear reads next),
+           or e4m3 at one per-tensor scale from a bound computed beforehand (QUANT_TENSOR, fp8_tensor.py)
 One read of each input and one write of each output: the unfused PyTorch chain makes 5-8
 round trips of the [B, L, C] stream through memory.
 Grid: (cdiv(L, BLOCK_L), B); each program owns BLOCK_L rows of one sample, so the
@@ -50,7 +51,8 @@ def _normed_part(
     xc, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift, stride_scale,
     rows_total, C,
     C0: tl.constexpr, WIDTH: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-    HAS_SCALE: tl.constexpr, QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_SCALE: tl.constexpr, QUANT_FP8: tl.constexpr, QUANT_TENSOR: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """Normalize, modulate and store columns [C0, C0 + WIDTH) (xc: the centred rows)."""
     cols = C0 + tl.arange(0, WIDTH)
@@ -69,7 +71,12 @@ def _normed_part(
         sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
         h = h + sh[None, :]
     h = h.to(H.dtype.element_ty)  # rounded as the unfused path stores it (H only names the dtype when quantizing)
-    if QUANT_FP8:
+    if QUANT_TENSOR:
+        # per-tensor rule of quant.fp8_tensor: HS holds the bound (>= max|h|, from the modulation)
+        mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(tl.load(HS), 1e-8))
+        v = tl.minimum(tl.maximum(h.to(tl.float32) * mult, -448.0), 448.0)
+        tl.store(HQ + offs, _to_e4m3(v, INTERPRET), mask=mask)
+    elif QUANT_FP8:
         # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:
         # amax per 128 channels of a row, scale amax / 448, e4m3(clamp(h * 448 / amax))
         hg = tl.reshape(h.to(tl.float32), (BLOCK_L, WIDTH // 128, 128))
@@ -93,7 +100,7 @@ def _add_norm_modulate_kernel(
     L, C, eps, stride_gate, stride_shift, stride_scale, rows_total,
     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
     WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
-    QUANT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+    QUANT_FP8: tl.constexpr, QUANT_TENSOR: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr,
 ):
     # A row is held as one power-of-two part of BLOCK_C columns (masked past C), or, when
@@ -124,11 +131,11 @@ def _add_norm_modulate_kernel(
         rstd = tl.rsqrt(sq / C + eps)
         _normed_part(xa, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
                      stride_scale, rows_total, C, 0, BLOCK_C, HAS_AFFINE, HAS_SHIFT, HAS_SCALE, QUANT_FP8,
-                     INTERPRET, BLOCK_L)
+                     QUANT_TENSOR, INTERPRET, BLOCK_L)
         if BLOCK_C2 > 0:
             _normed_part(xb, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
                          stride_scale, rows_total, C, BLOCK_C, BLOCK_C2, HAS_AFFINE, HAS_SHIFT, HAS_SCALE,
-                         QUANT_FP8, INTERPRET, BLOCK_L)
+                         QUANT_FP8, QUANT_TENSOR, INTERPRET, BLOCK_L)
 
 
 # (rows per program, warps) per row layout (the widths of its one or two parts), measured on an H100
@@ -185,21 +192,25 @@ def add_norm_modulate_triton(
     write_x: bool,
     write_h: bool,
     quant_fp8: bool = False,
+    bound: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
     """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale (unit channel stride), [C] weight/bias.
 
     Returns (new x or None, h or None); with quant_fp8, h is (e4m3 [B, L, C], float32 scales
-    [ceil(C/128), B*L]): out_dtype's values quantized per (row, 128 channels), as quantize_act(h, "fp8").
+    [ceil(C/128), B*L]): out_dtype's values quantized per (row, 128 channels), as quantize_act(h, "fp8");
+    with quant_fp8 and bound = (bound, scale) (fp8_tensor_triton.ln_bound), (e4m3 [B, L, C], that scale [1]).
     """
     bsz, l, c = x.shape
     x_out = torch.empty_like(x) if write_x else None
     h = hq = hs = None
+    per_tensor = bool(write_h and quant_fp8 and bound is not None)
     if write_h and quant_fp8:
         hq = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-        hs = torch.empty(triton.cdiv(c, 128), bsz * l, dtype=torch.float32, device=x.device)
+        hs = bound[0] if per_tensor else torch.empty(triton.cdiv(c, 128), bsz * l, dtype=torch.float32, device=x.device)
         h = torch.empty(1, dtype=out_dtype, device=x.device)  # carries the dtype h is rounded to
     elif write_h:
         h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    # the per-tensor launch keeps the block launch's shape: the same row sums, so the same h before rounding
     block_l, block_c, block_c2, num_warps = _launch_shape(c, quant_fp8 and write_h)
     dummy = x  # stands in for absent pointers; never read (the constexpr flags prune the loads)
     grid = (triton.cdiv(l, block_l), bsz)
@@ -213,9 +224,11 @@ def add_norm_modulate_triton(
         *(v.stride(0) if v is not None else 0 for v in (gate, shift, scale)), bsz * l,
         HAS_Y=y is not None, HAS_GATE=gate is not None, WRITE_X=write_x, WRITE_H=write_h,
         HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
-        QUANT_FP8=bool(write_h and quant_fp8), INTERPRET=INTERPRETED,
+        QUANT_FP8=bool(write_h and quant_fp8), QUANT_TENSOR=per_tensor, INTERPRET=INTERPRETED,
         BLOCK_L=block_l, BLOCK_C=block_c, BLOCK_C2=block_c2, num_warps=num_warps,
     )
+    if per_tensor:
+        return x_out, (hq, bound[1])
     return x_out, ((hq, hs) if hq is not None else h)
 
 

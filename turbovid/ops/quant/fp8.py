@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from turbovid.ops.dispatch import call
+from turbovid.ops.quant import fp8_tensor
 from turbovid.ops.quant.int8 import (
     BLOCK, QuantLinearBase, _cdiv, dequantize_blockwise, kernels, quantize_blockwise, swap_linears, use_kernel,
 )
@@ -81,6 +82,7 @@ class Fp8Activation:
     q: torch.Tensor
     scale: torch.Tensor
     dtype: torch.dtype  # of the activation before quantization: the linear's output dtype
+    per_tensor: bool = False  # one scale [1] for the whole tensor (fp8_tensor's rule; Fp8TensorLinear reads it)
 
     @property
     def shape(self) -> torch.Size:
@@ -91,6 +93,12 @@ class Fp8Activation:
         """The PyTorch rule (the kernels produce the same bytes)."""
         q, s = quantize_act_fp8(x.reshape(-1, x.shape[-1]))
         return cls(q.reshape(x.shape), s, x.dtype)
+
+    @classmethod
+    def quantize_per_tensor(cls, x: torch.Tensor, bound: torch.Tensor | None = None) -> "Fp8Activation":
+        """The per-tensor PyTorch rule (fp8_tensor): bound None = x's own amax."""
+        q, s = fp8_tensor.quantize_reference(x) if bound is None else fp8_tensor.quantize_with_bound(x, bound)
+        return cls(q, s, x.dtype, per_tensor=True)
 
 
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -172,10 +180,111 @@ class Fp8Linear(QuantLinearBase):
     def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         if isinstance(x, Fp8Activation):
             self._check(x)
+            if x.per_tensor:
+                raise ValueError("Fp8Linear (block scales) got a per-tensor fp8 activation; an Fp8TensorLinear reads those")
             return fp8_linear_quantized(x, self.fp8_weight, self.scale, self.bias)
         return super().forward(x)
 
 
-def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",)) -> nn.Module:
-    """Replace every nn.Linear under `module` (except `skip` names) by Fp8Linear, quantizing on the fly."""
-    return swap_linears(module, skip, layer_cls=Fp8Linear)
+def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), per_tensor: bool | None = None) -> nn.Module:
+    """Replace every nn.Linear under `module` (except `skip` names) by an fp8 layer, quantizing on the fly:
+    Fp8TensorLinear (per-tensor scales; per_tensor None: per_tensor_default()) or Fp8Linear (block scales)."""
+    if per_tensor is None:
+        per_tensor = per_tensor_default()
+    return swap_linears(module, skip, layer_cls=Fp8TensorLinear if per_tensor else Fp8Linear)
+
+
+# ---- per-tensor scales (fp8_tensor.py): cuBLAS's fast fp8 GEMM ---------------------------------
+
+def per_tensor_default() -> bool:
+    """--quant fp8's scales: per tensor (the default) unless TURBOVID_FP8_SCALES=block."""
+    import os
+
+    mode = os.environ.get("TURBOVID_FP8_SCALES", "tensor")
+    if mode not in ("tensor", "block"):
+        raise ValueError(f"TURBOVID_FP8_SCALES={mode!r}: use 'tensor' or 'block'")
+    return mode == "tensor"
+
+
+def quantize_per_tensor(x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None):
+    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]); bound None: x's own amax."""
+    if _kernels_serve(x):
+        from turbovid.ops.quant import fp8_tensor_triton
+
+        return fp8_tensor_triton.quantize(x, gelu, bound)
+    if gelu:
+        x = fp8_tensor.gelu_tanh(x)
+    return fp8_tensor.quantize_reference(x) if bound is None else fp8_tensor.quantize_with_bound(x, bound)
+
+
+def _fp8_tensor_linear(x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor],
+                       gelu: bool) -> torch.Tensor:
+    a_q, a_s = quantize_per_tensor(x.reshape(-1, x.shape[-1]), gelu)
+    return fp8_tensor.linear_quantized(a_q, a_s, w_q, w_s, bias, x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
+
+
+_fp8_tensor_linear_op = torch.library.custom_op("turbovid::fp8_tensor_linear", _fp8_tensor_linear, mutates_args=())
+
+
+@_fp8_tensor_linear_op.register_fake
+def _(x, w_q, w_s, bias, gelu):
+    return x.new_empty(*x.shape[:-1], w_q.shape[0])
+
+
+def fp8_tensor_linear(x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                      gelu_input: bool = False) -> torch.Tensor:
+    """y = x @ W^T + b (gelu_input: tanh-GELU(x) @ W^T + b) with x quantized per tensor by its own amax."""
+    return call(_fp8_tensor_linear_op, _fp8_tensor_linear, x, w_q, w_s, bias, gelu_input)
+
+
+def _fp8_tensor_linear_quantized(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    return fp8_tensor.linear_quantized(a_q, a_s, w_q, w_s, bias, out_dtype)
+
+
+_fp8_tensor_linear_quantized_op = torch.library.custom_op(
+    "turbovid::fp8_tensor_linear_quantized", _fp8_tensor_linear_quantized, mutates_args=())
+
+
+@_fp8_tensor_linear_quantized_op.register_fake
+def _(a_q, a_s, w_q, w_s, bias, out_dtype):
+    return a_q.new_empty(a_q.shape[0], w_q.shape[0], dtype=out_dtype)
+
+
+class Fp8TensorLinear(Fp8Linear):
+    """Fp8Linear with one scale for the whole weight and per-tensor activations (fp8_tensor.py): the
+    GEMM is cuBLAS's per-tensor fp8 kernel with fast accumulation. Reads a bf16 activation (quantized
+    by its own amax) or a per-tensor Fp8Activation (e.g. written by a norm kernel with a known bound)."""
+
+    quantize_weight = staticmethod(fp8_tensor.quantize_weight)
+    linear_op = staticmethod(fp8_tensor_linear)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.register_buffer("scale", torch.empty(1, dtype=torch.float32, device=device))
+
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        if not isinstance(x, Fp8Activation):
+            return super().forward(x)
+        self._check(x)
+        if not x.per_tensor:
+            raise ValueError("Fp8TensorLinear got a block-scaled fp8 activation; an Fp8Linear reads those")
+        shape = x.q.shape
+        y = call(_fp8_tensor_linear_quantized_op, _fp8_tensor_linear_quantized, x.q.reshape(-1, shape[-1]), x.scale,
+                 self.fp8_weight, self.scale, self.bias, x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def share_weight_scale(layers: list[Fp8TensorLinear]) -> None:
+    """Put per-tensor fp8 layers on one weight scale (the largest), in place, so they can run as one
+    GEMM (fused q/k/v). The scales are powers of two, so rescaling a weight is exact except for values
+    that fall below e4m3's normal range."""
+    s = max(float(m.scale) for m in layers)
+    common = torch.full((1,), s, dtype=torch.float32, device=layers[0].scale.device)
+    for m in layers:
+        if float(m.scale) != s:
+            w = m.fp8_weight.float() * (float(m.scale) / s)
+            m.fp8_weight.copy_(w.clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
+        m._buffers["scale"] = common

@@ -1,0 +1,86 @@
+"""A/B of --quant fp8's two scale layouts in one process (run on the device): block scales (1x128
+activations x 128x128 weights, cuBLAS's blockwise GEMM) against per-tensor scales (quant.fp8_tensor:
+the norms' modulation bound, cuBLAS's fast-accumulation GEMM).
+
+For each model: the graphed sagesla forward of both, timed in alternating rounds, and each one's
+velocity error against the same random-weight model in bf16 (same inputs, same attention).
+
+    python3 benchmarks/ab_fp8_scales.py --models Wan2.1-1.3B,Wan2.1-14B [--forwards 8] [--rounds 3] [--out F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from turbovid.bench.cases import latent_shape  # noqa: E402
+from turbovid.bench.timing import cuda_ms, environment  # noqa: E402
+
+
+def build(model: str, scales: str | None):
+    from turbovid.fast import FastOptions, make_fast
+    from turbovid.loading.dit import build_dit
+    from turbovid.ops.quant import swap_linears_fp8
+
+    dit = build_dit(model, device=torch.device("cuda"), dtype=torch.bfloat16, seed=0)
+    if scales is not None:
+        for blk in dit.blocks:
+            swap_linears_fp8(blk, skip=("proj_l",), per_tensor=scales == "tensor")
+    dit.set_attention("sagesla", 0.1)
+    return make_fast(dit, FastOptions())
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="Wan2.1-1.3B,Wan2.1-14B")
+    ap.add_argument("--resolution", default="480p")
+    ap.add_argument("--forwards", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--commit", default="")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    report = {"env": environment(torch.device("cuda"), args.commit or None, " ".join(sys.argv)),
+              "date": time.strftime("%Y-%m-%d"), "models": {}}
+    dev = torch.device("cuda")
+    for model in args.models.split(","):
+        g = torch.Generator(device=dev).manual_seed(0)
+        lat = torch.randn(latent_shape(args.resolution, 81), generator=g, device=dev).bfloat16()
+        ctx = torch.randn(1, 512, 4096, generator=g, device=dev).bfloat16()
+        t = torch.tensor([500.0], device=dev)
+        with torch.inference_mode():
+            runner = build(model, None)
+            want = runner(lat, t, ctx).float()
+            del runner
+            torch.cuda.empty_cache()
+            runners = {s: build(model, s) for s in ("block", "tensor")}
+            row = {"ms": {s: [] for s in runners}, "rel_err_vs_bf16": {}}
+            for s, r in runners.items():
+                r(lat, t, ctx)  # eager call; the next one captures
+                row["rel_err_vs_bf16"][s] = round(rel(r(lat, t, ctx).float(), want), 5)
+            for _ in range(args.rounds):
+                for s, r in runners.items():
+                    row["ms"][s] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
+            row["median_ms"] = {s: round(statistics.median(v), 2) for s, v in row["ms"].items()}
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            del runners
+            torch.cuda.empty_cache()
+        report["models"][model] = row
+        print(model, json.dumps({k: v for k, v in row.items() if k != "ms"}), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

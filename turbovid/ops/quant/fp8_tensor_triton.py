@@ -1,0 +1,131 @@
+"""Triton kernels of the per-tensor fp8 rule (fp8_tensor.py): the activation's amax, its quantization
+with a given bound (optionally of tanh-GELU(x), fused), and a LayerNorm output's bound.
+Imported on first use only (importing turbovid.ops.quant does not import Triton)."""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from turbovid.ops.quant.fp8_tensor import FP8_DTYPE, LN_BOUND_MARGIN, scale_of
+from turbovid.ops.quant.int8_triton import _to_e4m3
+
+
+@triton.jit
+def _gelu_rounded(x):
+    xf = x.to(tl.float32)
+    u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)
+    return (0.5 * xf * (2.0 * tl.sigmoid(2.0 * u))).to(x.dtype)  # 1 + tanh(u) = 2 sigmoid(2u)
+
+
+@triton.jit
+def _amax_kernel(X, OUT, M, K, stride_xm, GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rm[:, None] < M) & (rk[None, :] < K)
+    x = tl.load(X + rm[:, None].to(tl.int64) * stride_xm + rk[None, :], mask=mask, other=0.0)
+    if GELU:
+        x = _gelu_rounded(x)
+    tl.atomic_max(OUT, tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0))  # exact: order-free
+
+
+@triton.jit
+def _quant_kernel(
+    X, BOUND, Q, SCALE, M, K, stride_xm, stride_qm,
+    GELU: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m, pid_k = tl.program_id(0), tl.program_id(1)
+    bound = tl.maximum(tl.load(BOUND), 1e-8)
+    qmax = tl.full([], 448.0, tl.float32)
+    mult = tl.math.div_rn(qmax, bound)
+    if (pid_m == 0) & (pid_k == 0):
+        tl.store(SCALE, tl.math.div_rn(bound, qmax))
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rm[:, None] < M) & (rk[None, :] < K)
+    x = tl.load(X + rm[:, None].to(tl.int64) * stride_xm + rk[None, :], mask=mask, other=0.0)
+    if GELU:
+        x = _gelu_rounded(x)
+    v = tl.minimum(tl.maximum(x.to(tl.float32) * mult, -448.0), 448.0)
+    tl.store(Q + rm[:, None].to(tl.int64) * stride_qm + rk[None, :], _to_e4m3(v, INTERPRET), mask=mask)
+
+
+@triton.jit
+def _ln_bound_kernel(
+    W, BIAS, SHIFT, SCALE, OUT_B, OUT_S, C, NB, stride_shift, stride_scale, root, margin,
+    HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    best = tl.zeros([BLOCK_C], tl.float32)
+    for b in range(NB):
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            cm = cols < C
+            w1 = tl.full([BLOCK_C], 1.0, tl.float32)
+            b1 = tl.zeros([BLOCK_C], tl.float32)
+            if HAS_AFFINE:
+                w1 = tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)
+                b1 = tl.load(BIAS + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                m = 1.0 + tl.load(SCALE + b * stride_scale + cols, mask=cm, other=0.0).to(tl.float32)
+                w1 = w1 * m
+                b1 = b1 * m
+            if HAS_SHIFT:
+                b1 = b1 + tl.load(SHIFT + b * stride_shift + cols, mask=cm, other=0.0).to(tl.float32)
+            best = tl.maximum(best, tl.where(cm, root * tl.abs(w1) + tl.abs(b1), 0.0))
+    bound = tl.maximum(tl.max(best, axis=0) * margin, 1e-8)
+    tl.store(OUT_B, bound)
+    tl.store(OUT_S, tl.math.div_rn(bound, tl.full([], 448.0, tl.float32)))
+
+
+TILE = 128
+QUANT_WARPS = {False: 8, True: 16}  # the GELU's arithmetic wants more threads (as quantize_act)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def quantize(x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]); bound None: x's own amax (one more read)."""
+    if x.ndim != 2:
+        raise ValueError(f"fp8 per-tensor quantize expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    grid = (triton.cdiv(m, TILE), triton.cdiv(k, TILE))
+    if bound is None:
+        bound = torch.zeros(1, dtype=torch.float32, device=x.device)
+        if x.numel():
+            _amax_kernel[grid](x, bound, m, k, x.stride(0), GELU=gelu, BLOCK_M=TILE, BLOCK_K=TILE,
+                               num_warps=QUANT_WARPS[gelu])
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty(1, dtype=torch.float32, device=x.device)
+    if x.numel():
+        _quant_kernel[grid](x, bound, q, s, m, k, x.stride(0), q.stride(0), GELU=gelu, INTERPRET=_interpreting(),
+                            BLOCK_M=TILE, BLOCK_K=TILE, num_warps=QUANT_WARPS[gelu])
+    else:
+        s.copy_(scale_of(bound.reshape(1)))
+    return q, s
+
+
+def ln_bound(
+    c: int, weight: torch.Tensor | None, bias: torch.Tensor | None, shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bound [1], scale [1]) as fp8_tensor.ln_bound_reference, in one small program."""
+    dev = next(t.device for t in (weight, bias, shift, scale) if t is not None)
+    nb = next((t.shape[0] for t in (shift, scale) if t is not None), 1)
+    bound = torch.empty(1, dtype=torch.float32, device=dev)
+    out_scale = torch.empty(1, dtype=torch.float32, device=dev)
+    _ln_bound_kernel[(1,)](
+        weight if weight is not None else bound, bias if bias is not None else bound,
+        shift if shift is not None else bound, scale if scale is not None else bound, bound, out_scale, c, nb,
+        shift.stride(0) if shift is not None else 0, scale.stride(0) if scale is not None else 0,
+        math.sqrt(max(c - 1, 1)), LN_BOUND_MARGIN,
+        HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
+        BLOCK_C=1024, num_warps=4,
+    )
+    return bound, out_scale
