@@ -216,7 +216,8 @@ def test_tensor_ops_pass_opcheck():
     a_q, a_s = fp8_tensor.quantize_reference(x)
     b = torch.randn(32)
     # (opcheck's schema test multiplies the inputs, which torch does not implement for e4m3)
-    torch.library.opcheck(fp8_module._fp8_tensor_linear_op, (x, w_q, w_s, b, False), test_utils="test_faketensor")
+    torch.library.opcheck(fp8_module._fp8_tensor_linear_op, (x, w_q, w_s, b, False, None, None, None, []),
+                          test_utils="test_faketensor")
     torch.library.opcheck(fp8_module._fp8_tensor_linear_quantized_op, (a_q, a_s, w_q, w_s, None, torch.float32),
                           test_utils="test_faketensor")
 
@@ -279,3 +280,107 @@ def test_cublas_path_is_off_the_cpu():
     a_q, a_s = fp8_tensor.quantize_reference(torch.randn(4, 64))
     y = fp8_tensor.linear_quantized(a_q, a_s, w_q, w_s, None, torch.float32)
     torch.testing.assert_close(y, fp8_tensor.linear_reference(a_q, a_s, w_q, w_s, None, torch.float32))
+
+
+# ---- bounds that spare the amax pass: the FFN's hidden layer, the cross-attention output ----------
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_norm_kernel_keeps_the_largest_row_norm(interp, with_residual):
+    b, l, c = 2, 9, 384
+    x, y = torch.randn(b, l, c), torch.randn(b, l, c)
+    shift, scale, gate = torch.randn(b, c), torch.randn(b, c), torch.randn(b, c)
+    if with_residual:
+        _, act = fused.add_norm_modulate(x, y, gate, shift, scale, quant="fp8-tensor")
+        _, h = fused.add_norm_modulate(x, y, gate, shift, scale)
+    else:
+        act = fused.norm_modulate(x, shift, scale, quant="fp8-tensor")
+        h = fused.norm_modulate(x, shift, scale)
+    want = h.reshape(-1, c).norm(dim=1).amax()
+    assert act.row_norm.shape == (1,)
+    torch.testing.assert_close(act.row_norm[0], want, rtol=1e-5, atol=0)
+    ref_act = ref.norm_modulate_ref(x, shift, scale, quant="fp8-tensor")
+    assert ref_act.row_norm is not None and ref_act.row_norm.shape == (1,)
+
+
+def _ffn(k=256, n=512, seed=0):
+    torch.manual_seed(seed)
+    fc1, fc2 = nn.Linear(k, n), nn.Linear(n, k)
+    with torch.no_grad():
+        fc1.weight[:, :3] *= 20  # outlier input channels
+    return Fp8TensorLinear.from_linear(fc1), Fp8TensorLinear.from_linear(fc2), fc1, fc2
+
+
+def test_hidden_layer_bound_from_the_row_norm_holds_and_is_not_loose():
+    """Cauchy-Schwarz: |fc1(x)_j| <= ||W_j|| ||x_row|| (+ quantization, bias): the GELU's input bound
+    holds for every token, and is within sqrt(K) of the real amax on random tokens."""
+    q1, q2, fc1, _ = _ffn()
+    x = torch.randn(1, 300, 256)
+    x[0, 7] *= 30  # one loud token
+    act = Fp8Activation.quantize_per_tensor(x, row_norm=True)
+    with torch.no_grad():
+        h = q1(act)
+        coefs = q1.output_bound_coefs()
+        bound = fp8_tensor.from_norm_bound(act.row_norm, act.scale, *coefs, gelu=True)
+        g = fp8_tensor.gelu_tanh(h)
+    assert g.abs().max() <= bound
+    assert bound < math.sqrt(256) * g.abs().max()
+    # the layer on GELU(h): same bytes as quantizing at that bound
+    with torch.no_grad():
+        y = q2.forward_after(h, q1, act, gelu_input=True)
+        a_q, a_s = fp8_tensor.quantize_with_bound(g.reshape(-1, 512), bound)
+        want = fp8_tensor.linear_reference(a_q, a_s, q2.fp8_weight, q2.scale, q2.bias, h.dtype)
+    assert torch.equal(y.reshape(-1, 256), want)
+
+
+def test_hidden_layer_bound_kernel_path_matches_the_reference(interp):
+    q1, q2, _, _ = _ffn(seed=1)
+    x = torch.randn(1, 200, 256).half()
+    act = Fp8Activation.quantize_per_tensor(x, row_norm=True)
+    with torch.no_grad():
+        h = q1(act)
+        got = q2.forward_after(h, q1, act, gelu_input=True)  # Triton quantization (interpreter)
+        coefs = q1.output_bound_coefs()
+        bound = fp8_tensor.from_norm_bound(act.row_norm, act.scale, *coefs, gelu=True)
+        a_q, a_s = fp8_tensor.quantize_with_bound(fp8_tensor.gelu_tanh(h).reshape(-1, 512), bound)
+        want = fp8_tensor.linear_reference(a_q, a_s, q2.fp8_weight, q2.scale, q2.bias, h.dtype)
+    # the kernel's GELU and bound arithmetic may round one ulp apart from PyTorch's
+    assert rel(got.reshape(-1, 256), want) < 1e-2
+
+
+def test_output_bound_coefs_follow_the_weight():
+    q1, _, _, _ = _ffn()
+    first = q1.output_bound_coefs()
+    assert q1.output_bound_coefs() is first  # cached
+    with torch.no_grad():
+        q1.bias.mul_(3)  # an in-place change: a new version
+    second = q1.output_bound_coefs()
+    assert second is not first and second[2] == pytest.approx(3 * first[2], rel=1e-2)
+
+
+def test_per_tensor_dit_fast_path_bounds_the_cross_attention_output(monkeypatch):
+    """make_fast sets cross-attention's o_takes_bound for per-tensor o layers; the bound max|v| holds."""
+    from turbovid import fast
+    from turbovid.loading.dit import build_dit
+    from turbovid.ops.quant import fp8 as fp8_module
+
+    dit = build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0)
+    for blk in dit.blocks:
+        swap_linears_fp8(blk, per_tensor=True)
+    bounds = []
+    real = fp8_module.fp8_tensor_linear
+
+    def spy(x, *a, bound=None, **k):
+        if bound is not None:
+            bounds.append((x.abs().max().item(), bound.item()))
+        return real(x, *a, bound=bound, **k)
+
+    monkeypatch.setattr(fp8_module, "fp8_tensor_linear", spy)
+    lat, t, ctx = torch.randn(1, 16, 2, 4, 6), torch.tensor([400.0]), torch.randn(1, 7, dit.cfg.text_dim)
+    with torch.no_grad():
+        runner = fast.make_fast(dit)
+        assert all(blk.cross_attn.o_takes_bound for blk in dit.blocks)
+        out = runner(lat, t, ctx)
+        fast.make_plain(runner)
+        assert not any(blk.cross_attn.o_takes_bound for blk in dit.blocks)
+    assert torch.isfinite(out).all()
+    assert len(bounds) == len(dit.blocks) and all(m <= b for m, b in bounds)

@@ -356,8 +356,8 @@ def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypat
     calls = []
     if fmt == "fp8-tensor":
         real = fp8_tensor_triton.quantize
-        monkeypatch.setattr(fp8_tensor_triton, "quantize", lambda x, gelu=False, bound=None: calls.append(
-            {"gelu_input": gelu}) or real(x, gelu, bound))
+        monkeypatch.setattr(fp8_tensor_triton, "quantize", lambda x, gelu=False, bound=None, from_norm=None: calls.append(
+            {"gelu_input": gelu}) or real(x, gelu, bound, from_norm))
     else:
         real = q8.kernels().linear
         monkeypatch.setattr(q8.kernels(), "linear", lambda *a, **k: calls.append(k) or real(*a, **k))

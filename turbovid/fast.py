@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from turbovid.models.dit import SelfAttention
+from turbovid.ops.quant.fp8 import Fp8Activation, Fp8TensorLinear
 
 log = logging.getLogger("turbovid.fast")
 
@@ -77,7 +78,8 @@ class GeluFFN(nn.Sequential):
     """Linear -> tanh-GELU -> Linear with the GELU fused into a neighbour, never a pass of its own.
 
     bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. int8 / fp8 layers:
-    the GELU runs inside the second layer's activation quantization. Same children (and
+    the GELU runs inside the second layer's activation quantization (per-tensor fp8: at a bound
+    from the first layer's input, fp8.Fp8TensorLinear.forward_after). Same children (and
     state-dict keys) as the nn.Sequential it replaces; anything else runs unfused.
     """
 
@@ -87,6 +89,9 @@ class GeluFFN(nn.Sequential):
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
             return fc2(h.view(*x.shape[:-1], -1))
         h = fc1(x)
+        if isinstance(fc2, Fp8TensorLinear) and isinstance(fc1, Fp8TensorLinear) and isinstance(x, Fp8Activation):
+            # fc2's input bound from the row norms of fc1's input: no pass over h for its amax
+            return fc2.forward_after(h, fc1, x, gelu_input=True)
         linear = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
         if linear is not None:
             try:
@@ -244,11 +249,15 @@ def fuse_act_quant(dit: nn.Module) -> int:
 def fuse_attn_quant(dit: nn.Module) -> int:
     """Let each self-attention quantize its output for an fp8 o-projection in the attention
     kernel's epilogue (sla / sagesla; other backends ignore it). Same bytes as the linear's own
-    quantization of the bf16 output (tests). Returns how many blocks."""
-    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear
+    quantization of the bf16 output (tests). Per-tensor fp8 cross-attention o-projections get their
+    input's bound from v instead of a pass over it. Returns how many blocks (self-attention)."""
+    from turbovid.ops.quant.fp8 import Fp8Linear
 
     n = 0
     for blk in getattr(dit, "blocks", []):
+        cross = getattr(blk, "cross_attn", None)
+        if isinstance(getattr(cross, "o", None), Fp8TensorLinear):
+            cross.o_takes_bound = True
         attn = getattr(blk, "self_attn", None)
         o = getattr(attn, "o", None)
         # block scales only: an Fp8TensorLinear quantizes the bf16 output with its own amax
@@ -265,6 +274,9 @@ def unfuse_act_quant(dit: nn.Module) -> None:
         attn = getattr(blk, "self_attn", None)
         if attn is not None and "out_fp8" in vars(attn):
             del attn.out_fp8
+        cross = getattr(blk, "cross_attn", None)
+        if cross is not None and "o_takes_bound" in vars(cross):
+            del cross.o_takes_bound
 
 
 def unfuse_qkv(dit: nn.Module) -> None:

@@ -183,13 +183,21 @@ class SelfAttention(_Projections):
 
 
 class CrossAttention(_Projections):
+    # True: `o` takes a bound of its input (a per-tensor fp8 linear then skips finding the amax);
+    # turbovid.fast sets it. Softmax attention's output is a convex combination of v's rows, so
+    # max|v| bounds it (up to the output's own rounding).
+    o_takes_bound: bool = False
+
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         n, d = self.num_heads, self.head_dim
         q = OPS.rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps).view(b, l, n, d)
         k = OPS.rmsnorm(self.k(context), self.norm_k.weight, self.norm_k.eps).view(b, -1, n, d)
         v = self.v(context).view(b, -1, n, d)
-        return self.o(attention(q, k, v, "dense").reshape(b, l, c))
+        out = attention(q, k, v, "dense").reshape(b, l, c)
+        if self.o_takes_bound:
+            return self.o(out, bound=v.abs().amax().float().reshape(1))
+        return self.o(out)
 
 
 def _modulation(n: int, dim: int) -> nn.Parameter:

@@ -29,7 +29,7 @@ def quantize_output(h: torch.Tensor, quant: str | None, bound: torch.Tensor | No
     from turbovid.ops.quant.fp8 import Fp8Activation
 
     if quant == "fp8-tensor":
-        return Fp8Activation.quantize_per_tensor(h, bound)
+        return Fp8Activation.quantize_per_tensor(h, bound, row_norm=True)
     return Fp8Activation.quantize(h)
 
 

@@ -183,11 +183,16 @@ def _(x, y, gate, weight, bias, shift, scale, eps, out_dtype):
     return torch.empty_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
-def _quant_fakes(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _no_row_norm(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.float32, device=x.device)  # block scales: no row norm is kept
+
+
+def _quant_fakes(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, l, c = x.shape
     shape = (1,) if per_tensor else (-(-c // 128), b * l)
     return (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
-            torch.empty(shape, dtype=torch.float32, device=x.device))
+            torch.empty(shape, dtype=torch.float32, device=x.device),
+            torch.empty(1 if per_tensor else 0, dtype=torch.float32, device=x.device))
 
 
 def _tensor_bound(x: torch.Tensor, weight, bias, shift, scale, per_tensor: bool) -> torch.Tensor | None:
@@ -201,10 +206,11 @@ def _tensor_bound(x: torch.Tensor, weight, bias, shift, scale, per_tensor: bool)
 def _norm_modulate_fp8(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
     shift: torch.Tensor | None, scale: torch.Tensor | None, eps: float, out_dtype: torch.dtype, per_tensor: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     bound = _tensor_bound(x, weight, bias, shift, scale, per_tensor)
-    return add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True,
-                                    bound)[1]
+    h = add_norm_modulate_triton(x, None, None, weight, bias, shift, scale, eps, out_dtype, False, True, True,
+                                 bound)[1]
+    return h if per_tensor else (*h, _no_row_norm(x))  # (q, scale, row norm) / (q, scales, empty)
 
 
 _norm_modulate_fp8_op = torch.library.custom_op("turbovid::norm_modulate_fp8", _norm_modulate_fp8, mutates_args=())
@@ -219,11 +225,11 @@ def _add_norm_modulate_fp8(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
     eps: float, out_dtype: torch.dtype, per_tensor: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     bound = _tensor_bound(x, weight, bias, shift, scale, per_tensor)
-    x_out, (q, s) = add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True, True,
-                                             bound)
-    return x_out, q, s
+    x_out, h = add_norm_modulate_triton(x, y, gate, weight, bias, shift, scale, eps, out_dtype, True, True, True,
+                                        bound)
+    return (x_out, *h) if per_tensor else (x_out, *h, _no_row_norm(x))
 
 
 _add_norm_modulate_fp8_op = torch.library.custom_op("turbovid::add_norm_modulate_fp8", _add_norm_modulate_fp8,
@@ -336,16 +342,17 @@ def add_norm_modulate(
         return add_norm_modulate_ref(x, y, gate, shift, scale, weight, bias, eps, out_dtype, quant)
     if quant is not None:
         per_tensor = quant == "fp8-tensor"
-        x_out, q, s = call(_add_norm_modulate_fp8_op, _add_norm_modulate_fp8, x, y, gate, weight, bias, shift, scale,
-                           eps, out_dtype, per_tensor)
-        return x_out, _fp8_activation(out_dtype, q, s, per_tensor=per_tensor)
+        x_out, q, s, rn = call(_add_norm_modulate_fp8_op, _add_norm_modulate_fp8, x, y, gate, weight, bias, shift,
+                               scale, eps, out_dtype, per_tensor)
+        return x_out, _fp8_activation(out_dtype, q, s, rn, per_tensor=per_tensor)
     return call(_add_norm_modulate_op, _add_norm_modulate, x, y, gate, weight, bias, shift, scale, eps, out_dtype)
 
 
-def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor, per_tensor: bool = False):
+def _fp8_activation(out_dtype: torch.dtype, q: torch.Tensor, s: torch.Tensor, row_norm: torch.Tensor,
+                    per_tensor: bool = False):
     from turbovid.ops.quant.fp8 import Fp8Activation
 
-    return Fp8Activation(q, s, out_dtype, per_tensor=per_tensor)
+    return Fp8Activation(q, s, out_dtype, per_tensor=per_tensor, row_norm=row_norm if per_tensor else None)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:

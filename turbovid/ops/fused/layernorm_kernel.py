@@ -54,7 +54,8 @@ def _normed_part(
     HAS_SCALE: tl.constexpr, QUANT_FP8: tl.constexpr, QUANT_TENSOR: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """Normalize, modulate and store columns [C0, C0 + WIDTH) (xc: the centred rows)."""
+    """Normalize, modulate and store columns [C0, C0 + WIDTH) (xc: the centred rows). Returns the
+    rows' sums of squares of the stored h over these columns (QUANT_TENSOR; else zeros)."""
     cols = C0 + tl.arange(0, WIDTH)
     cmask = cols < C
     mask = rmask[:, None] & cmask[None, :]
@@ -71,11 +72,14 @@ def _normed_part(
         sh = tl.load(SHIFT + b * stride_shift + cols, mask=cmask, other=0.0).to(tl.float32)
         h = h + sh[None, :]
     h = h.to(H.dtype.element_ty)  # rounded as the unfused path stores it (H only names the dtype when quantizing)
+    ss = tl.zeros([BLOCK_L], tl.float32)
     if QUANT_TENSOR:
         # per-tensor rule of quant.fp8_tensor: HS holds the bound (>= max|h|, from the modulation)
         mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(tl.load(HS), 1e-8))
-        v = tl.minimum(tl.maximum(h.to(tl.float32) * mult, -448.0), 448.0)
+        hf = tl.where(mask, h.to(tl.float32), 0.0)
+        v = tl.minimum(tl.maximum(hf * mult, -448.0), 448.0)
         tl.store(HQ + offs, _to_e4m3(v, INTERPRET), mask=mask)
+        ss = tl.sum(hf * hf, axis=1)
     elif QUANT_FP8:
         # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:
         # amax per 128 channels of a row, scale amax / 448, e4m3(clamp(h * 448 / amax))
@@ -92,11 +96,12 @@ def _normed_part(
         tl.store(HS + s_offs, tl.math.div_rn(amax, qmax), mask=s_mask)
     else:
         tl.store(H + offs, h, mask=mask)
+    return ss
 
 
 @triton.jit
 def _add_norm_modulate_kernel(
-    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE, HQ, HS,
+    X, Y, GATE, XO, H, W, BIAS, SHIFT, SCALE, HQ, HS, RN,
     L, C, eps, stride_gate, stride_shift, stride_scale, rows_total,
     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, WRITE_X: tl.constexpr,
     WRITE_H: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr,
@@ -129,13 +134,15 @@ def _add_norm_modulate_kernel(
             xb = tl.where(rmask[:, None] & (cb < C)[None, :], xb - mean[:, None], 0.0)
             sq += tl.sum(xb * xb, axis=1)
         rstd = tl.rsqrt(sq / C + eps)
-        _normed_part(xa, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
-                     stride_scale, rows_total, C, 0, BLOCK_C, HAS_AFFINE, HAS_SHIFT, HAS_SCALE, QUANT_FP8,
-                     QUANT_TENSOR, INTERPRET, BLOCK_L)
+        ss = _normed_part(xa, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
+                          stride_scale, rows_total, C, 0, BLOCK_C, HAS_AFFINE, HAS_SHIFT, HAS_SCALE, QUANT_FP8,
+                          QUANT_TENSOR, INTERPRET, BLOCK_L)
         if BLOCK_C2 > 0:
-            _normed_part(xb, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
-                         stride_scale, rows_total, C, BLOCK_C, BLOCK_C2, HAS_AFFINE, HAS_SHIFT, HAS_SCALE,
-                         QUANT_FP8, QUANT_TENSOR, INTERPRET, BLOCK_L)
+            ss += _normed_part(xb, rstd, H, W, BIAS, SHIFT, SCALE, HQ, HS, row_offs, rows_g, rmask, b, stride_shift,
+                               stride_scale, rows_total, C, BLOCK_C, BLOCK_C2, HAS_AFFINE, HAS_SHIFT, HAS_SCALE,
+                               QUANT_FP8, QUANT_TENSOR, INTERPRET, BLOCK_L)
+        if QUANT_TENSOR:  # the largest row norm of h: what bounds the next linear's output (fp8_tensor)
+            tl.atomic_max(RN, tl.sqrt(tl.max(ss, axis=0)))
 
 
 # (rows per program, warps) per row layout (the widths of its one or two parts), measured on an H100
@@ -192,13 +199,14 @@ def add_norm_modulate_triton(
     write_x: bool,
     write_h: bool,
     quant_fp8: bool = False,
-    bound: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bound: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
     """Launch on contiguous [B, L, C] x (and y), [B, C] gate/shift/scale (unit channel stride), [C] weight/bias.
 
     Returns (new x or None, h or None); with quant_fp8, h is (e4m3 [B, L, C], float32 scales
     [ceil(C/128), B*L]): out_dtype's values quantized per (row, 128 channels), as quantize_act(h, "fp8");
-    with quant_fp8 and bound = (bound, scale) (fp8_tensor_triton.ln_bound), (e4m3 [B, L, C], that scale [1]).
+    with quant_fp8 and bound = (bound, scale, row-norm slot) (fp8_tensor_triton.ln_bound), (e4m3 [B, L, C],
+    that scale [1], the largest row norm of h [1], written into the slot).
     """
     bsz, l, c = x.shape
     x_out = torch.empty_like(x) if write_x else None
@@ -219,7 +227,7 @@ def add_norm_modulate_triton(
         x_out if x_out is not None else x, h if h is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
         shift if shift is not None else dummy, scale if scale is not None else dummy,
-        hq if hq is not None else dummy, hs if hs is not None else dummy,
+        hq if hq is not None else dummy, hs if hs is not None else dummy, bound[2] if per_tensor else dummy,
         l, c, eps,
         *(v.stride(0) if v is not None else 0 for v in (gate, shift, scale)), bsz * l,
         HAS_Y=y is not None, HAS_GATE=gate is not None, WRITE_X=write_x, WRITE_H=write_h,
@@ -228,7 +236,7 @@ def add_norm_modulate_triton(
         BLOCK_L=block_l, BLOCK_C=block_c, BLOCK_C2=block_c2, num_warps=num_warps,
     )
     if per_tensor:
-        return x_out, (hq, bound[1])
+        return x_out, (hq, bound[1], bound[2])
     return x_out, ((hq, hs) if hq is not None else h)
 
 

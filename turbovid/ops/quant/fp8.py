@@ -83,6 +83,9 @@ class Fp8Activation:
     scale: torch.Tensor
     dtype: torch.dtype  # of the activation before quantization: the linear's output dtype
     per_tensor: bool = False  # one scale [1] for the whole tensor (fp8_tensor's rule; Fp8TensorLinear reads it)
+    # per-tensor activations from a norm: the largest L2 norm of a row of the activation before
+    # quantization ([1]), which bounds the next linear's output (fp8_tensor.output_bound_coefs)
+    row_norm: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -95,10 +98,13 @@ class Fp8Activation:
         return cls(q.reshape(x.shape), s, x.dtype)
 
     @classmethod
-    def quantize_per_tensor(cls, x: torch.Tensor, bound: torch.Tensor | None = None) -> "Fp8Activation":
-        """The per-tensor PyTorch rule (fp8_tensor): bound None = x's own amax."""
+    def quantize_per_tensor(cls, x: torch.Tensor, bound: torch.Tensor | None = None,
+                            row_norm: bool = False) -> "Fp8Activation":
+        """The per-tensor PyTorch rule (fp8_tensor): bound None = x's own amax; row_norm: keep the largest
+        row norm of x (as the norm kernels do)."""
         q, s = fp8_tensor.quantize_reference(x) if bound is None else fp8_tensor.quantize_with_bound(x, bound)
-        return cls(q, s, x.dtype, per_tensor=True)
+        rn = x.float().reshape(-1, x.shape[-1]).norm(dim=1).amax().reshape(1) if row_norm and x.numel() else None
+        return cls(q, s, x.dtype, per_tensor=True, row_norm=rn)
 
 
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -206,20 +212,29 @@ def per_tensor_default() -> bool:
     return mode == "tensor"
 
 
-def quantize_per_tensor(x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None):
-    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]); bound None: x's own amax."""
+def quantize_per_tensor(
+    x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None,
+    from_norm: tuple[torch.Tensor, torch.Tensor, float, float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]). The bound: `bound`, else from_norm
+    (row norm, input scale, coefs: fp8_tensor.from_norm_bound), else x's own amax."""
     if _kernels_serve(x):
         from turbovid.ops.quant import fp8_tensor_triton
 
-        return fp8_tensor_triton.quantize(x, gelu, bound)
+        return fp8_tensor_triton.quantize(x, gelu, bound, from_norm)
+    if from_norm is not None:
+        bound = fp8_tensor.from_norm_bound(*from_norm, gelu=gelu)
     if gelu:
         x = fp8_tensor.gelu_tanh(x)
     return fp8_tensor.quantize_reference(x) if bound is None else fp8_tensor.quantize_with_bound(x, bound)
 
 
-def _fp8_tensor_linear(x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor],
-                       gelu: bool) -> torch.Tensor:
-    a_q, a_s = quantize_per_tensor(x.reshape(-1, x.shape[-1]), gelu)
+def _fp8_tensor_linear(
+    x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool,
+    bound: Optional[torch.Tensor], rn: Optional[torch.Tensor], sa: Optional[torch.Tensor], coefs: list[float],
+) -> torch.Tensor:
+    from_norm = (rn, sa, *coefs) if rn is not None else None
+    a_q, a_s = quantize_per_tensor(x.reshape(-1, x.shape[-1]), gelu, bound, from_norm)
     return fp8_tensor.linear_quantized(a_q, a_s, w_q, w_s, bias, x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
 
 
@@ -227,14 +242,21 @@ _fp8_tensor_linear_op = torch.library.custom_op("turbovid::fp8_tensor_linear", _
 
 
 @_fp8_tensor_linear_op.register_fake
-def _(x, w_q, w_s, bias, gelu):
+def _(x, w_q, w_s, bias, gelu, bound, rn, sa, coefs):
     return x.new_empty(*x.shape[:-1], w_q.shape[0])
 
 
-def fp8_tensor_linear(x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                      gelu_input: bool = False) -> torch.Tensor:
-    """y = x @ W^T + b (gelu_input: tanh-GELU(x) @ W^T + b) with x quantized per tensor by its own amax."""
-    return call(_fp8_tensor_linear_op, _fp8_tensor_linear, x, w_q, w_s, bias, gelu_input)
+def fp8_tensor_linear(
+    x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: Optional[torch.Tensor] = None,
+    gelu_input: bool = False, bound: torch.Tensor | None = None,
+    from_norm: tuple[torch.Tensor, torch.Tensor, float, float, float] | None = None,
+) -> torch.Tensor:
+    """y = x @ W^T + b (gelu_input: tanh-GELU(x) @ W^T + b) with x quantized per tensor: at `bound`
+    (>= max|x|), at the bound from_norm gives (the output bound of the linear before, fp8_tensor),
+    or by x's own amax (one more read of x)."""
+    rn, sa, *coefs = from_norm if from_norm is not None else (None, None)
+    return call(_fp8_tensor_linear_op, _fp8_tensor_linear, x, w_q, w_s, bias, gelu_input, bound, rn, sa,
+                [float(c) for c in coefs])
 
 
 def _fp8_tensor_linear_quantized(
@@ -260,14 +282,18 @@ class Fp8TensorLinear(Fp8Linear):
 
     quantize_weight = staticmethod(fp8_tensor.quantize_weight)
     linear_op = staticmethod(fp8_tensor_linear)
+    _coefs: tuple | None = None  # (weight version key, output_bound_coefs)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=torch.bfloat16):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.register_buffer("scale", torch.empty(1, dtype=torch.float32, device=device))
 
-    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Activation, bound: torch.Tensor | None = None) -> torch.Tensor:
+        """bound: a known upper bound of |x| ([1], e.g. max|v| for an attention output), which spares
+        the pass that finds x's amax."""
         if not isinstance(x, Fp8Activation):
-            return super().forward(x)
+            self._check(x)
+            return fp8_tensor_linear(x, self.fp8_weight, self.scale, self.bias, bound=bound)
         self._check(x)
         if not x.per_tensor:
             raise ValueError("Fp8TensorLinear got a block-scaled fp8 activation; an Fp8Linear reads those")
@@ -275,6 +301,26 @@ class Fp8TensorLinear(Fp8Linear):
         y = call(_fp8_tensor_linear_quantized_op, _fp8_tensor_linear_quantized, x.q.reshape(-1, shape[-1]), x.scale,
                  self.fp8_weight, self.scale, self.bias, x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def output_bound_coefs(self) -> tuple[float, float, float] | None:
+        """fp8_tensor.output_bound_coefs of this weight, computed once per weight version (a host sync);
+        None while a CUDA graph is being captured and they are not known yet."""
+        key = (self.fp8_weight.data_ptr(), self.fp8_weight._version, self.scale._version,
+               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        if self._coefs is None or self._coefs[0] != key:
+            if self.fp8_weight.is_cuda and torch.cuda.is_current_stream_capturing():
+                return None
+            self._coefs = (key, fp8_tensor.output_bound_coefs(self.fp8_weight, self.scale, self.bias))
+        return self._coefs[1]
+
+    def forward_after(self, h: torch.Tensor, previous: "Fp8TensorLinear", act: Fp8Activation,
+                      gelu_input: bool = False) -> torch.Tensor:
+        """This layer on `h = previous(act)` (or tanh-GELU of it), quantized at the bound act's row norm
+        gives for previous's output, without a pass over h for its amax; falls back to that pass."""
+        self._check(h)
+        coefs = previous.output_bound_coefs() if act.per_tensor and act.row_norm is not None else None
+        from_norm = (act.row_norm, act.scale, *coefs) if coefs is not None else None
+        return fp8_tensor_linear(h, self.fp8_weight, self.scale, self.bias, gelu_input, from_norm=from_norm)
 
 
 def share_weight_scale(layers: list[Fp8TensorLinear]) -> None:
@@ -288,3 +334,4 @@ def share_weight_scale(layers: list[Fp8TensorLinear]) -> None:
             w = m.fp8_weight.float() * (float(m.scale) / s)
             m.fp8_weight.copy_(w.clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
         m._buffers["scale"] = common
+

@@ -39,8 +39,14 @@ MIN_BOUND = 1e-8  # an all-zero tensor still gets a finite scale
 
 # ---- PyTorch references (the rule above; the kernels produce the same bytes) --------------------
 
+def _div(a: torch.Tensor, b: float) -> torch.Tensor:
+    # a tensor / tensor division: CUDA divides by a Python scalar through its reciprocal, one ulp
+    # away from the kernels' IEEE division in places
+    return a / torch.full_like(a, b)
+
+
 def scale_of(bound: torch.Tensor) -> torch.Tensor:
-    return bound.float().clamp_min(MIN_BOUND) / FP8_MAX
+    return _div(bound.float().clamp_min(MIN_BOUND), FP8_MAX)
 
 
 def quantize_with_bound(x: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +54,7 @@ def quantize_with_bound(x: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Ten
     b = bound.float().reshape(1).clamp_min(MIN_BOUND)
     mult = torch.full_like(b, FP8_MAX) / b
     q = (x.float() * mult).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, b / FP8_MAX
+    return q, _div(b, FP8_MAX)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +97,30 @@ def ln_bound_reference(
         b1 = b1 + shift.float().reshape(-1, c)
     bound = (math.sqrt(max(c - 1, 1)) * w1.abs() + b1.abs()).amax() * LN_BOUND_MARGIN
     bound = bound.clamp_min(MIN_BOUND).reshape(1)
-    return bound, bound / FP8_MAX
+    return bound, _div(bound, FP8_MAX)
+
+
+# A linear's output from a per-tensor fp8 input with rows of L2 norm <= R (the norm kernel's
+# largest row norm of h before quantization): by Cauchy-Schwarz, |y_j - b_j| <= s_w ||W_j||_2 ||x_hat||_2,
+# and quantization moves a row's norm by at most 2^-4 of itself (half an e4m3 ulp) plus 2^-10 s_a per
+# element below the normal range. OUTPUT_MARGIN covers the GEMM's fast accumulation and the bf16 output.
+OUTPUT_MARGIN = 1.02
+GELU_MIN = 0.1701  # |tanh-GELU(x)| <= 0.1701 for x < 0, and GELU(x) <= x above
+
+
+def output_bound_coefs(w_q: torch.Tensor, w_s: torch.Tensor, bias: torch.Tensor | None) -> tuple[float, float, float]:
+    """(coef_rn, coef_sa, const): bound = coef_rn * R + coef_sa * s_a + const for the linear's output
+    (one host sync: computed once per weight)."""
+    k = w_q.shape[1]
+    w2 = float(w_q.float().square().sum(1).sqrt().amax()) * float(w_s) * OUTPUT_MARGIN
+    bmax = float(bias.float().abs().amax()) if bias is not None and bias.numel() else 0.0
+    return w2 * (1.0 + 2.0**-4), w2 * 2.0**-10 * math.sqrt(k), bmax
+
+
+def from_norm_bound(rn: torch.Tensor, sa: torch.Tensor, coef_rn: float, coef_sa: float, const: float,
+                    gelu: bool = False) -> torch.Tensor:
+    b = coef_rn * rn.float().reshape(1) + coef_sa * sa.float().reshape(1) + const
+    return b.clamp_min(GELU_MIN) if gelu else b
 
 
 def linear_reference(

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turbovid.ops.quant.fp8_tensor import FP8_DTYPE, LN_BOUND_MARGIN, scale_of
+from turbovid.ops.quant.fp8_tensor import FP8_DTYPE, LN_BOUND_MARGIN, from_norm_bound, scale_of
 from turbovid.ops.quant.int8_triton import _to_e4m3
 
 
@@ -34,11 +34,18 @@ def _amax_kernel(X, OUT, M, K, stride_xm, GELU: tl.constexpr, BLOCK_M: tl.conste
 
 @triton.jit
 def _quant_kernel(
-    X, BOUND, Q, SCALE, M, K, stride_xm, stride_qm,
-    GELU: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    X, BOUND, Q, SCALE, M, K, stride_xm, stride_qm, RN, SA, coef_rn, coef_sa, const,
+    GELU: tl.constexpr, FROM_NORM: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m, pid_k = tl.program_id(0), tl.program_id(1)
-    bound = tl.maximum(tl.load(BOUND), 1e-8)
+    if FROM_NORM:  # the bound of a linear's output from its input's largest row norm (fp8_tensor.gelu_bound)
+        b = coef_rn * tl.load(RN) + coef_sa * tl.load(SA) + const
+        if GELU:
+            b = tl.maximum(b, 0.1701)  # tanh-GELU: <= x above 0, >= -0.1700 below
+        bound = tl.maximum(b, 1e-8)
+    else:
+        bound = tl.maximum(tl.load(BOUND), 1e-8)
     qmax = tl.full([], 448.0, tl.float32)
     mult = tl.math.div_rn(qmax, bound)
     if (pid_m == 0) & (pid_k == 0):
@@ -55,7 +62,7 @@ def _quant_kernel(
 
 @triton.jit
 def _ln_bound_kernel(
-    W, BIAS, SHIFT, SCALE, OUT_B, OUT_S, C, NB, stride_shift, stride_scale, root, margin,
+    W, BIAS, SHIFT, SCALE, OUT_B, OUT_S, OUT_RN, C, NB, stride_shift, stride_scale, root, margin,
     HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     best = tl.zeros([BLOCK_C], tl.float32)
@@ -78,6 +85,7 @@ def _ln_bound_kernel(
     bound = tl.maximum(tl.max(best, axis=0) * margin, 1e-8)
     tl.store(OUT_B, bound)
     tl.store(OUT_S, tl.math.div_rn(bound, tl.full([], 448.0, tl.float32)))
+    tl.store(OUT_RN, 0.0)  # the norm kernel's atomic max of its row norms starts here
 
 
 TILE = 128
@@ -88,44 +96,57 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def quantize(x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]); bound None: x's own amax (one more read)."""
+def quantize(
+    x: torch.Tensor, gelu: bool = False, bound: torch.Tensor | None = None,
+    from_norm: tuple[torch.Tensor, torch.Tensor, float, float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (or tanh-GELU(x)) -> (e4m3 [M, K], scale [1]). The bound: `bound`, else from_norm =
+    (row norm, input scale, coef_rn, coef_sa, const) -> coef_rn * rn + coef_sa * sa + const
+    (fp8_tensor.output_bound_coefs; with gelu at least tanh-GELU's 0.1701), else x's own amax (one
+    more read of x)."""
     if x.ndim != 2:
         raise ValueError(f"fp8 per-tensor quantize expects a 2-D tensor, got shape {tuple(x.shape)}")
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
     grid = (triton.cdiv(m, TILE), triton.cdiv(k, TILE))
-    if bound is None:
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty(1, dtype=torch.float32, device=x.device)
+    rn = sa = s
+    coefs = (0.0, 0.0, 0.0)
+    if from_norm is not None:
+        rn, sa, *coefs = from_norm
+        bound = s  # unused
+    elif bound is None:
         bound = torch.zeros(1, dtype=torch.float32, device=x.device)
         if x.numel():
             _amax_kernel[grid](x, bound, m, k, x.stride(0), GELU=gelu, BLOCK_M=TILE, BLOCK_K=TILE,
                                num_warps=QUANT_WARPS[gelu])
-    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    s = torch.empty(1, dtype=torch.float32, device=x.device)
     if x.numel():
-        _quant_kernel[grid](x, bound, q, s, m, k, x.stride(0), q.stride(0), GELU=gelu, INTERPRET=_interpreting(),
+        _quant_kernel[grid](x, bound, q, s, m, k, x.stride(0), q.stride(0), rn, sa, *coefs, GELU=gelu,
+                            FROM_NORM=from_norm is not None, INTERPRET=_interpreting(),
                             BLOCK_M=TILE, BLOCK_K=TILE, num_warps=QUANT_WARPS[gelu])
-    else:
+    elif from_norm is None:
         s.copy_(scale_of(bound.reshape(1)))
+    else:
+        s.copy_(scale_of(from_norm_bound(*from_norm, gelu)))
     return q, s
 
 
 def ln_bound(
     c: int, weight: torch.Tensor | None, bias: torch.Tensor | None, shift: torch.Tensor | None,
     scale: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bound [1], scale [1]) as fp8_tensor.ln_bound_reference, in one small program."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bound [1], scale [1], zeroed row-norm slot [1]) as fp8_tensor.ln_bound_reference, one small program."""
     dev = next(t.device for t in (weight, bias, shift, scale) if t is not None)
     nb = next((t.shape[0] for t in (shift, scale) if t is not None), 1)
-    bound = torch.empty(1, dtype=torch.float32, device=dev)
-    out_scale = torch.empty(1, dtype=torch.float32, device=dev)
+    bound, out_scale, rn = (torch.empty(1, dtype=torch.float32, device=dev) for _ in range(3))
     _ln_bound_kernel[(1,)](
         weight if weight is not None else bound, bias if bias is not None else bound,
-        shift if shift is not None else bound, scale if scale is not None else bound, bound, out_scale, c, nb,
+        shift if shift is not None else bound, scale if scale is not None else bound, bound, out_scale, rn, c, nb,
         shift.stride(0) if shift is not None else 0, scale.stride(0) if scale is not None else 0,
         math.sqrt(max(c - 1, 1)), LN_BOUND_MARGIN,
         HAS_AFFINE=weight is not None, HAS_SHIFT=shift is not None, HAS_SCALE=scale is not None,
         BLOCK_C=1024, num_warps=4,
     )
-    return bound, out_scale
+    return bound, out_scale, rn
