@@ -81,3 +81,19 @@ def assert_fp8_output_of(got, plain):
     assert torch.equal(s, want_s)
     assert torch.equal(q8.reshape(B * L, H * D).view(torch.uint8), want_q.view(torch.uint8))
     assert len(set(s.flatten().tolist())) > 1
+
+
+def assert_fp8_tensor_output_of(got, plain, v, proj_weight=None, proj_bias=None):
+    """got == (e4m3, scale [1]): `plain` quantized per tensor at the bound max|V| gives (the attention
+    output's), and that bound holds."""
+    from turbovid.ops.attention.blockmap import output_bound
+    from turbovid.ops.quant import fp8_tensor
+
+    B, L, H, D = plain.shape
+    bound = output_bound(v.float().abs().amax(1).reshape(B * H, D), proj_weight, proj_bias)
+    assert plain.abs().max() <= bound
+    want_q, want_s = fp8_tensor.quantize_with_bound(plain, bound)
+    q8, s = got
+    assert q8.dtype == torch.float8_e4m3fn and q8.shape == plain.shape and s.shape == (1,)
+    assert torch.equal(s, want_s)
+    assert torch.equal(q8.view(torch.uint8), want_q.view(torch.uint8))

@@ -151,6 +151,26 @@ def test_fp8_output_is_the_o_projections_own_quantization_at_480p(qkv480, backen
     assert torch.equal(sagesla_linear_free(q, k, v), sagesla_linear_free(q, k, v, fp8=True))
 
 
+@pytest.mark.parametrize("backend", ["sla", "sagesla"])
+def test_per_tensor_fp8_output_at_the_v_bound_at_480p(qkv480, backend):
+    """out_fp8="tensor": one scale from max|V| and proj_l, which bounds every output value (nothing
+    saturates); the bytes are the per-tensor rule applied to the plain output (sagesla: up to the
+    epilogue's reordered linear-branch sums, as above)."""
+    from turbovid.ops import attention
+    from turbovid.ops.attention.blockmap import output_bound
+    from turbovid.ops.quant import fp8_tensor
+
+    q, k, v, w, b = qkv480
+    plain = attention.attention(q, k, v, backend, topk=0.1, proj_weight=w, proj_bias=b)
+    q8, s = attention.attention(q, k, v, backend, topk=0.1, proj_weight=w, proj_bias=b, out_fp8="tensor")
+    bound = output_bound(v.abs().amax(1).reshape(-1, v.shape[-1]), w, b)
+    assert plain.float().abs().max() <= bound
+    want_q, want_s = fp8_tensor.quantize_with_bound(plain, bound)
+    torch.testing.assert_close(s, want_s, rtol=1e-6, atol=0)  # the key pass's max|V|: the same value
+    differ = (q8.view(torch.uint8) != want_q.view(torch.uint8)).float().mean().item()
+    assert differ <= (0 if backend == "sla" else 1e-5)
+
+
 def sagesla_linear_free(q, k, v, fp8=False):
     """Without the linear branch the fp8 epilogue's bytes are exact (sagesla): quantized output, or
     the plain output quantized by the linear's rule."""

@@ -355,6 +355,9 @@ def test_output_bound_coefs_follow_the_weight():
         q1.bias.mul_(3)  # an in-place change: a new version
     second = q1.output_bound_coefs()
     assert second is not first and second[2] == pytest.approx(3 * first[2], rel=1e-2)
+    with torch.inference_mode():  # inference tensors keep no version counter: keyed by storage
+        q3, _, _, _ = _ffn(seed=2)
+        assert q3.output_bound_coefs() is q3.output_bound_coefs()
 
 
 def test_per_tensor_dit_fast_path_bounds_the_cross_attention_output(monkeypatch):

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 from attention_helpers import (  # noqa: E402
-    assert_fp8_output_of, interpreted_kernels, max_err, proj_params, random_qkv,
+    assert_fp8_output_of, assert_fp8_tensor_output_of, interpreted_kernels, max_err, proj_params, random_qkv,
 )
 
 from turbovid.ops import attention  # noqa: E402
@@ -249,6 +249,24 @@ def test_kernel_fp8_output_is_the_linears_quantization_of_its_output(kernels, in
     assert_fp8_output_of(sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8=True), plain)
     with pytest.raises(ValueError, match="head_dim 128"):
         sla_kernel.sla_forward(*random_qkv(1, 64, 1, 64), 0.5, None, None, 64, 64, out_fp8=True)
+
+
+@pytest.mark.parametrize("in_pool", [False, True])
+def test_kernel_per_tensor_fp8_output_at_the_v_bound(kernels, in_pool):
+    """out_fp8="tensor": the epilogue quantizes at one scale from max|V| (and proj_l), for a per-tensor
+    fp8 o-projection; the same bytes as quantizing the stored output at that bound."""
+    _, sla_kernel = kernels
+    q, k, v = random_qkv(2, 150, 2, 128, seed=22)
+    v[1, :, 1] *= 20.0
+    w, b = proj_params(128)
+    cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=in_pool)
+    plain = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg)
+    got = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8="tensor")
+    assert_fp8_tensor_output_of(got, plain, v, w, b)
+    got = attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b, out_fp8="tensor")
+    assert_fp8_tensor_output_of(got, attention.attention(q, k, v, "sla", topk=0.5, proj_weight=w, proj_bias=b), v, w, b)
+    with pytest.raises(ValueError, match="out_fp8"):
+        sla_kernel.sla_forward(q, k, v, 0.5, w, b, 128, 64, config=cfg, out_fp8="row")
 
 
 def test_backend_fp8_output_in_the_interpreter_and_for_other_head_dims(kernels):

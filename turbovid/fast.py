@@ -248,9 +248,10 @@ def fuse_act_quant(dit: nn.Module) -> int:
 
 def fuse_attn_quant(dit: nn.Module) -> int:
     """Let each self-attention quantize its output for an fp8 o-projection in the attention
-    kernel's epilogue (sla / sagesla; other backends ignore it). Same bytes as the linear's own
-    quantization of the bf16 output (tests). Per-tensor fp8 cross-attention o-projections get their
-    input's bound from v instead of a pass over it. Returns how many blocks (self-attention)."""
+    kernel's epilogue (sla / sagesla; other backends ignore it): block scales, the same bytes as the
+    linear's own quantization of the bf16 output (tests), or per tensor (Fp8TensorLinear) at the bound
+    max|V| gives. Per-tensor fp8 cross-attention o-projections get their input's bound from v
+    instead of a pass over it. Returns how many blocks (self-attention)."""
     from turbovid.ops.quant.fp8 import Fp8Linear
 
     n = 0
@@ -260,9 +261,8 @@ def fuse_attn_quant(dit: nn.Module) -> int:
             cross.o_takes_bound = True
         attn = getattr(blk, "self_attn", None)
         o = getattr(attn, "o", None)
-        # block scales only: an Fp8TensorLinear quantizes the bf16 output with its own amax
-        if isinstance(attn, SelfAttention) and isinstance(o, Fp8Linear) and not isinstance(o, Fp8TensorLinear):
-            attn.out_fp8 = True
+        if isinstance(attn, SelfAttention) and isinstance(o, Fp8Linear):
+            attn.out_fp8 = "tensor" if isinstance(o, Fp8TensorLinear) else True
             n += 1
     return n
 

@@ -152,9 +152,9 @@ class _Projections(nn.Module):
 
 
 class SelfAttention(_Projections):
-    # True: the attention kernel hands the o-projection its input already quantized (an
-    # Fp8Activation); turbovid.fast sets it when `o` is an Fp8Linear.
-    out_fp8: bool = False
+    # True / "tensor": the attention kernel hands the o-projection its input already quantized (an
+    # Fp8Activation, block / per-tensor scales); turbovid.fast sets it when `o` is an fp8 linear.
+    out_fp8: bool | str = False
 
     def __init__(self, cfg: DiTConfig):
         super().__init__(cfg)
@@ -178,7 +178,7 @@ class SelfAttention(_Projections):
             topk=self.topk, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias, out_fp8=self.out_fp8,
         )
         if isinstance(out, tuple):  # (e4m3, scales) from a backend that quantized for `o`
-            return self.o(Fp8Activation(out[0].view(b, l, c), out[1], q.dtype))
+            return self.o(Fp8Activation(out[0].view(b, l, c), out[1], q.dtype, per_tensor=self.out_fp8 == "tensor"))
         return self.o(out.reshape(b, l, c))
 
 

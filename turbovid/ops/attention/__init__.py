@@ -93,17 +93,18 @@ def attention(
     topk: float = 0.1,
     proj_weight: torch.Tensor | None = None,
     proj_bias: torch.Tensor | None = None,
-    out_fp8: bool = False,
+    out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over k, v ([B, L, H, D] each) through the named backend.
 
     out_fp8=True asks for the output quantized as an fp8 linear's input: backends that can
     (sla, sagesla) return (e4m3 [B, L, H, D], float32 scales [ceil(H*D/128), B*L]), quantized in
-    their kernel's epilogue where they can; the others return the plain tensor."""
+    their kernel's epilogue where they can; out_fp8="tensor" the same at one per-tensor scale [1]
+    (quant.fp8_tensor); the others return the plain tensor."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects [B, L, H, D] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     chosen = get_backend(backend)
-    extra = {"out_fp8": True} if out_fp8 and chosen.fp8_output else {}
+    extra = {"out_fp8": out_fp8} if out_fp8 and chosen.fp8_output else {}
     return chosen.fn(q, k, v, topk=topk, proj_weight=proj_weight, proj_bias=proj_bias, **extra)
 
 

@@ -159,13 +159,18 @@ def _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS:
 def _store_output(
     o, O, OQ, OS, offs, rows, L, scale_offs, OUT_FP8: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Store a (rows, D) output tile in O's dtype or, with OUT_FP8 (D = 128: the tile is one
+    """Store a (rows, D) output tile in O's dtype or, with OUT_FP8 = 1 (D = 128: the tile is one
     128-channel group of each row), rounded to O's dtype and then quantized as an fp8 linear
-    quantizes its input: e4m3 at OQ + offs, scale amax / 448 per row at OS + scale_offs + rows.
+    quantizes its input: e4m3 at OQ + offs, scale amax / 448 per row at OS + scale_offs + rows;
+    OUT_FP8 = 2: e4m3 at one per-tensor scale, from the bound at OS (quant.fp8_tensor's rule).
     The o-projection then skips its own pass over the attention output."""
     ok = rows < L
     o = o.to(O.dtype.element_ty)
-    if OUT_FP8:
+    if OUT_FP8 == 2:
+        mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(tl.load(OS), 1e-8))
+        v = tl.minimum(tl.maximum(o.to(tl.float32) * mult, -448.0), 448.0)
+        tl.store(OQ + offs, _to_e4m3(v, INTERPRET), mask=ok[:, None])
+    elif OUT_FP8 == 1:
         of = o.to(tl.float32)
         amax = tl.maximum(tl.max(tl.abs(of), 1), 1e-8)
         qmax = tl.full(amax.shape, 448.0, tl.float32)
@@ -176,16 +181,66 @@ def _store_output(
         tl.store(O + offs, o, mask=ok[:, None])
 
 
-def output_buffers(q: torch.Tensor, out: torch.Tensor, out_fp8: bool):
-    """(e4m3 [B, L, H, D] with out's strides, float32 scales [H, B*L]) for OUT_FP8 launches, else
-    (out, out) as placeholders. The scales are quantize_act_fp8's layout for [B*L, H*D]."""
-    if not out_fp8:
+def fp8_mode(out_fp8) -> int:
+    """The kernels' OUT_FP8: 0 (none: False / None), 1 (block scales: True / "block"), 2 ("tensor");
+    an OUT_FP8 value itself passes through."""
+    if out_fp8 is None or out_fp8 is False:
+        return 0
+    if isinstance(out_fp8, int) and out_fp8 in (0, 1, 2):  # True is 1
+        return int(out_fp8)
+    if out_fp8 == "block":
+        return 1
+    if out_fp8 == "tensor":
+        return 2
+    raise ValueError(f"out_fp8 must be False, True / 'block' or 'tensor', got {out_fp8!r}")
+
+
+OUTPUT_BOUND_MARGIN = 1.07  # the fp8 P (and V terms) of sagesla: row weights may sum above 1 by 2^-4
+
+
+def output_bound(v_absmax: torch.Tensor, proj_weight: torch.Tensor | None,
+                 proj_bias: torch.Tensor | None) -> torch.Tensor:
+    """[1]: a bound of |attention output| from max|V| per (b*h, channel) ([BH, D]): the sparse part is
+    a convex combination of V's rows, so is the linear branch before proj_l, which then adds at most
+    |W| max|V| + |b| per channel."""
+    vmax = v_absmax.float()
+    bound = vmax
+    if proj_weight is not None:
+        bound = bound + vmax @ proj_weight.float().abs().t()
+        if proj_bias is not None:
+            bound = bound + proj_bias.float().abs()
+    return (bound.amax() * OUTPUT_BOUND_MARGIN).reshape(1)
+
+
+def v_absmax_of(stats: "BlockStats", v: torch.Tensor) -> torch.Tensor:
+    """max|V| per (b*h, channel): the key pass's, else one pass over v."""
+    if stats.v_absmax is not None:
+        return stats.v_absmax
+    B, L, H, D = v.shape
+    return v.abs().amax(1).reshape(B * H, D)
+
+
+def output_buffers(q: torch.Tensor, out: torch.Tensor, out_fp8, bound: torch.Tensor | None = None):
+    """(e4m3 [B, L, H, D] with out's strides, float32 scales [H, B*L]) for OUT_FP8 = 1 launches, (e4m3,
+    the bound [1]) for OUT_FP8 = 2, else (out, out) as placeholders. The block scales are
+    quantize_act_fp8's layout for [B*L, H*D]."""
+    mode = fp8_mode(out_fp8)
+    if not mode:
         return out, out
     B, L, H, D = q.shape
-    if D != 128:
+    if D != 128 and mode == 1:
         raise ValueError(f"fp8 attention output needs head_dim 128 (one scale group per head), got {D}")
     oq = torch.empty_strided(out.shape, out.stride(), dtype=torch.float8_e4m3fn, device=q.device)
+    if mode == 2:
+        return oq, bound
     return oq, torch.empty(H, B * L, dtype=torch.float32, device=q.device)
+
+
+def fp8_result(oq: torch.Tensor, os_: torch.Tensor, out_fp8) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a kernel returns for its OUT_FP8 launch: (e4m3, block scales) or (e4m3, scale = bound / 448)."""
+    if fp8_mode(out_fp8) == 2:
+        return oq, os_ / torch.full_like(os_, 448.0)
+    return oq, os_
 
 
 def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -27,7 +27,7 @@ def fp8_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
     return None
 
 
-def run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
+def run_sagesla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8):
     reason = fp8_unavailable(q.device, q.shape[-1])
     if reason is not None:
         # sla's own block map, as the reference SageSLA uses off Hopper
@@ -51,7 +51,7 @@ def sagesla_attention(
     proj_bias: Optional[torch.Tensor],
     blkq: int = BLKQ,
     blkk: int = BLKK,
-    out_fp8: bool = False,
+    out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype, or
     with out_fp8 that output quantized for an fp8 linear (as sla_attention)."""

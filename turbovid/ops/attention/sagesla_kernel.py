@@ -134,7 +134,7 @@ def _sagesla_fwd_kernel(
     L, H, NQ, NK, LPAD, KK, qk_scale, lin_eps, ROWS_TOTAL,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr,
     LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, V_TERMS: tl.constexpr, TWO_LEVEL: tl.constexpr,
-    EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr, OUT_FP8: tl.constexpr = False,
+    EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr, OUT_FP8: tl.constexpr = 0,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -222,7 +222,7 @@ def sagesla_forward(
     blkk: int = 128,
     config: Config | None = None,
     stats: blockmap.BlockStats | None = None,
-    out_fp8: bool = False,
+    out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's
     dtype, or with out_fp8 (head_dim 128) that output quantized for an fp8 linear (as sla_forward)."""
@@ -238,13 +238,15 @@ def sagesla_forward(
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
-    oq, os_ = blockmap.output_buffers(q, out, out_fp8)
+    mode = blockmap.fp8_mode(out_fp8)
+    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
+    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
     _sagesla_fwd_kernel[(nq, B * H)](
         q, kq, k_scale, vt, vt2, v_from, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         D=D, BLOCK_M=blkq, BLKK=blkk, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
         V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED, USE_TMA=use_tma,
-        OUT_FP8=out_fp8, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        OUT_FP8=mode, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return (oq, os_) if out_fp8 else out
+    return blockmap.fp8_result(oq, os_, mode) if mode else out

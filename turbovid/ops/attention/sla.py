@@ -76,20 +76,22 @@ def kernel_inputs(*xs: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def fp8_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_output(out: torch.Tensor, out_fp8=True) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L, H, D] -> (e4m3 [B, L, H, D], scales [ceil(H*D/128), B*L]): an fp8 linear's own rule,
-    for the paths whose kernel does not quantize in its epilogue."""
-    from turbovid.ops.quant.fp8 import quantize_act_fp8
+    for the paths whose kernel does not quantize in its epilogue; out_fp8="tensor": (e4m3, scale [1])
+    by the output's own amax (quant.fp8_tensor)."""
+    from turbovid.ops.quant.fp8 import quantize_act_fp8, quantize_per_tensor
 
     B, L, H, D = out.shape
-    q8, s = quantize_act_fp8(out.reshape(B * L, H * D))
+    flat = out.reshape(B * L, H * D)
+    q8, s = quantize_per_tensor(flat) if out_fp8 == "tensor" else quantize_act_fp8(flat)
     return q8.view(out.shape), s
 
 
-def fp8_output_fake(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_output_fake(q: torch.Tensor, out_fp8=True) -> tuple[torch.Tensor, torch.Tensor]:
     B, L, H, D = q.shape
-    return (q.new_empty(q.shape, dtype=torch.float8_e4m3fn),
-            q.new_empty(-(-H * D // 128), B * L, dtype=torch.float32))
+    shape = (1,) if out_fp8 == "tensor" else (-(-H * D // 128), B * L)
+    return q.new_empty(q.shape, dtype=torch.float8_e4m3fn), q.new_empty(shape, dtype=torch.float32)
 
 
 def kernel_quantizes_output(q: torch.Tensor) -> bool:
@@ -103,28 +105,29 @@ def run_sla(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
     if reason is not None:
         log_once(f"sla: running the PyTorch reference ({reason})")
         out = sla_reference(q, k, v, topk, proj_weight, proj_bias, blkq, blkk).to(q.dtype).contiguous()
-        return fp8_output(out) if out_fp8 else out
+        return fp8_output(out, out_fp8) if out_fp8 else out
     from . import sla_kernel
 
     return call_kernel(sla_kernel.sla_forward, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 
-def call_kernel(forward: Callable, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8: bool):
+def call_kernel(forward: Callable, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8):
     """Run a kernel's forward (sla_forward / sagesla_forward) on q's dtype in and out: quantized for
-    an fp8 linear in its epilogue where it can, else after it (fp8_output)."""
+    an fp8 linear (out_fp8 True / "tensor") in its epilogue where it can, else after it (fp8_output)."""
     qk, kk, vk = kernel_inputs(q, k, v)
-    fused = out_fp8 and kernel_quantizes_output(q)
-    out = forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=fused)
+    fused = bool(out_fp8) and kernel_quantizes_output(q)
+    out = forward(qk, kk, vk, topk, proj_weight, proj_bias, blkq, blkk, out_fp8=out_fp8 if fused else False)
     if fused:
         return out
     out = out.to(q.dtype).contiguous()
-    return fp8_output(out) if out_fp8 else out
+    return fp8_output(out, out_fp8) if out_fp8 else out
 
 
-def register_ops(name: str, run: Callable) -> tuple[Callable, Callable]:
-    """Register `run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)` as two custom ops
+def register_ops(name: str, run: Callable) -> tuple[Callable, Callable, Callable]:
+    """Register `run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)` as three custom ops
     with fake implementations, so torch.compile traces the DiT through them: turbovid::<name>
-    (output in q's dtype) and turbovid::<name>_fp8 (output quantized for an fp8 linear)."""
+    (output in q's dtype), turbovid::<name>_fp8 (output quantized for an fp8 linear, block scales)
+    and turbovid::<name>_fp8t (one per-tensor scale)."""
 
     def plain(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, proj_weight: Optional[torch.Tensor],
@@ -138,18 +141,26 @@ def register_ops(name: str, run: Callable) -> tuple[Callable, Callable]:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, True)
 
+    def per_tensor(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, proj_weight: Optional[torch.Tensor],
+        proj_bias: Optional[torch.Tensor], blkq: int, blkk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return run(q, k, v, topk, proj_weight, proj_bias, blkq, blkk, "tensor")
+
     plain_op = torch.library.custom_op(f"turbovid::{name}", plain, mutates_args=())
     plain_op.register_fake(lambda q, *rest: q.new_empty(q.shape))
     fp8_op = torch.library.custom_op(f"turbovid::{name}_fp8", quantized, mutates_args=())
     fp8_op.register_fake(lambda q, *rest: fp8_output_fake(q))
-    return plain_op, fp8_op
+    fp8t_op = torch.library.custom_op(f"turbovid::{name}_fp8t", per_tensor, mutates_args=())
+    fp8t_op.register_fake(lambda q, *rest: fp8_output_fake(q, "tensor"))
+    return plain_op, fp8_op, fp8t_op
 
 
-def call_op(ops: tuple[Callable, Callable], run: Callable, q, k, v, topk, proj_weight, proj_bias, blkq, blkk,
-            out_fp8: bool):
+def call_op(ops: tuple[Callable, Callable, Callable], run: Callable, q, k, v, topk, proj_weight, proj_bias, blkq,
+            blkk, out_fp8):
     """register_ops' op for out_fp8 where torch.compile traces, `run` itself in eager code (ops/dispatch.py)."""
-    return call(ops[1] if out_fp8 else ops[0], lambda *a: run(*a, out_fp8),
-                q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
+    op = ops[2] if out_fp8 == "tensor" else ops[1] if out_fp8 else ops[0]
+    return call(op, lambda *a: run(*a, out_fp8), q, k, v, float(topk), proj_weight, proj_bias, blkq, blkk)
 
 
 sla_ops = register_ops("sla", run_sla)
@@ -165,10 +176,11 @@ def sla_attention(
     proj_bias: Optional[torch.Tensor],
     blkq: int = BLKQ,
     blkk: int = BLKK,
-    out_fp8: bool = False,
+    out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sparse-linear attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype,
-    or with out_fp8 that output quantized for an fp8 linear (e4m3 values, scales; see fp8_output)."""
+    or with out_fp8 (True: block scales, "tensor": one scale) that output quantized for an fp8 linear
+    (e4m3 values, scales; see fp8_output)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
     return call_op(sla_ops, run_sla, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 

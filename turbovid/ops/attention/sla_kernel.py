@@ -120,7 +120,7 @@ def _sla_fwd_kernel(
     L, H, NQ, KK, qk_scale, lin_eps, ROWS_B, ROWS_H, COL_H, ROWS_TOTAL,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLKK: tl.constexpr, GROUP: tl.constexpr,
     LIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
-    OUT_FP8: tl.constexpr = False, INTERPRET: tl.constexpr = False,
+    OUT_FP8: tl.constexpr = 0, INTERPRET: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -198,15 +198,18 @@ def sla_forward(
     blkk: int = 64,
     config: Config | None = None,
     stats: blockmap.BlockStats | None = None,
-    out_fp8: bool = False,
+    out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's dtype,
     or with out_fp8 (head_dim 128) that output quantized for an fp8 linear: (e4m3 [B, L, H, D],
-    float32 scales [H, B*L]), the bytes quantize_act_fp8 makes of the bf16 output."""
+    float32 scales [H, B*L]), the bytes quantize_act_fp8 makes of the bf16 output; out_fp8="tensor":
+    (e4m3, scale [1]) at the bound max|V| gives (blockmap.output_bound, quant.fp8_tensor's rule)."""
     B, L, H, D = q.shape
     cfg = config or default_config(D, q.device)
+    mode = blockmap.fp8_mode(out_fp8)
     stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
-        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, kv_copy=cfg.kv_copy)
+        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, kv_copy=cfg.kv_copy,
+        v_absmax=mode == 2)
     nq = triton.cdiv(L, blkq)
     if cfg.kv_copy and stats.k_copy is not None:
         lp = stats.k_copy.shape[1]  # (B*H, lp, D), seen through [B, L, H, D] strides
@@ -220,13 +223,14 @@ def sla_forward(
     use_tma = cfg.tma and TensorDescriptor is not None and flat[0] is not None and flat[1] is not None
     if use_tma:
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
-    oq, os_ = blockmap.output_buffers(q, out, out_fp8)
+    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
+    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
     _sla_fwd_kernel[(nq, B * H)](
         q, k_src, v_src, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, rows_b, rows_h, col_h, B * L,
         D=D, BLOCK_M=blkq, BLKK=blkk, GROUP=cfg.group, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
-        USE_TMA=use_tma, OUT_FP8=out_fp8, INTERPRET=INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_TMA=use_tma, OUT_FP8=mode, INTERPRET=INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return (oq, os_) if out_fp8 else out
+    return blockmap.fp8_result(oq, os_, mode) if mode else out

@@ -305,8 +305,7 @@ class Fp8TensorLinear(Fp8Linear):
     def output_bound_coefs(self) -> tuple[float, float, float] | None:
         """fp8_tensor.output_bound_coefs of this weight, computed once per weight version (a host sync);
         None while a CUDA graph is being captured and they are not known yet."""
-        key = (self.fp8_weight.data_ptr(), self.fp8_weight._version, self.scale._version,
-               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        key = tuple(None if t is None else (t.data_ptr(), _version(t)) for t in (self.fp8_weight, self.scale, self.bias))
         if self._coefs is None or self._coefs[0] != key:
             if self.fp8_weight.is_cuda and torch.cuda.is_current_stream_capturing():
                 return None
@@ -321,6 +320,11 @@ class Fp8TensorLinear(Fp8Linear):
         coefs = previous.output_bound_coefs() if act.per_tensor and act.row_norm is not None else None
         from_norm = (act.row_norm, act.scale, *coefs) if coefs is not None else None
         return fp8_tensor_linear(h, self.fp8_weight, self.scale, self.bias, gelu_input, from_norm=from_norm)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # inference-mode tensors keep no version counter: their storage alone keys the cache
+    return None if t.is_inference() else t._version
 
 
 def share_weight_scale(layers: list[Fp8TensorLinear]) -> None:
