@@ -1,9 +1,12 @@
-"""A/B of --quant fp8's two scale layouts in one process (run on the device): block scales (1x128
+"""A/B of --quant fp8's scale layouts in one process (run on the device): block scales (1x128
 activations x 128x128 weights, cuBLAS's blockwise GEMM) against per-tensor scales (quant.fp8_tensor:
-the norms' modulation bound, cuBLAS's fast-accumulation GEMM).
+the norms' modulation bound, cuBLAS's per-tensor GEMM) with fast accumulation ("tensor") and without
+("tensor-exact").
 
 For each model: the graphed sagesla forward of both, timed in alternating rounds, and each one's
-velocity error against the same random-weight model in bf16 (same inputs, same attention).
+velocity error against the same random-weight model in bf16 (same inputs, same attention), with
+sagesla and with dense attention (sparse attention's block choice flips under small changes, which
+makes the sagesla error noisy between close variants; dense has no such step).
 
     python3 benchmarks/ab_fp8_scales.py --models Wan2.1-1.3B,Wan2.1-14B [--forwards 8] [--rounds 3] [--out F]
 """
@@ -24,6 +27,16 @@ from turbovid.bench.cases import latent_shape  # noqa: E402
 from turbovid.bench.timing import cuda_ms, environment  # noqa: E402
 
 
+VARIANTS = ("block", "tensor", "tensor-exact")
+
+
+def use(variant: str) -> None:
+    """The GEMM's accumulation mode, read at call time (a captured graph keeps the one it saw)."""
+    from turbovid.ops.quant import fp8_tensor
+
+    fp8_tensor.FAST_ACCUM = variant != "tensor-exact"
+
+
 def build(model: str, scales: str | None):
     from turbovid.fast import FastOptions, make_fast
     from turbovid.loading.dit import build_dit
@@ -32,9 +45,19 @@ def build(model: str, scales: str | None):
     dit = build_dit(model, device=torch.device("cuda"), dtype=torch.bfloat16, seed=0)
     if scales is not None:
         for blk in dit.blocks:
-            swap_linears_fp8(blk, skip=("proj_l",), per_tensor=scales == "tensor")
+            swap_linears_fp8(blk, skip=("proj_l",), per_tensor=scales != "block")
     dit.set_attention("sagesla", 0.1)
     return make_fast(dit, FastOptions())
+
+
+def dense_output(runner, lat, t, ctx) -> torch.Tensor:
+    """The runner's velocity with dense attention (eager, its graphs dropped), then sagesla again."""
+    runner.dit.set_attention("dense")
+    runner.reset()
+    out = runner(lat, t, ctx).float()
+    runner.dit.set_attention("sagesla", 0.1)
+    runner.reset()
+    return out
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,17 +85,24 @@ def main() -> None:
         with torch.inference_mode():
             runner = build(model, None)
             want = runner(lat, t, ctx).float()
+            want_dense = dense_output(runner, lat, t, ctx)
             del runner
             torch.cuda.empty_cache()
-            runners = {s: build(model, s) for s in ("block", "tensor")}
+            runners = {s: build(model, s) for s in VARIANTS}
             row = {"ms": {s: [] for s in runners}, "rel_err_vs_bf16": {}}
             for s, r in runners.items():
+                use(s)
                 r(lat, t, ctx)  # eager call; the next one captures
                 row["rel_err_vs_bf16"][s] = round(rel(r(lat, t, ctx).float(), want), 5)
             for _ in range(args.rounds):
                 for s, r in runners.items():
+                    use(s)
                     row["ms"][s] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
             row["median_ms"] = {s: round(statistics.median(v), 2) for s, v in row["ms"].items()}
+            row["rel_err_vs_bf16_dense_attention"] = {}
+            for s, r in runners.items():
+                use(s)
+                row["rel_err_vs_bf16_dense_attention"][s] = round(rel(dense_output(r, lat, t, ctx), want_dense), 5)
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             del runners
             torch.cuda.empty_cache()
