@@ -54,7 +54,7 @@ def main() -> None:
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
     from turbovid.ops import rms_silu
-    from turbovid.ops.quant import int8, int8_triton
+    from turbovid.ops.quant import fp8_tensor_triton, int8, int8_triton
 
     f32 = "*fp32"
     sage_sig = dict(
@@ -90,6 +90,14 @@ def main() -> None:
     tma_key_sig = key_sig | dict(K="tensordesc<bf16[1,32,128]>", V="tensordesc<bf16[1,32,128]>")
     tma_key_div = [a for a in key_div if a not in ("K", "V")]  # descriptors carry no alignment hint
     key_opts = (key_warps, 3, key_regs)  # warps, num_stages (the launcher's default), maxnreg
+    norm_sig = dict(X="*bf16", Y="*bf16", GATE=f32, XO="*bf16", H="*bf16", W=f32, BIAS=f32, SHIFT=f32, SCALE=f32,
+                    HQ="*fp8e4nv", HS=f32, RN=f32, L="i32", C="i32", eps="fp32", stride_gate="i32",
+                    stride_shift="i32", stride_scale="i32", rows_total="i32")
+    norm_consts = dict(HAS_Y=True, HAS_GATE=True, WRITE_X=True, WRITE_H=True, HAS_AFFINE=False, HAS_SHIFT=True,
+                       HAS_SCALE=True, QUANT_FP8=True, QUANT_TENSOR=False, INTERPRET=False, BLOCK_L=1, BLOCK_C=4096,
+                       BLOCK_C2=1024)
+    norm_div = ["X", "Y", "GATE", "XO", "H", "W", "BIAS", "SHIFT", "SCALE", "HQ", "HS", "RN", "L", "C", "stride_gate",
+                "stride_shift", "stride_scale"]
     cases = [
         ("select, 1.3B/14B 480p sagesla (256 key blocks)", blockmap._select_kernel,
          dict(PQ=f32, PK=f32, KMEAN=f32, S=f32, LUT="*i32", NQ="i32", NK="i32", KK="i32", S_ROWS="i32", S_STRIDE="i32"),
@@ -112,14 +120,18 @@ def main() -> None:
          sla_sig, dict(D=128, BLOCK_M=128, BLKK=64, GROUP=1, LIN_MODE=2, HAS_BIAS=True, USE_TMA=False, OUT_FP8=True,
                        INTERPRET=False), sla_div, 4, 2),
         ("gated residual + LayerNorm + modulation, fp8 output, C = 5120 (4096 + 1024 parts)",
-         layernorm_kernel._add_norm_modulate_kernel,
-         dict(X="*bf16", Y="*bf16", GATE=f32, XO="*bf16", H="*bf16", W=f32, BIAS=f32, SHIFT=f32, SCALE=f32,
-              HQ="*fp8e4nv", HS=f32, L="i32", C="i32", eps="fp32", stride_gate="i32", stride_shift="i32",
-              stride_scale="i32", rows_total="i32"),
-         dict(HAS_Y=True, HAS_GATE=True, WRITE_X=True, WRITE_H=True, HAS_AFFINE=False, HAS_SHIFT=True,
-              HAS_SCALE=True, QUANT_FP8=True, INTERPRET=False, BLOCK_L=1, BLOCK_C=4096, BLOCK_C2=1024),
-         ["X", "Y", "GATE", "XO", "H", "W", "BIAS", "SHIFT", "SCALE", "HQ", "HS", "L", "C", "stride_gate",
-          "stride_shift", "stride_scale"], 8),
+         layernorm_kernel._add_norm_modulate_kernel, norm_sig, norm_consts, norm_div, 8),
+        ("same, per-tensor fp8 output at the modulation's bound, row norms kept (--quant fp8)",
+         layernorm_kernel._add_norm_modulate_kernel, norm_sig, norm_consts | dict(QUANT_TENSOR=True), norm_div, 8),
+        ("sagesla attention (TMA, per-tensor fp8 output at the max|V| bound)", sagesla_kernel._sagesla_fwd_kernel,
+         sage_tma_sig, sage_consts | dict(USE_TMA=True, OUT_FP8=2),
+         [a for a in sage_div if a not in ("KQ", "VT", "VT2")], 4),
+        ("tanh-GELU + per-tensor fp8 quantization at the bound from the row norm (the FFN's hidden layer)",
+         fp8_tensor_triton._quant_kernel,
+         dict(X="*bf16", BOUND=f32, Q="*fp8e4nv", SCALE=f32, M="i32", K="i32", stride_xm="i32", stride_qm="i32",
+              RN=f32, SA=f32, coef_rn="fp32", coef_sa="fp32", const="fp32"),
+         dict(GELU=True, FROM_NORM=True, INTERPRET=False, BLOCK_M=128, BLOCK_K=128),
+         ["X", "BOUND", "Q", "SCALE", "K", "stride_xm", "stride_qm", "RN", "SA"], fp8_tensor_triton.QUANT_WARPS[True]),
         ("q/k RMSNorm + 3D RoPE, C = 1536, split-pairs loads (the autotuned path)", rope_kernel._rmsnorm_rope_kernel,
          dict(X="*bf16", OUT="*bf16", W="*bf16", COS=f32, SIN=f32, L="i32", C="i32", eps="fp32", stride_x="i32"),
          dict(HALF_D=64, HAS_ROPE=True, SPLIT=1, BLOCK_L=1, BLOCK_P=1024),

@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 
 from turbovid.models.dit import SelfAttention
-from turbovid.ops.quant.fp8 import Fp8Activation, Fp8TensorLinear
+from turbovid.ops.quant.fp8 import (
+    Fp8Activation, Fp8Linear, Fp8TensorLinear, fp8_kernel_linear, fp8_tensor_linear, share_weight_scale,
+)
 
 log = logging.getLogger("turbovid.fast")
 
@@ -62,7 +64,6 @@ def use_fused_kernels(flag: bool = True) -> None:
 def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
     """The kernel linear (x, w_q, w_scale, bias, gelu_input=...) serving an int8 / fp8 `layer` for x
     (the same choice the layer's own forward makes: cuBLAS or Triton for fp8), else None."""
-    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear, fp8_kernel_linear, fp8_tensor_linear
     from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
 
     if isinstance(layer, Fp8TensorLinear):
@@ -130,7 +131,6 @@ def _fused_qkv_layer(lins: list[nn.Module]) -> nn.Module | None:
     the concatenated tensors are allocated once and q / k / v are re-pointed at views of them, so
     no weight memory is added. None when the three cannot be fused (mixed types, no common dtype,
     quantized blocks straddling the q/k/v boundary)."""
-    from turbovid.ops.quant.fp8 import Fp8TensorLinear, share_weight_scale
     from turbovid.ops.quant.int8 import BLOCK, QuantLinearBase
 
     first = lins[0]
@@ -228,7 +228,6 @@ def fuse_act_quant(dit: nn.Module) -> int:
     "fp8-tensor" for Fp8TensorLinear: one scale from the modulation's bound, fp8_tensor.py). The
     quantizing launch may sum a row in another order than the plain one (its own launch shape), so h
     can round one ulp apart in places; at C = 1536 the bytes are identical (tests). Returns how many blocks."""
-    from turbovid.ops.quant.fp8 import Fp8Linear, Fp8TensorLinear
 
     n = 0
     for blk in getattr(dit, "blocks", []):
@@ -252,7 +251,6 @@ def fuse_attn_quant(dit: nn.Module) -> int:
     linear's own quantization of the bf16 output (tests), or per tensor (Fp8TensorLinear) at the bound
     max|V| gives. Per-tensor fp8 cross-attention o-projections get their input's bound from v
     instead of a pass over it. Returns how many blocks (self-attention)."""
-    from turbovid.ops.quant.fp8 import Fp8Linear
 
     n = 0
     for blk in getattr(dit, "blocks", []):

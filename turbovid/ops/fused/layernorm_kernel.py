@@ -214,7 +214,8 @@ def add_norm_modulate_triton(
     per_tensor = bool(write_h and quant_fp8 and bound is not None)
     if write_h and quant_fp8:
         hq = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-        hs = bound[0] if per_tensor else torch.empty(triton.cdiv(c, 128), bsz * l, dtype=torch.float32, device=x.device)
+        hs = (bound[0] if per_tensor
+              else torch.empty(triton.cdiv(c, 128), bsz * l, dtype=torch.float32, device=x.device))
         h = torch.empty(1, dtype=out_dtype, device=x.device)  # carries the dtype h is rounded to
     elif write_h:
         h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
