@@ -387,3 +387,19 @@ def test_per_tensor_dit_fast_path_bounds_the_cross_attention_output(monkeypatch)
         assert not any(blk.cross_attn.o_takes_bound for blk in dit.blocks)
     assert torch.isfinite(out).all()
     assert len(bounds) == len(dit.blocks) and all(m <= b for m, b in bounds)
+
+
+def test_per_tensor_swap_keeps_block_scales_for_the_context_projections():
+    """cross-attention's k / v (the 512 text tokens every query reads) stay block-scaled."""
+    from turbovid.loading.dit import build_dit
+
+    dit = build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0)
+    swap_linears_fp8(dit.blocks, per_tensor=True)  # names under the list: "0.cross_attn.k", ...
+    for blk in dit.blocks:
+        assert type(blk.cross_attn.k) is Fp8Linear and type(blk.cross_attn.v) is Fp8Linear
+        others = (blk.cross_attn.q, blk.cross_attn.o, blk.self_attn.k, blk.self_attn.v, blk.ffn[0], blk.ffn[2])
+        assert all(type(m) is Fp8TensorLinear for m in others)
+        assert type(blk.self_attn.proj_l) is nn.Linear
+    single = build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0).blocks[0]
+    swap_linears_fp8(single, per_tensor=True)  # on one block: "cross_attn.k"
+    assert type(single.cross_attn.k) is Fp8Linear and type(single.self_attn.q) is Fp8TensorLinear

@@ -192,12 +192,27 @@ class Fp8Linear(QuantLinearBase):
         return super().forward(x)
 
 
+# With per-tensor scales, these linears keep block scales: the text context's k / v projections (512
+# tokens, a negligible share of the FLOPs), whose per-tensor error every query then reads. On a 10-block
+# 14B-width DiT they made most of per-tensor fp8's extra error against bf16 (all per tensor 4.64%, all
+# block 4.33%, per tensor but these 4.38%; benchmarks/explore_fp8_groups.py, docs/benchmarks.md).
+BLOCK_SCALED = ("cross_attn.k", "cross_attn.v")
+
+
 def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), per_tensor: bool | None = None) -> nn.Module:
     """Replace every nn.Linear under `module` (except `skip` names) by an fp8 layer, quantizing on the fly:
-    Fp8TensorLinear (per-tensor scales; per_tensor None: per_tensor_default()) or Fp8Linear (block scales)."""
+    Fp8TensorLinear (per-tensor scales; per_tensor None: per_tensor_default()) except the BLOCK_SCALED
+    ones, or Fp8Linear (block scales) everywhere."""
     if per_tensor is None:
         per_tensor = per_tensor_default()
-    return swap_linears(module, skip, layer_cls=Fp8TensorLinear if per_tensor else Fp8Linear)
+    if not per_tensor:
+        return swap_linears(module, skip, layer_cls=Fp8Linear)
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.Linear) and any(name == s or name.endswith("." + s) for s in BLOCK_SCALED) \
+                and not any(s in name for s in skip):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, leaf, Fp8Linear.from_linear(child))
+    return swap_linears(module, skip, layer_cls=Fp8TensorLinear)
 
 
 # ---- per-tensor scales (fp8_tensor.py): cuBLAS's fast fp8 GEMM ---------------------------------
