@@ -7,13 +7,16 @@ one (`benchmarks/explore_gemm_power.py`); in a whole graphed forward the GEMM sw
 
 Rule, weights and activations alike (the scale is the dequantization factor):
     scale = bound / 448,  q = e4m3(clamp(x * (448 / bound), -448, 448))
-where bound >= max|x|. Weights and most activations use their own amax (one extra read of the
-activation). A LayerNorm's output has a bound known before it is computed: each normalized value
-is at most sqrt(C - 1) in magnitude, so h = n * w (1 + scale) + b (1 + scale) + shift stays within
-max_c sqrt(C - 1) |w (1 + scale)| + |b (1 + scale) + shift| (times a small margin for rounding), and
-the norm kernel quantizes as it writes. e4m3 is a floating-point format: a bound looser than the amax
-shifts every value down by the same factor but keeps its 3 mantissa bits, as long as the values stay
-above the smallest normal (2^-6, i.e. 2^-15 of the bound): it costs nothing measurable here.
+where bound >= max|x|. Weights use their own amax, as does any activation without a known bound (one
+extra read of it). The DiT's activations have bounds known before they are written, so no pass reads
+them for their amax: a LayerNorm's output (each normalized value is at most sqrt(C - 1) in magnitude,
+so h = n * w (1 + scale) + b (1 + scale) + shift stays within max_c sqrt(C - 1) |w (1 + scale)| +
+|b (1 + scale) + shift|, times a small margin for rounding; the norm kernel quantizes as it writes),
+the linear after it (output_bound_coefs), and softmax attention's outputs (max|V|; see
+attention.blockmap.output_bound). e4m3 is a floating-point format: a bound looser than the amax shifts
+every value down by the same factor but keeps its 3 mantissa bits, as long as the values stay above
+the smallest normal (2^-6, i.e. 2^-15 of the bound). What per-tensor scales do cost, against block
+scales, showed in cross-attention's k / v, which keep block scales (fp8.BLOCK_SCALED).
 
 The GEMM is torch._scaled_mm with scalar scales (use_fast_accum: Hopper's fp8 accumulator without
 periodic promotion; FAST_ACCUM = False gives the exactly accumulated kernel). Probed once per device;
