@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turbovid.ops.quant.int8_triton import _to_e4m3
+from turbovid.ops.quant.int8_triton import _e4m3_at_bound, _to_e4m3
 
 try:  # Triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -167,9 +167,7 @@ def _store_output(
     ok = rows < L
     o = o.to(O.dtype.element_ty)
     if OUT_FP8 == 2:
-        mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(tl.load(OS), 1e-8))
-        v = tl.minimum(tl.maximum(o.to(tl.float32) * mult, -448.0), 448.0)
-        tl.store(OQ + offs, _to_e4m3(v, INTERPRET), mask=ok[:, None])
+        tl.store(OQ + offs, _e4m3_at_bound(o, tl.load(OS), INTERPRET), mask=ok[:, None])
     elif OUT_FP8 == 1:
         of = o.to(tl.float32)
         amax = tl.maximum(tl.max(tl.abs(of), 1), 1e-8)
@@ -239,7 +237,9 @@ def output_buffers(q: torch.Tensor, out: torch.Tensor, out_fp8, bound: torch.Ten
 def fp8_result(oq: torch.Tensor, os_: torch.Tensor, out_fp8) -> tuple[torch.Tensor, torch.Tensor]:
     """What a kernel returns for its OUT_FP8 launch: (e4m3, block scales) or (e4m3, scale = bound / 448)."""
     if fp8_mode(out_fp8) == 2:
-        return oq, os_ / torch.full_like(os_, 448.0)
+        from turbovid.ops.quant.fp8_tensor import scale_of
+
+        return oq, scale_of(os_)
     return oq, os_
 
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turbovid.ops.quant.int8_triton import _to_e4m3
+from turbovid.ops.quant.int8_triton import _e4m3_at_bound, _to_e4m3
 
 
 @triton.jit
@@ -75,10 +75,8 @@ def _normed_part(
     ss = tl.zeros([BLOCK_L], tl.float32)
     if QUANT_TENSOR:
         # per-tensor rule of quant.fp8_tensor: HS holds the bound (>= max|h|, from the modulation)
-        mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(tl.load(HS), 1e-8))
         hf = tl.where(mask, h.to(tl.float32), 0.0)
-        v = tl.minimum(tl.maximum(hf * mult, -448.0), 448.0)
-        tl.store(HQ + offs, _to_e4m3(v, INTERPRET), mask=mask)
+        tl.store(HQ + offs, _e4m3_at_bound(hf, tl.load(HS), INTERPRET), mask=mask)
         ss = tl.sum(hf * hf, axis=1)
     elif QUANT_FP8:
         # the fp8 activation rule of quant.int8_triton.quantize_act, on the rounded values:

@@ -9,6 +9,7 @@ K and N multiples of 128), else the int8 Triton GEMM (int8_triton.scaled_mm) wit
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -207,20 +208,18 @@ def swap_linears_fp8(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), per
         per_tensor = per_tensor_default()
     if not per_tensor:
         return swap_linears(module, skip, layer_cls=Fp8Linear)
-    for name, child in list(module.named_modules()):
-        if isinstance(child, nn.Linear) and any(name == s or name.endswith("." + s) for s in BLOCK_SCALED) \
-                and not any(s in name for s in skip):
-            parent_name, _, leaf = name.rpartition(".")
-            setattr(module.get_submodule(parent_name) if parent_name else module, leaf, Fp8Linear.from_linear(child))
-    return swap_linears(module, skip, layer_cls=Fp8TensorLinear)
+
+    def layer_for(name: str) -> type:
+        block = any(name == s or name.endswith("." + s) for s in BLOCK_SCALED)
+        return Fp8Linear if block else Fp8TensorLinear
+
+    return swap_linears(module, skip, layer_cls=layer_for)
 
 
 # ---- per-tensor scales (fp8_tensor.py): cuBLAS's fast fp8 GEMM ---------------------------------
 
 def per_tensor_default() -> bool:
     """--quant fp8's scales: per tensor (the default) unless TURBOVID_FP8_SCALES=block."""
-    import os
-
     mode = os.environ.get("TURBOVID_FP8_SCALES", "tensor")
     if mode not in ("tensor", "block"):
         raise ValueError(f"TURBOVID_FP8_SCALES={mode!r}: use 'tensor' or 'block'")
@@ -306,10 +305,9 @@ class Fp8TensorLinear(Fp8Linear):
     def forward(self, x: torch.Tensor | Fp8Activation, bound: torch.Tensor | None = None) -> torch.Tensor:
         """bound: a known upper bound of |x| ([1], e.g. max|v| for an attention output), which spares
         the pass that finds x's amax."""
-        if not isinstance(x, Fp8Activation):
-            self._check(x)
-            return fp8_tensor_linear(x, self.fp8_weight, self.scale, self.bias, bound=bound)
         self._check(x)
+        if not isinstance(x, Fp8Activation):
+            return fp8_tensor_linear(x, self.fp8_weight, self.scale, self.bias, bound=bound)
         if not x.per_tensor:
             raise ValueError("Fp8TensorLinear got a block-scaled fp8 activation; an Fp8Linear reads those")
         shape = x.q.shape

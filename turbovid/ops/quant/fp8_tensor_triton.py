@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from turbovid.ops.quant.fp8_tensor import FP8_DTYPE, LN_BOUND_MARGIN, from_norm_bound, scale_of
-from turbovid.ops.quant.int8_triton import _to_e4m3
+from turbovid.ops.quant.int8_triton import _e4m3_at_bound
 
 
 @triton.jit
@@ -46,18 +46,15 @@ def _quant_kernel(
         bound = tl.maximum(b, 1e-8)
     else:
         bound = tl.maximum(tl.load(BOUND), 1e-8)
-    qmax = tl.full([], 448.0, tl.float32)
-    mult = tl.math.div_rn(qmax, bound)
     if (pid_m == 0) & (pid_k == 0):
-        tl.store(SCALE, tl.math.div_rn(bound, qmax))
+        tl.store(SCALE, tl.math.div_rn(bound, tl.full([], 448.0, tl.float32)))
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rm[:, None] < M) & (rk[None, :] < K)
     x = tl.load(X + rm[:, None].to(tl.int64) * stride_xm + rk[None, :], mask=mask, other=0.0)
     if GELU:
         x = _gelu_rounded(x)
-    v = tl.minimum(tl.maximum(x.to(tl.float32) * mult, -448.0), 448.0)
-    tl.store(Q + rm[:, None].to(tl.int64) * stride_qm + rk[None, :], _to_e4m3(v, INTERPRET), mask=mask)
+    tl.store(Q + rm[:, None].to(tl.int64) * stride_qm + rk[None, :], _e4m3_at_bound(x, bound, INTERPRET), mask=mask)
 
 
 @triton.jit

@@ -261,14 +261,19 @@ class Int8Linear(QuantLinearBase):
     linear_op = staticmethod(int8_linear)
 
 
-def swap_linears(module: nn.Module, skip: tuple[str, ...] = ("proj_l",), layer_cls: type = Int8Linear) -> nn.Module:
+def swap_linears(
+    module: nn.Module, skip: tuple[str, ...] = ("proj_l",), layer_cls: type | Callable[[str], type] = Int8Linear,
+    _prefix: str = "",
+) -> nn.Module:
     """Replace every nn.Linear under `module` (except names containing a `skip` part) by a quantized
-    layer, quantizing its weight on the fly. TurboDiffusion quantizes `model.blocks` only."""
+    layer, quantizing its weight on the fly. layer_cls: the layer class, or a function of the linear's
+    dotted name under `module` returning it. TurboDiffusion quantizes `model.blocks` only."""
     for name, child in list(module.named_children()):
         if any(s in name for s in skip):
             continue
         if isinstance(child, nn.Linear):
-            setattr(module, name, layer_cls.from_linear(child))
+            cls = layer_cls if isinstance(layer_cls, type) else layer_cls(_prefix + name)
+            setattr(module, name, cls.from_linear(child))
         else:
-            swap_linears(child, skip, layer_cls)
+            swap_linears(child, skip, layer_cls, f"{_prefix}{name}.")
     return module

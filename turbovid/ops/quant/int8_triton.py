@@ -78,6 +78,13 @@ def _to_e4m3(v, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _e4m3_at_bound(x, bound, INTERPRET: tl.constexpr):
+    # quant.fp8_tensor's per-tensor rule: e4m3(clamp(x * 448 / bound)), the bound floored at 1e-8
+    mult = tl.math.div_rn(tl.full([], 448.0, tl.float32), tl.maximum(bound, 1e-8))
+    return _to_e4m3(tl.minimum(tl.maximum(x.to(tl.float32) * mult, -448.0), 448.0), INTERPRET)
+
+
+@triton.jit
 def _int8_multiplier(amax, tbl_ptr, USE_TABLE: tl.constexpr, EXP_LO: tl.constexpr, EXP_HI: tl.constexpr):
     # 128 / amax as the reference computes it (int8.RCP128_TABLE): table[mantissa] * 2**-exponent
     # for a bf16 amax in the checked range, the floor's own value, else IEEE division
