@@ -185,9 +185,11 @@ class Config:
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
 
 
-def default_config(device: torch.device) -> Config:
+def default_config(device: torch.device, blkq: int = 64) -> Config:
     # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    if blkq >= 128:  # two 64-row warpgroups share each K/V tile
+        return Config(num_warps=8, num_stages=3, tma=tma)
     return Config(num_warps=4, num_stages=3, tma=tma)
 
 
@@ -227,7 +229,7 @@ def sagesla_forward(
     """SageSLA on [B, L, H, D] fp16/bf16 tensors with unit stride on D; returns [B, L, H, D] in q's
     dtype, or with out_fp8 (head_dim 128) that output quantized for an fp8 linear (as sla_forward)."""
     B, L, H, D = q.shape
-    cfg = config or default_config(q.device)
+    cfg = config or default_config(q.device, blkq)
     stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
         q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, v_absmax=True)
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
