@@ -188,8 +188,8 @@ class Config:
 def default_config(device: torch.device, blkq: int = 64) -> Config:
     # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-    if blkq >= 128:  # two 64-row warpgroups share each K/V tile
-        return Config(num_warps=8, num_stages=3, tma=tma)
+    if blkq >= 128:  # two 64-row warpgroups share each K/V tile (explore_sagesla_map.py's best)
+        return Config(num_warps=8, num_stages=2, tma=tma)
     return Config(num_warps=4, num_stages=3, tma=tma)
 
 
