@@ -403,3 +403,71 @@ def test_per_tensor_swap_keeps_block_scales_for_the_context_projections():
     single = build_dit("tiny-random", device="cpu", dtype=torch.float32, seed=0).blocks[0]
     swap_linears_fp8(single, per_tensor=True)  # on one block: "cross_attn.k"
     assert type(single.cross_attn.k) is Fp8Linear and type(single.self_attn.q) is Fp8TensorLinear
+
+
+# ---- the FFN's first GEMM with GELU + quantization in its epilogue (quant.cublaslt) ---------------
+
+def test_gelu_gemm_reference_is_the_unfused_path_on_the_same_bound():
+    """The fused op's reference (dequantize, matmul, bias, tanh-GELU, quantize at the row-norm bound)
+    gives the bytes of the unfused path (fc1 in bf16-like rounding, GELU, quantization) except where
+    that path's intermediate rounding moves a value across an e4m3 rounding boundary."""
+    from turbovid.ops.quant import fp8 as fp8_module
+
+    q1, q2, _, _ = _ffn(seed=3)
+    x = torch.randn(1, 200, 256)
+    act = Fp8Activation.quantize_per_tensor(x, row_norm=True)
+    with torch.no_grad():
+        coefs = q1.output_bound_coefs()
+        a_q = act.q.reshape(-1, 256)
+        h_q, h_s = fp8_module._fp8_tensor_linear_gelu(a_q, act.scale, q1.fp8_weight, q1.scale, q1.bias,
+                                                       act.row_norm, list(coefs))
+        h = q1(act)
+        bound = fp8_tensor.from_norm_bound(act.row_norm, act.scale, *coefs, gelu=True)
+        want_q, want_s = fp8_tensor.quantize_with_bound(fp8_tensor.gelu_tanh(h).reshape(-1, 512), bound)
+    assert torch.equal(h_s, want_s)
+    same = (bytes_of(h_q) == bytes_of(want_q)).float().mean().item()
+    assert same > 0.999, same
+    assert rel(h_q.float(), want_q.float()) < 1e-3
+
+
+def test_forward_gelu_needs_a_per_tensor_activation_with_a_row_norm_and_stays_off_the_cpu():
+    q1, _, _, _ = _ffn(seed=4)
+    x = torch.randn(1, 10, 256)
+    with torch.no_grad():
+        assert q1.forward_gelu(Fp8Activation.quantize_per_tensor(x)) is None  # no row norm: no bound
+        # CPU: cuBLASLt does not serve, the caller runs the unfused layers
+        assert q1.forward_gelu(Fp8Activation.quantize_per_tensor(x, row_norm=True)) is None
+    assert not fp8_tensor.gelu_gemm_serves(torch.zeros(4, 256, dtype=torch.float8_e4m3fn), q1.fp8_weight, q1.bias)
+
+
+def test_cublaslt_reports_why_it_cannot_run(monkeypatch):
+    from turbovid.ops.quant import cublaslt
+
+    assert "CUDA" in cublaslt.unavailable(torch.device("cpu"))
+    with pytest.raises(ValueError, match="bf16 bias"):
+        cublaslt.fp8_gemm_gelu_fp8(torch.zeros(4, 32, dtype=torch.float8_e4m3fn), torch.ones(1),
+                                   torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1),
+                                   torch.zeros(16), torch.ones(1))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        cublaslt.fp8_gemm_gelu_fp8(torch.zeros(4, 24, dtype=torch.float8_e4m3fn), torch.ones(1),
+                                   torch.zeros(16, 24, dtype=torch.float8_e4m3fn), torch.ones(1),
+                                   torch.zeros(16, dtype=torch.bfloat16), torch.ones(1))
+
+
+def test_norm_bound_scales_kernel_is_the_reference_bound(interp):
+    rn, sa = torch.tensor([37.5]), torch.tensor([0.0123])
+    for gelu, coefs in ((True, (0.8, 3.0, 0.25)), (True, (1e-4, 0.0, 0.0)), (False, (2.0, 1.0, 0.5))):
+        s, mult = interp.norm_bound_scales(rn, sa, *coefs, gelu=gelu)
+        bound = fp8_tensor.from_norm_bound(rn, sa, *coefs, gelu=gelu)
+        assert torch.equal(s, fp8_tensor.scale_of(bound))
+        assert torch.equal(mult, torch.full_like(bound, 448.0) / bound.clamp_min(fp8_tensor.MIN_BOUND))
+
+
+def test_gelu_op_passes_opcheck():
+    from turbovid.ops.quant import fp8 as fp8_module
+
+    q1, _, _, _ = _ffn(seed=5)
+    act = Fp8Activation.quantize_per_tensor(torch.randn(6, 256), row_norm=True)
+    torch.library.opcheck(fp8_module._fp8_tensor_linear_gelu_op,
+                          (act.q, act.scale, q1.fp8_weight, q1.scale, q1.bias, act.row_norm,
+                           list(q1.output_bound_coefs())), test_utils="test_faketensor")

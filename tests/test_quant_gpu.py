@@ -200,3 +200,27 @@ def test_per_tensor_layer_error_against_the_float_linear_is_fp8s():
     e_tensor = rel(Fp8TensorLinear.from_linear(lin)(x).float(), exact)
     e_block = rel(Fp8Linear.from_linear(lin)(x).float(), exact)
     assert e_tensor < 5e-2 and e_tensor < 1.3 * e_block, (e_tensor, e_block)
+
+
+@pytest.mark.parametrize("tokens", [1950, 32760])
+def test_cublaslt_gelu_gemm_matches_its_reference(tokens):
+    """quant.cublaslt: bias + tanh-GELU + e4m3 output at a given scale in cuBLASLt's epilogue, against
+    dequantize, float32 matmul, GELU and the per-tensor rule at the same bound."""
+    from turbovid.ops.quant import cublaslt, fp8_tensor
+
+    _tensor_ok()
+    reason = cublaslt.unavailable(torch.device("cuda"))
+    assert reason is None, reason
+    torch.manual_seed(0)
+    lin = nn.Linear(1536, 8960, device="cuda", dtype=torch.bfloat16)
+    w_q, w_s = fp8_tensor.quantize_weight(lin.weight)
+    a_q, a_s = fp8_tensor.quantize_reference(activations(tokens, 1536))
+    y = fp8_tensor.linear_reference(a_q, a_s, w_q, w_s, lin.bias, torch.float32)
+    bound = (torch.nn.functional.gelu(y, approximate="tanh").abs().amax() * 1.5).reshape(1)  # loose, like the row-norm one
+    want_q, want_s = fp8_tensor.linear_gelu_reference(a_q, a_s, w_q, w_s, lin.bias, bound)
+    for fast_accum in (True, False):
+        got = cublaslt.fp8_gemm_gelu_fp8(a_q, a_s, w_q, w_s, lin.bias, 448.0 / bound, fast_accum)
+        assert got.shape == (tokens, 8960) and got.dtype == torch.float8_e4m3fn
+        differ = (got.view(torch.uint8) != want_q.view(torch.uint8)).float().mean().item()
+        assert differ < 0.02, differ  # accumulation order and the bf16 bias: a neighbouring e4m3 step
+        assert rel(got.float(), want_q.float()) < 1e-2

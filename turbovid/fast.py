@@ -33,6 +33,7 @@ class FastOptions:
     fused: bool = True  # Triton kernels for norm/modulate/residual/RMSNorm+RoPE
     fused_qkv: bool = True  # self-attention q/k/v as one GEMM over concatenated weights
     gelu_epilogue: bool = True  # FFN's first linear + bias + tanh-GELU as one cuBLASLt call
+    fp8_gelu_gemm: bool = True  # per-tensor fp8 FFN: GELU + the hidden layer's fp8 quantization in that call too
     act_quant: bool = True  # fp8 linears: the norm kernels write their inputs as e4m3 + scales
     attn_quant: bool = True  # fp8 o-projection: the sla / sagesla epilogue writes its input as e4m3 + scales
     graph: bool = True  # capture the whole forward as a CUDA graph per input shape
@@ -78,19 +79,29 @@ def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
 class GeluFFN(nn.Sequential):
     """Linear -> tanh-GELU -> Linear with the GELU fused into a neighbour, never a pass of its own.
 
-    bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. int8 / fp8 layers:
-    the GELU runs inside the second layer's activation quantization (per-tensor fp8: at a bound
-    from the first layer's input, fp8.Fp8TensorLinear.forward_after). Same children (and
-    state-dict keys) as the nn.Sequential it replaces; anything else runs unfused.
+    bf16 linears: the first bias and the GELU run in cuBLASLt's GEMM epilogue. Per-tensor fp8: bias,
+    GELU and the hidden layer's quantization run in the first GEMM's cuBLASLt epilogue
+    (fp8.Fp8TensorLinear.forward_gelu; gemm_epilogue=False, or where that GEMM does not serve, they
+    run in the second layer's activation quantization, at a bound from the first layer's input:
+    Fp8TensorLinear.forward_after). int8 / block fp8: the GELU runs inside the second layer's
+    activation quantization. Same children (and state-dict keys) as the nn.Sequential it replaces;
+    anything else runs unfused.
     """
+
+    gemm_epilogue = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, act, fc2 = self[0], self[1], self[2]
         if type(fc1) is nn.Linear and x.is_cuda and fc1.bias is not None and x.dtype == fc1.weight.dtype:
             h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
             return fc2(h.view(*x.shape[:-1], -1))
+        per_tensor = isinstance(fc2, Fp8TensorLinear) and isinstance(fc1, Fp8TensorLinear) and isinstance(x, Fp8Activation)
+        if per_tensor and self.gemm_epilogue:
+            hidden = fc1.forward_gelu(x)  # GELU + quantization in fc1's GEMM epilogue
+            if hidden is not None:
+                return fc2(hidden)
         h = fc1(x)
-        if isinstance(fc2, Fp8TensorLinear) and isinstance(fc1, Fp8TensorLinear) and isinstance(x, Fp8Activation):
+        if per_tensor:
             # fc2's input bound from the row norms of fc1's input: no pass over h for its amax
             return fc2.forward_after(h, fc1, x, gelu_input=True)
         linear = _quant_kernel_for(fc2, h) if _gelu_quant_ok else None
@@ -112,8 +123,9 @@ def _disable_gelu_quant(e: Exception) -> None:
                 type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "")
 
 
-def fuse_ffn_gelu(dit: nn.Module) -> int:
-    """Swap each block's FFN Sequential(Linear, GELU(tanh), Linear) for GeluFFN; returns how many."""
+def fuse_ffn_gelu(dit: nn.Module, gemm_epilogue: bool = True) -> int:
+    """Swap each block's FFN Sequential(Linear, GELU(tanh), Linear) for GeluFFN; returns how many.
+    gemm_epilogue: per-tensor fp8 FFNs quantize their hidden layer in the first GEMM's epilogue."""
     n = 0
     for blk in getattr(dit, "blocks", []):
         ffn = getattr(blk, "ffn", None)
@@ -123,6 +135,8 @@ def fuse_ffn_gelu(dit: nn.Module) -> int:
         ):
             blk.ffn = GeluFFN(*ffn)
             n += 1
+        if isinstance(getattr(blk, "ffn", None), GeluFFN):
+            blk.ffn.gemm_epilogue = gemm_epilogue
     return n
 
 
@@ -371,7 +385,7 @@ def make_fast(dit: nn.Module, options: FastOptions | None = None) -> nn.Module:
     if opts.fused:
         use_fused_kernels(True)
     if opts.gelu_epilogue:
-        fuse_ffn_gelu(dit)
+        fuse_ffn_gelu(dit, gemm_epilogue=opts.fp8_gelu_gemm)
     device = next(dit.parameters()).device
     if opts.fused_qkv and device.type == "cuda":
         # only for weights that stay put: an offloaded model (home on the CPU, moved per call) would

@@ -289,6 +289,28 @@ def _(a_q, a_s, w_q, w_s, bias, out_dtype):
     return a_q.new_empty(a_q.shape[0], w_q.shape[0], dtype=out_dtype)
 
 
+def _fp8_tensor_linear_gelu(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: torch.Tensor,
+    rn: torch.Tensor, coefs: list[float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if fp8_tensor.gelu_gemm_serves(a_q, w_q, bias):
+        from turbovid.ops.quant import cublaslt, fp8_tensor_triton
+
+        scale, mult = fp8_tensor_triton.norm_bound_scales(rn, a_s, *coefs, gelu=True)
+        return cublaslt.fp8_gemm_gelu_fp8(a_q, a_s, w_q, w_s, bias, mult, fp8_tensor.FAST_ACCUM), scale
+    bound = fp8_tensor.from_norm_bound(rn, a_s, *coefs, gelu=True)
+    return fp8_tensor.linear_gelu_reference(a_q, a_s, w_q, w_s, bias, bound)
+
+
+_fp8_tensor_linear_gelu_op = torch.library.custom_op("turbovid::fp8_tensor_linear_gelu", _fp8_tensor_linear_gelu,
+                                                     mutates_args=())
+
+
+@_fp8_tensor_linear_gelu_op.register_fake
+def _(a_q, a_s, w_q, w_s, bias, rn, coefs):
+    return a_q.new_empty(a_q.shape[0], w_q.shape[0]), a_s.new_empty(1)
+
+
 class Fp8TensorLinear(Fp8Linear):
     """Fp8Linear with one scale for the whole weight and per-tensor activations (fp8_tensor.py): the
     GEMM is cuBLAS's per-tensor fp8 kernel with fast accumulation. Reads a bf16 activation (quantized
@@ -324,6 +346,23 @@ class Fp8TensorLinear(Fp8Linear):
                 return None
             self._coefs = (key, fp8_tensor.output_bound_coefs(self.fp8_weight, self.scale, self.bias))
         return self._coefs[1]
+
+    def forward_gelu(self, act: Fp8Activation) -> Fp8Activation | None:
+        """tanh-GELU(this layer(act)) as the per-tensor fp8 activation of the next layer, at the bound act's
+        row norm gives, with GELU and quantization in cuBLASLt's GEMM epilogue (quant.cublaslt): the
+        hidden layer is written once, as e4m3. None where that GEMM does not serve (then run this layer
+        and the next one's forward_after)."""
+        self._check(act)
+        if not (act.per_tensor and act.row_norm is not None and self.bias is not None):
+            return None
+        shape = act.q.shape
+        a_q = act.q.reshape(-1, shape[-1])
+        coefs = self.output_bound_coefs()
+        if coefs is None or not fp8_tensor.gelu_gemm_serves(a_q, self.fp8_weight, self.bias):
+            return None
+        h_q, h_s = call(_fp8_tensor_linear_gelu_op, _fp8_tensor_linear_gelu, a_q, act.scale, self.fp8_weight,
+                        self.scale, self.bias, act.row_norm, [float(c) for c in coefs])
+        return Fp8Activation(h_q.reshape(*shape[:-1], self.out_features), h_s, act.dtype, per_tensor=True)
 
     def forward_after(self, h: torch.Tensor, previous: "Fp8TensorLinear", act: Fp8Activation,
                       gelu_input: bool = False) -> torch.Tensor:

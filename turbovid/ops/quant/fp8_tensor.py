@@ -210,3 +210,69 @@ def linear_quantized(
 
 
 _refused: set[tuple[int, int, int]] = set()
+
+
+# ---- the FFN's first linear with GELU and the hidden layer's quantization in the GEMM ------------
+
+def linear_gelu_reference(
+    a_q: torch.Tensor, a_s: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor, bias: torch.Tensor | None,
+    bound: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 [M, N], scale [1]): tanh-GELU of the linear's output, quantized at `bound` (>= its max)."""
+    y = (a_q.float() * a_s.float()) @ (w_q.float() * w_s.float()).t()
+    if bias is not None:
+        y = y + bias.float()
+    return quantize_with_bound(torch.nn.functional.gelu(y, approximate="tanh"), bound)
+
+
+_gelu_gemm: dict[tuple, bool] = {}  # (device, m, n, k) -> cuBLASLt serves it
+
+
+def _gelu_gemm_probe(device: torch.device) -> None:
+    from turbovid.ops.quant import cublaslt
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).to(device, torch.bfloat16) for s in ((64, 256), (128, 256), (128,)))
+    a_q, a_s = quantize_reference(x)
+    w_q, w_s = quantize_weight(w)
+    bound = torch.full((1,), 64.0, device=device)
+    want_q, want_s = linear_gelu_reference(a_q, a_s, w_q, w_s, b, bound)
+    got = cublaslt.fp8_gemm_gelu_fp8(a_q, a_s, w_q, w_s, b, torch.full_like(bound, FP8_MAX) / bound, FAST_ACCUM)
+    rel = ((got.float() - want_q.float()).norm() / want_q.float().norm()).item()
+    if not rel < 2e-2:
+        raise RuntimeError(f"result off the reference (rel L2 {rel:.3g})")
+
+
+def gelu_gemm_serves(a_q: torch.Tensor, w_q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether cuBLASLt's fused GEMM (quant.cublaslt) runs this FFN layer: probed once per device and
+    planned once per shape, never first while a CUDA graph is captured; a failure logs one line and
+    the unfused kernels serve."""
+    from turbovid.ops.quant import cublaslt
+
+    if not (a_q.is_cuda and bias is not None and bias.dtype == torch.bfloat16):
+        return False
+    dev = _key(a_q.device)
+    (m, k), n = a_q.shape, w_q.shape[0]
+    for key in ((dev,), (dev, m, n, k)):
+        if key in _gelu_gemm:
+            if not _gelu_gemm[key]:
+                return False
+            continue
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        try:
+            reason = cublaslt.unavailable(a_q.device)
+            if reason is not None:
+                raise RuntimeError(reason)
+            if len(key) == 1:
+                _gelu_gemm_probe(a_q.device)
+            else:
+                cublaslt.plan(a_q.device, m, n, k, FAST_ACCUM, bias)
+            _gelu_gemm[key] = True
+        except Exception as e:  # noqa: BLE001 - any failure: the unfused kernels serve
+            _gelu_gemm[key] = False
+            log.warning("fp8 FFN: cuBLASLt's GELU-epilogue GEMM unavailable for %s (%s); GELU and quantization "
+                        "run in their own pass", "this GPU" if len(key) == 1 else f"M, N, K = {m}, {n}, {k}",
+                        str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
+            return False
+    return True

@@ -58,6 +58,17 @@ def _quant_kernel(
 
 
 @triton.jit
+def _norm_bound_scales_kernel(RN, SA, S, MULT, coef_rn, coef_sa, const, GELU: tl.constexpr):
+    # _quant_kernel's FROM_NORM bound, as (scale, 448 / bound) for a GEMM that quantizes its own output
+    b = coef_rn * tl.load(RN) + coef_sa * tl.load(SA) + const
+    if GELU:
+        b = tl.maximum(b, 0.1701)
+    bound = tl.maximum(b, 1e-8)
+    tl.store(S, tl.math.div_rn(bound, tl.full([], 448.0, tl.float32)))
+    tl.store(MULT, tl.math.div_rn(tl.full([], 448.0, tl.float32), bound))
+
+
+@triton.jit
 def _ln_bound_kernel(
     W, BIAS, SHIFT, SCALE, OUT_B, OUT_S, OUT_RN, C, NB, stride_shift, stride_scale, root, margin,
     HAS_AFFINE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -128,6 +139,15 @@ def quantize(
     else:
         s.copy_(scale_of(from_norm_bound(*from_norm, gelu)))
     return q, s
+
+
+def norm_bound_scales(
+    rn: torch.Tensor, sa: torch.Tensor, coef_rn: float, coef_sa: float, const: float, gelu: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale [1], 448 / bound [1]) for the from_norm bound (fp8_tensor.from_norm_bound), one program."""
+    s, mult = (torch.empty(1, dtype=torch.float32, device=rn.device) for _ in range(2))
+    _norm_bound_scales_kernel[(1,)](rn, sa, s, mult, coef_rn, coef_sa, const, GELU=gelu, num_warps=1)
+    return s, mult
 
 
 def ln_bound(
