@@ -18,6 +18,7 @@ import ctypes
 import glob
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,7 @@ class _Device:
         _check(lib.cublasLtCreate(ctypes.byref(self.handle)), "create")
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         self.plans: dict[tuple, _Plan] = {}
+        self.lock = threading.Lock()  # a plan's pointer attributes are set per call, then used
 
     def _layout(self, dtype: int, rows: int, cols: int, ld: int) -> ctypes.c_void_p:
         layout = ctypes.c_void_p()
@@ -191,16 +193,17 @@ def fp8_gemm_gelu_fp8(
     plan = state.plan(m, n, k, fast_accum, bias.data_ptr())
     out = torch.empty(m, n, dtype=torch.float8_e4m3fn, device=x_q.device)
     setter = state.lib.cublasLtMatmulDescSetAttribute
-    for attr, t in ((DESC_BIAS_POINTER, bias), (DESC_A_SCALE_POINTER, w_s), (DESC_B_SCALE_POINTER, x_s),
-                    (DESC_D_SCALE_POINTER, d_mult)):
-        _set(setter, plan.desc, attr, ctypes.c_void_p(t.data_ptr()))
     alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
     a_l, b_l, c_l, d_l = plan.layouts
     stream = torch.cuda.current_stream(x_q.device).cuda_stream
-    status = state.lib.cublasLtMatmul(
-        state.handle, plan.desc, ctypes.byref(alpha), ctypes.c_void_p(w_q.data_ptr()), a_l,
-        ctypes.c_void_p(x_q.data_ptr()), b_l, ctypes.byref(beta), ctypes.c_void_p(None), c_l,
-        ctypes.c_void_p(out.data_ptr()), d_l, ctypes.byref(plan.algo.algo),
-        ctypes.c_void_p(state.workspace.data_ptr()), ctypes.c_size_t(WORKSPACE_BYTES), ctypes.c_void_p(stream))
+    with state.lock:
+        for attr, t in ((DESC_BIAS_POINTER, bias), (DESC_A_SCALE_POINTER, w_s), (DESC_B_SCALE_POINTER, x_s),
+                        (DESC_D_SCALE_POINTER, d_mult)):
+            _set(setter, plan.desc, attr, ctypes.c_void_p(t.data_ptr()))
+        status = state.lib.cublasLtMatmul(
+            state.handle, plan.desc, ctypes.byref(alpha), ctypes.c_void_p(w_q.data_ptr()), a_l,
+            ctypes.c_void_p(x_q.data_ptr()), b_l, ctypes.byref(beta), ctypes.c_void_p(None), c_l,
+            ctypes.c_void_p(out.data_ptr()), d_l, ctypes.byref(plan.algo.algo),
+            ctypes.c_void_p(state.workspace.data_ptr()), ctypes.c_size_t(WORKSPACE_BYTES), ctypes.c_void_p(stream))
     _check(status, "matmul")
     return out
