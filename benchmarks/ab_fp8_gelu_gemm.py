@@ -10,11 +10,9 @@ bf16 with dense attention (as benchmarks/ab_fp8_scales.py measures it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,9 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ab_fp8_scales import dense_output, rel  # noqa: E402
-from turbovid.bench.cases import latent_shape  # noqa: E402
-from turbovid.bench.timing import cuda_ms, environment  # noqa: E402
+from ab_fp8_scales import ab_setup, dense_output, forward_inputs, rel  # noqa: E402
+from turbovid.bench.timing import cuda_ms  # noqa: E402
 
 VARIANTS = {"gelu in the GEMM epilogue": True, "gelu + quantization pass": False}
 
@@ -43,22 +40,9 @@ def build(model: str, quant: bool, gelu_gemm: bool = True):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="Wan2.1-1.3B,Wan2.1-14B")
-    ap.add_argument("--resolution", default="480p")
-    ap.add_argument("--forwards", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--commit", default="")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    report = {"env": environment(torch.device("cuda"), args.commit or None, " ".join(sys.argv)),
-              "date": time.strftime("%Y-%m-%d"), "models": {}}
-    dev = torch.device("cuda")
+    args, report = ab_setup(__doc__)
     for model in args.models.split(","):
-        g = torch.Generator(device=dev).manual_seed(0)
-        lat = torch.randn(latent_shape(args.resolution, 81), generator=g, device=dev).bfloat16()
-        ctx = torch.randn(1, 512, 4096, generator=g, device=dev).bfloat16()
-        t = torch.tensor([500.0], device=dev)
+        lat, t, ctx = forward_inputs(args.resolution)
         with torch.inference_mode():
             runner = build(model, quant=False)
             want_dense = dense_output(runner, lat, t, ctx)

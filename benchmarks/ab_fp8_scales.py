@@ -65,8 +65,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ab_setup(doc: str) -> tuple[argparse.Namespace, dict]:
+    """The A/B scripts' command line (models, resolution, forwards a round, rounds, commit, out) and the
+    report they fill in per model."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--models", default="Wan2.1-1.3B,Wan2.1-14B")
     ap.add_argument("--resolution", default="480p")
     ap.add_argument("--forwards", type=int, default=8)
@@ -76,12 +78,22 @@ def main() -> None:
     args = ap.parse_args()
     report = {"env": environment(torch.device("cuda"), args.commit or None, " ".join(sys.argv)),
               "date": time.strftime("%Y-%m-%d"), "models": {}}
+    return args, report
+
+
+def forward_inputs(resolution: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents, timestep, text context) of one 81-frame forward, seeded, bf16 on the GPU."""
     dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    lat = torch.randn(latent_shape(resolution, 81), generator=g, device=dev).bfloat16()
+    ctx = torch.randn(1, 512, 4096, generator=g, device=dev).bfloat16()
+    return lat, torch.tensor([500.0], device=dev), ctx
+
+
+def main() -> None:
+    args, report = ab_setup(__doc__)
     for model in args.models.split(","):
-        g = torch.Generator(device=dev).manual_seed(0)
-        lat = torch.randn(latent_shape(args.resolution, 81), generator=g, device=dev).bfloat16()
-        ctx = torch.randn(1, 512, 4096, generator=g, device=dev).bfloat16()
-        t = torch.tensor([500.0], device=dev)
+        lat, t, ctx = forward_inputs(args.resolution)
         with torch.inference_mode():
             runner = build(model, None)
             want = runner(lat, t, ctx).float()
