@@ -219,9 +219,7 @@ def linear_gelu_reference(
     bound: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(e4m3 [M, N], scale [1]): tanh-GELU of the linear's output, quantized at `bound` (>= its max)."""
-    y = (a_q.float() * a_s.float()) @ (w_q.float() * w_s.float()).t()
-    if bias is not None:
-        y = y + bias.float()
+    y = linear_reference(a_q, a_s, w_q, w_s, bias, torch.float32)
     return quantize_with_bound(torch.nn.functional.gelu(y, approximate="tanh"), bound)
 
 
