@@ -10,7 +10,6 @@ bf16 with dense attention (as benchmarks/ab_fp8_scales.py measures it).
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ab_fp8_scales import ab_setup, dense_output, forward_inputs, rel  # noqa: E402
+from ab_fp8_scales import ab_setup, dense_output, forward_inputs, record, rel  # noqa: E402
 from turbovid.bench.timing import cuda_ms  # noqa: E402
 
 VARIANTS = {"gelu in the GEMM epilogue": True, "gelu + quantization pass": False}
@@ -62,13 +61,9 @@ def main() -> None:
             row["rel_diff_between_variants"] = round(rel(a, b), 5)
             row["rel_err_vs_bf16_dense_attention"] = {
                 name: round(rel(dense_output(r, lat, t, ctx), want_dense), 5) for name, r in runners.items()}
-            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             del runners, outs
             torch.cuda.empty_cache()
-        report["models"][model] = row
-        print(model, json.dumps({k: v for k, v in row.items() if k != "ms"}), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
+        record(report, model, row, args.out)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,16 @@ def forward_inputs(resolution: str) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return lat, torch.tensor([500.0], device=dev), ctx
 
 
+def record(report: dict, model: str, row: dict, out: Path | None) -> None:
+    """File one model's row, with the peak GPU memory so far, print it without the raw times and write
+    the report so far to `out` (a later model running out of memory keeps the earlier ones)."""
+    row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    report["models"][model] = row
+    print(model, json.dumps({k: v for k, v in row.items() if k != "ms"}), flush=True)
+    if out:
+        out.write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     args, report = ab_setup(__doc__)
     for model in args.models.split(","):
@@ -115,13 +125,9 @@ def main() -> None:
             for s, r in runners.items():
                 use(s)
                 row["rel_err_vs_bf16_dense_attention"][s] = round(rel(dense_output(r, lat, t, ctx), want_dense), 5)
-            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             del runners
             torch.cuda.empty_cache()
-        report["models"][model] = row
-        print(model, json.dumps({k: v for k, v in row.items() if k != "ms"}), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
+        record(report, model, row, args.out)
 
 
 if __name__ == "__main__":
