@@ -53,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import rms_silu
+    from turbovid.ops import causal_conv, rms_silu
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_triton
 
     f32 = "*fp32"
@@ -161,6 +161,13 @@ def main() -> None:
          dict(SILU=True, HAS_BIAS=True, HAS_HIST=True, TAPS=3, BLOCK_N=rms_silu._blocks(96)[0], BLOCK_C=128,
               HAS_RES=True, WRITE_X=True),
          ["X", "H", "G", "B", "Y", "HN", "R", "XO", "C", "y_stride", "frame_rows"], 4),
+        ("VAE causal 3x3x3 conv, 96 -> 96 channels (64 + 32), 4 x 64-pixel tiles (480p), descriptors",
+         causal_conv._causal_conv_kernel,
+         dict(X="*bf16", XD="tensordesc<bf16[1,4,64,32]>", Wt="*bf16", WD1="tensordesc<bf16[32,64]>",
+              WD2="tensordesc<bf16[32,32]>", B="*bf16", Y="*bf16", H="i32", W="i32", COUT="i32", NP="i32"),
+         dict(C=96, N1=64, N2=32, HAS_N2=True, HAS_BIAS=False, USE_TMA=True, BLOCK_M=256, BLOCK_K=32, ROWS=4,
+              PRECISION="ieee"),
+         ["X", "Wt", "B", "Y", "W", "COUT", "NP"], 4, 4),
     ]
     print(f"triton {triton.__version__}, target sm_90")
     for i, (name, kernel, sig, consts, div16, warps, *extra) in enumerate(cases):  # extra: num_stages (3), maxnreg

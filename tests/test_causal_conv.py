@@ -1,0 +1,97 @@
+"""The VAE's causal 3x3x3 conv (ops/causal_conv.py): the packed layout and the PyTorch path against
+the conv written out tap by tap, and the Triton kernel against it in Triton's interpreter (a
+subprocess: TRITON_INTERPRET must be set before triton is imported)."""
+from __future__ import annotations
+
+import inspect
+import textwrap
+
+import pytest
+import torch
+
+from turbovid.ops import causal_conv
+from interpreter_helpers import assert_runs_interpreted
+
+
+def by_taps(buf: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """out[t, h, w] = bias + sum over taps of buf[t + dt, h + dh - 1, w + dw - 1] @ weight[:, :, dt, dh, dw]^T."""
+    p_t, h, w, c = buf.shape
+    x = torch.nn.functional.pad(buf.double(), (0, 0, 1, 1, 1, 1))  # zeros around H and W
+    out = torch.zeros(p_t - 2, h, w, weight.shape[0], dtype=torch.float64)
+    for dt in range(3):
+        for dh in range(3):
+            for dw in range(3):
+                out += x[dt:dt + p_t - 2, dh:dh + h, dw:dw + w] @ weight[:, :, dt, dh, dw].double().T
+    return out if bias is None else out + bias.double()
+
+
+@pytest.mark.parametrize("cout, split", [(3, (16, 0)), (16, (16, 0)), (48, (32, 16)), (96, (64, 32)),
+                                         (100, (64, 64)), (128, (128, 0)), (192, (128, 64))])
+def test_split_channels(cout, split):
+    assert causal_conv.split_channels(cout) == split
+
+
+def test_pytorch_path_by_taps():
+    torch.manual_seed(0)
+    buf, weight, bias = torch.randn(5, 4, 6, 16), torch.randn(40, 16, 3, 3, 3), torch.randn(40)
+    packed = causal_conv.pack(weight, bias, torch.float32)
+    assert packed.weight.shape == (27 * 16, 32 + 16) and not packed.weight[:, 40:].any()
+    out = causal_conv.causal_conv(buf, packed)
+    assert out.shape == (3, 4, 6, 40)
+    torch.testing.assert_close(out.double(), by_taps(buf, weight, bias), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(causal_conv.causal_conv(buf, packed, bias=False).double(),
+                               by_taps(buf, weight, None), rtol=1e-5, atol=1e-4)
+
+
+def test_tile_rows():
+    assert causal_conv.tile_rows(480, 832, 256) == 4  # 13 tiles of 4 x 64, no padding
+    assert causal_conv.tile_rows(720, 1280, 256) == 1  # 5 tiles of 256
+    assert causal_conv.tile_rows(7, 20, 256) == 8  # the least padding: one 8 x 32 tile
+
+
+def test_bad_inputs():
+    packed = causal_conv.pack(torch.randn(8, 16, 3, 3, 3), None, torch.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        causal_conv.causal_conv(torch.randn(4, 3, 5, 32), packed)  # wrong channel count
+    with pytest.raises(ValueError, match="contiguous"):
+        causal_conv.causal_conv(torch.randn(4, 3, 16, 5).transpose(2, 3), packed)
+    with pytest.raises(ValueError, match="contiguous"):
+        causal_conv.causal_conv(torch.randn(2, 3, 5, 16), packed)  # no frame after the 2 of history
+    with pytest.raises(ValueError, match="packed weights"):
+        causal_conv.causal_conv(torch.randn(4, 3, 5, 16, dtype=torch.float64), packed)
+    with pytest.raises(ValueError, match="out must be"):
+        causal_conv.causal_conv(torch.randn(4, 3, 5, 16), packed, out=torch.empty(2, 3, 5, 9))
+    with pytest.raises(ValueError, match="do not divide"):
+        causal_conv.causal_conv(torch.randn(4, 3, 5, 16), packed, config=causal_conv.Config(block_m=64, rows=3))
+    with pytest.raises(ValueError, match="3x3x3"):
+        causal_conv.pack(torch.randn(8, 16, 3, 1, 1), None, torch.float32)
+
+
+KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + textwrap.dedent(
+    """
+    from turbovid.ops import causal_conv, rms_silu
+    rms_silu.allow_interpreter(True)
+    torch.manual_seed(0)
+    # (C, Cout, T, H, W, block_m, block_k, rows): two dots (64 + 32), a 3-channel head, a ragged
+    # last tile of a row, C in two slices, tiles of 2 x 16 pixels ragged in both directions
+    cases = [(32, 96, 2, 3, 20, 16, 16, 1), (16, 3, 1, 4, 9, 16, 16, 1), (32, 48, 1, 3, 7, 16, 32, 2),
+             (16, 32, 1, 5, 21, 32, 16, 2)]
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+        for c, cout, t, h, w, bm, bk, rows in cases:
+            buf = torch.randn(t + 2, h, w, c).to(dtype)
+            weight, bias = torch.randn(cout, c, 3, 3, 3) / (27 * c) ** 0.5, torch.randn(cout)
+            packed = causal_conv.pack(weight, bias, dtype)
+            cfg = causal_conv.Config(block_m=bm, block_k=bk, rows=rows)
+            for with_bias in (True, False):
+                out = torch.full((t, h, w, cout), float("nan"), dtype=dtype)
+                causal_conv.causal_conv(buf, packed, bias=with_bias, out=out, config=cfg)
+                want = by_taps(buf, packed.ref_weight, packed.bias if with_bias else None)
+                err = ((out.double() - want).norm() / want.norm()).item()
+                assert err < tol, (dtype, c, cout, with_bias, err)
+    print("kernel ok")
+    """
+)
+
+
+def test_kernel_in_interpreter():
+    assert_runs_interpreted(KERNEL_CHECK)

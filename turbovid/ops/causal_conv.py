@@ -1,0 +1,231 @@
+"""A causal 3x3x3 convolution of channels-last frames with few channels, as one Triton kernel.
+
+Used by the VAE's fast decode (models/vae_fast.py, SMALL_CONV = "triton") for the convs cuDNN
+runs poorly: the full-resolution 96 -> 96 convs (cuDNN's conv3d picks an sm80 kernel; the
+stacked-taps conv2d pads 96 output channels to 128-wide tiles and needs its input written three
+times) and the 96 -> 3 head (an sm80 "indexed" kernel at ~20 TFLOP/s).
+
+    buf: [P + T, H, W, C] contiguous, the time-padded input (P = 2 frames of causal history, then
+         the T frames: what rms_silu_stream(taps=1) writes); zero padding of 1 in H and W.
+    out[t, h, w, o] = bias[o] + sum_{dt, dh, dw, c} buf[t + dt, h + dh - 1, w + dw - 1, c] * weight[o, c, dt, dh, dw]
+
+Implicit GEMM: a program computes BLOCK_M pixels of one output row, every output channel, over
+K = 27 taps x C channels in slices of BLOCK_K. Output channels split into two power-of-two dots
+(96 = 64 + 32) so no tensor-core work is spent on padding; the weights are packed once as
+[27 C, N1 + N2] (tap-major rows, zero columns past Cout). On Hopper the input tiles come through a
+4-D tensor descriptor, whose out-of-bounds zero fill is the conv's spatial padding.
+
+The PyTorch reference (F.conv3d) runs where the kernel cannot: no Triton, CPU tensors outside
+tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_interpreter()).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from turbovid.ops import rms_silu
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton
+    TensorDescriptor = None
+
+TAPS = 27
+MIN_BLOCK_K = 16  # a dot's smallest depth: the input channels must be a multiple of it
+
+
+def split_channels(cout: int) -> tuple[int, int]:
+    """(N1, N2): two power-of-two widths (each >= 16, the dot's minimum; N2 = 0 for none) covering cout."""
+    if cout <= 16:
+        return 16, 0
+    n1 = 1 << (cout.bit_length() - 1)
+    rest = cout - n1
+    return n1, 0 if rest == 0 else max(16, 1 << (rest - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class PackedConv:
+    weight: torch.Tensor  # [27 C, N1 + N2], row (dt * 9 + dh * 3 + dw) * C + c, column o
+    bias: Optional[torch.Tensor]  # [Cout]
+    cin: int
+    cout: int
+    n1: int
+    n2: int
+    ref_weight: torch.Tensor  # [Cout, C, 3, 3, 3], the reference path's
+
+
+def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> PackedConv:
+    """A conv's [Cout, C, 3, 3, 3] weight (+ bias) in the kernel's layout and dtype."""
+    cout, cin, *k = weight.shape
+    if tuple(k) != (3, 3, 3):
+        raise ValueError(f"causal_conv packs 3x3x3 kernels, got {tuple(k)}")
+    n1, n2 = split_channels(cout)
+    w = weight.detach().permute(2, 3, 4, 1, 0).reshape(TAPS * cin, cout)  # [(dt, dh, dw, c), o]
+    packed = w.new_zeros(TAPS * cin, n1 + n2)
+    packed[:, :cout] = w
+    b = None if bias is None else bias.detach().to(dtype).contiguous()
+    ref = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last_3d)  # cuDNN's NDHWC kernels
+    return PackedConv(packed.to(dtype).contiguous(), b, cin, cout, n1, n2, ref)
+
+
+def causal_conv_reference(buf: torch.Tensor, conv: PackedConv, bias: bool = True) -> torch.Tensor:
+    x = buf.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, P + T, H, W]
+    y = F.conv3d(x, conv.ref_weight, conv.bias if bias else None, padding=(0, 1, 1))
+    return y[0].permute(1, 2, 3, 0).contiguous()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _causal_conv_kernel(X, XD, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
+                            C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
+                            PRECISION: tl.constexpr = "ieee"):
+        # a program: ROWS x BW pixels (BLOCK_M of them) of one output frame, every output channel
+        BW: tl.constexpr = BLOCK_M // ROWS
+        pid = tl.program_id(0)
+        n_w = tl.cdiv(W, BW)
+        n_h = tl.cdiv(H, ROWS)
+        f = pid // (n_h * n_w)  # output frame; its taps are input frames f, f + 1, f + 2
+        h0 = (pid // n_w) % n_h * ROWS
+        w0 = (pid % n_w) * BW
+        m = tl.arange(0, BLOCK_M)
+        k = tl.arange(0, BLOCK_K)
+        mh = h0 + m // BW  # each pixel's row and column
+        mw = w0 + m % BW
+        acc1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, N2), dtype=tl.float32)
+        NC: tl.constexpr = C // BLOCK_K
+        for it in range(27 * NC):
+            tap = it // NC
+            c0 = (it - tap * NC) * BLOCK_K
+            dt = tap // 9
+            dh = (tap // 3) % 3 - 1
+            dw = tap % 3 - 1
+            row = tap * C + c0
+            if USE_TMA:  # out-of-bounds rows / columns of the box read as zeros: the padding
+                a = XD.load([f + dt, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+                b1 = WD1.load([row, 0])
+            else:
+                hh = mh + dh
+                ww = mw + dw
+                ok = (ww >= 0) & (ww < W) & (hh >= 0) & (hh < H)
+                pix = ((f + dt) * H + hh).to(tl.int64) * W + ww
+                a = tl.load(X + pix[:, None] * C + c0 + k[None, :], mask=ok[:, None] & (k < BLOCK_K)[None, :], other=0.0)
+                b1 = tl.load(Wt + (row + k)[:, None] * NP + tl.arange(0, N1)[None, :])
+            acc1 = tl.dot(a, b1, acc1, input_precision=PRECISION)
+            if HAS_N2:
+                if USE_TMA:
+                    b2 = WD2.load([row, N1])
+                else:
+                    b2 = tl.load(Wt + (row + k)[:, None] * NP + N1 + tl.arange(0, N2)[None, :])
+                acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
+        out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
+        inside = ((mh < H) & (mw < W))[:, None]
+        n = tl.arange(0, N1)
+        if HAS_BIAS:
+            acc1 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+        if HAS_N2:
+            n = N1 + tl.arange(0, N2)
+            if HAS_BIAS:
+                acc2 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+            tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+
+
+def hopper_path(device: torch.device) -> bool:
+    """Whether the kernel runs here with its input through tensor descriptors (sm_90+): the path
+    that was measured faster than cuDNN (benchmarks/explore_causal_conv.py)."""
+    return (triton is not None and TensorDescriptor is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int = 256  # pixels a program: `rows` image rows of block_m // rows columns
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 4
+    tma: bool = False
+    rows: int = 1
+
+
+def tile_rows(h: int, w: int, block_m: int) -> int:
+    """The program's tile shape for an H x W frame: the fewest rows (widest tile) among those with
+    the least padding. 480p's 832 columns are 3.25 tiles of 256 (19% of the work wasted) but 13 of
+    4 x 64; 720p's 1280 are 5 x 256."""
+    cands = [r for r in (1, 2, 4, 8) if block_m // r >= 16]
+    return min(cands, key=lambda r: (-(-h // r) * r * -(-w // (block_m // r)) * (block_m // r), r))
+
+
+def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w: int = 0) -> Config:
+    """What benchmarks/explore_causal_conv.py measured best on an H100 (2026-11-27, two runs), 256-pixel
+    programs on 4 warps:
+    - 96 -> 96: descriptors; the tile shape with the least padding (4 x 64 at 480p, 1 x 256 at
+      720p); 4 stages for multi-row tiles (480p: 1.47 vs 1.49 ms), 3 for single rows (720p: 3.49
+      vs 3.63 ms; 3.34 vs 3.35 in the other run);
+    - the 96 -> 3 head: pointer loads (a dot this small does not hide a descriptor's latency:
+      2.65 vs 2.86 ms at 720p), 4 x 64 tiles, 3 stages (1.13 / 2.57 ms at 480p / 720p)."""
+    block_k = 64 if cin % 64 == 0 else 32 if cin % 32 == 0 else MIN_BLOCK_K
+    hopper = hopper_path(device)
+    if cout <= 16:
+        return Config(block_k=block_k, num_stages=3, rows=4)
+    if cout > 128:  # wide: 128-pixel programs (the accumulators of 256 would not fit the registers)
+        return Config(block_m=128, block_k=block_k, num_warps=8 if cout > 256 else 4, num_stages=3,
+                      rows=tile_rows(h, w, 128) if h and w else 1, tma=hopper)
+    rows = tile_rows(h, w, 256) if h and w else 1
+    return Config(block_k=block_k, num_stages=4 if rows > 1 else 3, rows=rows, tma=hopper)
+
+
+def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Optional[torch.Tensor] = None,
+                config: Optional[Config] = None) -> torch.Tensor:
+    """The conv of the module docstring: buf [P + T, H, W, C] (P = 2) -> [T, H, W, Cout] in buf's dtype.
+
+    bias=False leaves the bias out (a caller that adds it in its next pass)."""
+    if buf.dim() != 4 or buf.shape[-1] != conv.cin or buf.shape[0] < 3 or not buf.is_contiguous():
+        raise ValueError(f"causal_conv: buf must be a contiguous [2 + T, H, W, {conv.cin}] tensor, "
+                         f"got {tuple(buf.shape)}")
+    if buf.dtype != conv.weight.dtype:
+        raise ValueError(f"causal_conv: buf is {buf.dtype}, the packed weights {conv.weight.dtype}")
+    p_t, h, w, c = buf.shape
+    t = p_t - 2
+    if out is None:
+        out = buf.new_empty(t, h, w, conv.cout)
+    elif tuple(out.shape) != (t, h, w, conv.cout) or not out.is_contiguous() or out.dtype != buf.dtype:
+        raise ValueError(f"causal_conv: out must be a contiguous {(t, h, w, conv.cout)} {buf.dtype} tensor")
+    cfg = config or default_config(buf.device, c, conv.cout, h, w)
+    if c % cfg.block_k or cfg.block_m % cfg.rows:
+        raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
+                         " do not divide")
+    if not rms_silu._use_kernel(buf):
+        return out.copy_(causal_conv_reference(buf, conv, bias))
+    use_tma = cfg.tma and buf.is_cuda and TensorDescriptor is not None
+    xd = wd1 = wd2 = None  # the pointer path takes the tensors in the descriptors' places
+    if use_tma:
+        xd = TensorDescriptor(buf, list(buf.shape), list(buf.stride()),
+                              [1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k])
+        wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
+        wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
+    has_bias = bias and conv.bias is not None
+    # float32 inputs: TF32 where cuDNN's convs may use it (torch.backends.cudnn.allow_tf32), exact otherwise
+    precision = "tf32" if buf.dtype == torch.float32 and buf.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
+    bw = cfg.block_m // cfg.rows
+    grid = (t * triton.cdiv(h, cfg.rows) * triton.cdiv(w, bw),)
+    _causal_conv_kernel[grid](
+        buf, xd if use_tma else buf, conv.weight, wd1 if use_tma else conv.weight, wd2 if use_tma else conv.weight,
+        conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
+        C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
+        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=precision, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return out
