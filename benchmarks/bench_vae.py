@@ -171,8 +171,11 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     # each way of running the full-resolution (96-channel) convs; the fastest at 480p is used after
     modes = r["modes"] = {}
     keep = {}
-    for mode in (("stacked", "taps", "conv3d") if name == "480p" else dict.fromkeys((vae_fast.SMALL_CONV, "conv3d"))):
-        vae_fast.SMALL_CONV = mode
+    # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): the previous default, the kernel on the
+    # 96-channel convs only, the kernel everywhere (the default on Hopper since 2026-11-27)
+    for mode in ("stacked+conv3d", "triton+conv3d", "triton+triton") if name == "480p" else (
+            "stacked+conv3d", "triton+triton"):
+        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = mode.split("+")
         vae._fast_cache.clear()
 
         def one():
@@ -186,10 +189,10 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     best = min(modes, key=lambda m: modes[m]["s"])
     if name == "480p":
         res["small_conv"] = best
-    vae_fast.SMALL_CONV = res.get("small_conv", best)
+    use = res.get("small_conv", best)
+    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = use.split("+")
     vae._fast_cache.clear()
-    use = vae_fast.SMALL_CONV
-    plan = plan_decode(cfg, t, h, w, 2, "auto", 70 * GiB, small_conv=use)
+    plan = plan_decode(cfg, t, h, w, 2, "auto", 70 * GiB, small_conv=vae_fast.SMALL_CONV)
     r["plan_auto"] = {k: v for k, v in asdict(plan).items() if k != "tiles"}
     r.update(small_conv=use, fast_s=modes[use]["s"], fast_peak_gib=modes[use]["peak_gib"],
              fast_psnr_vs_fp32=modes[use]["psnr_vs_fp32"], fast_tflops=r["tflop_decode"] / modes[use]["s"])
@@ -202,20 +205,20 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
             p = replace(plan, chunk=k)
             s2, pk2, _, _ = timed(lambda: fast_decode(vae, z, plan=p), 1)
             rows.append({"chunk": k, "s": s2, "peak_gib": pk2,
-                         "est_gib": estimate_bytes(cfg, t, h, w, 2, k, plan.mid_chunk, small_conv=use) / GiB})
+                         "est_gib": estimate_bytes(cfg, t, h, w, 2, k, plan.mid_chunk, small_conv=vae_fast.SMALL_CONV) / GiB})
             log(name, "chunk", rows[-1])
 
     def tiled():
-        tplan = plan_decode(cfg, t, h, w, 2, "on", 70 * GiB, small_conv=use)
+        tplan = plan_decode(cfg, t, h, w, 2, "on", 70 * GiB, small_conv=vae_fast.SMALL_CONV)
         r["plan_tiled"] = {k: v for k, v in asdict(tplan).items() if k != "tiles"}
         s4, pk4, o4, times4 = timed(lambda: vae.decode(z, tiling="on"), repeats)
         r.update(tiled_s=s4, tiled_peak_gib=pk4, tiled_psnr_vs_untiled=psnr(o4, untiled),
                  tiled_psnr_vs_fp32=psnr(o4, ref),
                  tiled_est_gib=estimate_bytes(cfg, t, h, w, 2, tplan.chunk, tplan.mid_chunk,
                                               (max(a[1] - a[0] for a in tplan.tiles), max(a[3] - a[2] for a in tplan.tiles)),
-                                              small_conv=use) / GiB)
+                                              small_conv=vae_fast.SMALL_CONV) / GiB)
         log(name, f"tiled {s4:.3f}s peak {pk4:.2f} GiB psnr/untiled {r['tiled_psnr_vs_untiled']:.1f}", times4)
-        b8 = plan_decode(cfg, t, h, w, 2, "auto", 8 * GiB, small_conv=use)
+        b8 = plan_decode(cfg, t, h, w, 2, "auto", 8 * GiB, small_conv=vae_fast.SMALL_CONV)
         s5, pk5, _, _ = timed(lambda: vae.decode(z, tiling="auto", memory_budget=8 * GiB), 1)
         r.update(auto8_plan={k: v for k, v in asdict(b8).items() if k != "tiles"}, auto8_s=s5, auto8_peak_gib=pk5)
         log(name, f"auto with 8 GiB budget {s5:.3f}s peak {pk5:.2f} GiB grid {b8.grid}")

@@ -56,6 +56,42 @@ def test_fast_equals_chunked_reference(vae, latents_and_reference, chunk, mode, 
     assert rel(out, ref) < 1e-5  # float32 rounding: the sub-pixel conv sums taps in another order
 
 
+def test_triton_small_conv_equals_chunked_reference(monkeypatch):
+    """SMALL_CONV="triton" where channels allow it (multiples of 16: a dim-16 VAE); on the CPU the
+    conv's PyTorch path runs (the kernel itself: test_causal_conv.py, and the interpreted decode below)."""
+    monkeypatch.setattr(vae_fast, "SMALL_CONV", "triton")
+    vae16 = build_vae(VAEConfig(dim=16), seed=5)
+    zn = torch.randn(1, 16, 3, 2, 3)
+    ref = vae16.decode(zn, fast=False)
+    out = fast_decode(vae16, zn, plan=replace(plan_decode(vae16.cfg, 3, 2, 3, 4, "off"), chunk=2, mid_chunk=2))
+    assert {c.mode for c in _convs(vae_fast.prepared(vae16, zn.device, torch.float32))} == {"triton", "conv3d"}
+    assert rel(out, ref) < 1e-5
+    from turbovid.models.vae import CausalConv3d
+    triton = vae_fast.ConvModes("triton", "triton")
+    modes = {cin: vae_fast.FastConv(CausalConv3d(cin, 4, 3, padding=1), torch.float32, normed=True, modes=triton).mode
+             for cin in (8, 16, 48, 192)}
+    assert modes == {8: "conv3d", 16: "triton", 48: "triton", 192: "triton"}  # 8: below the kernel's smallest slice
+
+
+def test_wide_triton_convs_equal_chunked_reference(vae, latents_and_reference, monkeypatch):
+    """WIDE_CONV="triton": convs over more than SMALL_CHANNELS inputs take the kernel too (here all
+    but the 8-channel ones, SMALL_CHANNELS lowered to 8; on the CPU the conv's PyTorch path runs)."""
+    monkeypatch.setattr(vae_fast, "SMALL_CHANNELS", 8)
+    monkeypatch.setattr(vae_fast, "SMALL_CONV", "stacked")
+    monkeypatch.setattr(vae_fast, "WIDE_CONV", "triton")
+    zn, ref = latents_and_reference
+    out = fast_decode(vae, zn, plan=replace(plan_decode(vae.cfg, 3, 3, 5, 4, "off"), chunk=2, mid_chunk=2))
+    assert {c.mode for c in _convs(vae_fast.prepared(vae, zn.device, torch.float32))} == {"stacked", "triton", "conv3d"}
+    assert rel(out, ref) < 1e-5
+
+
+def test_conv_modes_resolve(monkeypatch):
+    assert vae_fast.conv_modes(torch.device("cpu")) == vae_fast.ConvModes("stacked", "conv3d")  # no Hopper path
+    monkeypatch.setattr(vae_fast, "WIDE_CONV", "stacked")
+    with pytest.raises(ValueError, match="WIDE_CONV"):
+        vae_fast.conv_modes(torch.device("cpu"))
+
+
 def _convs(dec):
     for layer in (*dec.mid, *dec.up):
         yield from (getattr(layer, n) for n in ("conv1", "conv2") if hasattr(layer, n))

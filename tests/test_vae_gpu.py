@@ -11,6 +11,7 @@ import torch
 from turbovid.models import vae_fast
 from turbovid.models.vae import build_vae
 from turbovid.models.vae_fast import fast_decode
+from turbovid.ops import causal_conv
 from turbovid.ops.rms_silu import rms_silu, rms_silu_reference
 
 try:
@@ -46,24 +47,58 @@ def case():
 def test_fast_float32_matches_reference():
     z, ref, fast32 = case()
     assert ((fast32 - ref).norm() / ref.norm()).item() < 1e-4
-    default = vae_fast.SMALL_CONV
+    default = vae_fast.SMALL_CONV, vae_fast.WIDE_CONV
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for mode in ("stacked", "taps", "conv3d"):
-            vae_fast.SMALL_CONV = mode
+        for modes in (("stacked", "conv3d"), ("taps", "conv3d"), ("conv3d", "conv3d"), ("triton", "triton")):
+            vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = modes
             out = vae32().decode(z)
-            assert ((out - ref).norm() / ref.norm()).item() < 1e-4, mode
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-4, modes
     finally:
-        vae_fast.SMALL_CONV = default
+        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = default
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_fast_bf16_psnr():
     z, ref, _ = case()
-    out = vae32().decode(z, fast=True, dtype=torch.bfloat16)
-    assert out.dtype == torch.float32 and out.shape == ref.shape
-    assert psnr(out, ref) >= 40
+    default = vae_fast.SMALL_CONV, vae_fast.WIDE_CONV
+    try:
+        for modes in (("stacked", "conv3d"), ("triton", "triton")):
+            vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = modes
+            out = vae32().decode(z, fast=True, dtype=torch.bfloat16)
+            assert out.dtype == torch.float32 and out.shape == ref.shape
+            assert psnr(out, ref) >= 40, modes
+    finally:
+        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = default
+
+
+def test_auto_modes_take_the_kernel_on_hopper():
+    modes = vae_fast.conv_modes(torch.device("cuda"))
+    hopper = torch.cuda.get_device_capability() >= (9, 0)
+    assert modes == (vae_fast.ConvModes("triton", "triton") if hopper else vae_fast.ConvModes("stacked", "conv3d"))
+
+
+def test_causal_conv_kernel_at_the_decoder_shapes():
+    for frames, h, w, c, cout in ((4, 480, 832, 96, 96), (4, 480, 832, 96, 3), (8, 240, 416, 192, 192),
+                                  (4, 120, 208, 192, 384), (2, 60, 104, 384, 384)):
+        _check_causal_conv(frames, h, w, c, cout)
+
+
+def _check_causal_conv(frames, h, w, c, cout):
+    """The Triton conv (TMA path on Hopper) at the 480p decode's shapes, bf16, against the float32
+    conv of the same bf16 inputs: within twice cuDNN's own bf16 error."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    buf = torch.randn(frames + 2, h, w, c, device="cuda", generator=g).bfloat16()
+    weight = torch.randn(cout, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5
+    bias = torch.randn(cout, device="cuda", generator=g)
+    packed = causal_conv.pack(weight, bias, torch.bfloat16)
+    ref = causal_conv.causal_conv_reference(buf.float(), causal_conv.pack(packed.ref_weight.float(), bias, torch.float32))
+    out = causal_conv.causal_conv(buf, packed)
+    cudnn = causal_conv.causal_conv_reference(buf, packed)
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    cudnn_err = ((cudnn.float() - ref).norm() / ref.norm()).item()
+    assert out.shape == (frames, h, w, cout) and err <= 2 * cudnn_err + 1e-6, (c, cout, err, cudnn_err)
 
 
 def test_tiled_bf16_close_to_untiled():

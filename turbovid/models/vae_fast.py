@@ -9,9 +9,11 @@
   no separate copies in and out of the buffers (they took ~100 ms of a 480p decode on an H100).
 - Conv biases are not added by PyTorch's separate broadcast pass: the next norm kernel or the
   residual-add kernel takes them.
-- The 96-channel full-resolution 3x3x3 convs (cuDNN's conv3d runs them at ~250 TFLOP/s on an
-  H100) run as one 2D conv over the three time taps laid side by side as 288 channels, which the
-  norm kernel writes directly (~400 TFLOP/s); see SMALL_CONV.
+- The normed 3x3x3 convs run as our Triton implicit-GEMM kernel (ops/causal_conv.py) on Hopper:
+  1.3x cuDNN's conv3d rate at 192 and 384 channels, its input written once at 96 (cuDNN's conv3d
+  picks an sm80 kernel there, ~70 TFLOP/s; elsewhere the 96-channel convs run as one 2D conv over
+  the three time taps laid side by side as 288 channels, written by the norm kernel); see
+  SMALL_CONV / WIDE_CONV.
 - Nearest 2x upsampling followed by a 3x3 conv is computed as one 2x2 conv over the low-resolution
   input that produces the four output phases (2.25x fewer FLOPs, no upsampled copy); one Triton
   pass interleaves the phases (and the time upsampler's frame halves) with the bias added
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import DEFAULT_SOFT_CAP, SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
-from turbovid.ops import interleave
+from turbovid.ops import causal_conv, interleave
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
@@ -46,10 +48,33 @@ _SUBPIXEL_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 # head's norm) instead of a separate add pass: one pass over the sum fewer; False for A/B timing.
 FUSE_RESIDUAL = True
 
-# How a 3x3x3 conv over few channels (the full-resolution 96) runs: cuDNN's conv3d picks slow
-# kernels there. "stacked": the norm kernel writes the three time taps side by side as 3C
-# channels and one 2D conv does the rest; "taps": three 2D convs summed; "conv3d": plain cuDNN.
-SMALL_CONV = "stacked"
+# How the normed causal 3x3x3 convs run. SMALL_CONV: those over at most SMALL_CHANNELS input
+# channels (the full-resolution 96 -> 96, the 96 -> 3 head), where cuDNN's conv3d picks slow
+# kernels. "stacked": the norm kernel writes the three time taps side by side as 3C channels and one
+# 2D conv does the rest; "taps": three 2D convs summed; "triton": our implicit-GEMM kernel
+# (ops/causal_conv.py) over the time-padded input, written once; "conv3d": plain cuDNN.
+# WIDE_CONV: the others (192 and 384 channels), "triton" or "conv3d". "auto": "triton" where the
+# kernel has its Hopper path (H100, 480p decode: 0.62 vs 0.69 s for the small convs alone, and
+# 1.3x cuDNN's conv3d rate on the wide ones; docs/benchmarks.md), else "stacked" / "conv3d".
+SMALL_CONV = "auto"
+WIDE_CONV = "auto"
+_SMALL_MODES = ("stacked", "taps", "triton", "conv3d")
+_WIDE_MODES = ("triton", "conv3d")
+
+
+@dataclass(frozen=True)
+class ConvModes:
+    small: str = "stacked"
+    wide: str = "conv3d"
+
+
+def conv_modes(device: torch.device) -> ConvModes:
+    """SMALL_CONV / WIDE_CONV for `device`, "auto" resolved."""
+    if SMALL_CONV not in ("auto", *_SMALL_MODES) or WIDE_CONV not in ("auto", *_WIDE_MODES):
+        raise ValueError(f"SMALL_CONV must be auto or one of {_SMALL_MODES}, WIDE_CONV auto or one of {_WIDE_MODES}")
+    fast = causal_conv.hopper_path(device)
+    return ConvModes(SMALL_CONV if SMALL_CONV != "auto" else "triton" if fast else "stacked",
+                     WIDE_CONV if WIDE_CONV != "auto" else "triton" if fast else "conv3d")
 
 
 class FastConv:
@@ -59,12 +84,19 @@ class FastConv:
     inside the next kernel (norm or residual add) instead of in a separate pass.
     """
 
-    def __init__(self, conv: CausalConv3d, dtype: torch.dtype, fused_bias: bool = False, normed: bool = False):
+    def __init__(self, conv: CausalConv3d, dtype: torch.dtype, fused_bias: bool = False, normed: bool = False,
+                 modes: ConvModes = ConvModes()):
         w = conv.weight.detach()
         cout, cin, kt, kh, kw = w.shape
-        small = normed and (kt, kh, kw) == (3, 3, 3) and cin <= SMALL_CHANNELS and conv.stride == (1, 1, 1)
-        self.mode = SMALL_CONV if small else "conv3d"
-        if self.mode == "stacked":  # W2[o, tau*C + c] = W[o, c, tau]
+        normed3 = normed and (kt, kh, kw) == (3, 3, 3) and conv.stride == (1, 1, 1)
+        self.mode = (modes.small if cin <= SMALL_CHANNELS else modes.wide) if normed3 else "conv3d"
+        if self.mode == "triton" and ((conv.time_pad, conv.space_pad[0], conv.space_pad[2]) != (2, 1, 1)
+                                      or cin % causal_conv.MIN_BLOCK_K):
+            self.mode = "conv3d"  # the kernel's padding is the decoder's (causal 2 in time, 1 in space)
+        if self.mode == "triton":
+            self.packed = causal_conv.pack(w, conv.bias, dtype)
+            self.weight = None
+        elif self.mode == "stacked":  # W2[o, tau*C + c] = W[o, c, tau]
             self.weight = w.permute(0, 2, 1, 3, 4).reshape(cout, kt * cin, kh, kw)
             self.weight = self.weight.to(dtype).contiguous(memory_format=torch.channels_last)
         elif self.mode == "taps":
@@ -117,6 +149,8 @@ class FastConv:
         else:
             buf = x
         bias = None if self.fused_bias else self.bias
+        if self.mode == "triton":
+            return causal_conv.causal_conv(buf[0], self.packed, bias=not self.fused_bias).unsqueeze(0)
         if self.mode == "taps":
             frames = buf[0].permute(0, 3, 1, 2)  # (p+T, C, H, W), channels-last
             y = F.conv2d(frames[:t], self.weight[0], bias, padding=self.space_pad)
@@ -162,11 +196,11 @@ def _norm_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, in
 
 
 class FastRes:
-    def __init__(self, block: ResBlock, dtype: torch.dtype):
+    def __init__(self, block: ResBlock, dtype: torch.dtype, modes: ConvModes = ConvModes()):
         self.gamma1 = block.norm1.gamma.detach().flatten().float()
         self.gamma2 = block.norm2.gamma.detach().flatten().float()
-        self.conv1 = FastConv(block.conv1, dtype, fused_bias=True, normed=True)
-        self.conv2 = FastConv(block.conv2, dtype, fused_bias=True, normed=True)
+        self.conv1 = FastConv(block.conv1, dtype, fused_bias=True, normed=True, modes=modes)
+        self.conv2 = FastConv(block.conv2, dtype, fused_bias=True, normed=True, modes=modes)
         self.shortcut = None
         if block.shortcut is not None:
             w = block.shortcut.weight.detach()
@@ -250,21 +284,22 @@ class FastUpsample:
 class FastDecoder:
     """Weights of a WanVAE decoder prepared for the fast path (dtype, channels-last, sub-pixel)."""
 
-    def __init__(self, vae: WanVAE, dtype: torch.dtype):
+    def __init__(self, vae: WanVAE, dtype: torch.dtype, modes: ConvModes = ConvModes()):
         dec = vae.decoder
+        self.modes = modes
         w = vae.post_quant_conv.weight.detach()
         self.post_quant = (w.reshape(w.shape[0], w.shape[1]).float(), vae.post_quant_conv.bias.detach().float())
         self.conv_in = FastConv(dec.conv_in, dtype)
-        self.mid = [self._layer(m, dtype) for m in dec.mid]
-        self.up = [self._layer(m, dtype) for m in dec.up]
+        self.mid = [self._layer(m, dtype, modes) for m in dec.mid]
+        self.up = [self._layer(m, dtype, modes) for m in dec.up]
         self.gamma_out = dec.norm_out.gamma.detach().flatten().float()
-        self.conv_out = FastConv(dec.conv_out, dtype, normed=True)
+        self.conv_out = FastConv(dec.conv_out, dtype, normed=True, modes=modes)
         self.dtype = dtype
 
     @staticmethod
-    def _layer(m, dtype):
+    def _layer(m, dtype, modes):
         if isinstance(m, ResBlock):
-            return FastRes(m, dtype)
+            return FastRes(m, dtype, modes)
         if isinstance(m, AttentionBlock):
             return FastAttention(m, dtype)
         return FastUpsample(m, dtype)
@@ -290,11 +325,12 @@ def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecod
     """The FastDecoder for (device, dtype), rebuilt when the module's weights were replaced or changed."""
     params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
     version = tuple((id(p), p._version) for p in params)
-    key = (str(device), dtype, SMALL_CONV)
+    modes = conv_modes(device)
+    key = (str(device), dtype, modes)
     hit = vae._fast_cache.get(key)
     if hit is None or hit[0] != version:
         vae._fast_cache.pop(key, None)
-        hit = vae._fast_cache[key] = (version, FastDecoder(vae, dtype))
+        hit = vae._fast_cache[key] = (version, FastDecoder(vae, dtype, modes))
     return hit[1]
 
 
@@ -335,7 +371,7 @@ def fast_decode(
     if plan is None:
         elem = torch.finfo(dtype).bits // 8
         budget, cap = (memory_budget, None) if memory_budget is not None else (default_budget(device), DEFAULT_SOFT_CAP)
-        plan = plan_decode(vae.cfg, t, h, w, elem, tiling, budget, soft_cap=cap, small_conv=SMALL_CONV,
+        plan = plan_decode(vae.cfg, t, h, w, elem, tiling, budget, soft_cap=cap, small_conv=dec.modes.small,
                            keep_video=return_video)  # an explicit budget: chunks may use all of it
     log.debug("VAE decode plan: %s", plan)
     tiled = len(plan.tiles) > 1
