@@ -49,6 +49,19 @@ def test_tile_rows():
     assert causal_conv.tile_rows(7, 20, 256) == 8  # the least padding: one 8 x 32 tile
 
 
+@pytest.mark.parametrize("c, cout, h, w", [(96, 96, 480, 832), (96, 3, 480, 832), (192, 192, 240, 416),
+                                           (192, 384, 120, 208), (384, 384, 60, 104)])
+def test_default_configs_fit_shared_memory(c, cout, h, w):
+    """The decoder's shapes: bf16 keeps the measured configs; float32 (twice the bytes) is cut down
+    to fit, where the same config would ask for up to 288 KiB."""
+    cpu = torch.device("cpu")
+    bf16, fp32 = (causal_conv.default_config(cpu, c, cout, h, w, elem) for elem in (2, 4))
+    assert causal_conv.smem_bytes(bf16, cout, 2) <= causal_conv.SMEM_BUDGET
+    assert causal_conv.smem_bytes(fp32, cout, 4) <= causal_conv.SMEM_BUDGET
+    assert bf16.block_m == (256 if cout <= 128 else 128) and bf16.num_warps == (8 if cout > 256 else 4)
+    assert fp32.block_m % fp32.rows == 0 and c % fp32.block_k == 0
+
+
 def test_bad_inputs():
     packed = causal_conv.pack(torch.randn(8, 16, 3, 3, 3), None, torch.float32)
     with pytest.raises(ValueError, match="contiguous"):

@@ -20,7 +20,7 @@ tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_inter
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -168,7 +168,31 @@ def tile_rows(h: int, w: int, block_m: int) -> int:
     return min(cands, key=lambda r: (-(-h // r) * r * -(-w // (block_m // r)) * (block_m // r), r))
 
 
-def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w: int = 0) -> Config:
+SMEM_BUDGET = 200 << 10  # bytes of pipeline buffers a program may take (an H100 SM has 227 KiB)
+
+
+def smem_bytes(cfg: Config, cout: int, elem: int) -> int:
+    """The pipeline's shared memory: num_stages x (input tile + weight tile)."""
+    return cfg.num_stages * cfg.block_k * (cfg.block_m + sum(split_channels(cout))) * elem
+
+
+def _fit(cfg: Config, cout: int, elem: int) -> Config:
+    """Fewer stages, then thinner K slices, then fewer pixels, until the buffers fit SMEM_BUDGET
+    (float32 inputs take twice bf16's)."""
+    while smem_bytes(cfg, cout, elem) > SMEM_BUDGET:
+        if cfg.num_stages > 2:
+            cfg = replace(cfg, num_stages=cfg.num_stages - 1)
+        elif cfg.block_k > MIN_BLOCK_K:
+            cfg = replace(cfg, block_k=cfg.block_k // 2)
+        elif cfg.block_m // cfg.rows > 16:
+            cfg = replace(cfg, block_m=cfg.block_m // 2)
+        else:
+            break
+    return cfg
+
+
+def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w: int = 0,
+                   elem: int = 2) -> Config:
     """What benchmarks/explore_causal_conv.py measured best on an H100 (2026-11-27, two runs), 256-pixel
     programs on 4 warps:
     - 96 -> 96: descriptors; the tile shape with the least padding (4 x 64 at 480p, 1 x 256 at
@@ -179,12 +203,14 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
     block_k = 64 if cin % 64 == 0 else 32 if cin % 32 == 0 else MIN_BLOCK_K
     hopper = hopper_path(device)
     if cout <= 16:
-        return Config(block_k=block_k, num_stages=3, rows=4)
-    if cout > 128:  # wide: 128-pixel programs (the accumulators of 256 would not fit the registers)
-        return Config(block_m=128, block_k=block_k, num_warps=8 if cout > 256 else 4, num_stages=3,
-                      rows=tile_rows(h, w, 128) if h and w else 1, tma=hopper)
-    rows = tile_rows(h, w, 256) if h and w else 1
-    return Config(block_k=block_k, num_stages=4 if rows > 1 else 3, rows=rows, tma=hopper)
+        cfg = Config(block_k=block_k, num_stages=3, rows=4)
+    elif cout > 128:  # wide: 128-pixel programs (the accumulators of 256 would not fit the registers)
+        cfg = Config(block_m=128, block_k=block_k, num_warps=8 if cout > 256 else 4, num_stages=3,
+                     rows=tile_rows(h, w, 128) if h and w else 1, tma=hopper)
+    else:
+        rows = tile_rows(h, w, 256) if h and w else 1
+        cfg = Config(block_k=block_k, num_stages=4 if rows > 1 else 3, rows=rows, tma=hopper)
+    return _fit(cfg, cout, elem)
 
 
 def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Optional[torch.Tensor] = None,
@@ -203,7 +229,7 @@ def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Opt
         out = buf.new_empty(t, h, w, conv.cout)
     elif tuple(out.shape) != (t, h, w, conv.cout) or not out.is_contiguous() or out.dtype != buf.dtype:
         raise ValueError(f"causal_conv: out must be a contiguous {(t, h, w, conv.cout)} {buf.dtype} tensor")
-    cfg = config or default_config(buf.device, c, conv.cout, h, w)
+    cfg = config or default_config(buf.device, c, conv.cout, h, w, buf.element_size())
     if c % cfg.block_k or cfg.block_m % cfg.rows:
         raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
                          " do not divide")
