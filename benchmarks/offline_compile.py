@@ -53,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import causal_conv, rms_silu
+    from turbovid.ops import causal_conv, conv_head, rms_silu
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_triton
 
     f32 = "*fp32"
@@ -168,6 +168,17 @@ def main() -> None:
          dict(C=96, N1=64, N2=32, HAS_N2=True, HAS_BIAS=False, USE_TMA=True, BLOCK_M=256, BLOCK_K=32, ROWS=4,
               PRECISION="ieee"),
          ["X", "Wt", "B", "Y", "W", "COUT", "NP"], 4, 4),
+        ("VAE head by taps: RMS norm + SiLU (residual sum formed) and the 27 taps' products (96 -> 3)",
+         conv_head._project_kernel,
+         dict(X="*bf16", G=f32, B="*bf16", R="*bf16", XO="*bf16", WZ="*bf16", Z=f32, N="i32", C="i32", COUT="i32",
+              plane="i32", scale="fp32"),
+         dict(SILU=True, HAS_BIAS=True, HAS_RES=True, WRITE_X=False, BLOCK_N=64, BLOCK_C=128, CP=4, P=128,
+              PRECISION="ieee"),
+         ["X", "G", "B", "R", "XO", "WZ", "Z", "C"], 4),
+        ("VAE head by taps: the sum over the taps (3 channels, 4 x 64-pixel tiles)", conv_head._gather_kernel,
+         dict(ZH=f32, ZC=f32, B=f32, Y="*bf16", T="i32", H="i32", W="i32", COUT="i32"),
+         dict(HAS_HIST=True, HAS_BIAS=True, BLOCK_M=256, ROWS=4, CP=4),
+         ["ZH", "ZC", "B", "Y", "W"], 4),
     ]
     print(f"triton {triton.__version__}, target sm_90")
     for i, (name, kernel, sig, consts, div16, warps, *extra) in enumerate(cases):  # extra: num_stages (3), maxnreg
