@@ -163,6 +163,12 @@ def guarded(res: dict, name: str, fn) -> None:
         empty_cache()
 
 
+def set_modes(mode: str) -> None:
+    """"small+wide[+headconv]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS."""
+    small, wide, *rest = mode.split("+")
+    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.HEAD_BY_TAPS = small, wide, rest != ["headconv"]
+
+
 def fast_section(res, cfg, vae, name, z, ref, repeats):
     r = res["sizes"][name]
     t, h, w = SIZES[name]
@@ -172,10 +178,11 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     modes = r["modes"] = {}
     keep = {}
     # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): the previous default, the kernel on the
-    # 96-channel convs only, the kernel everywhere (the default on Hopper since 2026-11-27)
-    for mode in ("stacked+conv3d", "triton+conv3d", "triton+triton") if name == "480p" else (
-            "stacked+conv3d", "triton+triton"):
-        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = mode.split("+")
+    # 96-channel convs only, the kernel everywhere with the RGB head as a conv ("+headconv") or by
+    # taps (the default on Hopper since 2026-11-27)
+    for mode in ("stacked+conv3d", "triton+conv3d", "triton+triton+headconv", "triton+triton") if name == "480p" else (
+            "stacked+conv3d", "triton+triton+headconv", "triton+triton"):
+        set_modes(mode)
         vae._fast_cache.clear()
 
         def one():
@@ -190,7 +197,7 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     if name == "480p":
         res["small_conv"] = best
     use = res.get("small_conv", best)
-    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = use.split("+")
+    set_modes(use)
     vae._fast_cache.clear()
     plan = plan_decode(cfg, t, h, w, 2, "auto", 70 * GiB, small_conv=vae_fast.SMALL_CONV)
     r["plan_auto"] = {k: v for k, v in asdict(plan).items() if k != "tiles"}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from turbovid.ops import causal_conv
+from turbovid.ops import causal_conv, conv_head
 from turbovid.ops.rms_silu import rms_silu_stream
 
 SHAPES = {"480p": (4, 480, 832), "720p": (4, 720, 1280)}
@@ -96,6 +96,23 @@ def one_shape(name: str, t: int, h: int, w: int, quick: bool) -> dict:
         row["rel_err_cudnn"] = rel(F.conv2d(x2, w2, None, padding=1).permute(0, 2, 3, 1), ref)
         print(name, cout, {k: v for k, v in row.items() if k != "configs"}, flush=True)
         del ref
+    # the RGB head as the decode runs it (its input the residual sum of the last block): the norm into
+    # the padded input + our conv, against conv_head's projection + sum over the taps
+    head_w = torch.randn(3, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5
+    packed, head = causal_conv.pack(head_w, None, torch.bfloat16), conv_head.pack(head_w, None, torch.bfloat16)
+    y, r = (torch.randn(t, h, w, C, device=dev, generator=g).bfloat16() for _ in range(2))
+    b = torch.randn(C, device=dev).bfloat16()
+
+    def as_conv():
+        rms_silu_stream(y, gamma, True, buf, hist, hist_out, 1, h * w, bias=b, residual=r)
+        return causal_conv.causal_conv(buf, packed)
+
+    def by_taps():
+        z = conv_head.project(y, gamma, head, bias=b, residual=r)
+        return conv_head.gather(z, None, head, torch.bfloat16), conv_head.next_history(z, None)
+
+    res["head_as_conv_ms"], res["head_by_taps_ms"] = bench(as_conv), bench(by_taps)
+    print(name, "head", res["head_as_conv_ms"], res["head_by_taps_ms"], flush=True)
     return res
 
 

@@ -11,7 +11,7 @@ import torch
 from turbovid.models import vae_fast
 from turbovid.models.vae import build_vae
 from turbovid.models.vae_fast import fast_decode
-from turbovid.ops import causal_conv
+from turbovid.ops import causal_conv, conv_head
 from turbovid.ops.rms_silu import rms_silu, rms_silu_reference
 
 try:
@@ -71,6 +71,30 @@ def test_fast_bf16_psnr():
             assert psnr(out, ref) >= 40, modes
     finally:
         vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = default
+
+
+def test_head_by_taps_at_the_decoder_shape():
+    """The RGB head (norm + SiLU + 96 -> 3 conv) by taps at a 480p chunk, bf16, the residual sum
+    formed in the norm: against the float32 conv of the same bf16 normalised input, within twice
+    cuDNN's own bf16 error, and the stored sum exact."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x, res = (torch.randn(4, 480, 832, 96, device="cuda", generator=g).bfloat16() for _ in range(2))
+    gamma, in_bias = 1 + 0.2 * torch.randn(96, device="cuda", generator=g), torch.randn(96, device="cuda").bfloat16()
+    weight = torch.randn(3, 96, 3, 3, 3, device="cuda", generator=g) / (27 * 96) ** 0.5
+    bias = torch.randn(3, device="cuda", generator=g)
+    head = conv_head.pack(weight, bias, torch.bfloat16)
+    x_out = torch.empty_like(x)
+    out = conv_head.gather(conv_head.project(x, gamma, head, bias=in_bias, residual=res, x_out=x_out), None, head,
+                           torch.bfloat16)
+    summed = (x.float() + in_bias.float() + res.float()).bfloat16()
+    assert torch.equal(x_out, summed)
+    y = rms_silu_reference(summed, gamma)
+    buf = torch.cat([y.new_zeros(2, 480, 832, 96), y])
+    ref = causal_conv.causal_conv_reference(buf.float(), causal_conv.pack(head.weight, bias, torch.float32))
+    cudnn = causal_conv.causal_conv_reference(buf, causal_conv.pack(head.weight, bias, torch.bfloat16))
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    cudnn_err = ((cudnn.float() - ref).norm() / ref.norm()).item()
+    assert out.shape == (4, 480, 832, 3) and err <= 2 * cudnn_err + 1e-6, (err, cudnn_err)
 
 
 def test_auto_modes_take_the_kernel_on_hopper():

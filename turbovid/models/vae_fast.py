@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import DEFAULT_SOFT_CAP, SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
-from turbovid.ops import causal_conv, interleave
+from turbovid.ops import causal_conv, conv_head, interleave
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
@@ -58,6 +58,9 @@ FUSE_RESIDUAL = True
 # 1.3x cuDNN's conv3d rate on the wide ones; docs/benchmarks.md), else "stacked" / "conv3d".
 SMALL_CONV = "auto"
 WIDE_CONV = "auto"
+# With the "triton" small mode, a conv to at most conv_head.MAX_COUT channels (the RGB head) runs
+# by taps (ops/conv_head.py) instead of as our conv kernel; False for A/B timing.
+HEAD_BY_TAPS = True
 _SMALL_MODES = ("stacked", "taps", "triton", "conv3d")
 _WIDE_MODES = ("triton", "conv3d")
 
@@ -93,7 +96,11 @@ class FastConv:
         if self.mode == "triton" and ((conv.time_pad, conv.space_pad[0], conv.space_pad[2]) != (2, 1, 1)
                                       or cin % causal_conv.MIN_BLOCK_K):
             self.mode = "conv3d"  # the kernel's padding is the decoder's (causal 2 in time, 1 in space)
-        if self.mode == "triton":
+        self.head = None
+        if self.mode == "triton" and cout <= conv_head.MAX_COUT and HEAD_BY_TAPS:  # the RGB head: by taps
+            self.head = conv_head.pack(w, None if fused_bias else conv.bias, dtype)
+            self.weight = None
+        elif self.mode == "triton":
             self.packed = causal_conv.pack(w, conv.bias, dtype)
             self.weight = None
         elif self.mode == "stacked":  # W2[o, tau*C + c] = W[o, c, tau]
@@ -118,6 +125,8 @@ class FastConv:
         pending = isinstance(x, Pending)
         if pending and (gamma is None or in_bias is not None or not (self.mode == "stacked" or self.time_pad)):
             raise ValueError("FastConv: a pending residual sum needs the streaming norm (and no other bias) before the conv")
+        if self.head is not None:
+            return self._head(x, state, key, gamma, silu, in_bias, x_out)
         _, t, h, w, c = x.y.shape if pending else x.shape  # (1, T, H, W, C)
         dtype, device = (x.y if pending else x).dtype, (x.y if pending else x).device
         if self.mode == "stacked":
@@ -159,6 +168,22 @@ class FastConv:
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
+
+
+    def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
+              x_out: Optional[torch.Tensor]):
+        """Norm + conv by taps: the per-tap products of each pixel, then their sums over the taps."""
+        if isinstance(x, Pending):
+            y, bias, res = x.take()
+            z = conv_head.project(y[0], gamma, self.head, silu, bias=bias, residual=res[0],
+                                  x_out=None if x_out is None else x_out[0])
+            del y, res
+        else:
+            z = conv_head.project(x[0], gamma, self.head, silu, bias=in_bias)
+        history = state.get(key)
+        out = conv_head.gather(z, history, self.head, self.head.wz.dtype)
+        state[key] = conv_head.next_history(z, history)
+        return out.unsqueeze(0)
 
 
 @dataclass
@@ -326,7 +351,7 @@ def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecod
     params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
     version = tuple((id(p), p._version) for p in params)
     modes = conv_modes(device)
-    key = (str(device), dtype, modes)
+    key = (str(device), dtype, modes, HEAD_BY_TAPS)
     hit = vae._fast_cache.get(key)
     if hit is None or hit[0] != version:
         vae._fast_cache.pop(key, None)
