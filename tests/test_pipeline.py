@@ -135,9 +135,20 @@ def test_one_request_pipeline_lets_go_of_the_text_encoder():
 def test_for_one_request_frees_the_encoder_and_skips_the_graph_for_few_steps(sampler, graph_after):
     pipe = fake_pipeline(sampler=sampler, settings={"cuda_graph": True})
     pipe.dit.graph = True  # as GraphedDiT: capture on the second call of a shape
+    pipe.text_encoder.graphs = True  # as a resident umT5 on a GPU
     pipe.for_one_request()
-    assert pipe.release_text_encoder
+    assert pipe.release_text_encoder and pipe.text_encoder.graphs is False  # one prompt: no capture
     assert pipe.dit.graph is graph_after and pipe.settings["cuda_graph"] is graph_after
+
+
+def test_text_encoder_graphs_only_where_it_stays_on_a_gpu():
+    from turbovid.models.t5 import build_text_encoder
+
+    for kw in ({}, {"text_encoder_cpu": True}, {"offload": True}):
+        te = build_text_encoder("tiny-random", None, seed=0)
+        te.graphs = True
+        Pipeline(torch.nn.Identity(), te, torch.nn.Identity(), device="cpu", **kw)
+        assert te.graphs is False, kw  # the CPU here; on a GPU only without these options
 
 
 def test_cli_sets_the_pipeline_up_for_one_request(monkeypatch, tmp_path):

@@ -266,6 +266,31 @@ def test_embedding_on_cpu_gives_the_same_encoding_on_gpu(wan_pth):
     assert split.device.type == "cuda" and torch.equal(split, te.encode(prompts))
 
 
+@pytest.mark.gpu
+def test_graphed_encoding_equals_eager(wan_pth):
+    """With graphs on, prompts of one 32-token bucket share a captured graph, and each gives the
+    eager encoding of its own tokens (the bucket's extra positions are masked padding)."""
+    _, path = wan_pth
+    te = load_text_encoder(path, tokenizer="byte", device="cuda")
+    prompts = [["a cat"], ["a red fox in the snow at dawn"], ["x" * 40]]
+    eager = [te.encode(p) for p in prompts]
+    te.graphs = True
+    for p, want in zip(prompts, eager):
+        got = te.encode(p)
+        assert got.shape == want.shape and rel_l2(got.float(), want.float()) < 1e-3, p
+        assert not got[:, len(p[0]) + 1:].any()  # past the prompt (and its end token): zero
+    assert [k[0] for k in te._graphs] == [(1, 32, te.dim), (1, 64, te.dim)]  # two buckets, three prompts
+    te.to("cuda")
+    assert not te._graphs  # moved weights: the graphs are dropped
+
+
+def test_graphs_off_on_the_cpu_and_for_one_request():
+    te = build_text_encoder("tiny-random", None, seed=0)
+    want = te.encode(["a cat"])
+    te.graphs = True  # asked for, but the encoder is on the CPU: the eager path
+    assert torch.equal(te.encode(["a cat"]), want) and not te._graphs
+
+
 def test_tokenizer_vocab_larger_than_model_rejected(tmp_path):
     small = UMT5Encoder(turbovid.configs.T5Config(vocab_size=100, dim=16, dim_attn=16, dim_ffn=16, num_heads=2, num_layers=1))
     from turbovid.models.t5 import TextEncoder
