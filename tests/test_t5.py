@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 import turbovid
 from turbovid.loading import CheckpointError
 from turbovid.loading.t5 import load_text_encoder
+from turbovid.models import t5
 from turbovid.models.t5 import UMT5Encoder, build_text_encoder, relative_position_buckets
 from turbovid.models.tokenizer import ByteTokenizer
 
@@ -282,6 +283,28 @@ def test_graphed_encoding_equals_eager(wan_pth):
     assert [k[0] for k in te._graphs] == [(1, 32, te.dim), (1, 64, te.dim)]  # two buckets, three prompts
     te.to("cuda")
     assert not te._graphs  # moved weights: the graphs are dropped
+
+
+def test_graph_cache_keeps_the_latest_shapes(monkeypatch):
+    """At most MAX_GRAPHS captured shapes: a new one drops the least recently replayed (and its memory)."""
+    te = build_text_encoder("tiny-random", None, seed=0)
+    captured = []
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    def capture(x, mask):
+        captured.append(x.shape[1])
+        return FakeGraph(), x, mask, x * 2
+
+    monkeypatch.setattr(te, "_capture", capture)
+    mask = torch.ones(1, 1, dtype=torch.long)
+    for n in (32, 64, 96, 128, 32, 160, 64):
+        x = torch.full((1, n, te.dim), float(n))
+        assert torch.equal(te._graphed(x, mask.expand(1, n)), 2 * x)  # the graph's output for this input
+    assert captured == [32, 64, 96, 128, 160, 64]  # 32 replayed before 160 came; 64 dropped by 160
+    assert [k[0][1] for k in te._graphs] == [128, 32, 160, 64] and len(te._graphs) == t5.MAX_GRAPHS
 
 
 def test_graphs_off_on_the_cpu_and_for_one_request():

@@ -7,6 +7,7 @@ are float32; gated GELU(tanh) feed-forward; no biases anywhere. Dropout is left 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -53,6 +54,7 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
 
 
 GRAPH_BUCKET = 32  # tokens: with graphs on, a prompt is encoded at its length rounded up to this
+MAX_GRAPHS = 4  # captured (batch, bucket) shapes kept; older ones are dropped with their memory
 
 
 def _embedding(num: int, dim: int) -> nn.Embedding:
@@ -195,7 +197,7 @@ class TextEncoder:
         # (24 layers of norms, GEMVs and attention) cost ~30 ms of launch overhead against ~4 ms of
         # weight reads on an H100. Off by default; the Pipeline turns them on for resident models.
         self.graphs = False
-        self._graphs: dict[tuple, tuple] = {}
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()  # the MAX_GRAPHS latest, least recent first
 
     @property
     def device(self) -> torch.device:
@@ -268,21 +270,28 @@ class TextEncoder:
         key = (tuple(x.shape), mask.dtype, x.device)
         hit = self._graphs.get(key)
         if hit is None:
-            static_x, static_mask = x.clone(), mask.clone()
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):  # warm-up off the capture: library handles, workspaces
-                self.model(None, static_mask, inputs_embeds=static_x)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.model(None, static_mask, inputs_embeds=static_x)
-            hit = self._graphs[key] = (graph, static_x, static_mask, static_out)
+            while len(self._graphs) >= MAX_GRAPHS:  # each holds its own memory pool
+                self._graphs.popitem(last=False)
+            hit = self._graphs[key] = self._capture(x.clone(), mask.clone())
+        self._graphs.move_to_end(key)
         graph, static_x, static_mask, static_out = hit
         static_x.copy_(x)
         static_mask.copy_(mask)
         graph.replay()
         return static_out
+
+
+    def _capture(self, static_x: torch.Tensor, static_mask: torch.Tensor) -> tuple:
+        """(graph, its input buffers, its output) of the encoder for these shapes."""
+        side = torch.cuda.Stream(static_x.device)
+        side.wait_stream(torch.cuda.current_stream(static_x.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: library handles, workspaces
+            self.model(None, static_mask, inputs_embeds=static_x)
+        torch.cuda.current_stream(static_x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.model(None, static_mask, inputs_embeds=static_x)
+        return graph, static_x, static_mask, static_out
 
 
 def warm_up_kernels(device, dtype: torch.dtype) -> None:
