@@ -4,13 +4,19 @@ subprocess: TRITON_INTERPRET must be set before triton is imported)."""
 from __future__ import annotations
 
 import inspect
+import os
 import textwrap
 
 import pytest
 import torch
 
-from turbovid.ops import causal_conv
-from interpreter_helpers import assert_runs_interpreted
+if not torch.cuda.is_available():
+    # Triton reads this when it is first imported, which this module's imports do; the suite's
+    # interpreter tests (test_fused.py, the attention tests) need it set by the first importer.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from turbovid.ops import causal_conv  # noqa: E402
+from interpreter_helpers import assert_runs_interpreted  # noqa: E402
 
 
 def by_taps(buf: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:

@@ -4,14 +4,20 @@ PyTorch path in Triton's interpreter (a subprocess: TRITON_INTERPRET must be set
 imported)."""
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
 import torch
 
-from turbovid.ops import causal_conv, conv_head
-from turbovid.ops.rms_silu import add_bias_residual_, rms_silu_reference
-from interpreter_helpers import assert_runs_interpreted
+if not torch.cuda.is_available():
+    # Triton reads this when it is first imported, which this module's imports do; the suite's
+    # interpreter tests (test_fused.py, the attention tests) need it set by the first importer.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from turbovid.ops import causal_conv, conv_head  # noqa: E402
+from turbovid.ops.rms_silu import add_bias_residual_, rms_silu_reference  # noqa: E402
+from interpreter_helpers import assert_runs_interpreted  # noqa: E402
 
 
 def conv_of_normalised(x, gamma, weight, bias, in_bias=None, residual=None):
