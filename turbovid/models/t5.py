@@ -263,7 +263,6 @@ class TextEncoder:
         out = torch.where(mask.bool()[..., None], out, out.new_zeros(()))
         return torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - n))
 
-
     def _graphed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The encoder's output for (x, mask) by replaying the graph of their shape (captured on first use).
         The result lives in the graph's memory: the caller copies it out before the next call."""
@@ -279,7 +278,6 @@ class TextEncoder:
         static_mask.copy_(mask)
         graph.replay()
         return static_out
-
 
     def _capture(self, static_x: torch.Tensor, static_mask: torch.Tensor) -> tuple:
         """(graph, its input buffers, its output) of the encoder for these shapes."""

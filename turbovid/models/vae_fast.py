@@ -54,8 +54,8 @@ FUSE_RESIDUAL = True
 # 2D conv does the rest; "taps": three 2D convs summed; "triton": our implicit-GEMM kernel
 # (ops/causal_conv.py) over the time-padded input, written once; "conv3d": plain cuDNN.
 # WIDE_CONV: the others (192 and 384 channels), "triton" or "conv3d". "auto": "triton" where the
-# kernel has its Hopper path (H100, 480p decode: 0.62 vs 0.69 s for the small convs alone, and
-# 1.3x cuDNN's conv3d rate on the wide ones; docs/benchmarks.md), else "stacked" / "conv3d".
+# kernel has its Hopper path (H100, 480p decode: 0.64 vs 0.70 s for the small convs alone, 0.60 s
+# with the wide ones too, at 1.3x cuDNN's conv3d rate; docs/benchmarks.md), else "stacked" / "conv3d".
 SMALL_CONV = "auto"
 WIDE_CONV = "auto"
 # With the "triton" small mode, a conv to at most conv_head.MAX_COUT channels (the RGB head) runs
@@ -168,7 +168,6 @@ class FastConv:
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
-
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
