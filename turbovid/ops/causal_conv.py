@@ -199,7 +199,7 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
       480p, 1 x 256 at 720p); 4 stages for multi-row tiles (480p: 1.47 vs 1.49 ms), 3 for single
       rows (720p: 3.49 vs 3.63 ms; 3.34 vs 3.35 in another run);
     - 192 and 384 outputs: 128-pixel programs (8 warps for 384), descriptors, 3 stages, the
-      least-padding tile (within 1-5% of each shape's best: 2.08 vs 2.71 ms cuDNN at 8 x 240 x 416);
+      least-padding tile (within 6% of each shape's best: 2.08 vs 2.71 ms cuDNN at 8 x 240 x 416);
     - a 3-channel head: pointer loads (a dot this small does not hide a descriptor's latency:
       2.65 vs 2.86 ms at 720p), 4 x 64 tiles, 3 stages (1.13 / 2.57 ms at 480p / 720p)."""
     block_k = 64 if cin % 64 == 0 else 32 if cin % 32 == 0 else MIN_BLOCK_K
