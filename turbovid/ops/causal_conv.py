@@ -86,23 +86,27 @@ def causal_conv_reference(buf: torch.Tensor, conv: PackedConv, bias: bool = True
 if triton is not None:
 
     @triton.jit
+    def frame_tile(H, W, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
+        """This program's tile, ROWS x BLOCK_M / ROWS pixels of one frame (programs row-major over
+        the tiles, frame by frame): (frame, first row, first column, each pixel's row and column)."""
+        BW: tl.constexpr = BLOCK_M // ROWS
+        pid = tl.program_id(0)
+        n_w = tl.cdiv(W, BW)
+        n_h = tl.cdiv(H, ROWS)
+        h0 = (pid // n_w) % n_h * ROWS
+        w0 = (pid % n_w) * BW
+        m = tl.arange(0, BLOCK_M)
+        return pid // (n_h * n_w), h0, w0, h0 + m // BW, w0 + m % BW
+
+    @triton.jit
     def _causal_conv_kernel(X, XD, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
                             PRECISION: tl.constexpr = "ieee"):
-        # a program: ROWS x BW pixels (BLOCK_M of them) of one output frame, every output channel
-        BW: tl.constexpr = BLOCK_M // ROWS
-        pid = tl.program_id(0)
-        n_w = tl.cdiv(W, BW)
-        n_h = tl.cdiv(H, ROWS)
-        f = pid // (n_h * n_w)  # output frame; its taps are input frames f, f + 1, f + 2
-        h0 = (pid // n_w) % n_h * ROWS
-        w0 = (pid % n_w) * BW
-        m = tl.arange(0, BLOCK_M)
+        # a program: one tile of an output frame f (its taps: input frames f, f + 1, f + 2), every output channel
+        f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         k = tl.arange(0, BLOCK_K)
-        mh = h0 + m // BW  # each pixel's row and column
-        mw = w0 + m % BW
         acc1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_M, N2), dtype=tl.float32)
         NC: tl.constexpr = C // BLOCK_K
@@ -141,6 +145,17 @@ if triton is not None:
             if HAS_BIAS:
                 acc2 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
             tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+
+
+def tile_grid(t: int, h: int, w: int, block_m: int, rows: int) -> tuple[int]:
+    """The launch grid of frame_tile's programs over T frames of H x W."""
+    return (t * triton.cdiv(h, rows) * triton.cdiv(w, block_m // rows),)
+
+
+def dot_precision(x: torch.Tensor) -> str:
+    """tl.dot's input precision for x's dtype: TF32 for float32 on CUDA where cuDNN's convs may use it
+    (torch.backends.cudnn.allow_tf32), exact otherwise."""
+    return "tf32" if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def hopper_path(device: torch.device) -> bool:
@@ -245,15 +260,11 @@ def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Opt
         wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
         wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
     has_bias = bias and conv.bias is not None
-    # float32 inputs: TF32 where cuDNN's convs may use it (torch.backends.cudnn.allow_tf32), exact otherwise
-    precision = "tf32" if buf.dtype == torch.float32 and buf.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
-    bw = cfg.block_m // cfg.rows
-    grid = (t * triton.cdiv(h, cfg.rows) * triton.cdiv(w, bw),)
-    _causal_conv_kernel[grid](
+    _causal_conv_kernel[tile_grid(t, h, w, cfg.block_m, cfg.rows)](
         buf, xd if use_tma else buf, conv.weight, wd1 if use_tma else conv.weight, wd2 if use_tma else conv.weight,
         conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
-        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=precision, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(buf),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

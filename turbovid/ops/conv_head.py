@@ -22,12 +22,14 @@ from typing import Optional
 import torch
 
 from turbovid.ops import rms_silu
+from turbovid.ops.causal_conv import dot_precision, tile_grid
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu_reference
 
 try:
     import triton
     import triton.language as tl
 
+    from turbovid.ops.causal_conv import frame_tile
     from turbovid.ops.rms_silu import _normalize
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
@@ -104,22 +106,13 @@ if triton is not None:
     @triton.jit
     def _gather_kernel(ZH, ZC, B, Y, T, H, W, COUT, HAS_HIST: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, CP: tl.constexpr):
-        BW: tl.constexpr = BLOCK_M // ROWS
-        pid = tl.program_id(0)
-        n_w = tl.cdiv(W, BW)
-        n_h = tl.cdiv(H, ROWS)
-        f = pid // (n_h * n_w)
-        h0 = (pid // n_w) % n_h * ROWS
-        w0 = (pid % n_w) * BW
-        m = tl.arange(0, BLOCK_M)
-        mh = h0 + m // BW
-        mw = w0 + m % BW
+        f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         o = tl.arange(0, CP)
         o_ok = (o < COUT)[None, :]
         acc = tl.zeros((BLOCK_M, CP), dtype=tl.float32)
         hw = H * W
         for tap in tl.static_range(27):
-            g = f + tap // 9 + 0 * m  # frame of [history (2); this chunk (T)], as a vector for the masks
+            g = f + tap // 9 + 0 * mh  # frame of [history (2); this chunk (T)], as a vector for the masks
             hh = mh + (tap // 3) % 3 - 1
             ww = mw + tap % 3 - 1
             ok = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -156,12 +149,11 @@ def project(x: torch.Tensor, gamma: torch.Tensor, head: PackedHead, silu: bool =
     z = torch.empty(27, t, h, w, head.cout, dtype=torch.float32, device=x.device)
     block_c, p = head.wz.shape
     block_n = 64
-    precision = "tf32" if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
     _project_kernel[(triton.cdiv(n, block_n),)](
         x, gamma.contiguous(), gamma if bias is None else bias.contiguous(), x if residual is None else residual,
         x if x_out is None else x_out, head.wz, z, n, c, head.cout, n * head.cout, float(c) ** 0.5, SILU=silu,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, WRITE_X=x_out is not None, BLOCK_N=block_n, BLOCK_C=block_c, CP=head.cp, P=p, PRECISION=precision,
-        num_warps=4,
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, WRITE_X=x_out is not None, BLOCK_N=block_n,
+        BLOCK_C=block_c, CP=head.cp, P=p, PRECISION=dot_precision(x), num_warps=4,
     )
     return z
 
@@ -175,10 +167,11 @@ def gather(z: torch.Tensor, history: Optional[torch.Tensor], head: PackedHead, d
         return gather_reference(z, history, head).to(dtype)
     out = torch.empty(t, h, w, c, dtype=dtype, device=z.device)
     block_m, rows = 256, 4
-    grid = (t * triton.cdiv(h, rows) * triton.cdiv(w, block_m // rows),)
-    _gather_kernel[grid](z if history is None else history, z, z if head.bias is None else head.bias, out, t, h, w, c,
-                         HAS_HIST=history is not None, HAS_BIAS=head.bias is not None, BLOCK_M=block_m, ROWS=rows,
-                         CP=head.cp, num_warps=4)
+    _gather_kernel[tile_grid(t, h, w, block_m, rows)](
+        z if history is None else history, z, z if head.bias is None else head.bias, out, t, h, w, c,
+        HAS_HIST=history is not None, HAS_BIAS=head.bias is not None, BLOCK_M=block_m, ROWS=rows, CP=head.cp,
+        num_warps=4,
+    )
     return out
 
 
