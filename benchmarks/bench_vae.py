@@ -164,12 +164,9 @@ def guarded(res: dict, name: str, fn) -> None:
 
 
 def set_modes(mode: str) -> None:
-    """"small+wide[+headconv][+nofuse]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS, FUSE_NORM_EPILOGUE."""
+    """"small+wide[+headconv]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS."""
     small, wide, *rest = mode.split("+")
-    if set(rest) - {"headconv", "nofuse"}:
-        raise ValueError(f"unknown decode mode {mode!r}")
-    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = small, wide
-    vae_fast.HEAD_BY_TAPS, vae_fast.FUSE_NORM_EPILOGUE = "headconv" not in rest, "nofuse" not in rest
+    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.HEAD_BY_TAPS = small, wide, rest != ["headconv"]
 
 
 def fast_section(res, cfg, vae, name, z, ref, repeats):
@@ -180,10 +177,11 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     # each way of running the full-resolution (96-channel) convs; the fastest at 480p is used after
     modes = r["modes"] = {}
     keep = {}
-    # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): cuDNN's convs (the default before
-    # 2026-11-27), the kernel everywhere with a norm pass between a residual block's convs
-    # ("+nofuse"), and with the first conv's epilogue writing the second one's input (the default)
-    for mode in ("stacked+conv3d", "triton+triton+nofuse", "triton+triton"):
+    # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): the previous default, the kernel on the
+    # 96-channel convs only, the kernel everywhere with the RGB head as a conv ("+headconv") or by
+    # taps (the default on Hopper since 2026-11-27)
+    for mode in ("stacked+conv3d", "triton+conv3d", "triton+triton+headconv", "triton+triton") if name == "480p" else (
+            "stacked+conv3d", "triton+triton+headconv", "triton+triton"):
         set_modes(mode)
         vae._fast_cache.clear()
 

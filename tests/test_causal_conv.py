@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     # interpreter tests (test_fused.py, the attention tests) need it set by the first importer.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from turbovid.ops import causal_conv, rms_silu  # noqa: E402
+from turbovid.ops import causal_conv  # noqa: E402
 from interpreter_helpers import assert_runs_interpreted  # noqa: E402
 
 
@@ -86,47 +86,6 @@ def test_bad_inputs():
         causal_conv.pack(torch.randn(8, 16, 3, 1, 1), None, torch.float32)
 
 
-def stream_reference(buf, packed, gamma, silu, history):
-    """causal_conv_stream's definition: the conv without its bias, rounded as stored, then the
-    streaming norm with the bias added (what the unfused decode runs)."""
-    t, h, w = buf.shape[0] - 2, buf.shape[1], buf.shape[2]
-    y = causal_conv.causal_conv_reference(buf, packed, bias=False)
-    out = buf.new_empty(2 + t, h, w, packed.cout)
-    hist = buf.new_empty(2, h, w, packed.cout)
-    rms_silu.rms_silu_stream(y, gamma, silu, out, history, hist, 1, h * w, bias=packed.bias)
-    return out, hist
-
-
-@pytest.mark.parametrize("t, with_history", [(3, False), (3, True), (1, True)])
-def test_stream_pytorch_path(t, with_history):
-    """out = [history; rms_silu(conv + bias)], the new history its last two frames; one frame
-    (T = 1) keeps the old history's last frame."""
-    torch.manual_seed(1)
-    buf, weight, bias = torch.randn(t + 2, 4, 5, 16), torch.randn(24, 16, 3, 3, 3) / 20, torch.randn(24)
-    packed = causal_conv.pack(weight, bias, torch.float32)
-    gamma = torch.rand(24) + 0.5
-    history = torch.randn(2, 4, 5, 24) if with_history else None
-    out, hist = torch.full((t + 2, 4, 5, 24), float("nan")), torch.full((2, 4, 5, 24), float("nan"))
-    causal_conv.causal_conv_stream(buf, packed, gamma, True, out, history, hist)
-    y = by_taps(buf, weight, bias).float()
-    want = torch.nn.functional.silu(torch.nn.functional.normalize(y, dim=-1) * 24 ** 0.5 * gamma)
-    torch.testing.assert_close(out[2:], want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out[:2], torch.zeros(2, 4, 5, 24) if history is None else history)
-    torch.testing.assert_close(hist, out[t:])
-
-
-def test_stream_bad_inputs():
-    packed = causal_conv.pack(torch.randn(8, 16, 3, 3, 3), torch.randn(8), torch.float32)
-    buf, gamma = torch.randn(5, 3, 4, 16), torch.ones(8)
-    hist = torch.empty(2, 3, 4, 8)
-    with pytest.raises(ValueError, match="out must be"):
-        causal_conv.causal_conv_stream(buf, packed, gamma, True, torch.empty(3, 3, 4, 8), None, hist)
-    with pytest.raises(ValueError, match="history_out must be"):
-        causal_conv.causal_conv_stream(buf, packed, gamma, True, torch.empty(5, 3, 4, 8), None, torch.empty(1, 3, 4, 8))
-    with pytest.raises(ValueError, match="gamma"):
-        causal_conv.causal_conv_stream(buf, packed, torch.ones(9), True, torch.empty(5, 3, 4, 8), None, hist)
-
-
 KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + textwrap.dedent(
     """
     from turbovid.ops import causal_conv, rms_silu
@@ -155,40 +114,3 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + textwrap.dedent(
 
 def test_kernel_in_interpreter():
     assert_runs_interpreted(KERNEL_CHECK)
-
-
-STREAM_CHECK = "import torch\n" + inspect.getsource(stream_reference) + textwrap.dedent(
-    """
-    from turbovid.ops import causal_conv, rms_silu
-    rms_silu.allow_interpreter(True)
-    torch.manual_seed(0)
-    # (C, Cout, T, H, W, block_m, block_k, rows, history): two dots, one dot with padded columns
-    # (Cout 24 of 32), one frame (the history copied, not written by the kernel), ragged 2-row tiles
-    cases = [(32, 96, 3, 3, 12, 16, 16, 1, True), (16, 24, 2, 4, 9, 16, 16, 1, False),
-             (16, 48, 1, 3, 7, 16, 16, 1, True), (16, 32, 4, 5, 21, 32, 16, 2, True)]
-    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 4e-3)):
-        for c, cout, t, h, w, bm, bk, rows, with_hist in cases:
-            buf = torch.randn(t + 2, h, w, c).to(dtype)
-            weight, bias = torch.randn(cout, c, 3, 3, 3) / (27 * c) ** 0.5, torch.randn(cout)
-            packed = causal_conv.pack(weight, bias, dtype)
-            gamma = torch.rand(cout) + 0.5
-            history = torch.randn(2, h, w, cout).to(dtype) if with_hist else None
-            cfg = causal_conv.Config(block_m=bm, block_k=bk, rows=rows)
-            for silu in (True, False):
-                out = torch.full((t + 2, h, w, cout), float("nan"), dtype=dtype)
-                hist = torch.full((2, h, w, cout), float("nan"), dtype=dtype)
-                causal_conv.causal_conv_stream(buf, packed, gamma, silu, out, history, hist, config=cfg)
-                rms_silu.allow_interpreter(False)  # the reference: PyTorch
-                want, want_hist = stream_reference(buf, packed, gamma, silu, history)
-                rms_silu.allow_interpreter(True)
-                err = ((out.double() - want.double()).norm() / want.double().norm()).item()
-                assert err < tol, (dtype, c, cout, t, silu, err)
-                assert torch.equal(hist, out[t:]), (dtype, c, cout, t)
-                assert torch.equal(want_hist, want[t:])
-    print("kernel ok")
-    """
-)
-
-
-def test_stream_kernel_in_interpreter():
-    assert_runs_interpreted(STREAM_CHECK)

@@ -73,59 +73,6 @@ def test_triton_small_conv_equals_chunked_reference(monkeypatch):
     assert modes == {8: "conv3d", 16: "triton", 48: "triton", 192: "triton"}  # 8: below the kernel's smallest slice
 
 
-def test_fused_norm_epilogue_equals_unfused(monkeypatch):
-    """Where both convs of a residual block are the kernel, the first one's epilogue writes the
-    second one's normalised input (FUSE_NORM_EPILOGUE): the decode is the unfused one's, chunks of
-    one frame (the history copied) and of two (written by the epilogue) alike."""
-    monkeypatch.setattr(vae_fast, "SMALL_CONV", "triton")
-    monkeypatch.setattr(vae_fast, "WIDE_CONV", "triton")
-    vae16 = build_vae(VAEConfig(dim=16), seed=5)
-    zn = torch.randn(1, 16, 3, 2, 3)
-    ref = vae16.decode(zn, fast=False)
-    for chunk in (1, 2):
-        plan = replace(plan_decode(vae16.cfg, 3, 2, 3, 4, "off"), chunk=chunk, mid_chunk=chunk)
-        fused = fast_decode(vae16, zn, plan=plan)
-        res = [l for l in vae_fast.prepared(vae16, zn.device, torch.float32).up if isinstance(l, vae_fast.FastRes)]
-        assert sum(r.fuse_norm for r in res) >= len(res) - 3  # the last 16-channel blocks: heads by taps
-        monkeypatch.setattr(vae_fast, "FUSE_NORM_EPILOGUE", False)
-        unfused = fast_decode(vae16, zn, plan=plan)
-        assert not any(r.fuse_norm for r in vae_fast.prepared(vae16, zn.device, torch.float32).up
-                       if isinstance(r, vae_fast.FastRes))
-        monkeypatch.setattr(vae_fast, "FUSE_NORM_EPILOGUE", True)
-        assert rel(fused, unfused) < 1e-6 and rel(fused, ref) < 1e-5, chunk
-
-
-INTERPRETED_DECODE = textwrap.dedent(
-    """
-    import torch
-    from dataclasses import replace
-    from turbovid.configs import VAEConfig
-    from turbovid.models import vae_fast
-    from turbovid.models.vae import build_vae
-    from turbovid.models.vae_fast import fast_decode
-    from turbovid.models.vae_tiling import plan_decode
-    from turbovid.ops import rms_silu
-    vae_fast.SMALL_CONV = vae_fast.WIDE_CONV = "triton"
-    vae16 = build_vae(VAEConfig(dim=16), seed=5)
-    zn = torch.randn(1, 16, 2, 2, 2)
-    ref = vae16.decode(zn, fast=False)
-    rms_silu.allow_interpreter(True)  # every kernel of the decode, interpreted
-    plan = replace(plan_decode(vae16.cfg, 2, 2, 2, 4, "off"), chunk=1, mid_chunk=2)
-    out = fast_decode(vae16, zn, plan=plan)
-    assert any(getattr(l, "fuse_norm", False) for l in vae_fast.prepared(vae16, zn.device, torch.float32).up)
-    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-    assert err < 1e-5, err
-    print("kernel ok")
-    """
-)
-
-
-def test_interpreted_triton_decode_equals_reference():
-    """The whole fast decode with the conv kernels (the fused norm epilogue included) in Triton's
-    interpreter against the chunked float32 reference."""
-    assert_runs_interpreted(INTERPRETED_DECODE, timeout=600)
-
-
 def test_wide_triton_convs_equal_chunked_reference(vae, latents_and_reference, monkeypatch):
     """WIDE_CONV="triton": convs over more than SMALL_CHANNELS inputs take the kernel too (here all
     but the 8-channel ones, SMALL_CHANNELS lowered to 8; on the CPU the conv's PyTorch path runs)."""

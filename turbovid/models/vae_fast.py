@@ -58,10 +58,6 @@ FUSE_RESIDUAL = True
 # with the wide ones too, at 1.3x cuDNN's conv3d rate; docs/benchmarks.md), else "stacked" / "conv3d".
 SMALL_CONV = "auto"
 WIDE_CONV = "auto"
-# Where both convs of a residual block run as our kernel, the first one's epilogue normalises its
-# output as the second one's input (causal_conv.causal_conv_stream): the norm pass between them,
-# and the store and reload of the conv's output, are gone. False for A/B timing.
-FUSE_NORM_EPILOGUE = True
 # With the "triton" small mode, a conv to at most conv_head.MAX_COUT channels (the RGB head) runs
 # by taps (ops/conv_head.py) instead of as our conv kernel; False for A/B timing.
 HEAD_BY_TAPS = True
@@ -122,17 +118,10 @@ class FastConv:
 
     def __call__(self, x, state: dict, key: str, gamma: Optional[torch.Tensor] = None,
                  silu: bool = True, in_bias: Optional[torch.Tensor] = None,
-                 x_out: Optional[torch.Tensor] = None,
-                 then: Optional[tuple[torch.Tensor, str]] = None) -> torch.Tensor:
+                 x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: activations, or a Pending residual sum that the norm kernel forms (stored into x_out
         if given); the Pending lets go of its tensors once the kernel has read them, so they are
-        not alive during the conv. Only where a norm precedes the conv.
-
-        then=(gamma', key'): "triton" mode only; returns rms_silu(output + bias) with gamma' as the
-        next conv's time-padded input buffer [1, 2 + T, H, W, Cout], after the stream history
-        kept under key' (see run_normed)."""
-        if then is not None and (self.mode != "triton" or self.head is not None):
-            raise ValueError("FastConv: only the triton conv kernel normalises its output in its epilogue")
+        not alive during the conv. Only where a norm precedes the conv."""
         pending = isinstance(x, Pending)
         if pending and (gamma is None or in_bias is not None or not (self.mode == "stacked" or self.time_pad)):
             raise ValueError("FastConv: a pending residual sum needs the streaming norm (and no other bias) before the conv")
@@ -169,8 +158,6 @@ class FastConv:
         else:
             buf = x
         bias = None if self.fused_bias else self.bias
-        if then is not None:
-            return self._conv_normed(buf, state, *then)
         if self.mode == "triton":
             return causal_conv.causal_conv(buf[0], self.packed, bias=not self.fused_bias).unsqueeze(0)
         if self.mode == "taps":
@@ -181,19 +168,6 @@ class FastConv:
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
-
-    def _conv_normed(self, buf: torch.Tensor, state: dict, gamma: torch.Tensor, key: str) -> torch.Tensor:
-        """The conv of buf with its epilogue writing the next conv's normalised input (+ history)."""
-        _, p_t, h, w, _ = buf.shape
-        out = buf.new_empty(1, p_t, h, w, self.packed.cout)
-        history = buf.new_empty(2, h, w, self.packed.cout)
-        causal_conv.causal_conv_stream(buf[0], self.packed, gamma, True, out[0], state.get(key), history)
-        state[key] = history
-        return out
-
-    def run_normed(self, buf: torch.Tensor) -> torch.Tensor:
-        """The conv of an input buffer another conv's epilogue wrote (then=...), bias per fused_bias."""
-        return causal_conv.causal_conv(buf[0], self.packed, bias=not self.fused_bias).unsqueeze(0)
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
@@ -251,29 +225,22 @@ class FastRes:
         self.gamma2 = block.norm2.gamma.detach().flatten().float()
         self.conv1 = FastConv(block.conv1, dtype, fused_bias=True, normed=True, modes=modes)
         self.conv2 = FastConv(block.conv2, dtype, fused_bias=True, normed=True, modes=modes)
-        self.fuse_norm = FUSE_NORM_EPILOGUE and all(c.mode == "triton" and c.head is None and c.time_pad == 2
-                                                    for c in (self.conv1, self.conv2))
         self.shortcut = None
         if block.shortcut is not None:
             w = block.shortcut.weight.detach()
             self.shortcut = (w.reshape(w.shape[0], w.shape[1]).to(dtype), block.shortcut.bias.detach().to(dtype))
 
     def __call__(self, x, state: dict, key: str) -> Pending:
-        # conv1's epilogue writes conv2's normalised input where both run as the kernel
-        then = (self.gamma2, key + ".2") if self.fuse_norm else None
         if isinstance(x, Pending) and FUSE_RESIDUAL:  # conv1's norm forms the input, and keeps it for h
             # in y's place, as the unfused add does: a new tensor for the sum was one activation
             # more at the norm (H100, 480p decode: peak 4.11 vs 3.96 GiB unfused)
             pending, x = x, x.y
-            y = self.conv1(pending, state, key + ".1", self.gamma1, x_out=x, then=then)
+            y = self.conv1(pending, state, key + ".1", self.gamma1, x_out=x)
         else:
             x = materialize(x)
-            y = self.conv1(x, state, key + ".1", self.gamma1, then=then)  # without conv1's bias: the next norm adds it
+            y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
         h = x if self.shortcut is None else F.linear(x, *self.shortcut)
-        if then is not None:
-            y = self.conv2.run_normed(y)
-        else:
-            y = self.conv2(y, state, key + ".2", self.gamma2, in_bias=self.conv1.bias)
+        y = self.conv2(y, state, key + ".2", self.gamma2, in_bias=self.conv1.bias)
         return Pending(y, self.conv2.bias, h)
 
 
@@ -383,7 +350,7 @@ def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecod
     params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
     version = tuple((id(p), p._version) for p in params)
     modes = conv_modes(device)
-    key = (str(device), dtype, modes, HEAD_BY_TAPS, FUSE_NORM_EPILOGUE)
+    key = (str(device), dtype, modes, HEAD_BY_TAPS)
     hit = vae._fast_cache.get(key)
     if hit is None or hit[0] != version:
         vae._fast_cache.pop(key, None)

@@ -103,12 +103,8 @@ if triton is not None:
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
-                            PRECISION: tl.constexpr = "ieee",
-                            G=None, HN=None, T=0, SCALE=1.0, NORM: tl.constexpr = False,
-                            SILU: tl.constexpr = True, WRITE_HIST: tl.constexpr = False):
-        # a program: one tile of an output frame f (its taps: input frames f, f + 1, f + 2), every output channel.
-        # NORM: the epilogue stores rms_silu(round(acc) + B) (causal_conv_stream) instead of acc + B,
-        # and frames T - 2, T - 1 into HN as well (WRITE_HIST)
+                            PRECISION: tl.constexpr = "ieee"):
+        # a program: one tile of an output frame f (its taps: input frames f, f + 1, f + 2), every output channel
         f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         k = tl.arange(0, BLOCK_K)
         acc1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
@@ -140,38 +136,16 @@ if triton is not None:
                 acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
         out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
         inside = ((mh < H) & (mw < W))[:, None]
-        n1 = tl.arange(0, N1)
-        n2 = N1 + tl.arange(0, N2)
-        if NORM:  # round as the conv's stored output, add the bias in float32, normalise over all channels
-            acc1 = acc1.to(Y.dtype.element_ty).to(tl.float32)
-            acc2 = acc2.to(Y.dtype.element_ty).to(tl.float32)
+        n = tl.arange(0, N1)
         if HAS_BIAS:
-            acc1 += tl.load(B + n1, mask=n1 < COUT, other=0.0).to(tl.float32)[None, :]
-            if HAS_N2:
-                acc2 += tl.load(B + n2, mask=n2 < COUT, other=0.0).to(tl.float32)[None, :]
-        if NORM:  # columns past COUT are zero (zero weight columns, masked bias)
-            ss = tl.sum(acc1 * acc1, axis=1)
-            if HAS_N2:
-                ss += tl.sum(acc2 * acc2, axis=1)
-            inv = SCALE / tl.maximum(tl.sqrt(ss), 1e-12)
-            acc1 = acc1 * inv[:, None] * tl.load(G + n1, mask=n1 < COUT, other=0.0)[None, :]
-            if SILU:
-                acc1 = acc1 * tl.sigmoid(acc1)
-            if HAS_N2:
-                acc2 = acc2 * inv[:, None] * tl.load(G + n2, mask=n2 < COUT, other=0.0)[None, :]
-                if SILU:
-                    acc2 = acc2 * tl.sigmoid(acc2)
-        y1 = acc1.to(Y.dtype.element_ty)
-        tl.store(Y + out + n1[None, :], y1, mask=inside & (n1 < COUT)[None, :])
+            acc1 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
         if HAS_N2:
-            y2 = acc2.to(Y.dtype.element_ty)
-            tl.store(Y + out + n2[None, :], y2, mask=inside & (n2 < COUT)[None, :])
-        if WRITE_HIST:
-            if f >= T - 2:  # the stream's next history: the chunk's last two frames
-                hist = (((f - (T - 2)) * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
-                tl.store(HN + hist + n1[None, :], y1, mask=inside & (n1 < COUT)[None, :])
-                if HAS_N2:
-                    tl.store(HN + hist + n2[None, :], y2, mask=inside & (n2 < COUT)[None, :])
+            n = N1 + tl.arange(0, N2)
+            if HAS_BIAS:
+                acc2 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+            tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+
 
 def tile_grid(t: int, h: int, w: int, block_m: int, rows: int) -> tuple[int]:
     """The launch grid of frame_tile's programs over T frames of H x W."""
@@ -256,29 +230,28 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
     return _fit(cfg, cout, elem)
 
 
-def _check(buf: torch.Tensor, conv: PackedConv) -> tuple[int, int, int, int]:
-    """(T, H, W, C) of a valid input buffer."""
+def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Optional[torch.Tensor] = None,
+                config: Optional[Config] = None) -> torch.Tensor:
+    """The conv of the module docstring: buf [P + T, H, W, C] (P = 2) -> [T, H, W, Cout] in buf's dtype.
+
+    bias=False leaves the bias out (a caller that adds it in its next pass)."""
     if buf.dim() != 4 or buf.shape[-1] != conv.cin or buf.shape[0] < 3 or not buf.is_contiguous():
         raise ValueError(f"causal_conv: buf must be a contiguous [2 + T, H, W, {conv.cin}] tensor, "
                          f"got {tuple(buf.shape)}")
     if buf.dtype != conv.weight.dtype:
         raise ValueError(f"causal_conv: buf is {buf.dtype}, the packed weights {conv.weight.dtype}")
     p_t, h, w, c = buf.shape
-    return p_t - 2, h, w, c
-
-
-def _config(buf: torch.Tensor, conv: PackedConv, config: Optional[Config]) -> Config:
-    _, h, w, c = buf.shape
+    t = p_t - 2
+    if out is None:
+        out = buf.new_empty(t, h, w, conv.cout)
+    elif tuple(out.shape) != (t, h, w, conv.cout) or not out.is_contiguous() or out.dtype != buf.dtype:
+        raise ValueError(f"causal_conv: out must be a contiguous {(t, h, w, conv.cout)} {buf.dtype} tensor")
     cfg = config or default_config(buf.device, c, conv.cout, h, w, buf.element_size())
     if c % cfg.block_k or cfg.block_m % cfg.rows:
         raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
                          " do not divide")
-    return cfg
-
-
-def _launch(buf: torch.Tensor, conv: PackedConv, has_bias: bool, out: torch.Tensor, cfg: Config,
-            **norm) -> None:
-    p_t, h, w, c = buf.shape
+    if not rms_silu._use_kernel(buf):
+        return out.copy_(causal_conv_reference(buf, conv, bias))
     use_tma = cfg.tma and buf.is_cuda and TensorDescriptor is not None
     xd = wd1 = wd2 = None  # the pointer path takes the tensors in the descriptors' places
     if use_tma:
@@ -286,64 +259,12 @@ def _launch(buf: torch.Tensor, conv: PackedConv, has_bias: bool, out: torch.Tens
                               [1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k])
         wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
         wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
-    _causal_conv_kernel[tile_grid(p_t - 2, h, w, cfg.block_m, cfg.rows)](
+    has_bias = bias and conv.bias is not None
+    _causal_conv_kernel[tile_grid(t, h, w, cfg.block_m, cfg.rows)](
         buf, xd if use_tma else buf, conv.weight, wd1 if use_tma else conv.weight, wd2 if use_tma else conv.weight,
         conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
         BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(buf),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **norm,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-
-
-def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Optional[torch.Tensor] = None,
-                config: Optional[Config] = None) -> torch.Tensor:
-    """The conv of the module docstring: buf [P + T, H, W, C] (P = 2) -> [T, H, W, Cout] in buf's dtype.
-
-    bias=False leaves the bias out (a caller that adds it in its next pass)."""
-    t, h, w, c = _check(buf, conv)
-    if out is None:
-        out = buf.new_empty(t, h, w, conv.cout)
-    elif tuple(out.shape) != (t, h, w, conv.cout) or not out.is_contiguous() or out.dtype != buf.dtype:
-        raise ValueError(f"causal_conv: out must be a contiguous {(t, h, w, conv.cout)} {buf.dtype} tensor")
-    cfg = _config(buf, conv, config)
-    if not rms_silu._use_kernel(buf):
-        return out.copy_(causal_conv_reference(buf, conv, bias))
-    _launch(buf, conv, bias and conv.bias is not None, out, cfg)
-    return out
-
-
-def causal_conv_stream(buf: torch.Tensor, conv: PackedConv, gamma: torch.Tensor, silu: bool, out: torch.Tensor,
-                       history: Optional[torch.Tensor], history_out: torch.Tensor,
-                       config: Optional[Config] = None) -> torch.Tensor:
-    """The conv, then RMS norm (+ SiLU) over its output channels as the next causal conv's input:
-
-        y = causal_conv(buf, conv, bias=False)         (rounded to buf's dtype, as if stored)
-        rms_silu_stream(y, gamma, silu, out, history, history_out, taps=1, bias=conv.bias)
-
-    in one kernel: the normalisation is the conv's epilogue (every output channel of a pixel is in
-    one program), so y is never stored nor read back. out: [2 + T, H, W, Cout]; history (None:
-    zeros, the stream's start) / history_out: [2, H, W, Cout], the previous / this chunk's last
-    two normalised frames. Returns out."""
-    t, h, w, c = _check(buf, conv)
-    shape = (2 + t, h, w, conv.cout)
-    if tuple(out.shape) != shape or not out.is_contiguous() or out.dtype != buf.dtype:
-        raise ValueError(f"causal_conv_stream: out must be a contiguous {shape} {buf.dtype} tensor")
-    for name, x in (("history", history), ("history_out", history_out)):
-        if x is not None and (tuple(x.shape) != (2, *shape[1:]) or not x.is_contiguous() or x.dtype != buf.dtype):
-            raise ValueError(f"causal_conv_stream: {name} must be a contiguous {(2, *shape[1:])} {buf.dtype} tensor")
-    if gamma.numel() != conv.cout:
-        raise ValueError(f"causal_conv_stream: gamma must have {conv.cout} values")
-    cfg = _config(buf, conv, config)
-    if not rms_silu._use_kernel(buf):
-        y = causal_conv_reference(buf, conv, bias=False)
-        return rms_silu.rms_silu_stream(y, gamma, silu, out, history, history_out, 1, h * w, bias=conv.bias)
-    if history is None:
-        out[:2].zero_()
-    else:
-        out[:2].copy_(history)
-    write_hist = t >= 2  # else the new history holds frames of the old one too: copied below
-    _launch(buf, conv, conv.bias is not None, out[2:], cfg, G=gamma.float().contiguous(), HN=history_out, T=t,
-            SCALE=float(conv.cout) ** 0.5, NORM=True, SILU=silu, WRITE_HIST=write_hist)
-    if not write_hist:
-        history_out.copy_(out[t:])
     return out
