@@ -164,9 +164,12 @@ def guarded(res: dict, name: str, fn) -> None:
 
 
 def set_modes(mode: str) -> None:
-    """"small+wide[+headconv]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS."""
+    """"small+wide[+headconv][+sdpa]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS, ATTENTION."""
     small, wide, *rest = mode.split("+")
-    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.HEAD_BY_TAPS = small, wide, rest != ["headconv"]
+    if set(rest) - {"headconv", "sdpa"}:
+        raise ValueError(f"unknown decode mode {mode!r}")
+    vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = small, wide
+    vae_fast.HEAD_BY_TAPS, vae_fast.ATTENTION = "headconv" not in rest, "sdpa" if "sdpa" in rest else "auto"
 
 
 def fast_section(res, cfg, vae, name, z, ref, repeats):
@@ -177,11 +180,10 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     # each way of running the full-resolution (96-channel) convs; the fastest at 480p is used after
     modes = r["modes"] = {}
     keep = {}
-    # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): the previous default, the kernel on the
-    # 96-channel convs only, the kernel everywhere with the RGB head as a conv ("+headconv") or by
-    # taps (the default on Hopper since 2026-11-27)
-    for mode in ("stacked+conv3d", "triton+conv3d", "triton+triton+headconv", "triton+triton") if name == "480p" else (
-            "stacked+conv3d", "triton+triton+headconv", "triton+triton"):
+    # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): cuDNN's convs and PyTorch's attention
+    # (the default before 2026-11-27), our conv kernels with PyTorch's attention ("+sdpa", the default
+    # until the wide-head attention kernel), and everything ours (the default on Hopper)
+    for mode in ("stacked+conv3d+sdpa", "triton+triton+sdpa", "triton+triton"):
         set_modes(mode)
         vae._fast_cache.clear()
 

@@ -53,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import causal_conv, conv_head, rms_silu
+    from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_triton
 
     f32 = "*fp32"
@@ -168,6 +168,12 @@ def main() -> None:
          dict(C=96, N1=64, N2=32, HAS_N2=True, HAS_BIAS=False, USE_TMA=True, BLOCK_M=256, BLOCK_K=32, ROWS=4,
               PRECISION="ieee"),
          ["X", "Wt", "B", "Y", "W", "COUT", "NP"], 4, 4),
+        ("VAE middle attention: one head of 384 (256 + 128), 64 queries x 32 keys a step",
+         wide_attention._wide_attn_kernel,
+         dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", L="i32", sq_b="i32", sq_l="i32", sk_b="i32", sk_l="i32",
+              sv_b="i32", sv_l="i32", so_b="i32", so_l="i32", scale_log2="fp32"),
+         dict(D1=256, D2=128, HAS_D2=True, BLOCK_M=64, BLOCK_N=32, PRECISION="ieee"),
+         ["Q", "K", "V", "O", "sq_b", "sq_l", "sk_b", "sk_l", "sv_b", "sv_l", "so_b", "so_l"], 8, 2),
         ("VAE head by taps: RMS norm + SiLU (residual sum formed) and the 27 taps' products (96 -> 3)",
          conv_head._project_kernel,
          dict(X="*bf16", G=f32, B="*bf16", R="*bf16", XO="*bf16", WZ="*bf16", Z=f32, N="i32", C="i32", COUT="i32",

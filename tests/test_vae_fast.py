@@ -86,10 +86,56 @@ def test_wide_triton_convs_equal_chunked_reference(vae, latents_and_reference, m
 
 
 def test_conv_modes_resolve(monkeypatch):
-    assert vae_fast.conv_modes(torch.device("cpu")) == vae_fast.ConvModes("stacked", "conv3d")  # no Hopper path
+    assert vae_fast.conv_modes(torch.device("cpu")) == vae_fast.ConvModes("stacked", "conv3d", "sdpa")  # no Hopper path
+    monkeypatch.setattr(vae_fast, "ATTENTION", "flash")
+    with pytest.raises(ValueError, match="ATTENTION"):
+        vae_fast.conv_modes(torch.device("cpu"))
+    monkeypatch.setattr(vae_fast, "ATTENTION", "auto")
     monkeypatch.setattr(vae_fast, "WIDE_CONV", "stacked")
     with pytest.raises(ValueError, match="WIDE_CONV"):
         vae_fast.conv_modes(torch.device("cpu"))
+
+
+def test_attention_modes_equal_chunked_reference(vae, latents_and_reference, monkeypatch):
+    """ATTENTION="triton": the middle attention through ops/wide_attention.py (its PyTorch path on
+    the CPU; the kernel: test_wide_attention.py and the interpreted decode below)."""
+    zn, ref = latents_and_reference
+    monkeypatch.setattr(vae_fast, "ATTENTION", "triton")
+    out = fast_decode(vae, zn, plan=replace(plan_decode(vae.cfg, 3, 3, 5, 4, "off"), chunk=2, mid_chunk=2))
+    attn = [l for l in vae_fast.prepared(vae, zn.device, torch.float32).mid if isinstance(l, vae_fast.FastAttention)]
+    assert attn and all(a.mode == "triton" for a in attn)
+    assert rel(out, ref) < 1e-5
+
+
+INTERPRETED_DECODE = textwrap.dedent(
+    """
+    import torch
+    from dataclasses import replace
+    from turbovid.configs import VAEConfig
+    from turbovid.models import vae_fast
+    from turbovid.models.vae import build_vae
+    from turbovid.models.vae_fast import fast_decode
+    from turbovid.models.vae_tiling import plan_decode
+    from turbovid.ops import rms_silu
+    vae_fast.SMALL_CONV = vae_fast.WIDE_CONV = vae_fast.ATTENTION = "triton"
+    vae16 = build_vae(VAEConfig(dim=16), seed=5)
+    zn = torch.randn(1, 16, 2, 2, 2)
+    ref = vae16.decode(zn, fast=False)
+    rms_silu.allow_interpreter(True)  # every kernel of the decode, interpreted
+    out = fast_decode(vae16, zn, plan=replace(plan_decode(vae16.cfg, 2, 2, 2, 4, "off"), chunk=1, mid_chunk=2))
+    dec = vae_fast.prepared(vae16, zn.device, torch.float32)
+    assert [l.mode for l in dec.mid if isinstance(l, vae_fast.FastAttention)] == ["triton"]
+    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err < 1e-5, err
+    print("kernel ok")
+    """
+)
+
+
+def test_interpreted_triton_decode_equals_reference():
+    """The whole fast decode with our kernels (conv, head by taps, middle attention, norms,
+    interleaves) in Triton's interpreter against the chunked float32 reference."""
+    assert_runs_interpreted(INTERPRETED_DECODE, timeout=600)
 
 
 def _convs(dec):

@@ -100,7 +100,8 @@ def test_head_by_taps_at_the_decoder_shape():
 def test_auto_modes_take_the_kernel_on_hopper():
     modes = vae_fast.conv_modes(torch.device("cuda"))
     hopper = torch.cuda.get_device_capability() >= (9, 0)
-    assert modes == (vae_fast.ConvModes("triton", "triton") if hopper else vae_fast.ConvModes("stacked", "conv3d"))
+    assert modes == (vae_fast.ConvModes("triton", "triton", "triton") if hopper
+                     else vae_fast.ConvModes("stacked", "conv3d", "sdpa"))
 
 
 def test_causal_conv_kernel_at_the_decoder_shapes():

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import DEFAULT_SOFT_CAP, SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
-from turbovid.ops import causal_conv, conv_head, interleave
+from turbovid.ops import causal_conv, conv_head, interleave, wide_attention
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
@@ -61,6 +61,11 @@ WIDE_CONV = "auto"
 # With the "triton" small mode, a conv to at most conv_head.MAX_COUT channels (the RGB head) runs
 # by taps (ops/conv_head.py) instead of as our conv kernel; False for A/B timing.
 HEAD_BY_TAPS = True
+# The middle attention (one head of 384 channels, within each latent frame): "triton", our kernel
+# (ops/wide_attention.py); "sdpa", PyTorch's scaled_dot_product_attention (its memory-efficient
+# kernel: no flash kernel takes 384); "auto": "triton" where the conv kernel has its Hopper path
+# (where it was measured: docs/benchmarks.md), else "sdpa".
+ATTENTION = "auto"
 _SMALL_MODES = ("stacked", "taps", "triton", "conv3d")
 _WIDE_MODES = ("triton", "conv3d")
 
@@ -69,15 +74,19 @@ _WIDE_MODES = ("triton", "conv3d")
 class ConvModes:
     small: str = "stacked"
     wide: str = "conv3d"
+    attention: str = "sdpa"
 
 
 def conv_modes(device: torch.device) -> ConvModes:
-    """SMALL_CONV / WIDE_CONV for `device`, "auto" resolved."""
+    """SMALL_CONV / WIDE_CONV / ATTENTION for `device`, "auto" resolved."""
     if SMALL_CONV not in ("auto", *_SMALL_MODES) or WIDE_CONV not in ("auto", *_WIDE_MODES):
         raise ValueError(f"SMALL_CONV must be auto or one of {_SMALL_MODES}, WIDE_CONV auto or one of {_WIDE_MODES}")
+    if ATTENTION not in ("auto", "triton", "sdpa"):
+        raise ValueError("ATTENTION must be auto, triton or sdpa")
     fast = causal_conv.hopper_path(device)
     return ConvModes(SMALL_CONV if SMALL_CONV != "auto" else "triton" if fast else "stacked",
-                     WIDE_CONV if WIDE_CONV != "auto" else "triton" if fast else "conv3d")
+                     WIDE_CONV if WIDE_CONV != "auto" else "triton" if fast else "conv3d",
+                     ATTENTION if ATTENTION != "auto" else "triton" if fast else "sdpa")
 
 
 class FastConv:
@@ -245,8 +254,9 @@ class FastRes:
 
 
 class FastAttention:
-    def __init__(self, block: AttentionBlock, dtype: torch.dtype):
+    def __init__(self, block: AttentionBlock, dtype: torch.dtype, mode: str = "sdpa"):
         c = block.proj.weight.shape[0]
+        self.mode = mode if wide_attention.supported(c) else "sdpa"
         self.gamma = block.norm.gamma.detach().flatten().float()
         self.qkv = (block.to_qkv.weight.detach().reshape(3 * c, c).to(dtype), block.to_qkv.bias.detach().to(dtype))
         self.proj = (block.proj.weight.detach().reshape(c, c).to(dtype), block.proj.bias.detach().to(dtype))
@@ -257,6 +267,9 @@ class FastAttention:
         qkv = F.linear(rms_silu(x, self.gamma, silu=False), *self.qkv).view(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.split(c, dim=-1)
         out = torch.empty(b * t, 1, h * w, c, dtype=x.dtype, device=x.device)
+        if self.mode == "triton":  # every frame in one launch, q / k / v read in place from qkv
+            wide_attention.attention(q[:, 0], k[:, 0], v[:, 0], out=out[:, 0])
+            return F.linear(out.view(b, t, h, w, c), *self.proj).add_(x)
         group = max(1, (1 << 28) // (h * w) ** 2)  # frames per call: bounds a materialised score matrix
         for s in range(0, b * t, group):
             out[s:s + group] = F.scaled_dot_product_attention(q[s:s + group], k[s:s + group], v[s:s + group])
@@ -325,7 +338,7 @@ class FastDecoder:
         if isinstance(m, ResBlock):
             return FastRes(m, dtype, modes)
         if isinstance(m, AttentionBlock):
-            return FastAttention(m, dtype)
+            return FastAttention(m, dtype, modes.attention)
         return FastUpsample(m, dtype)
 
     def latent_stage(self, z: torch.Tensor, state: dict) -> torch.Tensor:
