@@ -68,6 +68,38 @@ def test_bad_options(change, message):
         check_options(dataclasses.replace(PipelineOptions(), **change))
 
 
+def test_host_waits_for_the_device_only_one_step_behind(monkeypatch):
+    """No host-device sync between the stages: the clock's marks are only recorded, and during
+    sampling the host waits for step i - 1 once step i's forward is queued (the GPU never runs dry
+    for the host's sake); the stage times add up to the total."""
+    from turbovid import clock, pipeline
+
+    log = []
+
+    class Recording(clock.StageClock):
+        def mark(self, name):
+            log.append(("mark", name))
+            super().mark(name)
+
+        def wait(self, name):
+            log.append(("wait", name))
+            super().wait(name)
+
+    monkeypatch.setattr(pipeline, "StageClock", Recording)
+    pipe = fake_pipeline()
+    forward = pipe.dit.forward
+    monkeypatch.setattr(pipe.dit, "forward", lambda *a, **k: (log.append(("forward",)), forward(*a, **k))[1])
+    res = pipe.generate(GenerationRequest(prompt="a fox", num_steps=3, **SMALL))
+    assert log == [("mark", "start"), ("mark", "text"),
+                   ("mark", "step0"), ("forward",),
+                   ("mark", "step1"), ("forward",), ("wait", "step1"),
+                   ("mark", "step2"), ("forward",), ("wait", "step2"),
+                   ("mark", "sampled")]
+    t = res.timings
+    assert t["text_encoding"] + t["sampling"] + t["vae_decode"] == pytest.approx(t["total"], abs=1e-9)
+    assert len(t["steps"]) == 3 and sum(t["steps"]) <= t["sampling"] + 1e-9
+
+
 def test_generate_frames_timings_and_calls():
     pipe = fake_pipeline()
     events = []

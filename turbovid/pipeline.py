@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from turbovid import hub
+from turbovid.clock import StageClock
 from turbovid.configs import DIT_PRESETS
 from turbovid.io import FrameSink, HostFrames, VideoWriter, host_buffer_ahead
 from turbovid.loading.common import CheckpointError
@@ -91,11 +92,6 @@ class GenerationResult:
         if self.settings.get("model") == TINY:
             out["note"] = TINY_NOTE
         return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _resolve_device(name: str | None) -> torch.device:
@@ -523,7 +519,7 @@ class Pipeline:
         shape = (b, LATENT_CHANNELS, (req.num_frames - 1) // VAE_STRIDE[0] + 1, height // VAE_STRIDE[1], width // VAE_STRIDE[2])
         stage = "text encoding"
         timings: dict = {}
-        t0 = time.perf_counter()
+        clock = StageClock(self.device)  # no host-device sync until the frames are copied out
         host: list = []  # the video's page-locked host memory, asked for once the GPU has work queued
         try:
             # 1. text -> context [B, L, D]
@@ -539,50 +535,47 @@ class Pipeline:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             context = ctx[:1].expand(b, *ctx.shape[1:])
-            _sync(self.device)
-            timings["text_encoding"] = time.perf_counter() - t0
+            clock.mark("text")
             step("encode", 1, 1)
 
             # 2. noise -> latents
             stage = "sampling"
-            t1 = time.perf_counter()
-            steps: list[float] = []
-
-            def on_step(i: int, n: int, seconds: float) -> None:
-                steps.append(seconds)
-                step("sample", i + 1, n)
-
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
             step("sample", 0, req.num_steps)
+            calls = [0]
 
-            def cond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def cond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # first call of each step
+                i = calls[0]
+                calls[0] += 1
+                clock.mark(f"step{i}")  # the device is done with step i - 1 here
                 v = self.dit(x, t, context)
                 if not host and self.device.type == "cuda":
                     # Pinning ~100 MB takes 80-160 ms and holds the CUDA driver: its other calls
                     # (kernel launches) wait. Asked for now, it overlaps the forward just queued.
                     host.append(host_buffer_ahead((b, req.num_frames, height, width, 3), self.device))
+                if i:  # progress one step behind, with this step's forward already queued behind it
+                    clock.wait(f"step{i}")
+                    step("sample", i, req.num_steps)
                 return v
 
             with self._on_device(self.dit):
                 if self.sampler == "rcm":
                     latents = sample_rcm(
                         cond, shape, num_steps=req.num_steps, sigma_max=req.sigma_max, generator=generator,
-                        device=self.device, dtype=self.dtype, on_step=on_step,
+                        device=self.device, dtype=self.dtype,
                     )
                 else:
                     negative = ctx[1:].expand(b, *ctx.shape[1:])
                     uncond = lambda x, t: self.dit(x, t, negative)  # noqa: E731
                     latents = sample_flow_euler(
                         cfg_velocity(cond, uncond, req.guidance_scale), shape, num_steps=req.num_steps,
-                        shift=req.shift, generator=generator, device=self.device, dtype=self.dtype, on_step=on_step,
+                        shift=req.shift, generator=generator, device=self.device, dtype=self.dtype,
                     )
-            _sync(self.device)
-            timings["sampling"] = time.perf_counter() - t1
-            timings["steps"] = steps
+            clock.mark("sampled")
+            step("sample", req.num_steps, req.num_steps)  # queued: the decode's work follows it
 
             # 3. latents -> pixels
             stage = "VAE decoding"
-            t2 = time.perf_counter()
             total_frames, done = b * req.num_frames, [0]
 
             def on_chunk(i: int, chunk: np.ndarray, wait) -> None:  # progress in frames, then the caller's sink
@@ -595,13 +588,16 @@ class Pipeline:
             with self._on_device(self.vae):
                 frames = HostFrames(b, req.num_frames, height, width, self.device, on_chunk, host[0] if host else None)
                 self._decode(latents.to(self.dtype), frames)
-            videos = frames.videos()
-            timings["vae_decode"] = time.perf_counter() - t2
+            videos = frames.videos()  # waits for the device: every mark is passed
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise OutOfMemory(
                 f"CUDA out of memory during {stage} ({width}x{height}, {req.num_frames} frames); "
                 "use --text-encoder-cpu, --offload, --resolution 480p, --quant int8, --vae-tiling on or fewer --num_frames"
             ) from None
-        timings["total"] = time.perf_counter() - t0
+        total = time.perf_counter() - clock.start
+        marks = [f"step{i}" for i in range(calls[0])] + ["sampled"]
+        timings.update(text_encoding=clock.seconds("start", "text"), sampling=clock.seconds("text", "sampled"),
+                       steps=[clock.seconds(a, z) for a, z in zip(marks, marks[1:])],
+                       vae_decode=total - clock.seconds("start", "sampled"), total=total)
         return GenerationResult(videos=videos, request=req, timings=timings, settings=dict(self.settings))
