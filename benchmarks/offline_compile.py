@@ -182,7 +182,7 @@ def main() -> None:
               PRECISION="ieee"),
          ["X", "G", "B", "R", "XO", "WZ", "Z", "C"], 4),
         ("VAE head by taps: the sum over the taps (3 channels, 4 x 64-pixel tiles)", conv_head._gather_kernel,
-         dict(ZH=f32, ZC=f32, B=f32, Y="*bf16", T="i32", TH="i32", H="i32", W="i32", COUT="i32"),
+         dict(ZH=f32, ZC=f32, B=f32, Y="*bf16", T="i32", H="i32", W="i32", COUT="i32"),
          dict(HAS_HIST=True, HAS_BIAS=True, BLOCK_M=256, ROWS=4, CP=4),
          ["ZH", "ZC", "B", "Y", "W"], 4),
     ]

@@ -89,8 +89,7 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str 
     c = dims[-1]
     buf, big = _conv_input(t, h * w, c, 3, small_conv)
     peak = max(peak, t * h * w * c + buf + t * h * w * 3)
-    # the head's history by taps: the previous chunk's whole Z (ops/conv_head.next_history)
-    state += 27 * 2 * max(t, 2) * h * w * 3 if small_conv == "triton" and c <= SMALL_CHANNELS else 2 * h * w * c
+    state += 27 * 2 * 2 * h * w * 3 if small_conv == "triton" and c <= SMALL_CHANNELS else 2 * h * w * c
     return peak + state, max(biggest, big)
 
 

@@ -104,9 +104,8 @@ if triton is not None:
         tl.store(Z + dst, z, mask=ok)
 
     @triton.jit
-    def _gather_kernel(ZH, ZC, B, Y, T, TH, H, W, COUT, HAS_HIST: tl.constexpr, HAS_BIAS: tl.constexpr,
+    def _gather_kernel(ZH, ZC, B, Y, T, H, W, COUT, HAS_HIST: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, ROWS: tl.constexpr, CP: tl.constexpr):
-        # ZH: [27, TH, H, W, COUT], the history its last two frames
         f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         o = tl.arange(0, CP)
         o_ok = (o < COUT)[None, :]
@@ -121,7 +120,7 @@ if triton is not None:
             cur = ((tap * T + g - 2) * hw + pix) * COUT
             acc += tl.load(ZC + cur[:, None] + o[None, :], mask=(ok & (g >= 2))[:, None] & o_ok, other=0.0)
             if HAS_HIST:
-                hist = ((tap * TH + TH - 2 + g) * hw + pix) * COUT
+                hist = ((tap * 2 + g) * hw + pix) * COUT
                 acc += tl.load(ZH + hist[:, None] + o[None, :], mask=(ok & (g < 2))[:, None] & o_ok, other=0.0)
         if HAS_BIAS:
             acc += tl.load(B + o, mask=o < COUT, other=0.0)[None, :]
@@ -160,19 +159,16 @@ def project(x: torch.Tensor, gamma: torch.Tensor, head: PackedHead, silu: bool =
 
 
 def gather(z: torch.Tensor, history: Optional[torch.Tensor], head: PackedHead, dtype: torch.dtype) -> torch.Tensor:
-    """Z [27, T, H, W, Cout] (+ the previous chunk's last two frames of it: the last two of `history`,
-    [27, TH >= 2, H, W, Cout]) -> the conv [T, H, W, Cout] in dtype."""
+    """Z [27, T, H, W, Cout] (+ the previous chunk's last two frames of it) -> the conv [T, H, W, Cout] in dtype."""
     _, t, h, w, c = z.shape
-    if history is not None and (history.dim() != 5 or history.shape[1] < 2 or tuple(history.shape[2:]) != (h, w, c)
-                                or history.shape[0] != 27 or not history.is_contiguous()):
-        raise ValueError(f"conv_head.gather: history must be a contiguous [27, >= 2, {h}, {w}, {c}] tensor")
+    if history is not None and (tuple(history.shape) != (27, 2, h, w, c) or not history.is_contiguous()):
+        raise ValueError(f"conv_head.gather: history must be a contiguous {(27, 2, h, w, c)} tensor")
     if not rms_silu._use_kernel(z):
-        return gather_reference(z, None if history is None else history[:, -2:], head).to(dtype)
+        return gather_reference(z, history, head).to(dtype)
     out = torch.empty(t, h, w, c, dtype=dtype, device=z.device)
     block_m, rows = 256, 4
     _gather_kernel[tile_grid(t, h, w, block_m, rows)](
-        z if history is None else history, z, z if head.bias is None else head.bias, out, t,
-        2 if history is None else history.shape[1], h, w, c,
+        z if history is None else history, z, z if head.bias is None else head.bias, out, t, h, w, c,
         HAS_HIST=history is not None, HAS_BIAS=head.bias is not None, BLOCK_M=block_m, ROWS=rows, CP=head.cp,
         num_warps=4,
     )
@@ -180,10 +176,8 @@ def gather(z: torch.Tensor, history: Optional[torch.Tensor], head: PackedHead, d
 
 
 def next_history(z: torch.Tensor, history: Optional[torch.Tensor]) -> torch.Tensor:
-    """The next chunk's history: a tensor whose last two frames are those of [history; z] (zeros
-    before the stream's start). z itself where it has two frames: a copy of them took 0.21 ms a
-    480p chunk on an H100, for 0.26 GB less held between chunks (benchmarks/explore_head.py)."""
+    """The last two frames of [history; z] (zeros before the stream's start), for the next chunk."""
     if z.shape[1] >= 2:
-        return z
-    prev = history[:, -2:] if history is not None else z.new_zeros(27, 2, *z.shape[2:])
+        return z[:, -2:].clone()
+    prev = history if history is not None else z.new_zeros(27, 2, *z.shape[2:])
     return torch.cat([prev[:, 1:], z], 1)
