@@ -109,6 +109,16 @@ KERNEL_CHECK = textwrap.dedent(
                 if b is not None:
                     err = ((a.double() - b.double()).norm() / b.double().norm()).item()
                     assert err < tol, (dtype, t, cout, err)
+        # Z rounded to float16 (what benchmarks/explore_head.py times): the same conv within its rounding
+        x, gamma = torch.randn(2, 5, 7, 32).to(dtype), 1 + 0.3 * torch.randn(32)
+        head = conv_head.pack(torch.randn(3, 32, 3, 3, 3) / (27 * 32) ** 0.5, torch.randn(3), dtype)
+        rms_silu.allow_interpreter(True)
+        z16 = conv_head.project(x, gamma, head, z_dtype=torch.float16, block_n=32, num_warps=2)
+        out16 = conv_head.gather(z16, z16[:, :2].contiguous(), head, torch.float32)
+        rms_silu.allow_interpreter(False)
+        z = conv_head.project(x, gamma, head)
+        want = conv_head.gather(z, z[:, :2].contiguous(), head, torch.float32)
+        assert z16.dtype == torch.float16 and ((out16 - want).norm() / want.norm()).item() < 3e-3
     print("kernel ok")
     """
 )

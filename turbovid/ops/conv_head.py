@@ -35,6 +35,11 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 MAX_COUT = 16  # heads up to this many output channels go by taps
+# The projection's launch, and Z's dtype: float32, 64 pixels a program on 4 warps measured fastest
+# on an H100 (float16 Z: 1.30 vs 1.26 ms a 4-frame 480p chunk; 128 / 256 pixels: 1.65-2.05 ms;
+# benchmarks/explore_head.py)
+BLOCK_N = 64
+NUM_WARPS = 4
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ if triton is not None:
         o = j % CP
         ok = (rows < N)[:, None] & ((tap < 27) & (o < COUT))[None, :]
         dst = tap[None, :].to(tl.int64) * plane + rows[:, None].to(tl.int64) * COUT + o[None, :]
-        tl.store(Z + dst, z, mask=ok)
+        tl.store(Z + dst, z.to(Z.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _gather_kernel(ZH, ZC, B, Y, T, H, W, COUT, HAS_HIST: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -118,10 +123,12 @@ if triton is not None:
             ok = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
             pix = (hh * W + ww).to(tl.int64)
             cur = ((tap * T + g - 2) * hw + pix) * COUT
-            acc += tl.load(ZC + cur[:, None] + o[None, :], mask=(ok & (g >= 2))[:, None] & o_ok, other=0.0)
+            acc += tl.load(ZC + cur[:, None] + o[None, :], mask=(ok & (g >= 2))[:, None] & o_ok,
+                           other=0.0).to(tl.float32)
             if HAS_HIST:
                 hist = ((tap * 2 + g) * hw + pix) * COUT
-                acc += tl.load(ZH + hist[:, None] + o[None, :], mask=(ok & (g < 2))[:, None] & o_ok, other=0.0)
+                acc += tl.load(ZH + hist[:, None] + o[None, :], mask=(ok & (g < 2))[:, None] & o_ok,
+                               other=0.0).to(tl.float32)
         if HAS_BIAS:
             acc += tl.load(B + o, mask=o < COUT, other=0.0)[None, :]
         dst = ((f * H + mh).to(tl.int64) * W + mw) * COUT
@@ -130,9 +137,11 @@ if triton is not None:
 
 def project(x: torch.Tensor, gamma: torch.Tensor, head: PackedHead, silu: bool = True,
             bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
-            x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+            x_out: Optional[torch.Tensor] = None, z_dtype: torch.dtype = torch.float32,
+            block_n: Optional[int] = None, num_warps: Optional[int] = None) -> torch.Tensor:
     """x [T, H, W, C] contiguous (with `residual`: the rows are x + bias + residual, stored into x_out
-    if given) -> Z [27, T, H, W, Cout] float32, the per-tap products of rms_silu(x)."""
+    if given) -> Z [27, T, H, W, Cout] in z_dtype (the products summed in float32, then rounded),
+    the per-tap products of rms_silu(x). block_n / num_warps: the launch (BLOCK_N / NUM_WARPS)."""
     if x.dim() != 4 or x.shape[-1] != head.cin or not x.is_contiguous():
         raise ValueError(f"conv_head.project: x must be a contiguous [T, H, W, {head.cin}] tensor, got {tuple(x.shape)}")
     if residual is not None and (bias is None or residual.shape != x.shape or not residual.is_contiguous()):
@@ -143,28 +152,32 @@ def project(x: torch.Tensor, gamma: torch.Tensor, head: PackedHead, silu: bool =
     if x.dtype != head.wz.dtype:
         raise ValueError(f"conv_head.project: x is {x.dtype}, the packed weights {head.wz.dtype}")
     t, h, w, c = x.shape
+    if not z_dtype.is_floating_point:
+        raise ValueError(f"conv_head.project: z_dtype must be a float type, got {z_dtype}")
     if not rms_silu._use_kernel(x):
-        return project_reference(x, gamma, head, silu, bias, residual, x_out)
+        return project_reference(x, gamma, head, silu, bias, residual, x_out).to(z_dtype)
     n = t * h * w
-    z = torch.empty(27, t, h, w, head.cout, dtype=torch.float32, device=x.device)
+    z = torch.empty(27, t, h, w, head.cout, dtype=z_dtype, device=x.device)
     block_c, p = head.wz.shape
-    block_n = 64
+    block_n = block_n or BLOCK_N
     _project_kernel[(triton.cdiv(n, block_n),)](
         x, gamma.contiguous(), gamma if bias is None else bias.contiguous(), x if residual is None else residual,
         x if x_out is None else x_out, head.wz, z, n, c, head.cout, n * head.cout, float(c) ** 0.5, SILU=silu,
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, WRITE_X=x_out is not None, BLOCK_N=block_n,
-        BLOCK_C=block_c, CP=head.cp, P=p, PRECISION=dot_precision(x), num_warps=4,
+        BLOCK_C=block_c, CP=head.cp, P=p, PRECISION=dot_precision(x), num_warps=num_warps or NUM_WARPS,
     )
     return z
 
 
 def gather(z: torch.Tensor, history: Optional[torch.Tensor], head: PackedHead, dtype: torch.dtype) -> torch.Tensor:
-    """Z [27, T, H, W, Cout] (+ the previous chunk's last two frames of it) -> the conv [T, H, W, Cout] in dtype."""
+    """Z [27, T, H, W, Cout] (+ the previous chunk's last two frames of it) -> the conv [T, H, W, Cout] in
+    dtype, summed in float32."""
     _, t, h, w, c = z.shape
-    if history is not None and (tuple(history.shape) != (27, 2, h, w, c) or not history.is_contiguous()):
-        raise ValueError(f"conv_head.gather: history must be a contiguous {(27, 2, h, w, c)} tensor")
+    if history is not None and (tuple(history.shape) != (27, 2, h, w, c) or not history.is_contiguous()
+                                or history.dtype != z.dtype):
+        raise ValueError(f"conv_head.gather: history must be a contiguous {(27, 2, h, w, c)} {z.dtype} tensor")
     if not rms_silu._use_kernel(z):
-        return gather_reference(z, history, head).to(dtype)
+        return gather_reference(z.float(), None if history is None else history.float(), head).to(dtype)
     out = torch.empty(t, h, w, c, dtype=dtype, device=z.device)
     block_m, rows = 256, 4
     _gather_kernel[tile_grid(t, h, w, block_m, rows)](
