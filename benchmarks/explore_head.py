@@ -10,12 +10,10 @@ of it. Times: triton.testing.do_bench medians, ms. JSON to --out.
 """
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 from triton.testing import do_bench
 
+from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv, conv_head
 from turbovid.ops.rms_silu import rms_silu_reference
 
@@ -71,15 +69,7 @@ def one(t: int, h: int, w: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="explore_head.json")
-    args = ap.parse_args()
-    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
-    for name, shape in SHAPES.items():
-        print(name, flush=True)
-        res["shapes"][name] = one(*shape)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    sweep_shapes(__doc__.splitlines()[0], "explore_head.json", SHAPES, one)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ Error: relative L2 against float32 attention of the same bf16 inputs. Times: do_
 """
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import wide_attention
 
 SHAPES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
@@ -95,15 +93,7 @@ def one(frames: int, h: int, w: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="explore_vae_attention.json")
-    args = ap.parse_args()
-    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
-    for name, shape in SHAPES.items():
-        print(name, flush=True)
-        res["shapes"][name] = one(*shape)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    sweep_shapes(__doc__.splitlines()[0], "explore_vae_attention.json", SHAPES, one)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,21 @@ def gemm_rate(ceilings: dict | None, model: str, kind: str) -> float | None:
     flop = sum(2 * ceilings["tokens"] * r["K"] * r["N"] for r in rows)
     ms = sum(r[key] for r in rows)
     return flop / ms / 1e9
+
+
+def sweep_shapes(description: str, default_out: str, shapes: dict, one: Callable[..., dict]) -> None:
+    """The main() of an explore script: one(*shape) for each named shape, the results (with the card
+    and torch version) rewritten to --out after each, so a run cut short keeps what it measured."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=default_out)
+    args = ap.parse_args()
+    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
+    for name, shape in shapes.items():
+        print(name, flush=True)
+        res["shapes"][name] = one(*shape)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
