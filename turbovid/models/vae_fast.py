@@ -72,6 +72,8 @@ _WIDE_MODES = ("triton", "conv3d")
 
 @dataclass(frozen=True)
 class ConvModes:
+    """How the fast decode runs its normed convs and its middle attention (conv_modes resolves "auto")."""
+
     small: str = "stacked"
     wide: str = "conv3d"
     attention: str = "sdpa"
