@@ -68,6 +68,23 @@ def test_default_configs_fit_shared_memory(c, cout, h, w):
     assert fp32.block_m % fp32.rows == 0 and c % fp32.block_k == 0
 
 
+@pytest.mark.parametrize("capability, smem_kib, fast", [((9, 0), 228, True), ((10, 0), 228, True),
+                                                      ((12, 0), 100, False), ((8, 0), 164, False)])
+def test_hopper_path_needs_sm90_and_its_shared_memory(monkeypatch, capability, smem_kib, fast):
+    """H100 / B200 take the kernels; an RTX 5090 (sm_120, 100 KiB a SM) would fail their launches
+    and keeps cuDNN; Ampere has no descriptor path."""
+    if causal_conv.triton is None or causal_conv.TensorDescriptor is None:
+        pytest.skip("no Triton tensor descriptors in this install")
+
+    class Props:
+        shared_memory_per_multiprocessor = smem_kib << 10
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Props())
+    assert causal_conv.hopper_path(torch.device("cuda")) is fast
+    assert not causal_conv.hopper_path(torch.device("cpu"))
+
+
 def test_bad_inputs():
     packed = causal_conv.pack(torch.randn(8, 16, 3, 3, 3), None, torch.float32)
     with pytest.raises(ValueError, match="contiguous"):

@@ -158,11 +158,25 @@ def dot_precision(x: torch.Tensor) -> str:
     return "tf32" if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+def shared_memory(device: torch.device) -> int:
+    """Bytes of shared memory one program may take on a CUDA `device` (the bound Triton checks a
+    launch against: the SM's, less the 1 KiB the driver keeps)."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_multiprocessor - 1024
+
+
+# The kernels' Hopper configs (this file's, ops/wide_attention.py's) take up to SMEM_BUDGET of
+# pipeline buffers plus scratch: GPUs of sm_90+ with less shared memory (sm_120 cards such as the
+# RTX 5090: 99 KiB) keep cuDNN and PyTorch's kernels.
+HOPPER_SHARED_MEMORY = 216 << 10
+
+
 def hopper_path(device: torch.device) -> bool:
-    """Whether the kernel runs here with its input through tensor descriptors (sm_90+): the path
-    that was measured faster than cuDNN (benchmarks/explore_causal_conv.py)."""
+    """Whether the kernel runs here with its input through tensor descriptors (sm_90+) and the
+    shared memory of an H100 (HOPPER_SHARED_MEMORY): the path that was measured faster than cuDNN
+    (benchmarks/explore_causal_conv.py)."""
     return (triton is not None and TensorDescriptor is not None and device.type == "cuda"
-            and torch.cuda.get_device_capability(device) >= (9, 0))
+            and torch.cuda.get_device_capability(device) >= (9, 0)
+            and shared_memory(device) >= HOPPER_SHARED_MEMORY)
 
 
 @dataclass(frozen=True)
