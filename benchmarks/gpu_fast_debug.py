@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbovid.bench.cases import build_dit, quantize, split_variant  # noqa: E402
+from turbovid.bench.cases import build_dit, quantize, split_variant, variant_dit  # noqa: E402
 from turbovid.bench.timing import time_fn  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -202,12 +202,8 @@ def profile():
 
     from turbovid.fast import FastOptions, make_fast, make_plain
 
-    dit = build_dit("Wan2.1-1.3B", DEV, torch.bfloat16)
     variant = os.environ.get("PROFILE_VARIANT", "sagesla+int8")
-    attn, quant = split_variant(variant)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, 0.1)
+    dit = variant_dit("Wan2.1-1.3B", variant, DEV, torch.bfloat16, 0.1)
     runner = make_fast(dit, FastOptions(graph=False))
     with torch.inference_mode():
         rows = kernel_table(runner, *_forward_inputs(dit.cfg))

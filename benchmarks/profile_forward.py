@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbovid.bench.cases import build_dit, latent_shape, quantize, split_variant  # noqa: E402
+from turbovid.bench.cases import latent_shape, variant_dit  # noqa: E402
 from turbovid.bench.timing import time_fn  # noqa: E402
 
 # first matching pattern wins; kernel names as the profiler reports them
@@ -62,11 +62,7 @@ def build_forward(model: str, variant: str, resolution: str, frames: int):
     """(dit, latents, t, context): a real-size model with random weights, quantized and with the attention
     `variant` names, and random inputs for one forward, on the GPU."""
     dev = torch.device("cuda")
-    attn, quant = split_variant(variant)
-    dit = build_dit(model, dev, torch.bfloat16)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, 0.1)
+    dit = variant_dit(model, variant, dev, torch.bfloat16, 0.1)
     g = torch.Generator(device=dev).manual_seed(0)
     lat = torch.randn(latent_shape(resolution, frames), generator=g, device=dev).bfloat16()
     ctx = torch.randn(1, 512, dit.cfg.text_dim, generator=g, device=dev).bfloat16()

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbovid.bench.cases import build_dit, quantize, split_variant  # noqa: E402
+from turbovid.bench.cases import variant_dit  # noqa: E402
 
 
 def build(model: str, variant: str, device: torch.device, dtype: torch.dtype):
@@ -31,11 +31,7 @@ def build(model: str, variant: str, device: torch.device, dtype: torch.dtype):
     from turbovid.models.vae import build_vae
     from turbovid.pipeline import Pipeline
 
-    attn, quant = split_variant(variant)
-    dit = build_dit(model, device, dtype)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, 0.1)
+    dit = variant_dit(model, variant, device, dtype, 0.1)
     text_encoder = build_text_encoder(T5_PRESETS["umt5-xxl"], None, device=device, dtype=dtype, seed=0)
     vae = build_vae(VAE_PRESETS["wan2.1"], device=device, dtype=dtype, seed=0)
     return Pipeline(make_fast(dit), text_encoder, vae, device=device, dtype=dtype, sampler="rcm", model_name=model)

@@ -27,7 +27,7 @@ import torch
 
 from turbovid.configs import DIT_PRESETS
 
-from .cases import VARIANTS, build_dit, diffusers_case, dit_case, latent_shape, pipeline_case, quantize, skipped, split_variant, tokens_of
+from .cases import VARIANTS, build_dit, diffusers_case, dit_case, latent_shape, pipeline_case, quantize, skipped, split_variant, tokens_of, variant_dit
 from .report import derived, update_docs
 from .timing import environment, measure_ceilings
 
@@ -186,11 +186,7 @@ def _pipeline(model, opts, device, dtype, result, add, time_left) -> None:
     if best is None:
         add(skipped("no DiT variant ran", what="pipeline", model=model))
         return
-    attn, quant = split_variant(best["variant"])
-    dit = build_dit(model, device, dtype)
-    if quant != "bf16":
-        quantize(dit, quant)
-    dit.set_attention(attn, opts.topk)
+    dit = variant_dit(model, best["variant"], device, dtype, opts.topk)
     runner = make_fast(dit)
     for row in pipeline_case(runner, model, opts.resolutions, opts.frames, opts.steps, device, dtype,
                              best["variant"], repeats=2 if device.type == "cuda" else 1, time_left=time_left):

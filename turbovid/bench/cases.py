@@ -119,6 +119,16 @@ def split_variant(variant: str) -> tuple[str, str]:
     return attn, quant or "bf16"
 
 
+def variant_dit(model: str, variant: str, device: torch.device, dtype: torch.dtype, topk: float) -> nn.Module:
+    """`model` with random weights, quantized and with the attention `variant` names."""
+    attn, quant = split_variant(variant)
+    dit = build_dit(model, device, dtype)
+    if quant != "bf16":
+        quantize(dit, quant)
+    dit.set_attention(attn, topk)
+    return dit
+
+
 # ---- one DiT forward case -----------------------------------------------------------------------
 
 
