@@ -31,9 +31,13 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
     import triton.backends.nvidia as nvidia
 
     names = kernel.arg_names
+    source = ASTSource
+    if getattr(kernel, "is_gluon", lambda: False)():  # a Gluon kernel takes num_warps as a constexpr argument
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+        constexprs = constexprs | {"num_warps": num_warps}
     full = {a: "constexpr" if a in constexprs else signature[a] for a in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
+    compiled = triton.compile(source(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
     if dump is not None:
@@ -54,7 +58,18 @@ def main() -> None:
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
     from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
-    from turbovid.ops.quant import fp8_tensor_triton, int8, int8_triton
+    from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
+
+    def gluon_gemm_sig(cfg) -> dict:
+        # Gluon descriptors carry their shared-memory layout in the type
+        from triton.experimental.gluon import language as gl
+
+        def desc(dtype: str, gl_dtype, block: list[int]) -> str:
+            layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
+            return f"tensordesc<{dtype}[{block[0]},{block[1]}],{layout!r}>"
+        return dict(a_desc=desc("i8", gl.int8, [cfg.block_m, 128]), b_desc=desc("i8", gl.int8, [cfg.block_n, 128]),
+                    c_desc=desc("bf16", gl.bfloat16, [cfg.block_m, cfg.block_n]), sa_ptr="*fp32", sb_ptr="*fp32",
+                    bias_ptr="*bf16", M="i32", N="i32", K="i32", stride_sam="i32", stride_sbn="i32")
 
     f32 = "*fp32"
     sage_sig = dict(
@@ -148,6 +163,9 @@ def main() -> None:
          dict(ACT_ROWS=128, IS_INT8=True, HAS_BIAS=True, USE_TMA=True, BLOCK_M=128, BLOCK_N=256, SPLIT_N=2,
               GROUP_M=8, MAGIC=False),
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
+        ("W8A8 int8 GEMM in Gluon (Hopper: wgmma issued ahead of the promotion), 128x128 tiles, 4 stages",
+         int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(int8_gluon.Config()),
+         dict(HAS_BIAS=True, STAGES=int8_gluon.Config().stages, GROUP_M=8), [], int8_gluon.Config().num_warps),
         ("tanh-GELU + fp8 activation quantization (the FFN down-projection's input)", int8_triton._quant_act_kernel,
          dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr=f32, tbl_ptr=f32, M="i32", K="i32", stride_xm="i32",
               stride_qm="i32", stride_sr="i32", stride_sk="i32"),

@@ -192,6 +192,44 @@ def test_gemm_scaled_within_float_rounding(fmt):
     assert (got16.double() - want).abs().max() <= want.abs().max() * 2**-10  # one fp16 rounding
 
 
+def test_gluon_failure_falls_back_to_the_triton_kernel_once(monkeypatch, caplog):
+    # where the Gluon kernel is picked but fails (a Triton without its API, a compile error), the
+    # Triton kernel computes the product, the failure is logged once, and the device is not retried
+    from turbovid.ops.quant import int8_gluon
+
+    m, n, k = 130, 140, 256
+    x, w = activations(m, k, dtype=torch.float32), torch.randn(n, k)
+    (aq, as_), (bq, bs) = quantize_blockwise(x), quantize_blockwise(w)
+    want = _block_reference(aq, as_, bq, bs, 128)
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("no such Gluon op\nmore detail")
+
+    monkeypatch.setattr(int8_gluon, "available", lambda *a: True)
+    monkeypatch.setattr(int8_gluon, "scaled_mm", broken)
+    monkeypatch.setattr(int8_triton, "_gluon_broken", set())
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            got = int8_triton.scaled_mm(aq, as_, bq, bs, out_dtype=torch.float32)
+            assert rel(got, want) < 1e-6
+    assert len(tries) == 1
+    assert [r.getMessage() for r in caplog.records if "Gluon" in r.getMessage()] == [
+        "int8 GEMM: the Gluon kernel failed on cpu (RuntimeError: no such Gluon op); using the Triton kernel"]
+
+
+def test_gluon_kernel_is_not_picked_off_hopper(monkeypatch):
+    from turbovid.ops.quant import int8_gluon
+
+    a, b = torch.zeros(256, 256, dtype=torch.int8), torch.zeros(128, 256, dtype=torch.int8)
+    assert not int8_gluon.available(a, b, torch.bfloat16)  # CPU tensors (and the interpreter)
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
+    assert not int8_gluon.available(a, b, torch.bfloat16)
+    with pytest.raises(ValueError, match="must divide 128"):
+        int8_gluon.scaled_mm(a, None, b, None, None, None, int8_gluon.Config(block_m=96))
+
+
 def test_bad_kernel_inputs_raise():
     a, b = torch.zeros(4, 256, dtype=torch.int8), torch.zeros(8, 256, dtype=torch.int8)
     with pytest.raises(ValueError, match="shape mismatch"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from turbovid.ops.quant import Fp8Linear, Int8Linear, fp8_available, swap_linears
+from turbovid.ops.quant import Fp8Linear, Int8Linear, fp8_available, int8_gluon, swap_linears
 from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8
 from turbovid.ops.quant.int8 import int8_linear_reference, kernels, quantize_blockwise
 
@@ -57,6 +57,66 @@ def test_gemm_int32_exact(config, tma):
         ones_b = torch.ones(math.ceil(n / 128), math.ceil(k / 128), device="cuda")
         c = kernels().scaled_mm(a, ones_a, b, ones_b, out_dtype=torch.float32, config=config, use_tma=tma)
         assert torch.equal(c.double(), a.double() @ b.double().t())
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+needs_gluon = pytest.mark.skipif(not _hopper() or int8_gluon.gluon is None,
+                                 reason="the Gluon int8 kernel runs on sm_90 with Triton's Gluon")
+GLUON_CONFIGS = [int8_gluon.Config(), int8_gluon.Config(block_m=64, num_warps=4, stages=6),
+                 int8_gluon.Config(block_n=64, stages=3)]
+
+
+@needs_gluon
+@pytest.mark.parametrize("cfg", GLUON_CONFIGS, ids=["128x128x4", "64x128x6", "128x64x3"])
+def test_gluon_gemm_int32_exact(cfg):
+    # unit scales and a float32 output: every value is an exact integer sum of block products
+    for m, n, k in [(1000, 640, 1536), (333, 200, 272), (64, 128, 128)]:
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
+        b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+        a[0], b[0] = -128, -128
+        ones_a = torch.ones(math.ceil(m / 128), math.ceil(k / 128), device="cuda")
+        ones_b = torch.ones(math.ceil(n / 128), math.ceil(k / 128), device="cuda")
+        c = torch.full((m, n), float("nan"), device="cuda")
+        int8_gluon.scaled_mm(a, ones_a, b, ones_b, None, c, cfg)
+        assert torch.equal(c.double(), a.double() @ b.double().t()), (m, n, k)
+
+
+@needs_gluon
+def test_gluon_gemm_scales_and_bias_match_the_rule():
+    # block scales that differ per (row block, K block) and (column block, K block), a bias, bf16 out
+    m, n, k = 1000, 640, 1536
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
+    sa = torch.rand(math.ceil(m / 128), k // 128, device="cuda") * 1e-2 + 1e-3
+    sb = torch.rand(math.ceil(n / 128), k // 128, device="cuda") * 1e-2 + 1e-3
+    bias = torch.randn(n, device="cuda").bfloat16()
+    want = (a.double().view(m, k // 128, 128) * sa.double().repeat_interleave(128, 0)[:m, :, None]).view(m, k) @ \
+        (b.double().view(n, k // 128, 128) * sb.double().repeat_interleave(128, 0)[:n, :, None]).view(n, k).t()
+    want = want + bias.double()
+    c = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    int8_gluon.scaled_mm(a, sa, b, sb, bias, c)
+    assert rel(c, want) < 4e-3  # bf16 output rounding
+    triton_c = kernels().scaled_mm(a, sa, b, sb, bias, config=CONFIGS[0], use_tma=True)
+    assert torch.allclose(c.float(), triton_c.float(), rtol=2**-7, atol=0)  # same sums, order of fp32 adds aside
+
+
+@needs_gluon
+def test_scaled_mm_dispatches_int8_to_gluon_on_hopper(monkeypatch):
+    calls = []
+    real = int8_gluon.scaled_mm
+    monkeypatch.setattr(int8_gluon, "scaled_mm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    lin = nn.Linear(1536, 1024, device="cuda", dtype=torch.bfloat16)
+    layer = Int8Linear.from_linear(lin)
+    x = activations(700, 1536)
+    y = layer(x)
+    assert calls and rel(y.float(), int8_linear_reference(x.float(), getattr(layer, layer.weight_name), layer.scale, layer.bias)) < 4e-3
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
+    calls.clear()
+    y2 = layer(x)
+    assert not calls and torch.allclose(y.float(), y2.float(), rtol=2**-7, atol=0)
 
 
 @pytest.mark.parametrize("fmt", FMTS)

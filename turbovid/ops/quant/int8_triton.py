@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turbovid.ops.quant import int8
+from turbovid.ops.quant import int8, int8_gluon
 from turbovid.ops.tuning import autotune
 
 try:  # present on Triton >= 3.1; the device loop falls back to pointer loads without it
@@ -377,6 +377,10 @@ def scaled_mm(
         return c
     if k == 0:
         return c.zero_() if bias is None else c.copy_(bias.expand(m, n))
+    if is_int8 and config is None and use_tma is None and int8_gluon.available(a_q, b_q, out_dtype):
+        done = _gluon_mm(a_q, a_s, b_q, b_s, bias, c)
+        if done is not None:
+            return done
     tma = _can_tma(a_q, b_q) if use_tma is None else use_tma
     a_arg = TensorDescriptor.from_tensor(a_q, [1, BLOCK]) if tma else a_q  # block shape set per config
     b_arg = TensorDescriptor.from_tensor(b_q, [1, BLOCK]) if tma else b_q
@@ -403,6 +407,23 @@ def scaled_mm(
             b_arg.block_shape = [cfg["BLOCK_N"] // cfg["SPLIT_N"], BLOCK]
         _scaled_mm_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)
     return c
+
+
+_gluon_broken: set[str] = set()  # devices where the Gluon kernel failed once: the Triton kernel runs there
+
+
+def _gluon_mm(a_q, a_s, b_q, b_s, bias, c) -> torch.Tensor | None:
+    """The Gluon kernel (int8_gluon) into c, or None where it failed on this device (logged once)."""
+    dev = str(a_q.device)
+    if dev in _gluon_broken:
+        return None
+    try:
+        return int8_gluon.scaled_mm(a_q, a_s, b_q, b_s, bias, c, int8_gluon.config_for(c.shape[1], a_q.shape[1]))
+    except Exception as err:  # a Triton without this Gluon API, a compile failure: keep going without it
+        _gluon_broken.add(dev)
+        int8_gluon.log.warning("int8 GEMM: the Gluon kernel failed on %s (%s: %s); using the Triton kernel",
+                               dev, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
 
 
 def best_config(n: int, k: int, m: int, is_int8: bool = True) -> str:

@@ -1,0 +1,197 @@
+"""The int8 block-scaled GEMM on Hopper, in Gluon: block products overlap their promotion.
+
+Same math as int8_triton.scaled_mm for int8 (TurboDiffusion's -quant layout):
+    C[M, N] = sum over 128-deep K blocks kb of int32(A_q[:, kb] . B_q[:, kb]^T) * sa[m // 128, kb] * sb[n // 128, kb]
+in float32, + bias, stored in C's dtype.
+
+Why a second kernel: with block scales every 128-deep int32 product must be scaled into the float32
+accumulator before the next one starts accumulating, and Triton's tl.dot waits for each product
+before that multiply, so the tensor cores idle while the CUDA cores promote (docs/benchmarks.md,
+"Linear layers": 780-860 TOPS against cuBLAS fp8's 1100-1500). Gluon (Triton's lower-level
+language, shipped with Triton >= 3.5) exposes wgmma's asynchrony: here block kb + 1's product is
+issued before block kb's result is waited for, converted and scaled, so each warpgroup promotes
+one block while the tensor cores compute the next. TMA loads run STAGES blocks ahead; a stage is
+refilled as soon as the product that read it has completed.
+
+A program computes one BLOCK_M x BLOCK_N tile (BLOCK_M and BLOCK_N dividing 128, so each K step has
+one activation and one weight scale: two scalar loads). The kernel is compiled for sm_90 only
+(wgmma); Triton's interpreter does not run Gluon, so CPU tests compile it offline for sm_90
+(tests/test_offline_compile.py) and the GPU tests compare it with the PyTorch rule
+(tests/test_quant_gpu.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    # Triton 3.6 (the GPU image) names the TMA copies async_copy_*; later releases async_load / async_store
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
+    gluon = None
+
+BLOCK = 128  # the scale blocks, and every K step
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int = 128
+    block_n: int = 128
+    num_warps: int = 8  # 4 per 64 rows: one warpgroup each
+    stages: int = 4
+    group_m: int = 8  # row tiles sharing each weight tile while it is in L2
+
+
+def config_for(n: int, k: int) -> Config:
+    """The launch for a weight of [n, k] (benchmarks/explore_int8_gluon.py measures the candidates)."""
+    return Config()
+
+
+def smem_bytes(cfg: Config) -> int:
+    """The pipeline's buffers plus the output tile (bf16), as the launch allocates them."""
+    return cfg.stages * BLOCK * (cfg.block_m + cfg.block_n) + cfg.block_m * cfg.block_n * 2
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                                stride_sam, stride_sbn,
+                                HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                                num_warps: gl.constexpr):
+        BM: gl.constexpr = c_desc.block_type.shape[0]
+        BN: gl.constexpr = c_desc.block_type.shape[1]
+        BK: gl.constexpr = a_desc.block_type.shape[1]
+        NBYTES: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes
+
+        # grouped order: GROUP_M row tiles visit each column tile in turn
+        pid = gl.program_id(0)
+        num_m = gl.cdiv(M, BM)
+        num_n = gl.cdiv(N, BN)
+        in_group = GROUP_M * num_n
+        first_m = (pid // in_group) * GROUP_M
+        group_size = gl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % in_group) % group_size
+        pid_n = (pid % in_group) // group_size
+        off_m = pid_m * BM
+        off_n = pid_n * BN
+        nk = gl.cdiv(K, BK)
+
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        for i in gl.static_range(STAGES):  # the first STAGES blocks in flight
+            go = i < nk
+            mbarrier.expect(ready.index(i), NBYTES, pred=go)
+            _tma_load(a_desc, [off_m, i * BK], ready.index(i), a_bufs.index(i), pred=go)
+            _tma_load(b_desc, [off_n, i * BK], ready.index(i), b_bufs.index(i), pred=go)
+
+        # warpgroups stacked along M (64 rows each), one wgmma instruction spanning BN columns
+        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, BN, 32])
+        acc = gl.zeros([BM, BN], gl.float32, layout=layout)
+        zero = gl.zeros([BM, BN], gl.int32, layout=layout)
+        sa_row = sa_ptr + (off_m // 128) * stride_sam
+        sb_row = sb_ptr + (off_n // 128) * stride_sbn
+
+        mbarrier.wait(ready.index(0), phase=0)
+        prev = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+        for kb in range(1, nk):
+            scale = gl.load(sa_row + kb - 1) * gl.load(sb_row + kb - 1)  # block kb - 1's, waited on below
+            s = kb % STAGES
+            mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
+            cur = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
+            done = warpgroup_mma_wait(num_outstanding=1, deps=(prev,))  # block kb - 1's product
+            # its stage is free: refill it with block kb - 1 + STAGES
+            ps = (kb - 1) % STAGES
+            nxt = kb - 1 + STAGES
+            go = nxt < nk
+            mbarrier.expect(ready.index(ps), NBYTES, pred=go)
+            _tma_load(a_desc, [off_m, nxt * BK], ready.index(ps), a_bufs.index(ps), pred=go)
+            _tma_load(b_desc, [off_n, nxt * BK], ready.index(ps), b_bufs.index(ps), pred=go)
+            acc += done.to(gl.float32) * scale  # promotion, while block kb's product runs
+            prev = cur
+        scale = gl.load(sa_row + nk - 1) * gl.load(sb_row + nk - 1)
+        done = warpgroup_mma_wait(num_outstanding=0, deps=(prev,))
+        acc += done.to(gl.float32) * scale
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+        if HAS_BIAS:
+            cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
+            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        _tma_store(c_desc, [off_m, off_n], c_smem)  # clipped at M, N
+        tma.store_wait(pendings=0)
+
+
+_GL_DTYPES = {}
+if gluon is not None:
+    _GL_DTYPES = {torch.int8: gl.int8, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
+                  torch.float32: gl.float32}
+
+_disabled_logged = False
+
+
+def available(a_q: torch.Tensor, b_q: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether this kernel can run the product: Gluon, an sm_90 GPU (wgmma), int8 operands whose rows
+    are 16-byte aligned (TMA), an output dtype it stores. TURBOVID_GLUON=0 turns it off."""
+    global _disabled_logged
+    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    if os.environ.get("TURBOVID_GLUON", "1") == "0":
+        if not _disabled_logged:
+            log.info("int8 GEMM: the Gluon kernel is off (TURBOVID_GLUON=0); the Triton kernel runs")
+            _disabled_logged = True
+        return False
+    if not (a_q.is_cuda and torch.cuda.get_device_capability(a_q.device) == (9, 0)):
+        return False
+    if a_q.dtype != torch.int8 or b_q.dtype != torch.int8 or out_dtype not in _GL_DTYPES:
+        return False
+    elem = torch.empty((), dtype=out_dtype).element_size()
+    return (all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a_q, b_q))
+            and (b_q.shape[0] * elem) % 16 == 0)
+
+
+def _descriptor(t: torch.Tensor, block: list[int]):
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
+    return GluonDescriptor.from_tensor(t, block, layout)
+
+
+def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torch.Tensor,
+              bias: torch.Tensor | None, c: torch.Tensor, cfg: Config | None = None) -> torch.Tensor:
+    """c[M, N] = the block-scaled product (int8_triton.scaled_mm's int8 contract: a_s [ceil(M/128),
+    ceil(K/128)], b_s [ceil(N/128), ceil(K/128)], both float32 contiguous) + bias, written into c
+    (contiguous). The caller checks available() and the shapes."""
+    cfg = cfg or Config()
+    if BLOCK % cfg.block_m or BLOCK % cfg.block_n or cfg.block_m % 64:
+        raise ValueError(f"int8_gluon: block_m {cfg.block_m} / block_n {cfg.block_n} must divide 128 "
+                         "(block_m a multiple of 64)")
+    m, k = a_q.shape
+    n = b_q.shape[0]
+    a_desc = _descriptor(a_q, [cfg.block_m, BLOCK])
+    b_desc = _descriptor(b_q, [cfg.block_n, BLOCK])
+    c_desc = _descriptor(c, [cfg.block_m, cfg.block_n])
+    grid = (((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n),)
+    _int8_block_gemm_kernel[grid](
+        a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
+        a_s.stride(0), b_s.stride(0),
+        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+    )
+    return c
