@@ -52,6 +52,7 @@ class Config:
     num_warps: int = 8  # 4 per 64 rows: one warpgroup each
     stages: int = 4
     group_m: int = 8  # row tiles sharing each weight tile while it is in L2
+    unroll: int = 2  # K blocks a run (>= 2): one promotion a run is not overlapped
 
 
 def config_for(n: int, k: int) -> Config:
@@ -67,10 +68,33 @@ def smem_bytes(cfg: Config) -> int:
 if gluon is not None:
 
     @gluon.jit
+    def _issue(a_bufs, b_bufs, ready, into, kb, STAGES: gl.constexpr):
+        """Block kb's int32 product, asynchronously, once its tiles have landed, in the registers of
+        `into` (its values are ignored)."""
+        s = kb % STAGES
+        mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
+        return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), into, use_acc=False, is_async=True)
+
+    @gluon.jit
+    def _retire(tok, OUTSTANDING: gl.constexpr, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, kb, nk,
+                off_m, off_n, STAGES: gl.constexpr):
+        """Wait for block kb's product (leaving OUTSTANDING later ones running), refill its stage with
+        block kb + STAGES, and add the product at its two scales to acc: (acc, the product)."""
+        scale = gl.load(sa_row + kb) * gl.load(sb_row + kb)
+        done = warpgroup_mma_wait(num_outstanding=OUTSTANDING, deps=(tok,))
+        s = kb % STAGES
+        nxt = kb + STAGES
+        go = nxt < nk
+        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=go)
+        _tma_load(a_desc, [off_m, nxt * a_desc.block_type.shape[1]], ready.index(s), a_bufs.index(s), pred=go)
+        _tma_load(b_desc, [off_n, nxt * b_desc.block_type.shape[1]], ready.index(s), b_bufs.index(s), pred=go)
+        return acc + done.to(gl.float32) * scale, done
+
+    @gluon.jit
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                                 stride_sam, stride_sbn,
                                 HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                                num_warps: gl.constexpr):
+                                UNROLL: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = c_desc.block_type.shape[0]
         BN: gl.constexpr = c_desc.block_type.shape[1]
         BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -104,30 +128,41 @@ if gluon is not None:
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 32])
         acc = gl.zeros([BM, BN], gl.float32, layout=layout)
-        zero = gl.zeros([BM, BN], gl.int32, layout=layout)
         sa_row = sa_ptr + (off_m // 128) * stride_sam
         sb_row = sb_ptr + (off_n // 128) * stride_sbn
 
-        mbarrier.wait(ready.index(0), phase=0)
-        prev = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
-        for kb in range(1, nk):
-            scale = gl.load(sa_row + kb - 1) * gl.load(sb_row + kb - 1)  # block kb - 1's, waited on below
-            s = kb % STAGES
-            mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
-            cur = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
-            done = warpgroup_mma_wait(num_outstanding=1, deps=(prev,))  # block kb - 1's product
-            # its stage is free: refill it with block kb - 1 + STAGES
-            ps = (kb - 1) % STAGES
-            nxt = kb - 1 + STAGES
-            go = nxt < nk
-            mbarrier.expect(ready.index(ps), NBYTES, pred=go)
-            _tma_load(a_desc, [off_m, nxt * BK], ready.index(ps), a_bufs.index(ps), pred=go)
-            _tma_load(b_desc, [off_n, nxt * BK], ready.index(ps), b_bufs.index(ps), pred=go)
-            acc += done.to(gl.float32) * scale  # promotion, while block kb's product runs
-            prev = cur
-        scale = gl.load(sa_row + nk - 1) * gl.load(sb_row + nk - 1)
-        done = warpgroup_mma_wait(num_outstanding=0, deps=(prev,))
-        acc += done.to(gl.float32) * scale
+        # Two products in flight, in alternating registers, over runs of UNROLL blocks. No product is in
+        # flight across the loop's back edge: there the compiler copies loop-carried registers, and
+        # ptxas serializes every wgmma of a kernel where any other instruction reads an accumulator
+        # while its product runs. So each run ends with its last promotion alone.
+        # done_a / done_b: the registers of the two products, carried between runs only once retired
+        done_a = gl.zeros([BM, BN], gl.int32, layout=layout)
+        done_b = gl.zeros([BM, BN], gl.int32, layout=layout)
+        for run in range(0, nk // UNROLL):
+            k0 = run * UNROLL
+            tok_a = _issue(a_bufs, b_bufs, ready, done_a, k0, STAGES)
+            tok_b = _issue(a_bufs, b_bufs, ready, done_b, k0 + 1, STAGES)
+            acc, done_a = _retire(tok_a, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, k0, nk,
+                                  off_m, off_n, STAGES)
+            for j in gl.static_range(2, UNROLL):
+                if j % 2 == 0:  # block j goes into a's registers while b's product completes
+                    tok_a = _issue(a_bufs, b_bufs, ready, done_a, k0 + j, STAGES)
+                    acc, done_b = _retire(tok_b, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
+                                          k0 + j - 1, nk, off_m, off_n, STAGES)
+                else:
+                    tok_b = _issue(a_bufs, b_bufs, ready, done_b, k0 + j, STAGES)
+                    acc, done_a = _retire(tok_a, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
+                                          k0 + j - 1, nk, off_m, off_n, STAGES)
+            if UNROLL % 2 == 0:
+                acc, done_b = _retire(tok_b, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
+                                      k0 + UNROLL - 1, nk, off_m, off_n, STAGES)
+            else:
+                acc, done_a = _retire(tok_a, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
+                                      k0 + UNROLL - 1, nk, off_m, off_n, STAGES)
+        for kb in range(nk // UNROLL * UNROLL, nk):  # the blocks past the last whole run, one at a time
+            tok_a = _issue(a_bufs, b_bufs, ready, done_a, kb, STAGES)
+            acc, done_a = _retire(tok_a, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, kb, nk,
+                                  off_m, off_n, STAGES)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -180,9 +215,9 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     ceil(K/128)], b_s [ceil(N/128), ceil(K/128)], both float32 contiguous) + bias, written into c
     (contiguous). The caller checks available() and the shapes."""
     cfg = cfg or Config()
-    if BLOCK % cfg.block_m or BLOCK % cfg.block_n or cfg.block_m % 64:
+    if BLOCK % cfg.block_m or BLOCK % cfg.block_n or cfg.block_m % 64 or cfg.unroll < 2:
         raise ValueError(f"int8_gluon: block_m {cfg.block_m} / block_n {cfg.block_n} must divide 128 "
-                         "(block_m a multiple of 64)")
+                         f"(block_m a multiple of 64), unroll {cfg.unroll} must be >= 2")
     m, k = a_q.shape
     n = b_q.shape[0]
     a_desc = _descriptor(a_q, [cfg.block_m, BLOCK])
@@ -192,6 +227,7 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0),
-        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll,
+        num_warps=cfg.num_warps,
     )
     return c
