@@ -81,7 +81,9 @@ if gluon is not None:
         """Wait for block kb's product (leaving OUTSTANDING later ones running), refill its stage with
         block kb + STAGES, and add the product at its two scales to acc: (acc, the product)."""
         scale = gl.load(sa_row + kb) * gl.load(sb_row + kb)
-        done = warpgroup_mma_wait(num_outstanding=OUTSTANDING, deps=(tok,))
+        # acc rides through the wait so the previous promotion is done before it (else the compiler
+        # sinks every promotion to the end of the run, where nothing overlaps them)
+        done, acc = warpgroup_mma_wait(num_outstanding=OUTSTANDING, deps=(tok, acc))
         s = kb % STAGES
         nxt = kb + STAGES
         go = nxt < nk
