@@ -20,9 +20,11 @@ SHAPES = {  # (K, N)
     "1.3B ffn2 8960x1536": (8960, 1536), "14B o 5120x5120": (5120, 5120), "14B ffn1 5120x13824": (5120, 13824),
     "14B ffn2 13824x5120": (13824, 5120),
 }
-CONFIGS = [  # block_m, block_n, warps, stages, unroll
-    (128, 128, 8, 4, 2), (128, 128, 8, 3, 2), (64, 128, 4, 4, 2), (64, 128, 4, 3, 2), (64, 128, 4, 4, 3),
-    (128, 64, 8, 4, 4), (128, 64, 8, 4, 6), (64, 64, 4, 4, 4), (64, 64, 4, 4, 8), (64, 64, 4, 6, 8),
+CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized, maxnreg
+    (128, 128, 8, 3, 2, False, None), (64, 128, 4, 3, 2, False, None),
+    (128, 128, 8, 4, 2, True, 168), (128, 128, 8, 3, 2, True, 168), (128, 128, 8, 4, 4, True, 168),
+    (128, 128, 8, 5, 4, True, 168), (128, 128, 8, 4, 6, True, 168), (128, 128, 8, 4, 8, True, 168),
+    (64, 128, 4, 4, 2, True, 128), (64, 128, 4, 4, 4, True, 128),
 ]
 
 
@@ -56,9 +58,10 @@ def one(k: int, n: int) -> dict:
                                                                   out_dtype=torch.bfloat16, use_fast_accum=True))
     except Exception as err:  # noqa: BLE001 - report, keep going
         out["fp8_tensorwise_error"] = str(err).splitlines()[0]
-    for bm, bn, warps, stages, unroll in CONFIGS:
-        cfg = int8_gluon.Config(block_m=bm, block_n=bn, num_warps=warps, stages=stages, unroll=unroll)
-        row = {"config": [bm, bn, warps, stages, unroll]}
+    for bm, bn, warps, stages, unroll, ws, maxnreg in CONFIGS:
+        cfg = int8_gluon.Config(block_m=bm, block_n=bn, num_warps=warps, stages=stages, unroll=unroll, ws=ws,
+                                maxnreg=maxnreg)
+        row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg]}
         try:
             c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
             int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)

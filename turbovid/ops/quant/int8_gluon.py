@@ -53,6 +53,8 @@ class Config:
     stages: int = 4
     group_m: int = 8  # row tiles sharing each weight tile while it is in L2
     unroll: int = 2  # K blocks a run (>= 2): one promotion a run is not overlapped
+    ws: bool = False  # a loader warp issues the TMA loads (warp specialization)
+    maxnreg: int | None = None  # the launch's register cap (with ws: shared out by partition)
 
 
 def config_for(n: int, k: int) -> Config:
@@ -68,39 +70,96 @@ def smem_bytes(cfg: Config) -> int:
 if gluon is not None:
 
     @gluon.jit
-    def _issue(a_bufs, b_bufs, ready, into, kb, STAGES: gl.constexpr):
+    def _issue(bufs, bars, into, kb, STAGES: gl.constexpr):
         """Block kb's int32 product, asynchronously, once its tiles have landed, in the registers of
         `into` (its values are ignored)."""
+        a_bufs, b_bufs = bufs
+        ready, empty = bars
         s = kb % STAGES
         mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
         return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), into, use_acc=False, is_async=True)
 
     @gluon.jit
-    def _retire(tok, OUTSTANDING: gl.constexpr, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, kb, nk,
-                off_m, off_n, STAGES: gl.constexpr):
-        """Wait for block kb's product (leaving OUTSTANDING later ones running), refill its stage with
-        block kb + STAGES, and add the product at its two scales to acc: (acc, the product)."""
+    def _retire(tok, OUTSTANDING: gl.constexpr, acc, descs, bufs, bars, sa_row, sb_row, kb, nk, off_m, off_n,
+                STAGES: gl.constexpr, WS: gl.constexpr):
+        """Wait for block kb's product (leaving OUTSTANDING later ones running), free its stage (WS:
+        signal the load partition; else refill it with block kb + STAGES here), and add the product at
+        its two scales to acc: (acc, the product)."""
         scale = gl.load(sa_row + kb) * gl.load(sb_row + kb)
         # acc rides through the wait so the previous promotion is done before it (else the compiler
         # sinks every promotion to the end of the run, where nothing overlaps them)
         done, acc = warpgroup_mma_wait(num_outstanding=OUTSTANDING, deps=(tok, acc))
         s = kb % STAGES
-        nxt = kb + STAGES
-        go = nxt < nk
-        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=go)
-        _tma_load(a_desc, [off_m, nxt * a_desc.block_type.shape[1]], ready.index(s), a_bufs.index(s), pred=go)
-        _tma_load(b_desc, [off_n, nxt * b_desc.block_type.shape[1]], ready.index(s), b_bufs.index(s), pred=go)
+        if WS:
+            mbarrier.arrive(bars[1].index(s), count=1)
+        else:
+            _load_block(descs, bufs, bars[0], kb + STAGES, s, nk, off_m, off_n)
         return acc + done.to(gl.float32) * scale, done
+
+    @gluon.jit
+    def _load_block(descs, bufs, ready, kb, s, nk, off_m, off_n):
+        """TMA loads of block kb's A and B tiles into stage s (none past the last block)."""
+        a_desc, b_desc = descs
+        a_bufs, b_bufs = bufs
+        go = kb < nk
+        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=go)
+        _tma_load(a_desc, [off_m, kb * a_desc.block_type.shape[1]], ready.index(s), a_bufs.index(s), pred=go)
+        _tma_load(b_desc, [off_n, kb * b_desc.block_type.shape[1]], ready.index(s), b_bufs.index(s), pred=go)
+
+    @gluon.jit
+    def _load_partition(descs, bufs, bars, nk, off_m, off_n, STAGES: gl.constexpr):
+        """Warp-specialized loads: each stage refilled as soon as the MMA partition frees it."""
+        for kb in range(nk):
+            s = kb % STAGES
+            mbarrier.wait(bars[1].index(s), phase=((kb // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+            _load_block(descs, bufs, bars[0], kb, s, nk, off_m, off_n)
+
+    @gluon.jit
+    def _mma_partition(descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout: gl.constexpr,
+                       BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr,
+                       WS: gl.constexpr):
+        """sum_kb product(kb) * scale(kb) in float32 [BM, BN]. Two products in flight, in alternating
+        registers, over runs of UNROLL blocks. No product is in flight across the loop's back edge:
+        there the compiler copies loop-carried registers, and ptxas serializes every wgmma of a kernel
+        where any other instruction reads an accumulator while its product runs. So each run ends
+        with its last promotion alone."""
+        acc = gl.zeros([BM, BN], gl.float32, layout=layout)
+        # the registers of the two products, carried between runs only once retired
+        done_a = gl.zeros([BM, BN], gl.int32, layout=layout)
+        done_b = gl.zeros([BM, BN], gl.int32, layout=layout)
+        for run in range(0, nk // UNROLL):
+            k0 = run * UNROLL
+            tok_a = _issue(bufs, bars, done_a, k0, STAGES)
+            tok_b = _issue(bufs, bars, done_b, k0 + 1, STAGES)
+            acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0, nk, off_m, off_n, STAGES, WS)
+            for j in gl.static_range(2, UNROLL):
+                if j % 2 == 0:  # block j goes into a's registers while b's product completes
+                    tok_a = _issue(bufs, bars, done_a, k0 + j, STAGES)
+                    acc, done_b = _retire(tok_b, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, nk,
+                                          off_m, off_n, STAGES, WS)
+                else:
+                    tok_b = _issue(bufs, bars, done_b, k0 + j, STAGES)
+                    acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, nk,
+                                          off_m, off_n, STAGES, WS)
+            if UNROLL % 2 == 0:
+                acc, done_b = _retire(tok_b, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, nk,
+                                      off_m, off_n, STAGES, WS)
+            else:
+                acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, nk,
+                                      off_m, off_n, STAGES, WS)
+        for kb in range(nk // UNROLL * UNROLL, nk):  # the blocks past the last whole run, one at a time
+            tok_a = _issue(bufs, bars, done_a, kb, STAGES)
+            acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, kb, nk, off_m, off_n, STAGES, WS)
+        return (acc,)  # a tuple: warp_specialize returns the default partition's results as one
 
     @gluon.jit
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                                 stride_sam, stride_sbn,
                                 HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                                UNROLL: gl.constexpr, num_warps: gl.constexpr):
+                                UNROLL: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = c_desc.block_type.shape[0]
         BN: gl.constexpr = c_desc.block_type.shape[1]
         BK: gl.constexpr = a_desc.block_type.shape[1]
-        NBYTES: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes
 
         # grouped order: GROUP_M row tiles visit each column tile in turn
         pid = gl.program_id(0)
@@ -118,55 +177,33 @@ if gluon is not None:
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
-        for i in gl.static_range(STAGES):  # the first STAGES blocks in flight
-            go = i < nk
-            mbarrier.expect(ready.index(i), NBYTES, pred=go)
-            _tma_load(a_desc, [off_m, i * BK], ready.index(i), a_bufs.index(i), pred=go)
-            _tma_load(b_desc, [off_n, i * BK], ready.index(i), b_bufs.index(i), pred=go)
-
+            mbarrier.init(empty.index(i), count=1)
+        descs = (a_desc, b_desc)
+        bufs = (a_bufs, b_bufs)
+        bars = (ready, empty)
         # warpgroups stacked along M (64 rows each), one wgmma instruction spanning BN columns
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 32])
-        acc = gl.zeros([BM, BN], gl.float32, layout=layout)
         sa_row = sa_ptr + (off_m // 128) * stride_sam
         sb_row = sb_ptr + (off_n // 128) * stride_sbn
-
-        # Two products in flight, in alternating registers, over runs of UNROLL blocks. No product is in
-        # flight across the loop's back edge: there the compiler copies loop-carried registers, and
-        # ptxas serializes every wgmma of a kernel where any other instruction reads an accumulator
-        # while its product runs. So each run ends with its last promotion alone.
-        # done_a / done_b: the registers of the two products, carried between runs only once retired
-        done_a = gl.zeros([BM, BN], gl.int32, layout=layout)
-        done_b = gl.zeros([BM, BN], gl.int32, layout=layout)
-        for run in range(0, nk // UNROLL):
-            k0 = run * UNROLL
-            tok_a = _issue(a_bufs, b_bufs, ready, done_a, k0, STAGES)
-            tok_b = _issue(a_bufs, b_bufs, ready, done_b, k0 + 1, STAGES)
-            acc, done_a = _retire(tok_a, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, k0, nk,
-                                  off_m, off_n, STAGES)
-            for j in gl.static_range(2, UNROLL):
-                if j % 2 == 0:  # block j goes into a's registers while b's product completes
-                    tok_a = _issue(a_bufs, b_bufs, ready, done_a, k0 + j, STAGES)
-                    acc, done_b = _retire(tok_b, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
-                                          k0 + j - 1, nk, off_m, off_n, STAGES)
-                else:
-                    tok_b = _issue(a_bufs, b_bufs, ready, done_b, k0 + j, STAGES)
-                    acc, done_a = _retire(tok_a, 1, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
-                                          k0 + j - 1, nk, off_m, off_n, STAGES)
-            if UNROLL % 2 == 0:
-                acc, done_b = _retire(tok_b, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
-                                      k0 + UNROLL - 1, nk, off_m, off_n, STAGES)
-            else:
-                acc, done_a = _retire(tok_a, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row,
-                                      k0 + UNROLL - 1, nk, off_m, off_n, STAGES)
-        for kb in range(nk // UNROLL * UNROLL, nk):  # the blocks past the last whole run, one at a time
-            tok_a = _issue(a_bufs, b_bufs, ready, done_a, kb, STAGES)
-            acc, done_a = _retire(tok_a, 0, acc, a_desc, b_desc, a_bufs, b_bufs, ready, sa_row, sb_row, kb, nk,
-                                  off_m, off_n, STAGES)
+        if WS:  # one loader warp; the kernel's warps do the products
+            res = gl.warp_specialize([
+                (_mma_partition, (descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout, BM, BN, STAGES,
+                                  UNROLL, WS)),
+                (_load_partition, (descs, bufs, bars, nk, off_m, off_n, STAGES)),
+            ], [1], [24])
+        else:
+            for i in gl.static_range(STAGES):  # the first STAGES blocks in flight
+                _load_block(descs, bufs, ready, i, i, nk, off_m, off_n)
+            res = _mma_partition(descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout, BM, BN, STAGES,
+                                 UNROLL, WS)
+        acc = res[0]
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
 
         if HAS_BIAS:
             cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
@@ -229,7 +266,7 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0),
-        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll,
-        num_warps=cfg.num_warps,
+        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
+        num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
     return c
