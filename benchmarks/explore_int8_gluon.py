@@ -20,11 +20,10 @@ SHAPES = {  # (K, N)
     "1.3B ffn2 8960x1536": (8960, 1536), "14B o 5120x5120": (5120, 5120), "14B ffn1 5120x13824": (5120, 13824),
     "14B ffn2 13824x5120": (13824, 5120),
 }
-CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized, maxnreg
-    (128, 128, 8, 3, 2, False, None), (64, 128, 4, 3, 2, False, None),
-    (128, 128, 8, 4, 2, True, 168), (128, 128, 8, 3, 2, True, 168), (128, 128, 8, 4, 4, True, 168),
-    (128, 128, 8, 5, 4, True, 168), (128, 128, 8, 4, 6, True, 168), (128, 128, 8, 4, 8, True, 168),
-    (64, 128, 4, 4, 2, True, 128), (64, 128, 4, 4, 4, True, 128),
+CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg
+    (64, 128, 4, 3, 2, False, None), (128, 128, 8, 3, 2, False, None),
+    (128, 128, 8, 4, 2, True, 168), (128, 128, 8, 4, 4, True, 168), (128, 128, 8, 5, 4, True, 168),
+    (128, 128, 8, 4, 6, True, 168), (128, 128, 8, 5, 6, True, 168), (128, 128, 8, 3, 4, True, 168),
 ]
 
 

@@ -75,8 +75,9 @@ GLUON_CONFIGS = [int8_gluon.Config(), int8_gluon.Config(block_m=64, num_warps=4,
                                                         "ws-unroll4", "ws-unroll3"])
 def test_gluon_gemm_int32_exact(cfg):
     # unit scales and a float32 output: every value is an exact integer sum of block products
-    # K blocks: 12 (whole runs), 3 and 1 (a run short), 7 (runs and a remainder)
-    for m, n, k in [(1000, 640, 1536), (333, 200, 272), (64, 128, 128), (130, 256, 896)]:
+    # K blocks: 12 (whole runs), 3 and 1 (a run short), 7 (runs and a remainder); 330 tiles: the
+    # persistent (ws) launch's programs take several each
+    for m, n, k in [(1000, 640, 1536), (333, 200, 272), (64, 128, 128), (130, 256, 896), (4101, 1280, 384)]:
         a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
         b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
         a[0], b[0] = -128, -128

@@ -21,6 +21,7 @@ one activation and one weight scale: two scalar loads). The kernel is compiled f
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -70,26 +71,26 @@ def smem_bytes(cfg: Config) -> int:
 if gluon is not None:
 
     @gluon.jit
-    def _issue(bufs, bars, into, kb, STAGES: gl.constexpr):
-        """Block kb's int32 product, asynchronously, once its tiles have landed, in the registers of
-        `into` (its values are ignored)."""
+    def _issue(bufs, bars, into, g, STAGES: gl.constexpr):
+        """The int32 product of the g-th block this program loads (its stage g % STAGES),
+        asynchronously, once its tiles have landed, in the registers of `into` (values ignored)."""
         a_bufs, b_bufs = bufs
         ready, empty = bars
-        s = kb % STAGES
-        mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
+        s = g % STAGES
+        mbarrier.wait(ready.index(s), phase=(g // STAGES) & 1)
         return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), into, use_acc=False, is_async=True)
 
     @gluon.jit
-    def _retire(tok, OUTSTANDING: gl.constexpr, acc, descs, bufs, bars, sa_row, sb_row, kb, nk, off_m, off_n,
+    def _retire(tok, OUTSTANDING: gl.constexpr, acc, descs, bufs, bars, sa_row, sb_row, kb, g, nk, off_m, off_n,
                 STAGES: gl.constexpr, WS: gl.constexpr):
-        """Wait for block kb's product (leaving OUTSTANDING later ones running), free its stage (WS:
-        signal the load partition; else refill it with block kb + STAGES here), and add the product at
-        its two scales to acc: (acc, the product)."""
+        """Wait for the product of the tile's K block kb (the program's g-th block), leaving OUTSTANDING
+        later ones running; free its stage (WS: signal the load partition; else refill it with block
+        kb + STAGES here); add the product at its two scales to acc: (acc, the product)."""
         scale = gl.load(sa_row + kb) * gl.load(sb_row + kb)
         # acc rides through the wait so the previous promotion is done before it (else the compiler
         # sinks every promotion to the end of the run, where nothing overlaps them)
         done, acc = warpgroup_mma_wait(num_outstanding=OUTSTANDING, deps=(tok, acc))
-        s = kb % STAGES
+        s = g % STAGES
         if WS:
             mbarrier.arrive(bars[1].index(s), count=1)
         else:
@@ -107,18 +108,36 @@ if gluon is not None:
         _tma_load(b_desc, [off_n, kb * b_desc.block_type.shape[1]], ready.index(s), b_bufs.index(s), pred=go)
 
     @gluon.jit
-    def _load_partition(descs, bufs, bars, nk, off_m, off_n, STAGES: gl.constexpr):
-        """Warp-specialized loads: each stage refilled as soon as the MMA partition frees it."""
-        for kb in range(nk):
-            s = kb % STAGES
-            mbarrier.wait(bars[1].index(s), phase=((kb // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
-            _load_block(descs, bufs, bars[0], kb, s, nk, off_m, off_n)
+    def _tile(t, M, N, BM: gl.constexpr, BN: gl.constexpr, GROUP_M: gl.constexpr):
+        """(row, column) offsets of output tile t, in grouped order: GROUP_M row tiles visit each
+        column tile in turn, so a weight tile is reused while it is in L2."""
+        num_m = gl.cdiv(M, BM)
+        num_n = gl.cdiv(N, BN)
+        in_group = GROUP_M * num_n
+        first_m = (t // in_group) * GROUP_M
+        group_size = gl.minimum(num_m - first_m, GROUP_M)
+        return (first_m + (t % in_group) % group_size) * BM, ((t % in_group) // group_size) * BN
 
     @gluon.jit
-    def _mma_partition(descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout: gl.constexpr,
-                       BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr,
-                       WS: gl.constexpr):
-        """sum_kb product(kb) * scale(kb) in float32 [BM, BN]. Two products in flight, in alternating
+    def _load_partition(descs, bufs, bars, M, N, nk, STAGES: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+                        GROUP_M: gl.constexpr):
+        """Warp-specialized loads for every tile of this (persistent) program: each stage is refilled
+        as soon as the MMA partition frees it, so the next tile's blocks arrive during an epilogue."""
+        num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
+        g = 0
+        for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            off_m, off_n = _tile(t, M, N, BM, BN, GROUP_M)
+            for kb in range(nk):
+                s = g % STAGES
+                mbarrier.wait(bars[1].index(s), phase=((g // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+                _load_block(descs, bufs, bars[0], kb, s, nk, off_m, off_n)
+                g += 1
+
+    @gluon.jit
+    def _mma_tile(descs, bufs, bars, sa_row, sb_row, nk, g0, off_m, off_n, layout: gl.constexpr,
+                  BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr, WS: gl.constexpr):
+        """One tile's sum_kb product(kb) * scale(kb) in float32 [BM, BN]; its first block is the
+        program's g0-th. Two products in flight, in alternating
         registers, over runs of UNROLL blocks. No product is in flight across the loop's back edge:
         there the compiler copies loop-carried registers, and ptxas serializes every wgmma of a kernel
         where any other instruction reads an accumulator while its product runs. So each run ends
@@ -129,28 +148,56 @@ if gluon is not None:
         done_b = gl.zeros([BM, BN], gl.int32, layout=layout)
         for run in range(0, nk // UNROLL):
             k0 = run * UNROLL
-            tok_a = _issue(bufs, bars, done_a, k0, STAGES)
-            tok_b = _issue(bufs, bars, done_b, k0 + 1, STAGES)
-            acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0, nk, off_m, off_n, STAGES, WS)
+            tok_a = _issue(bufs, bars, done_a, g0 + k0, STAGES)
+            tok_b = _issue(bufs, bars, done_b, g0 + k0 + 1, STAGES)
+            acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0, g0 + k0, nk, off_m, off_n, STAGES, WS)
             for j in gl.static_range(2, UNROLL):
                 if j % 2 == 0:  # block j goes into a's registers while b's product completes
-                    tok_a = _issue(bufs, bars, done_a, k0 + j, STAGES)
-                    acc, done_b = _retire(tok_b, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, nk,
+                    tok_a = _issue(bufs, bars, done_a, g0 + k0 + j, STAGES)
+                    acc, done_b = _retire(tok_b, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, g0 + k0 + j - 1, nk,
                                           off_m, off_n, STAGES, WS)
                 else:
-                    tok_b = _issue(bufs, bars, done_b, k0 + j, STAGES)
-                    acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, nk,
+                    tok_b = _issue(bufs, bars, done_b, g0 + k0 + j, STAGES)
+                    acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, g0 + k0 + j - 1, nk,
                                           off_m, off_n, STAGES, WS)
             if UNROLL % 2 == 0:
-                acc, done_b = _retire(tok_b, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, nk,
+                acc, done_b = _retire(tok_b, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, g0 + k0 + UNROLL - 1, nk,
                                       off_m, off_n, STAGES, WS)
             else:
-                acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, nk,
+                acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, g0 + k0 + UNROLL - 1, nk,
                                       off_m, off_n, STAGES, WS)
         for kb in range(nk // UNROLL * UNROLL, nk):  # the blocks past the last whole run, one at a time
-            tok_a = _issue(bufs, bars, done_a, kb, STAGES)
-            acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, kb, nk, off_m, off_n, STAGES, WS)
-        return (acc,)  # a tuple: warp_specialize returns the default partition's results as one
+            tok_a = _issue(bufs, bars, done_a, g0 + kb, STAGES)
+            acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, kb, g0 + kb, nk, off_m, off_n, STAGES, WS)
+        return acc
+
+    @gluon.jit
+    def _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """acc (+ bias) in C's dtype, through shared memory and a TMA store (clipped at M, N). The store
+        is left in flight: the next call waits for it before reusing c_smem."""
+        BN: gl.constexpr = c_desc.block_type.shape[1]
+        if HAS_BIAS:
+            cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
+            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
+        tma.store_wait(pendings=0)
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        _tma_store(c_desc, [off_m, off_n], c_smem)
+
+    @gluon.jit
+    def _mma_partition(descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn,
+                       layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+                       UNROLL: gl.constexpr, GROUP_M: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """Warp-specialized products and epilogues of every tile of this (persistent) program."""
+        num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
+        g0 = 0
+        for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            off_m, off_n = _tile(t, M, N, BM, BN, GROUP_M)
+            acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
+                            nk, g0, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+            _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
+            g0 += nk
+        tma.store_wait(pendings=0)
 
     @gluon.jit
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
@@ -161,19 +208,7 @@ if gluon is not None:
         BN: gl.constexpr = c_desc.block_type.shape[1]
         BK: gl.constexpr = a_desc.block_type.shape[1]
 
-        # grouped order: GROUP_M row tiles visit each column tile in turn
-        pid = gl.program_id(0)
-        num_m = gl.cdiv(M, BM)
-        num_n = gl.cdiv(N, BN)
-        in_group = GROUP_M * num_n
-        first_m = (pid // in_group) * GROUP_M
-        group_size = gl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % in_group) % group_size
-        pid_n = (pid % in_group) // group_size
-        off_m = pid_m * BM
-        off_n = pid_n * BN
         nk = gl.cdiv(K, BK)
-
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -187,32 +222,26 @@ if gluon is not None:
         # warpgroups stacked along M (64 rows each), one wgmma instruction spanning BN columns
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 32])
-        sa_row = sa_ptr + (off_m // 128) * stride_sam
-        sb_row = sb_ptr + (off_n // 128) * stride_sbn
-        if WS:  # one loader warp; the kernel's warps do the products
-            res = gl.warp_specialize([
-                (_mma_partition, (descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout, BM, BN, STAGES,
-                                  UNROLL, WS)),
-                (_load_partition, (descs, bufs, bars, nk, off_m, off_n, STAGES)),
+        if WS:  # persistent: one loader warp; the kernel's warps do the products and the epilogues
+            c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+            gl.warp_specialize([
+                (_mma_partition, (descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                                  stride_sbn, layout, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS)),
+                (_load_partition, (descs, bufs, bars, M, N, nk, STAGES, BM, BN, GROUP_M)),
             ], [1], [24])
-        else:
+        else:  # one tile a program
+            off_m, off_n = _tile(gl.program_id(0), M, N, BM, BN, GROUP_M)
             for i in gl.static_range(STAGES):  # the first STAGES blocks in flight
                 _load_block(descs, bufs, ready, i, i, nk, off_m, off_n)
-            res = _mma_partition(descs, bufs, bars, sa_row, sb_row, nk, off_m, off_n, layout, BM, BN, STAGES,
-                                 UNROLL, WS)
-        acc = res[0]
+            acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam,
+                            sb_ptr + (off_n // 128) * stride_sbn, nk, 0, off_m, off_n, layout, BM, BN, STAGES,
+                            UNROLL, False)
+            c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+            _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
+            tma.store_wait(pendings=0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
             mbarrier.invalidate(empty.index(i))
-
-        if HAS_BIAS:
-            cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
-            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
-        c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
-        c_smem.store(acc.to(c_desc.dtype))
-        fence_async_shared()
-        _tma_store(c_desc, [off_m, off_n], c_smem)  # clipped at M, N
-        tma.store_wait(pendings=0)
 
 
 _GL_DTYPES = {}
@@ -243,6 +272,11 @@ def available(a_q: torch.Tensor, b_q: torch.Tensor, out_dtype: torch.dtype) -> b
             and (b_q.shape[0] * elem) % 16 == 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _descriptor(t: torch.Tensor, block: list[int]):
     layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
     return GluonDescriptor.from_tensor(t, block, layout)
@@ -262,7 +296,8 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     a_desc = _descriptor(a_q, [cfg.block_m, BLOCK])
     b_desc = _descriptor(b_q, [cfg.block_n, BLOCK])
     c_desc = _descriptor(c, [cfg.block_m, cfg.block_n])
-    grid = (((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n),)
+    tiles = ((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n)
+    grid = (min(tiles, _sm_count(a_q.device)) if cfg.ws else tiles,)  # ws: persistent, one program an SM
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0),
