@@ -2,7 +2,8 @@
 
 M = 32760 tokens (480p, 81 frames), (K, N) in (1536, 1536), (1536, 8960), (8960, 1536):
 bf16 cuBLAS (F.linear with bias), our int8 W8A8 including the activation quantization (and
-its two parts), our fp8 e4m3 (same), and torch._scaled_mm fp8 with per-tensor scales (cuBLAS's
+its two parts; the GEMM is the Gluon kernel on Hopper, the Triton one timed beside it), our fp8
+e4m3 (same), and torch._scaled_mm fp8 with per-tensor scales (cuBLAS's
 fp8 rate, not the same math). Median of do_bench after warm-up; fresh random (never zero) data.
 
 Run on the device (FMQ: the reference-rule probe, for the byte-for-byte check of the int8 rule):
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from turbovid.ops.quant import int8
+from turbovid.ops.quant import int8, int8_gluon
 from turbovid.ops.quant import int8_triton as K
 from turbovid.ops.quant.fp8 import fp8_linear_reference, quantize_act_fp8, quantize_weight_fp8
 from turbovid.ops.quant.int8 import dequantize_blockwise, int8_linear_reference, quantize_blockwise
@@ -148,7 +149,7 @@ def check(results: dict) -> bool:
         exact_ok = all(
             torch.equal(K.scaled_mm(a, ones_a, b, ones_b, out_dtype=torch.float32, config=cfg).double(), exact)
             for cfg in FIXED
-        )
+        ) and torch.equal(K.scaled_mm(a, ones_a, b, ones_b, out_dtype=torch.float32).double(), exact)  # auto: Gluon on H100
         sa, sb = torch.rand_like(ones_a) + 0.5, torch.rand_like(ones_b) + 0.5
         ref = dequantize_blockwise(a, sa).double() @ dequantize_blockwise(b, sb).double().t()
         err = rel(K.scaled_mm(a, sa, b, sb, out_dtype=torch.float32, config=FIXED[0]), ref)
@@ -192,7 +193,8 @@ def bench(results: dict) -> None:
         t = {
             "bf16_cublas": ms(lambda: F.linear(x, w, bias)),
             "int8": ms(lambda: K.linear(x, w8, s8, bias)),
-            "int8_gemm": ms(lambda: K.scaled_mm(xq8, xs8, w8, s8, bias)),
+            "int8_gemm": ms(lambda: K.scaled_mm(xq8, xs8, w8, s8, bias)),  # the Gluon kernel where it runs
+            "int8_gemm_triton": ms(lambda: K.scaled_mm(xq8, xs8, w8, s8, bias, use_tma=True)),
             "int8_act_quant": ms(lambda: K.quantize_act(x, "int8")),
             "fp8": ms(lambda: K.linear(x, wf8, sf8, bias)),
             "fp8_gemm": ms(lambda: K.scaled_mm(xqf8, xsf8, wf8, sf8, bias)),
@@ -205,7 +207,9 @@ def bench(results: dict) -> None:
             "tops": {name: ops / (v * 1e-3) / 1e12 for name, v in t.items()},
             "speedup_vs_bf16": {name: t["bf16_cublas"] / v for name, v in t.items()},
             "target_int8_ms": TARGET_MS[(k, n)],
-            "config_int8": K.best_config(n, k, M, True), "config_fp8": K.best_config(n, k, M, False),
+            "config_int8": (str(int8_gluon.config_for(n, k)) if int8_gluon.available(xq8, w8, torch.bfloat16)
+                            else K.best_config(n, k, M, True)),
+            "config_int8_triton": K.best_config(n, k, M, True), "config_fp8": K.best_config(n, k, M, False),
             "autotune_ms": tuning,
         }
         rows.append(row)

@@ -60,6 +60,8 @@ def main() -> None:
     from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
+    gcfg = int8_gluon.Config()
+
     def gluon_gemm_sig(cfg) -> dict:
         # Gluon descriptors carry their shared-memory layout in the type
         from triton.experimental.gluon import language as gl
@@ -163,11 +165,10 @@ def main() -> None:
          dict(ACT_ROWS=128, IS_INT8=True, HAS_BIAS=True, USE_TMA=True, BLOCK_M=128, BLOCK_N=256, SPLIT_N=2,
               GROUP_M=8, MAGIC=False),
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
-        ("W8A8 int8 GEMM in Gluon (Hopper: wgmma issued ahead of the promotion), 128x128 tiles, 4 stages",
-         int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(int8_gluon.Config()),
-         dict(HAS_BIAS=True, STAGES=int8_gluon.Config().stages, GROUP_M=8, UNROLL=int8_gluon.Config().unroll,
-              WS=int8_gluon.Config().ws), [],
-         int8_gluon.Config().num_warps),
+        ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
+         int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
+         dict(HAS_BIAS=True, STAGES=gcfg.stages, GROUP_M=gcfg.group_m, UNROLL=gcfg.unroll, WS=gcfg.ws), [],
+         gcfg.num_warps, 3, gcfg.maxnreg),
         ("tanh-GELU + fp8 activation quantization (the FFN down-projection's input)", int8_triton._quant_act_kernel,
          dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr=f32, tbl_ptr=f32, M="i32", K="i32", stride_xm="i32",
               stride_qm="i32", stride_sr="i32", stride_sk="i32"),

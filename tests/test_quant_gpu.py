@@ -65,14 +65,16 @@ def _hopper() -> bool:
 
 needs_gluon = pytest.mark.skipif(not _hopper() or int8_gluon.gluon is None,
                                  reason="the Gluon int8 kernel runs on sm_90 with Triton's Gluon")
-GLUON_CONFIGS = [int8_gluon.Config(), int8_gluon.Config(block_m=64, num_warps=4, stages=6),
-                 int8_gluon.Config(block_n=64, stages=3, unroll=3), int8_gluon.Config(block_n=64, unroll=4),
-                 int8_gluon.Config(ws=True, maxnreg=168, unroll=4), int8_gluon.Config(ws=True, maxnreg=168, unroll=3)]
+GLUON_CONFIGS = [  # the shipped launches (persistent, warp-specialized), and the plain one-tile-a-program kernel
+    int8_gluon.Config(), int8_gluon.Config(unroll=6), int8_gluon.Config(block_n=64, unroll=3),
+    int8_gluon.Config(ws=False, maxnreg=None, stages=3, unroll=2),
+    int8_gluon.Config(ws=False, maxnreg=None, block_m=64, num_warps=4, stages=4, unroll=3),
+]
+GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "plain-64x128-unroll3"]
 
 
 @needs_gluon
-@pytest.mark.parametrize("cfg", GLUON_CONFIGS, ids=["default", "64x128x6", "128x64x3-unroll3", "128x64-unroll4",
-                                                        "ws-unroll4", "ws-unroll3"])
+@pytest.mark.parametrize("cfg", GLUON_CONFIGS, ids=GLUON_IDS)
 def test_gluon_gemm_int32_exact(cfg):
     # unit scales and a float32 output: every value is an exact integer sum of block products
     # K blocks: 12 (whole runs), 3 and 1 (a run short), 7 (runs and a remainder); 330 tiles: the
