@@ -100,7 +100,7 @@ SECOND_PROCESS = ROPE_LAUNCH + """
     a = torch.randint(-127, 128, (1024, 512), device="cuda", dtype=torch.int8)
     b = torch.randint(-127, 128, (384, 512), device="cuda", dtype=torch.int8)
     a_s, b_s = torch.rand(8, 4, device="cuda") / 64, torch.rand(3, 4, device="cuda") / 64
-    c = int8_triton.scaled_mm(a, a_s, b, b_s)
+    c = int8_triton.scaled_mm(a, a_s, b, b_s, use_tma=True)  # the Triton kernel (Hopper's default is the Gluon one)
     ref = (a.float() * a_s.repeat_interleave(128, 0).repeat_interleave(128, 1)) @ \\
           (b.float() * b_s.repeat_interleave(128, 0).repeat_interleave(128, 1)).T
     assert ((c.float() - ref).norm() / ref.norm()).item() < 1e-2
