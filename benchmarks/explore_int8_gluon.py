@@ -8,6 +8,8 @@ to the order of the float32 additions (max abs difference reported).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from triton.testing import do_bench
 
@@ -20,10 +22,12 @@ SHAPES = {  # (K, N)
     "1.3B ffn2 8960x1536": (8960, 1536), "14B o 5120x5120": (5120, 5120), "14B ffn1 5120x13824": (5120, 13824),
     "14B ffn2 13824x5120": (13824, 5120),
 }
-CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg
-    (64, 128, 4, 3, 2, False, None), (128, 128, 8, 3, 2, False, None),
-    (128, 128, 8, 4, 2, True, 168), (128, 128, 8, 4, 4, True, 168), (128, 128, 8, 5, 4, True, 168),
-    (128, 128, 8, 4, 6, True, 168), (128, 128, 8, 5, 6, True, 168), (128, 128, 8, 3, 4, True, 168),
+if os.environ.get("SHAPES"):  # a subset, by name prefix: SHAPES="1.3B,14B o"
+    SHAPES = {k: v for k, v in SHAPES.items() if any(k.startswith(p) for p in os.environ["SHAPES"].split(","))}
+CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg, ping-pong
+    (128, 128, 8, 5, 4, True, 168, False), (128, 128, 8, 5, 6, True, 168, False),
+    (64, 128, 4, 5, 4, True, 168, True), (64, 128, 4, 6, 4, True, 168, True), (64, 128, 4, 6, 6, True, 168, True),
+    (64, 128, 4, 8, 4, True, 168, True), (64, 128, 4, 8, 6, True, 168, True),
 ]
 
 
@@ -57,10 +61,10 @@ def one(k: int, n: int) -> dict:
                                                                   out_dtype=torch.bfloat16, use_fast_accum=True))
     except Exception as err:  # noqa: BLE001 - report, keep going
         out["fp8_tensorwise_error"] = str(err).splitlines()[0]
-    for bm, bn, warps, stages, unroll, ws, maxnreg in CONFIGS:
+    for bm, bn, warps, stages, unroll, ws, maxnreg, pingpong in CONFIGS:
         cfg = int8_gluon.Config(block_m=bm, block_n=bn, num_warps=warps, stages=stages, unroll=unroll, ws=ws,
-                                maxnreg=maxnreg)
-        row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg]}
+                                maxnreg=maxnreg, pingpong=pingpong)
+        row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg, pingpong]}
         try:
             c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
             int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)

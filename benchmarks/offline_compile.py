@@ -61,6 +61,11 @@ def main() -> None:
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
+    pcfg = int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True)
+
+    def gluon_consts(cfg) -> dict:
+        return dict(HAS_BIAS=True, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
+                    PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs)
 
     def gluon_gemm_sig(cfg) -> dict:
         # Gluon descriptors carry their shared-memory layout in the type
@@ -167,8 +172,9 @@ def main() -> None:
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
-         dict(HAS_BIAS=True, STAGES=gcfg.stages, GROUP_M=gcfg.group_m, UNROLL=gcfg.unroll, WS=gcfg.ws), [],
-         gcfg.num_warps, 3, gcfg.maxnreg),
+         gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),
+        ("same, ping-pong: two 64-row consumers taking turns at tiles", int8_gluon._int8_block_gemm_kernel,
+         gluon_gemm_sig(pcfg), gluon_consts(pcfg), [], pcfg.num_warps, 3, pcfg.maxnreg),
         ("tanh-GELU + fp8 activation quantization (the FFN down-projection's input)", int8_triton._quant_act_kernel,
          dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr=f32, tbl_ptr=f32, M="i32", K="i32", stride_xm="i32",
               stride_qm="i32", stride_sr="i32", stride_sk="i32"),

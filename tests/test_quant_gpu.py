@@ -69,8 +69,9 @@ GLUON_CONFIGS = [  # the shipped launches (persistent, warp-specialized), and th
     int8_gluon.Config(), int8_gluon.Config(unroll=6), int8_gluon.Config(block_n=64, unroll=3),
     int8_gluon.Config(ws=False, maxnreg=None, stages=3, unroll=2),
     int8_gluon.Config(ws=False, maxnreg=None, block_m=64, num_warps=4, stages=4, unroll=3),
+    int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True),
 ]
-GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "plain-64x128-unroll3"]
+GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "plain-64x128-unroll3", "pingpong"]
 
 
 @needs_gluon

@@ -58,6 +58,8 @@ class Config:
     unroll: int = 4  # K blocks a run (>= 2): one promotion a run is not overlapped
     ws: bool = True  # persistent, with a loader warp issuing the TMA loads (warp specialization)
     maxnreg: int | None = 168  # with ws: 12 warps x 168 fill the SM's registers; setmaxnreg gives the MMA warps 240
+    pingpong: bool = False  # (ws) two consumers of num_warps (block_m rows each) take turns at tiles
+    consumer_regs: int = 232  # pingpong: the second consumer's registers (the first gets what is left)
 
 
 def config_for(n: int, k: int) -> Config:
@@ -73,6 +75,11 @@ def smem_bytes(cfg: Config, out_bytes: int = 2) -> int:
 
 
 if gluon is not None:
+
+    @gluon.constexpr_function
+    def _mma_layout(num_warps, bn):
+        """Warpgroups stacked along M (64 rows each), one wgmma instruction spanning the bn columns."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, bn, 32])
 
     @gluon.jit
     def _issue(bufs, bars, into, g, STAGES: gl.constexpr):
@@ -190,24 +197,48 @@ if gluon is not None:
 
     @gluon.jit
     def _mma_partition(descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn,
-                       layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                       UNROLL: gl.constexpr, GROUP_M: gl.constexpr, HAS_BIAS: gl.constexpr):
-        """Warp-specialized products and epilogues of every tile of this (persistent) program."""
+                       NW: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+                       UNROLL: gl.constexpr, GROUP_M: gl.constexpr, HAS_BIAS: gl.constexpr,
+                       FIRST: gl.constexpr = 0, STEP: gl.constexpr = 1):
+        """Warp-specialized products and epilogues of this (persistent) program's tiles FIRST,
+        FIRST + STEP, ... (STEP = 2: ping-pong, two consumers taking turns, so one's epilogue runs
+        while the other's products do). The loader fills the ring with the program's tiles in order."""
+        layout: gl.constexpr = _mma_layout(NW, BN)
         num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
-        g0 = 0
-        for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-            off_m, off_n = _tile(t, M, N, BM, BN, GROUP_M)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        mine = gl.cdiv(num_tiles - pid, nprog)  # tiles of this program
+        for j in range(FIRST, mine, STEP):
+            off_m, off_n = _tile(pid + j * nprog, M, N, BM, BN, GROUP_M)
             acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
-                            nk, g0, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
             _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
-            g0 += nk
         tma.store_wait(pendings=0)
+
+    # Worker partitions receive no constexpr arguments in Triton 3.6 (they arrive as tensors), so the
+    # ping-pong workers read their constants from types: tile shapes from the descriptors, stages
+    # from the ring, warps from the partition, and UNROLL, GROUP_M, HAS_BIAS from the shape of
+    # `meta`, a few bytes of shared memory allocated for nothing else.
+
+    @gluon.jit
+    def _pp_second(descs, bufs, bars, c_desc, c_smems, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn, meta):
+        """Ping-pong's second consumer (a worker partition): the program's odd tiles."""
+        _mma_partition(descs, bufs, bars, c_desc, c_smems[1], sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                       stride_sbn, gl.num_warps(), c_desc.block_type.shape[0], c_desc.block_type.shape[1],
+                       bufs[0].type.shape[0], meta.type.shape[0], meta.type.shape[1], meta.type.shape[2] == 2, 1, 2)
+
+    @gluon.jit
+    def _pp_loader(descs, bufs, bars, c_desc, c_smems, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn, meta):
+        """Ping-pong's loader (worker partitions share one signature)."""
+        _load_partition(descs, bufs, bars, M, N, nk, bufs[0].type.shape[0], c_desc.block_type.shape[0],
+                        c_desc.block_type.shape[1], meta.type.shape[1])
 
     @gluon.jit
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                                 stride_sam, stride_sbn,
                                 HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                                UNROLL: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
+                                UNROLL: gl.constexpr, WS: gl.constexpr, PINGPONG: gl.constexpr,
+                                CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = c_desc.block_type.shape[0]
         BN: gl.constexpr = c_desc.block_type.shape[1]
         BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -223,14 +254,25 @@ if gluon is not None:
         descs = (a_desc, b_desc)
         bufs = (a_bufs, b_bufs)
         bars = (ready, empty)
-        # warpgroups stacked along M (64 rows each), one wgmma instruction spanning BN columns
-        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, BN, 32])
-        if WS:  # persistent: one loader warp; the kernel's warps do the products and the epilogues
+        layout: gl.constexpr = _mma_layout(num_warps, BN)
+        if PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
+            c_smem0 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+            c_smem1 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1],
+                                             gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+            wargs = (descs, bufs, bars, c_desc, (c_smem0, c_smem1), sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                     stride_sbn, meta)
+            gl.warp_specialize([
+                (_mma_partition, (descs, bufs, bars, c_desc, c_smem0, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                                  stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS, 0, 2)),
+                (_pp_second, wargs),
+                (_pp_loader, wargs),
+            ], [num_warps, 1], [CONSUMER_REGS, 24])
+        elif WS:  # persistent: one loader warp; the kernel's warps do the products and the epilogues
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             gl.warp_specialize([
                 (_mma_partition, (descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
-                                  stride_sbn, layout, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS)),
+                                  stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS)),
                 (_load_partition, (descs, bufs, bars, M, N, nk, STAGES, BM, BN, GROUP_M)),
             ], [1], [24])
         else:  # one tile a program
@@ -308,11 +350,12 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     b_desc = _descriptor(b_q, [cfg.block_n, BLOCK])
     c_desc = _descriptor(c, [cfg.block_m, cfg.block_n])
     tiles = ((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n)
-    grid = (min(tiles, _sm_count(a_q.device)) if cfg.ws else tiles,)  # ws: persistent, one program an SM
+    grid = (min(tiles, _sm_count(a_q.device)) if cfg.ws or cfg.pingpong else tiles,)  # persistent: one program an SM
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0),
         HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
+        PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
         num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
     return c
