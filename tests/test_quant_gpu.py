@@ -78,9 +78,10 @@ GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "
 @pytest.mark.parametrize("cfg", GLUON_CONFIGS, ids=GLUON_IDS)
 def test_gluon_gemm_int32_exact(cfg):
     # unit scales and a float32 output: every value is an exact integer sum of block products
-    # K blocks: 12 (whole runs), 3 and 1 (a run short), 7 (runs and a remainder); 330 tiles: the
-    # persistent (ws) launch's programs take several each
-    for m, n, k in [(1000, 640, 1536), (333, 200, 272), (64, 128, 128), (130, 256, 896), (4101, 1280, 384)]:
+    # K blocks: 12 (whole runs), 3 and 1 (a run short), 7 (runs and a remainder); 330 tiles (660 of 64
+    # rows): the persistent launches' programs take several each, also with more blocks than stages
+    for m, n, k in [(1000, 640, 1536), (333, 200, 272), (64, 128, 128), (130, 256, 896), (4101, 1280, 384),
+                    (4101, 1280, 1536)]:
         a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
         b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
         a[0], b[0] = -128, -128

@@ -86,7 +86,7 @@ if gluon is not None:
         """The int32 product of the g-th block this program loads (its stage g % STAGES),
         asynchronously, once its tiles have landed, in the registers of `into` (values ignored)."""
         a_bufs, b_bufs = bufs
-        ready, empty = bars
+        ready = bars[0]
         s = g % STAGES
         mbarrier.wait(ready.index(s), phase=(g // STAGES) & 1)
         return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), into, use_acc=False, is_async=True)
@@ -210,8 +210,13 @@ if gluon is not None:
         mine = gl.cdiv(num_tiles - pid, nprog)  # tiles of this program
         for j in range(FIRST, mine, STEP):
             off_m, off_n = _tile(pid + j * nprog, M, N, BM, BN, GROUP_M)
+            if STEP == 2:  # mainloops take turns (bars[2]): the ring's parity waits cannot tell laps apart,
+                # so a consumer must not wait on blocks a lap or more ahead of the one being consumed
+                mbarrier.wait(bars[2].index(FIRST), phase=((j // 2) & 1) ^ (1 - FIRST))  # a fresh barrier passes parity 1
             acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
                             nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+            if STEP == 2:
+                mbarrier.arrive(bars[2].index(1 - FIRST), count=1)
             _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
         tma.store_wait(pendings=0)
 
@@ -251,9 +256,12 @@ if gluon is not None:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1)
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's order
+        for i in gl.static_range(2):
+            mbarrier.init(turn.index(i), count=1)
         descs = (a_desc, b_desc)
         bufs = (a_bufs, b_bufs)
-        bars = (ready, empty)
+        bars = (ready, empty, turn)
         layout: gl.constexpr = _mma_layout(num_warps, BN)
         if PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
             c_smem0 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
@@ -288,6 +296,8 @@ if gluon is not None:
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
             mbarrier.invalidate(empty.index(i))
+        for i in gl.static_range(2):
+            mbarrier.invalidate(turn.index(i))
 
 
 _GL_DTYPES = {}
