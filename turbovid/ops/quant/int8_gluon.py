@@ -13,7 +13,12 @@ issued before block kb's result is waited for, converted and scaled, so each war
 one block while the tensor cores compute the next. TMA loads run STAGES blocks ahead; a stage is
 refilled as soon as the product that read it has completed.
 
-A program computes one BLOCK_M x BLOCK_N tile (BLOCK_M and BLOCK_N dividing 128, so each K step has
+Launches (Config): persistent and warp-specialized (the default: a loader warp streams the tiles'
+blocks through a ring of STAGES; the MMA warps compute and store each tile in turn); ping-pong
+(pingpong=True, experimental: two consumer warpgroups take turns at tiles so one's epilogue runs under
+the other's products); or one tile a program without warp specialization (ws=False).
+
+A program computes BLOCK_M x BLOCK_N tiles (BLOCK_M and BLOCK_N dividing 128, so each K step has
 one activation and one weight scale: two scalar loads). The kernel is compiled for sm_90 only
 (wgmma); Triton's interpreter does not run Gluon, so CPU tests compile it offline for sm_90
 (tests/test_offline_compile.py) and the GPU tests compare it with the PyTorch rule
