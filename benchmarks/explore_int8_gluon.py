@@ -1,6 +1,7 @@
 """The int8 block-scaled GEMM: the Gluon kernel (ops/quant/int8_gluon.py, launch configs) against the
 Triton kernel (autotuned), bf16 cuBLAS and cuBLAS's per-tensor fp8, one process, at the DiT's
-shapes (M = 32760 tokens, 480p). Each Gluon config is first checked against the Triton kernel:
+shapes (M = 32760 tokens, 480p), and the GEMM with the FFN's GELU + int8 quantization in its epilogue
+against the GEMM then the quantizing launch (bytes compared). Each Gluon config is first checked against the Triton kernel:
 both compute exact int32 block products and scale them in float32, so their bf16 outputs agree up
 to the order of the float32 additions (max abs difference reported).
 
@@ -76,6 +77,22 @@ def one(k: int, n: int) -> dict:
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
         out["gluon"].append(row)
         print(n, k, row, flush=True)
+    try:  # the FFN up-projection's epilogue: bias + GELU + int8 quantization, against GEMM then quantize_act
+        cfg = int8_gluon.quant_config_for(n, k)
+        c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
+        int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)
+        rq, rs = int8_triton.quantize_act(c, "int8", gelu=True)
+        q, s = int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, cfg)
+        out["gelu_quant_epilogue"] = {
+            "q_equal": torch.equal(q, rq), "scales_equal": torch.equal(s, rs),
+            "q_differ_frac": (q != rq).float().mean().item(), "q_max_abs_diff": (q.int() - rq.int()).abs().max().item(),
+            "fused_ms": bench(lambda: int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, cfg)),
+            "unfused_ms": bench(lambda: int8_triton.quantize_act(int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg),
+                                                                 "int8", gelu=True)),
+        }
+        print(n, k, out["gelu_quant_epilogue"], flush=True)
+    except Exception as err:  # noqa: BLE001 - report, keep going
+        out["gelu_quant_epilogue"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}
     for key in ("bf16_cublas_ms", "triton_ms", "fp8_tensorwise_ms"):
         if key in out:
             out[key.replace("_ms", "_tops")] = flops / out[key] / 1e9

@@ -112,6 +112,43 @@ def test_gluon_gemm_scales_and_bias_match_the_rule():
 
 
 @needs_gluon
+@pytest.mark.parametrize("gelu", [True, False], ids=["gelu", "plain"])
+def test_gluon_quant_epilogue_writes_the_bytes_of_gemm_then_quantize(gelu):
+    # the FFN up-projection's epilogue (bias, GELU, int8 quantization per 128 x 128 tile) against the
+    # GEMM's bf16 output quantized by the separate launch: ragged row and column blocks, several tiles
+    # a program, a K with a remainder past the runs
+    for m, n, k in [(1000, 640, 1536), (4101, 1280, 896), (333, 208, 272)]:
+        x = activations(m, k)
+        w = torch.randn(n, k, device="cuda") / k**0.5
+        a_q, a_s = kernels().quantize_act(x, "int8")
+        b_q, b_s = quantize_blockwise(w)
+        bias = torch.randn(n, device="cuda").bfloat16()
+        y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        int8_gluon.scaled_mm(a_q, a_s, b_q, b_s, bias, y)
+        want_q, want_s = kernels().quantize_act(y, "int8", gelu=gelu)
+        q, s = int8_gluon.scaled_mm_quant(a_q, a_s, b_q, b_s, bias, torch.bfloat16, gelu)
+        assert torch.equal(s, want_s), (m, n, k, (s != want_s).sum().item())
+        assert torch.equal(q, want_q), (m, n, k, (q != want_q).float().mean().item())
+
+
+@needs_gluon
+def test_int8_ffn_takes_the_epilogue_and_matches_the_unfused_layers(monkeypatch):
+    from turbovid.fast import GeluFFN
+    from turbovid.ops.quant import int8_triton, swap_linears
+
+    seq = swap_linears(nn.Sequential(nn.Linear(1536, 8960), nn.GELU(approximate="tanh"), nn.Linear(8960, 1536))
+                       .to("cuda", torch.bfloat16))
+    x = activations(4101, 1536).view(1, 4101, 1536)
+    calls = []
+    real = int8_gluon.scaled_mm_quant
+    monkeypatch.setattr(int8_gluon, "scaled_mm_quant", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fused = GeluFFN(*seq)(x)
+    assert calls
+    monkeypatch.setattr(int8_triton, "GELU_EPILOGUE", False)
+    assert torch.equal(fused, GeluFFN(*seq)(x))  # the hidden layer stored, GELU + quantization in their own launch
+
+
+@needs_gluon
 def test_scaled_mm_dispatches_int8_to_gluon_on_hopper(monkeypatch):
     calls = []
     real = int8_gluon.scaled_mm

@@ -74,6 +74,15 @@ def config_for(n: int, k: int) -> Config:
     return Config(unroll=6) if nk == 12 else Config()
 
 
+def quant_config_for(n: int, k: int) -> Config:
+    """config_for's launch where each of its tiles is one quantization block (scaled_mm_quant), else
+    the default tiles at its unroll."""
+    cfg = config_for(n, k)
+    if (cfg.block_m, cfg.block_n, cfg.pingpong) == (BLOCK, BLOCK, False):
+        return cfg
+    return Config(unroll=cfg.unroll)
+
+
 def smem_bytes(cfg: Config, out_bytes: int = 2) -> int:
     """The pipeline's buffers plus the output tile, as the launch allocates them (barriers aside)."""
     return cfg.stages * BLOCK * (cfg.block_m + cfg.block_n) + cfg.block_m * cfg.block_n * out_bytes
@@ -201,9 +210,52 @@ if gluon is not None:
         _tma_store(c_desc, [off_m, off_n], c_smem)
 
     @gluon.jit
-    def _mma_partition(descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn,
-                       NW: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+    def _int8_multiplier(amax, tbl_ptr, USE_TABLE: gl.constexpr):
+        """128 / amax as the reference quantizer computes it (int8.RCP128_TABLE; int8_triton's rule)."""
+        quotient = gl.div_rn(gl.to_tensor(128.0), amax)
+        if USE_TABLE:
+            bits = amax.to(gl.int32, bitcast=True)
+            exp = (bits >> 23) & 0xFF
+            use = ((bits & 0xFFFF) == 0) & (exp >= 100) & (exp < 191)  # int8.TABLE_EXPONENTS
+            pow2 = ((254 - gl.minimum(gl.maximum(exp, 1), 253)) << 23).to(gl.float32, bitcast=True)
+            approx = gl.load(tbl_ptr + ((bits >> 16) & 0x7F)) * pow2
+            quotient = gl.where(use, approx, quotient)
+            quotient = gl.where(bits == 0x322BCC77, gl.load(tbl_ptr + 128), quotient)  # the 1e-8 floor's
+        return quotient
+
+    @gluon.jit
+    def _store_quant_tile(acc, q_desc, q_smem, bias_ptr, qargs, off_m, off_n, M, N, layout: gl.constexpr,
+                          HAS_BIAS: gl.constexpr, GELU: gl.constexpr, USE_TABLE: gl.constexpr):
+        """The tile as the next int8 linear reads it: acc (+ bias) rounded to the activation dtype (as
+        the unfused GEMM stores it), tanh-GELU (GELU; rounded again, as an unfused GELU stores it), then
+        quantized as one 128 x 128 block (int8.quantize_blockwise's rule; rows past M and columns past
+        N count as zeros): int8 values by TMA, the block's scale into qargs' scale matrix."""
+        s_ptr, tbl_ptr, h_ptr, stride_s = qargs
+        BM: gl.constexpr = q_desc.block_type.shape[0]
+        BN: gl.constexpr = q_desc.block_type.shape[1]
+        rows = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
+        cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
+        if HAS_BIAS:
+            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
+        h = acc.to(h_ptr.dtype.element_ty).to(gl.float32)
+        if GELU:  # int8_triton's PRE_GELU expression: 1 + tanh(u) = 2 sigmoid(2u)
+            u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+            h = (0.5 * h * (2.0 * (1.0 / (1.0 + gl.exp(-(2.0 * u)))))).to(h_ptr.dtype.element_ty).to(gl.float32)
+        h = gl.where((rows < M)[:, None] & (cols < N)[None, :], h, 0.0)
+        amax = gl.maximum(gl.max(gl.max(gl.abs(h), axis=1), axis=0), 1e-8)
+        v = h * _int8_multiplier(amax, tbl_ptr, USE_TABLE)
+        q = gl.minimum(gl.maximum(gl.extra.libdevice.rint(v), -128.0), 127.0).to(gl.int8)
+        gl.store(s_ptr + (off_m // 128) * stride_s + off_n // 128, gl.div_rn(amax, gl.to_tensor(128.0)))
+        tma.store_wait(pendings=0)
+        q_smem.store(q)
+        fence_async_shared()
+        _tma_store(q_desc, [off_m, off_n], q_smem)
+
+    @gluon.jit
+    def _mma_partition(descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, qargs, M, N, nk, stride_sam,
+                       stride_sbn, NW: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                        UNROLL: gl.constexpr, GROUP_M: gl.constexpr, HAS_BIAS: gl.constexpr,
+                       QUANT_OUT: gl.constexpr, GELU: gl.constexpr, USE_TABLE: gl.constexpr,
                        FIRST: gl.constexpr = 0, STEP: gl.constexpr = 1):
         """Warp-specialized products and epilogues of this (persistent) program's tiles FIRST,
         FIRST + STEP, ... (STEP = 2: ping-pong, two consumers taking turns, so one's epilogue runs
@@ -222,7 +274,11 @@ if gluon is not None:
                             nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
             if STEP == 2:
                 mbarrier.arrive(bars[2].index(1 - FIRST), count=1)
-            _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
+            if QUANT_OUT:
+                _store_quant_tile(acc, c_desc, c_smem, bias_ptr, qargs, off_m, off_n, M, N, layout, HAS_BIAS, GELU,
+                                  USE_TABLE)
+            else:
+                _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
         tma.store_wait(pendings=0)
 
     # Worker partitions receive no constexpr arguments in Triton 3.6 (they arrive as tensors), so the
@@ -233,9 +289,10 @@ if gluon is not None:
     @gluon.jit
     def _pp_second(descs, bufs, bars, c_desc, c_smems, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn, meta):
         """Ping-pong's second consumer (a worker partition): the program's odd tiles."""
-        _mma_partition(descs, bufs, bars, c_desc, c_smems[1], sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+        _mma_partition(descs, bufs, bars, c_desc, c_smems[1], sa_ptr, sb_ptr, bias_ptr, None, M, N, nk, stride_sam,
                        stride_sbn, gl.num_warps(), c_desc.block_type.shape[0], c_desc.block_type.shape[1],
-                       bufs[0].type.shape[0], meta.type.shape[0], meta.type.shape[1], meta.type.shape[2] == 2, 1, 2)
+                       bufs[0].type.shape[0], meta.type.shape[0], meta.type.shape[1], meta.type.shape[2] == 2,
+                       False, False, False, 1, 2)
 
     @gluon.jit
     def _pp_loader(descs, bufs, bars, c_desc, c_smems, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn, meta):
@@ -245,8 +302,9 @@ if gluon is not None:
 
     @gluon.jit
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
-                                stride_sam, stride_sbn,
-                                HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                                stride_sam, stride_sbn, s_out_ptr, tbl_ptr, h_ptr, stride_som,
+                                HAS_BIAS: gl.constexpr, QUANT_OUT: gl.constexpr, GELU: gl.constexpr,
+                                USE_TABLE: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                                 UNROLL: gl.constexpr, WS: gl.constexpr, PINGPONG: gl.constexpr,
                                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -267,6 +325,7 @@ if gluon is not None:
         descs = (a_desc, b_desc)
         bufs = (a_bufs, b_bufs)
         bars = (ready, empty, turn)
+        qargs = (s_out_ptr, tbl_ptr, h_ptr, stride_som)  # QUANT_OUT: c_desc is int8; see _store_quant_tile
         layout: gl.constexpr = _mma_layout(num_warps, BN)
         if PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
             c_smem0 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
@@ -276,16 +335,18 @@ if gluon is not None:
             wargs = (descs, bufs, bars, c_desc, (c_smem0, c_smem1), sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
                      stride_sbn, meta)
             gl.warp_specialize([
-                (_mma_partition, (descs, bufs, bars, c_desc, c_smem0, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
-                                  stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS, 0, 2)),
+                (_mma_partition, (descs, bufs, bars, c_desc, c_smem0, sa_ptr, sb_ptr, bias_ptr, None, M, N, nk,
+                                  stride_sam, stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS,
+                                  False, False, False, 0, 2)),
                 (_pp_second, wargs),
                 (_pp_loader, wargs),
             ], [num_warps, 1], [CONSUMER_REGS, 24])
         elif WS:  # persistent: one loader warp; the kernel's warps do the products and the epilogues
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             gl.warp_specialize([
-                (_mma_partition, (descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
-                                  stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS)),
+                (_mma_partition, (descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, qargs, M, N, nk,
+                                  stride_sam, stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS,
+                                  QUANT_OUT, GELU, USE_TABLE)),
                 (_load_partition, (descs, bufs, bars, M, N, nk, STAGES, BM, BN, GROUP_M)),
             ], [1], [24])
         else:  # one tile a program
@@ -296,7 +357,11 @@ if gluon is not None:
                             sb_ptr + (off_n // 128) * stride_sbn, nk, 0, off_m, off_n, layout, BM, BN, STAGES,
                             UNROLL, False)
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
-            _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
+            if QUANT_OUT:
+                _store_quant_tile(acc, c_desc, c_smem, bias_ptr, qargs, off_m, off_n, M, N, layout, HAS_BIAS, GELU,
+                                  USE_TABLE)
+            else:
+                _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
             tma.store_wait(pendings=0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
@@ -355,7 +420,32 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     """c[M, N] = the block-scaled product (int8_triton.scaled_mm's int8 contract: a_s [ceil(M/128),
     ceil(K/128)], b_s [ceil(N/128), ceil(K/128)], both float32 contiguous) + bias, written into c
     (contiguous). The caller checks available() and the shapes."""
+    _launch(a_q, a_s, b_q, b_s, bias, c, cfg or Config())
+    return c
+
+
+def scaled_mm_quant(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torch.Tensor,
+                    bias: torch.Tensor | None, dtype: torch.dtype, gelu: bool = False,
+                    cfg: Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The product quantized for the next int8 linear, in the GEMM's epilogue: (q [M, N] int8, scales
+    [ceil(M/128), ceil(N/128)] float32), the bytes int8_triton.quantize_act(y, gelu=gelu) makes of
+    y = scaled_mm(...) in `dtype`, without y in memory. Needs 128 x 128 tiles (one quantization block
+    each) and a launch without ping-pong; N must keep q's rows 16-byte aligned (TMA)."""
+    from turbovid.ops.quant import int8
+
     cfg = cfg or Config()
+    if cfg.block_m != BLOCK or cfg.block_n != BLOCK or cfg.pingpong:
+        raise ValueError("int8_gluon.scaled_mm_quant: the epilogue quantizes 128 x 128 tiles; use block_m = "
+                         "block_n = 128 without ping-pong")
+    m, n = a_q.shape[0], b_q.shape[0]
+    q = torch.empty(m, n, dtype=torch.int8, device=a_q.device)
+    s = torch.empty(-(-m // BLOCK), -(-n // BLOCK), dtype=torch.float32, device=a_q.device)
+    h = torch.empty(1, dtype=dtype, device=a_q.device)  # names the dtype the product is rounded to
+    _launch(a_q, a_s, b_q, b_s, bias, q, cfg, (s, int8.rcp_table(a_q.device), h, gelu))
+    return q, s
+
+
+def _launch(a_q, a_s, b_q, b_s, bias, c, cfg: Config, quant: tuple | None = None) -> None:
     if BLOCK % cfg.block_m or BLOCK % cfg.block_n or cfg.block_m % 64 or cfg.unroll < 2:
         raise ValueError(f"int8_gluon: block_m {cfg.block_m} / block_n {cfg.block_n} must divide 128 "
                          f"(block_m a multiple of 64), unroll {cfg.unroll} must be >= 2")
@@ -366,11 +456,12 @@ def scaled_mm(a_q: torch.Tensor, a_s: torch.Tensor, b_q: torch.Tensor, b_s: torc
     c_desc = _descriptor(c, [cfg.block_m, cfg.block_n])
     tiles = ((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n)
     grid = (min(tiles, _sm_count(a_q.device)) if cfg.ws or cfg.pingpong else tiles,)  # persistent: one program an SM
+    s_out, table, h, gelu = quant or (a_s, None, a_s, False)
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
-        a_s.stride(0), b_s.stride(0),
-        HAS_BIAS=bias is not None, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
+        a_s.stride(0), b_s.stride(0), s_out, table if table is not None else a_s, h, s_out.stride(0),
+        HAS_BIAS=bias is not None, QUANT_OUT=quant is not None, GELU=gelu, USE_TABLE=table is not None,
+        STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
         PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
         num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
-    return c
