@@ -90,6 +90,12 @@ def one(k: int, n: int) -> dict:
             "unfused_ms": bench(lambda: int8_triton.quantize_act(int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg),
                                                                  "int8", gelu=True)),
         }
+        for regs in (208, 216):  # the epilogue in its own partition of 4 warps, the MMA warps at `regs`
+            split = int8_gluon.Config(unroll=cfg.unroll, epilogue_warps=4, mma_regs=regs)
+            q2, s2 = int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, split)
+            out["gelu_quant_epilogue"][f"split_{regs}"] = {
+                "bytes_equal": torch.equal(q2, rq) and torch.equal(s2, rs),
+                "ms": bench(lambda: int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, split))}
         print(n, k, out["gelu_quant_epilogue"], flush=True)
     except Exception as err:  # noqa: BLE001 - report, keep going
         out["gelu_quant_epilogue"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}

@@ -113,7 +113,8 @@ def test_gluon_gemm_scales_and_bias_match_the_rule():
 
 @needs_gluon
 @pytest.mark.parametrize("gelu", [True, False], ids=["gelu", "plain"])
-def test_gluon_quant_epilogue_writes_the_bytes_of_gemm_then_quantize(gelu):
+@pytest.mark.parametrize("cfg", [int8_gluon.Config(), int8_gluon.Config(epilogue_warps=4)], ids=["mma-warps", "split"])
+def test_gluon_quant_epilogue_writes_the_bytes_of_gemm_then_quantize(gelu, cfg):
     # the FFN up-projection's epilogue (bias, GELU, int8 quantization per 128 x 128 tile) against the
     # GEMM's bf16 output quantized by the separate launch: ragged row and column blocks, several tiles
     # a program, a K with a remainder past the runs
@@ -126,7 +127,7 @@ def test_gluon_quant_epilogue_writes_the_bytes_of_gemm_then_quantize(gelu):
         y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         int8_gluon.scaled_mm(a_q, a_s, b_q, b_s, bias, y)
         want_q, want_s = kernels().quantize_act(y, "int8", gelu=gelu)
-        q, s = int8_gluon.scaled_mm_quant(a_q, a_s, b_q, b_s, bias, torch.bfloat16, gelu)
+        q, s = int8_gluon.scaled_mm_quant(a_q, a_s, b_q, b_s, bias, torch.bfloat16, gelu, cfg)
         assert torch.equal(s, want_s), (m, n, k, (s != want_s).sum().item())
         assert torch.equal(q, want_q), (m, n, k, (q != want_q).float().mean().item())
 

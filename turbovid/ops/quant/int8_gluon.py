@@ -65,6 +65,10 @@ class Config:
     maxnreg: int | None = 168  # with ws: 12 warps x 168 fill the SM's registers; setmaxnreg gives the MMA warps 240
     pingpong: bool = False  # (ws) two consumers of num_warps (block_m rows each) take turns at tiles
     consumer_regs: int = 232  # pingpong: the second consumer's registers (the first gets what is left)
+    # scaled_mm_quant: > 0 moves the epilogue (GELU, quantization, store) to a partition of this many
+    # warps, so it runs under the next tile's products; the num_warps MMA warps then get mma_regs
+    epilogue_warps: int = 0
+    mma_regs: int = 208
 
 
 def config_for(n: int, k: int) -> Config:
@@ -281,6 +285,82 @@ if gluon is not None:
                 _store_tile(acc, c_desc, c_smem, bias_ptr, off_m, off_n, N, layout, HAS_BIAS)
         tma.store_wait(pendings=0)
 
+    @gluon.jit
+    def _quant_partition(q_desc, h_smem, q_smem, hbar, qargs, M, N, GROUP_M: gl.constexpr, GELU: gl.constexpr,
+                         USE_TABLE: gl.constexpr, num_warps: gl.constexpr):
+        """The split epilogue (scaled_mm_quant with epilogue_warps): for each tile the MMA warps leave in
+        h_smem (acc + bias, rounded), tanh-GELU in place, then the 128 x 128 block's amax, its int8
+        values by TMA and its scale; _store_quant_tile's math, in row slices small enough for few registers."""
+        s_ptr, tbl_ptr, h_ptr, stride_s = qargs
+        BM: gl.constexpr = q_desc.block_type.shape[0]
+        BN: gl.constexpr = q_desc.block_type.shape[1]
+        RS: gl.constexpr = 16  # rows a slice
+        blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        for j in range(gl.cdiv(num_tiles - pid, nprog)):
+            off_m, off_n = _tile(pid + j * nprog, M, N, BM, BN, GROUP_M)
+            cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, blk))
+            mbarrier.wait(hbar.index(0), phase=j & 1)  # the tile's h has landed
+            amax_rows = gl.zeros([RS], gl.float32, layout=gl.SliceLayout(1, blk))
+            for r in gl.static_range(BM // RS):
+                part = h_smem.slice(r * RS, RS, dim=0)
+                h = part.load(blk).to(gl.float32)
+                if GELU:  # as _store_quant_tile
+                    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+                    g = (0.5 * h * (2.0 * (1.0 / (1.0 + gl.exp(-(2.0 * u)))))).to(h_ptr.dtype.element_ty)
+                    part.store(g)
+                    h = g.to(gl.float32)
+                rows = off_m + r * RS + gl.arange(0, RS, layout=gl.SliceLayout(1, blk))
+                h = gl.where((rows < M)[:, None] & (cols < N)[None, :], h, 0.0)
+                amax_rows = gl.maximum(amax_rows, gl.max(gl.abs(h), axis=1))
+            amax = gl.maximum(gl.max(amax_rows, axis=0), 1e-8)
+            mult = _int8_multiplier(amax, tbl_ptr, USE_TABLE)
+            tma.store_wait(pendings=0)  # the previous tile's values have left q_smem
+            for r in gl.static_range(BM // RS):
+                v = h_smem.slice(r * RS, RS, dim=0).load(blk).to(gl.float32) * mult
+                q = gl.minimum(gl.maximum(gl.extra.libdevice.rint(v), -128.0), 127.0).to(gl.int8)
+                q_smem.slice(r * RS, RS, dim=0).store(q)  # rows past M / columns past N: clipped by the store
+            mbarrier.arrive(hbar.index(1), count=1)  # h_smem is free for the next tile
+            gl.store(s_ptr + (off_m // 128) * stride_s + off_n // 128, gl.div_rn(amax, gl.to_tensor(128.0)))
+            fence_async_shared()
+            _tma_store(q_desc, [off_m, off_n], q_smem)
+        tma.store_wait(pendings=0)
+
+    @gluon.jit
+    def _staged_mma(descs, bufs, bars, q_desc, h_smem, hbar, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                    stride_sbn, meta):
+        """The split epilogue's MMA warps (a worker partition: constants from types, see below): each
+        tile's acc + bias, rounded to h_smem's dtype, left in h_smem for _quant_partition."""
+        BM: gl.constexpr = h_smem.type.shape[0]
+        BN: gl.constexpr = h_smem.type.shape[1]
+        STAGES: gl.constexpr = bufs[0].type.shape[0]
+        UNROLL: gl.constexpr = meta.type.shape[0]
+        GROUP_M: gl.constexpr = meta.type.shape[1]
+        HAS_BIAS: gl.constexpr = meta.type.shape[2] == 2
+        layout: gl.constexpr = _mma_layout(gl.num_warps(), BN)
+        num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        for j in range(gl.cdiv(num_tiles - pid, nprog)):
+            off_m, off_n = _tile(pid + j * nprog, M, N, BM, BN, GROUP_M)
+            acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
+                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+            if HAS_BIAS:
+                cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
+                acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
+            h = acc.to(h_smem.dtype)
+            mbarrier.wait(hbar.index(1), phase=(j & 1) ^ 1)  # the epilogue is done with the last tile (fresh: passes)
+            h_smem.store(h)
+            mbarrier.arrive(hbar.index(0), count=1)
+
+    @gluon.jit
+    def _staged_loader(descs, bufs, bars, q_desc, h_smem, hbar, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                       stride_sbn, meta):
+        _load_partition(descs, bufs, bars, M, N, nk, bufs[0].type.shape[0], h_smem.type.shape[0],
+                        h_smem.type.shape[1], meta.type.shape[1])
+
     # Worker partitions receive no constexpr arguments in Triton 3.6 (they arrive as tensors), so the
     # ping-pong workers read their constants from types: tile shapes from the descriptors, stages
     # from the ring, warps from the partition, and UNROLL, GROUP_M, HAS_BIAS from the shape of
@@ -304,7 +384,8 @@ if gluon is not None:
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                                 stride_sam, stride_sbn, s_out_ptr, tbl_ptr, h_ptr, stride_som,
                                 HAS_BIAS: gl.constexpr, QUANT_OUT: gl.constexpr, GELU: gl.constexpr,
-                                USE_TABLE: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                                USE_TABLE: gl.constexpr, EPI_SPLIT: gl.constexpr, MMA_WARPS: gl.constexpr,
+                                MMA_REGS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                                 UNROLL: gl.constexpr, WS: gl.constexpr, PINGPONG: gl.constexpr,
                                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -327,7 +408,25 @@ if gluon is not None:
         bars = (ready, empty, turn)
         qargs = (s_out_ptr, tbl_ptr, h_ptr, stride_som)  # QUANT_OUT: c_desc is int8; see _store_quant_tile
         layout: gl.constexpr = _mma_layout(num_warps, BN)
-        if PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
+        if EPI_SPLIT:  # persistent: a loader warp, MMA_WARPS for the products, the kernel's warps for the epilogue
+            h_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, BN], h_ptr.dtype.element_ty)
+            h_smem = gl.allocate_shared_memory(h_ptr.dtype.element_ty, [BM, BN], h_layout)
+            q_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
+            hbar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # h ready, h free
+            for i in gl.static_range(2):
+                mbarrier.init(hbar.index(i), count=1)
+            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1],
+                                             gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+            wargs = (descs, bufs, bars, c_desc, h_smem, hbar, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
+                     stride_sbn, meta)
+            gl.warp_specialize([
+                (_quant_partition, (c_desc, h_smem, q_smem, hbar, qargs, M, N, GROUP_M, GELU, USE_TABLE, num_warps)),
+                (_staged_mma, wargs),
+                (_staged_loader, wargs),
+            ], [MMA_WARPS, 1], [MMA_REGS, 24])
+            for i in gl.static_range(2):
+                mbarrier.invalidate(hbar.index(i))
+        elif PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
             c_smem0 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             c_smem1 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1],
@@ -457,11 +556,14 @@ def _launch(a_q, a_s, b_q, b_s, bias, c, cfg: Config, quant: tuple | None = None
     tiles = ((m + cfg.block_m - 1) // cfg.block_m) * ((n + cfg.block_n - 1) // cfg.block_n)
     grid = (min(tiles, _sm_count(a_q.device)) if cfg.ws or cfg.pingpong else tiles,)  # persistent: one program an SM
     s_out, table, h, gelu = quant or (a_s, None, a_s, False)
+    split = quant is not None and cfg.epilogue_warps > 0
     _int8_block_gemm_kernel[grid](
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0), s_out, table if table is not None else a_s, h, s_out.stride(0),
         HAS_BIAS=bias is not None, QUANT_OUT=quant is not None, GELU=gelu, USE_TABLE=table is not None,
+        EPI_SPLIT=split, MMA_WARPS=cfg.num_warps, MMA_REGS=cfg.mma_regs,
         STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
         PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
-        num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
+        # split: the kernel's own warps are the epilogue's; 16 warps (the loader's padded to 4) share the registers
+        num_warps=cfg.epilogue_warps if split else cfg.num_warps, maxnreg=128 if split else cfg.maxnreg,
     )
