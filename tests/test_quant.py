@@ -233,6 +233,16 @@ def test_gluon_kernel_is_not_picked_off_hopper(monkeypatch):
             int8_gluon.scaled_mm_quant(a, None, b, None, None, torch.bfloat16, True, cfg)
 
 
+def test_ffn_epilogue_is_picked_where_k_hides_it():
+    # measured on an H100: the 1.3B up-projection (K = 12 blocks) is faster unfused, the 14B one
+    # (40 blocks) with the epilogue in its own partition
+    from turbovid.ops.quant import int8_gluon
+
+    assert int8_gluon.quant_config_for(8960, 1536) is None
+    cfg = int8_gluon.quant_config_for(13824, 5120)
+    assert cfg.epilogue_warps == 4 and (cfg.block_m, cfg.block_n, cfg.pingpong) == (128, 128, False)
+
+
 def test_gluon_ffn_epilogue_failure_falls_back_to_the_unfused_kernels(monkeypatch, caplog):
     # where the up-projection's GELU + quantization epilogue (int8_gluon.scaled_mm_quant) is picked
     # but fails, the FFN runs as two layers (same bytes) and the failure is logged once
@@ -246,6 +256,7 @@ def test_gluon_ffn_epilogue_failure_falls_back_to_the_unfused_kernels(monkeypatc
     fc1, fc2 = seq[0], seq[2]
     x = torch.randn(1, 130, 128).half()
     tries = []
+    monkeypatch.setattr(int8_gluon, "quant_config_for", lambda n, k: int8_gluon.Config(epilogue_warps=4))
 
     def broken(*args, **kwargs):
         tries.append(1)

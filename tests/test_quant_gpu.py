@@ -137,9 +137,10 @@ def test_int8_ffn_takes_the_epilogue_and_matches_the_unfused_layers(monkeypatch)
     from turbovid.fast import GeluFFN
     from turbovid.ops.quant import int8_triton, swap_linears
 
-    seq = swap_linears(nn.Sequential(nn.Linear(1536, 8960), nn.GELU(approximate="tanh"), nn.Linear(8960, 1536))
+    # K = 40 blocks: where int8_gluon.quant_config_for picks the epilogue (the 14B model's 5120)
+    seq = swap_linears(nn.Sequential(nn.Linear(5120, 1536), nn.GELU(approximate="tanh"), nn.Linear(1536, 640))
                        .to("cuda", torch.bfloat16))
-    x = activations(4101, 1536).view(1, 4101, 1536)
+    x = activations(4101, 5120).view(1, 4101, 5120)
     calls = []
     real = int8_gluon.scaled_mm_quant
     monkeypatch.setattr(int8_gluon, "scaled_mm_quant", lambda *a, **kw: calls.append(1) or real(*a, **kw))

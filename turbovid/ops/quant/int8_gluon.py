@@ -18,6 +18,11 @@ blocks through a ring of STAGES; the MMA warps compute and store each tile in tu
 (pingpong=True, experimental: two consumer warpgroups take turns at tiles so one's epilogue runs under
 the other's products); or one tile a program without warp specialization (ws=False).
 
+scaled_mm_quant writes the product as the next int8 linear's input (the FFN's up-projection: bias,
+tanh-GELU, int8 quantization of each 128 x 128 tile in the epilogue), either in the MMA warps'
+epilogue or (epilogue_warps > 0) in a partition of its own that works on the tile the MMA warps left
+in shared memory while they compute the next; quant_config_for says where either pays.
+
 A program computes BLOCK_M x BLOCK_N tiles (BLOCK_M and BLOCK_N dividing 128, so each K step has
 one activation and one weight scale: two scalar loads). The kernel is compiled for sm_90 only
 (wgmma); Triton's interpreter does not run Gluon, so CPU tests compile it offline for sm_90
@@ -78,13 +83,16 @@ def config_for(n: int, k: int) -> Config:
     return Config(unroll=6) if nk == 12 else Config()
 
 
-def quant_config_for(n: int, k: int) -> Config:
-    """config_for's launch where each of its tiles is one quantization block (scaled_mm_quant), else
-    the default tiles at its unroll."""
-    cfg = config_for(n, k)
-    if (cfg.block_m, cfg.block_n, cfg.pingpong) == (BLOCK, BLOCK, False):
-        return cfg
-    return Config(unroll=cfg.unroll)
+def quant_config_for(n: int, k: int) -> Config | None:
+    """The launch of scaled_mm_quant for the FFN's up-projection (a weight of [n, k]), or None where
+    the GEMM then the quantizing launch is faster. The epilogue's GELU and quantization cost about as
+    much as the products of a 12-block K: with the MMA warps doing it (serial) the 1.3B up-projection
+    took 1.54 ms against 1.34 unfused, and a 4-warp epilogue partition did no better (1.54), while at
+    the 14B model's 40 blocks that partition hides it: 4.59 against 5.15 ms (H100, M = 32760,
+    benchmarks/explore_int8_gluon.py, 2026-11-27)."""
+    if -(-k // BLOCK) < 40:
+        return None
+    return Config(unroll=config_for(n, k).unroll, epilogue_warps=4, mma_regs=216)
 
 
 def smem_bytes(cfg: Config, out_bytes: int = 2) -> int:

@@ -462,16 +462,17 @@ def gelu_ffn(
     w2_q: torch.Tensor, w2_s: torch.Tensor, b2: torch.Tensor | None,
 ) -> torch.Tensor:
     """fc2(tanh-GELU(fc1(x))) for two int8 linears, the hidden layer rounded to x's dtype as the
-    unfused layers round it. On Hopper the first GEMM's epilogue applies the bias and GELU and
-    quantizes each 128 x 128 tile for fc2 (int8_gluon.scaled_mm_quant): the hidden layer never
+    unfused layers round it. On Hopper, where fc1's K is long enough to hide it
+    (int8_gluon.quant_config_for: the 14B model), the first GEMM's epilogue applies the bias and GELU
+    and quantizes each 128 x 128 tile for fc2 (int8_gluon.scaled_mm_quant): the hidden layer never
     exists in x's dtype, which saves a write, a read and the quantizing launch. Elsewhere fc1's
     output is stored and the GELU runs in fc2's activation quantization; both give the same bytes."""
     shape = x.shape
     x_q, x_s = quantize_act(x.reshape(-1, shape[-1]), "int8")
     hidden = None
-    if GELU_EPILOGUE and x.dtype in (torch.bfloat16, torch.float16) and int8_gluon.available(x_q, w1_q, torch.int8):
-        hidden = _try_gluon(x_q, int8_gluon.scaled_mm_quant, x_q, x_s, w1_q, w1_s, b1, x.dtype, True,
-                            int8_gluon.quant_config_for(*w1_q.shape))
+    epilogue = int8_gluon.quant_config_for(*w1_q.shape) if GELU_EPILOGUE else None
+    if epilogue and x.dtype in (torch.bfloat16, torch.float16) and int8_gluon.available(x_q, w1_q, torch.int8):
+        hidden = _try_gluon(x_q, int8_gluon.scaled_mm_quant, x_q, x_s, w1_q, w1_s, b1, x.dtype, True, epilogue)
     if hidden is None:
         hidden = quantize_act(scaled_mm(x_q, x_s, w1_q, w1_s, b1, out_dtype=x.dtype), "int8", gelu=True)
     y = scaled_mm(*hidden, w2_q, w2_s, b2, out_dtype=x.dtype)
