@@ -25,10 +25,10 @@ SHAPES = {  # (K, N)
 }
 if os.environ.get("SHAPES"):  # a subset, by name prefix: SHAPES="1.3B,14B o"
     SHAPES = {k: v for k, v in SHAPES.items() if any(k.startswith(p) for p in os.environ["SHAPES"].split(","))}
-CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg, ping-pong
-    (128, 128, 8, 5, 4, True, 168, False), (128, 128, 8, 5, 6, True, 168, False),
-    (64, 128, 4, 5, 4, True, 168, True), (64, 128, 4, 6, 4, True, 168, True), (64, 128, 4, 6, 6, True, 168, True),
-    (64, 128, 4, 8, 4, True, 168, True), (64, 128, 4, 8, 6, True, 168, True),
+CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg, ping-pong, magic
+    (128, 128, 8, 5, 4, True, 168, False, False), (128, 128, 8, 5, 6, True, 168, False, False),
+    (128, 128, 8, 5, 4, True, 168, False, True), (128, 128, 8, 5, 6, True, 168, False, True),
+    (128, 128, 8, 4, 4, True, 168, False, True), (64, 128, 4, 6, 4, True, 168, True, True),
 ]
 
 
@@ -62,10 +62,10 @@ def one(k: int, n: int) -> dict:
                                                                   out_dtype=torch.bfloat16, use_fast_accum=True))
     except Exception as err:  # noqa: BLE001 - report, keep going
         out["fp8_tensorwise_error"] = str(err).splitlines()[0]
-    for bm, bn, warps, stages, unroll, ws, maxnreg, pingpong in CONFIGS:
+    for bm, bn, warps, stages, unroll, ws, maxnreg, pingpong, magic in CONFIGS:
         cfg = int8_gluon.Config(block_m=bm, block_n=bn, num_warps=warps, stages=stages, unroll=unroll, ws=ws,
-                                maxnreg=maxnreg, pingpong=pingpong)
-        row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg, pingpong]}
+                                maxnreg=maxnreg, pingpong=pingpong, magic=magic)
+        row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg, pingpong, magic]}
         try:
             c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
             int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)
@@ -90,10 +90,10 @@ def one(k: int, n: int) -> dict:
             "unfused_ms": bench(lambda: int8_triton.quantize_act(int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg),
                                                                  "int8", gelu=True)),
         }
-        for regs in (208, 216):  # the epilogue in its own partition of 4 warps, the MMA warps at `regs`
-            split = int8_gluon.Config(unroll=cfg.unroll, epilogue_warps=4, mma_regs=regs)
+        for regs, magic in ((216, False), (216, True), (208, True)):  # the epilogue in a 4-warp partition, MMA warps at regs
+            split = int8_gluon.Config(unroll=cfg.unroll, epilogue_warps=4, mma_regs=regs, magic=magic)
             q2, s2 = int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, split)
-            out["gelu_quant_epilogue"][f"split_{regs}"] = {
+            out["gelu_quant_epilogue"][f"split_{regs}{'_magic' if magic else ''}"] = {
                 "bytes_equal": torch.equal(q2, rq) and torch.equal(s2, rs),
                 "ms": bench(lambda: int8_gluon.scaled_mm_quant(a_q, a_s, w_q, w_s, bias, torch.bfloat16, True, split))}
         print(n, k, out["gelu_quant_epilogue"], flush=True)

@@ -64,7 +64,7 @@ def main() -> None:
     pcfg = int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True)
 
     def gluon_consts(cfg, quant: bool = False) -> dict:
-        return dict(HAS_BIAS=True, QUANT_OUT=quant, GELU=quant, USE_TABLE=quant, EPI_SPLIT=False,
+        return dict(HAS_BIAS=True, QUANT_OUT=quant, GELU=quant, USE_TABLE=quant, MAGIC=cfg.magic, EPI_SPLIT=False,
                     MMA_WARPS=cfg.num_warps, MMA_REGS=cfg.mma_regs, STAGES=cfg.stages,
                     GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws, PINGPONG=cfg.pingpong,
                     CONSUMER_REGS=cfg.consumer_regs)

@@ -70,8 +70,12 @@ GLUON_CONFIGS = [  # the shipped launches (persistent, warp-specialized), and th
     int8_gluon.Config(ws=False, maxnreg=None, stages=3, unroll=2),
     int8_gluon.Config(ws=False, maxnreg=None, block_m=64, num_warps=4, stages=4, unroll=3),
     int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True),
+    int8_gluon.Config(magic=True), int8_gluon.Config(unroll=6, magic=True),
+    int8_gluon.Config(ws=False, maxnreg=None, stages=3, unroll=2, magic=True),
+    int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True, magic=True),
 ]
-GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "plain-64x128-unroll3", "pingpong"]
+GLUON_IDS = ["ws-unroll4", "ws-unroll6", "ws-128x64-unroll3", "plain-unroll2", "plain-64x128-unroll3", "pingpong",
+             "ws-unroll4-magic", "ws-unroll6-magic", "plain-unroll2-magic", "pingpong-magic"]
 
 
 @needs_gluon
@@ -113,7 +117,9 @@ def test_gluon_gemm_scales_and_bias_match_the_rule():
 
 @needs_gluon
 @pytest.mark.parametrize("gelu", [True, False], ids=["gelu", "plain"])
-@pytest.mark.parametrize("cfg", [int8_gluon.Config(), int8_gluon.Config(epilogue_warps=4)], ids=["mma-warps", "split"])
+@pytest.mark.parametrize("cfg", [int8_gluon.Config(), int8_gluon.Config(epilogue_warps=4),
+                                 int8_gluon.Config(epilogue_warps=4, mma_regs=216, magic=True)],
+                         ids=["mma-warps", "split", "split-216-magic"])
 def test_gluon_quant_epilogue_writes_the_bytes_of_gemm_then_quantize(gelu, cfg):
     # the FFN up-projection's epilogue (bias, GELU, int8 quantization per 128 x 128 tile) against the
     # GEMM's bf16 output quantized by the separate launch: ragged row and column blocks, several tiles

@@ -74,6 +74,7 @@ class Config:
     # warps, so it runs under the next tile's products; the num_warps MMA warps then get mma_regs
     epilogue_warps: int = 0
     mma_regs: int = 208
+    magic: bool = False  # promote the int32 products by an add and a subtraction instead of a conversion (_retire)
 
 
 def config_for(n: int, k: int) -> Config:
@@ -101,6 +102,7 @@ def smem_bytes(cfg: Config, out_bytes: int = 2) -> int:
 
 
 if gluon is not None:
+    _MAGIC_BITS = gl.constexpr(0x4B400000)  # float32 1.5 * 2**23 (Config.magic)
 
     @gluon.constexpr_function
     def _mma_layout(num_warps, bn):
@@ -119,7 +121,7 @@ if gluon is not None:
 
     @gluon.jit
     def _retire(tok, OUTSTANDING: gl.constexpr, acc, descs, bufs, bars, sa_row, sb_row, kb, g, nk, off_m, off_n,
-                STAGES: gl.constexpr, WS: gl.constexpr):
+                STAGES: gl.constexpr, WS: gl.constexpr, MAGIC: gl.constexpr):
         """Wait for the product of the tile's K block kb (the program's g-th block), leaving OUTSTANDING
         later ones running; free its stage (WS: signal the load partition; else refill it with block
         kb + STAGES here); add the product at its two scales to acc: (acc, the product)."""
@@ -132,6 +134,9 @@ if gluon is not None:
             mbarrier.arrive(bars[1].index(s), count=1)
         else:
             _load_block(descs, bufs, bars[0], kb + STAGES, s, nk, off_m, off_n)
+        if MAGIC:  # float(v) = bits(v + bits of 1.5 * 2**23) - 1.5 * 2**23, exact for |v| <= 2**21 (one 128-deep block):
+            # an integer add and a float subtraction at full rate instead of a quarter-rate conversion
+            return acc + ((done + _MAGIC_BITS).to(gl.float32, bitcast=True) - 12582912.0) * scale, done
         return acc + done.to(gl.float32) * scale, done
 
     @gluon.jit
@@ -172,7 +177,8 @@ if gluon is not None:
 
     @gluon.jit
     def _mma_tile(descs, bufs, bars, sa_row, sb_row, nk, g0, off_m, off_n, layout: gl.constexpr,
-                  BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr, WS: gl.constexpr):
+                  BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr, WS: gl.constexpr,
+                  MAGIC: gl.constexpr = False):
         """One tile's sum_kb product(kb) * scale(kb) in float32 [BM, BN]; its first block is the
         program's g0-th. Two products in flight, in alternating
         registers, over runs of UNROLL blocks. No product is in flight across the loop's back edge:
@@ -187,25 +193,25 @@ if gluon is not None:
             k0 = run * UNROLL
             tok_a = _issue(bufs, bars, done_a, g0 + k0, STAGES)
             tok_b = _issue(bufs, bars, done_b, g0 + k0 + 1, STAGES)
-            acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0, g0 + k0, nk, off_m, off_n, STAGES, WS)
+            acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0, g0 + k0, nk, off_m, off_n, STAGES, WS, MAGIC)
             for j in gl.static_range(2, UNROLL):
                 if j % 2 == 0:  # block j goes into a's registers while b's product completes
                     tok_a = _issue(bufs, bars, done_a, g0 + k0 + j, STAGES)
                     acc, done_b = _retire(tok_b, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, g0 + k0 + j - 1, nk,
-                                          off_m, off_n, STAGES, WS)
+                                          off_m, off_n, STAGES, WS, MAGIC)
                 else:
                     tok_b = _issue(bufs, bars, done_b, g0 + k0 + j, STAGES)
                     acc, done_a = _retire(tok_a, 1, acc, descs, bufs, bars, sa_row, sb_row, k0 + j - 1, g0 + k0 + j - 1, nk,
-                                          off_m, off_n, STAGES, WS)
+                                          off_m, off_n, STAGES, WS, MAGIC)
             if UNROLL % 2 == 0:
                 acc, done_b = _retire(tok_b, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, g0 + k0 + UNROLL - 1, nk,
-                                      off_m, off_n, STAGES, WS)
+                                      off_m, off_n, STAGES, WS, MAGIC)
             else:
                 acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, k0 + UNROLL - 1, g0 + k0 + UNROLL - 1, nk,
-                                      off_m, off_n, STAGES, WS)
+                                      off_m, off_n, STAGES, WS, MAGIC)
         for kb in range(nk // UNROLL * UNROLL, nk):  # the blocks past the last whole run, one at a time
             tok_a = _issue(bufs, bars, done_a, g0 + kb, STAGES)
-            acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, kb, g0 + kb, nk, off_m, off_n, STAGES, WS)
+            acc, done_a = _retire(tok_a, 0, acc, descs, bufs, bars, sa_row, sb_row, kb, g0 + kb, nk, off_m, off_n, STAGES, WS, MAGIC)
         return acc
 
     @gluon.jit
@@ -267,7 +273,7 @@ if gluon is not None:
     def _mma_partition(descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, qargs, M, N, nk, stride_sam,
                        stride_sbn, NW: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                        UNROLL: gl.constexpr, GROUP_M: gl.constexpr, HAS_BIAS: gl.constexpr,
-                       QUANT_OUT: gl.constexpr, GELU: gl.constexpr, USE_TABLE: gl.constexpr,
+                       QUANT_OUT: gl.constexpr, GELU: gl.constexpr, USE_TABLE: gl.constexpr, MAGIC: gl.constexpr,
                        FIRST: gl.constexpr = 0, STEP: gl.constexpr = 1):
         """Warp-specialized products and epilogues of this (persistent) program's tiles FIRST,
         FIRST + STEP, ... (STEP = 2: ping-pong, two consumers taking turns, so one's epilogue runs
@@ -283,7 +289,7 @@ if gluon is not None:
                 # so a consumer must not wait on blocks a lap or more ahead of the one being consumed
                 mbarrier.wait(bars[2].index(FIRST), phase=((j // 2) & 1) ^ (1 - FIRST))  # a fresh barrier passes parity 1
             acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
-                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True, MAGIC)
             if STEP == 2:
                 mbarrier.arrive(bars[2].index(1 - FIRST), count=1)
             if QUANT_OUT:
@@ -347,6 +353,7 @@ if gluon is not None:
         UNROLL: gl.constexpr = meta.type.shape[0]
         GROUP_M: gl.constexpr = meta.type.shape[1]
         HAS_BIAS: gl.constexpr = meta.type.shape[2] == 2
+        MAGIC: gl.constexpr = meta.type.shape[3] == 2
         layout: gl.constexpr = _mma_layout(gl.num_warps(), BN)
         num_tiles = gl.cdiv(M, BM) * gl.cdiv(N, BN)
         pid = gl.program_id(0)
@@ -354,7 +361,7 @@ if gluon is not None:
         for j in range(gl.cdiv(num_tiles - pid, nprog)):
             off_m, off_n = _tile(pid + j * nprog, M, N, BM, BN, GROUP_M)
             acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam, sb_ptr + (off_n // 128) * stride_sbn,
-                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True)
+                            nk, j * nk, off_m, off_n, layout, BM, BN, STAGES, UNROLL, True, MAGIC)
             if HAS_BIAS:
                 cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
                 acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
@@ -380,7 +387,7 @@ if gluon is not None:
         _mma_partition(descs, bufs, bars, c_desc, c_smems[1], sa_ptr, sb_ptr, bias_ptr, None, M, N, nk, stride_sam,
                        stride_sbn, gl.num_warps(), c_desc.block_type.shape[0], c_desc.block_type.shape[1],
                        bufs[0].type.shape[0], meta.type.shape[0], meta.type.shape[1], meta.type.shape[2] == 2,
-                       False, False, False, 1, 2)
+                       False, False, False, meta.type.shape[3] == 2, 1, 2)
 
     @gluon.jit
     def _pp_loader(descs, bufs, bars, c_desc, c_smems, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam, stride_sbn, meta):
@@ -392,7 +399,8 @@ if gluon is not None:
     def _int8_block_gemm_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                                 stride_sam, stride_sbn, s_out_ptr, tbl_ptr, h_ptr, stride_som,
                                 HAS_BIAS: gl.constexpr, QUANT_OUT: gl.constexpr, GELU: gl.constexpr,
-                                USE_TABLE: gl.constexpr, EPI_SPLIT: gl.constexpr, MMA_WARPS: gl.constexpr,
+                                USE_TABLE: gl.constexpr, MAGIC: gl.constexpr, EPI_SPLIT: gl.constexpr,
+                                MMA_WARPS: gl.constexpr,
                                 MMA_REGS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                                 UNROLL: gl.constexpr, WS: gl.constexpr, PINGPONG: gl.constexpr,
                                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
@@ -423,8 +431,8 @@ if gluon is not None:
             hbar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # h ready, h free
             for i in gl.static_range(2):
                 mbarrier.init(hbar.index(i), count=1)
-            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1],
-                                             gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1, 2 if MAGIC else 1],
+                                             gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
             wargs = (descs, bufs, bars, c_desc, h_smem, hbar, sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
                      stride_sbn, meta)
             gl.warp_specialize([
@@ -437,14 +445,14 @@ if gluon is not None:
         elif PINGPONG:  # persistent: one loader warp, two consumers of num_warps each taking turns at tiles
             c_smem0 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             c_smem1 = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
-            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1],
-                                             gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+            meta = gl.allocate_shared_memory(gl.int8, [UNROLL, GROUP_M, 2 if HAS_BIAS else 1, 2 if MAGIC else 1],
+                                             gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
             wargs = (descs, bufs, bars, c_desc, (c_smem0, c_smem1), sa_ptr, sb_ptr, bias_ptr, M, N, nk, stride_sam,
                      stride_sbn, meta)
             gl.warp_specialize([
                 (_mma_partition, (descs, bufs, bars, c_desc, c_smem0, sa_ptr, sb_ptr, bias_ptr, None, M, N, nk,
                                   stride_sam, stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS,
-                                  False, False, False, 0, 2)),
+                                  False, False, False, MAGIC, 0, 2)),
                 (_pp_second, wargs),
                 (_pp_loader, wargs),
             ], [num_warps, 1], [CONSUMER_REGS, 24])
@@ -453,7 +461,7 @@ if gluon is not None:
             gl.warp_specialize([
                 (_mma_partition, (descs, bufs, bars, c_desc, c_smem, sa_ptr, sb_ptr, bias_ptr, qargs, M, N, nk,
                                   stride_sam, stride_sbn, num_warps, BM, BN, STAGES, UNROLL, GROUP_M, HAS_BIAS,
-                                  QUANT_OUT, GELU, USE_TABLE)),
+                                  QUANT_OUT, GELU, USE_TABLE, MAGIC)),
                 (_load_partition, (descs, bufs, bars, M, N, nk, STAGES, BM, BN, GROUP_M)),
             ], [1], [24])
         else:  # one tile a program
@@ -462,7 +470,7 @@ if gluon is not None:
                 _load_block(descs, bufs, ready, i, i, nk, off_m, off_n)
             acc = _mma_tile(descs, bufs, bars, sa_ptr + (off_m // 128) * stride_sam,
                             sb_ptr + (off_n // 128) * stride_sbn, nk, 0, off_m, off_n, layout, BM, BN, STAGES,
-                            UNROLL, False)
+                            UNROLL, False, MAGIC)
             c_smem = gl.allocate_shared_memory(c_desc.dtype, [BM, BN], c_desc.layout)
             if QUANT_OUT:
                 _store_quant_tile(acc, c_desc, c_smem, bias_ptr, qargs, off_m, off_n, M, N, layout, HAS_BIAS, GELU,
@@ -569,7 +577,7 @@ def _launch(a_q, a_s, b_q, b_s, bias, c, cfg: Config, quant: tuple | None = None
         a_desc, b_desc, c_desc, a_s, b_s, bias if bias is not None else a_s, m, n, k,
         a_s.stride(0), b_s.stride(0), s_out, table if table is not None else a_s, h, s_out.stride(0),
         HAS_BIAS=bias is not None, QUANT_OUT=quant is not None, GELU=gelu, USE_TABLE=table is not None,
-        EPI_SPLIT=split, MMA_WARPS=cfg.num_warps, MMA_REGS=cfg.mma_regs,
+        MAGIC=cfg.magic, EPI_SPLIT=split, MMA_WARPS=cfg.num_warps, MMA_REGS=cfg.mma_regs,
         STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws,
         PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
         # split: the kernel's own warps are the epilogue's; 16 warps (the loader's padded to 4) share the registers
