@@ -1,13 +1,11 @@
 """A/B of the int8 GEMM inside the graphed sagesla+int8 forward, one process (run on the device): the
-Triton kernel, the Gluon kernel's persistent warp-specialized launch (the default) with and without the
-FFN's GELU + int8 quantization in the up-projection's epilogue, and its ping-pong launch (two
-consumers taking turns at tiles). Each variant is a separate fast runner whose CUDA graph
-is captured with that GEMM; the forwards are timed in alternating rounds. The velocities should agree
-bit for bit (the same block sums in the same order; the epilogue quantizes the hidden layer's
-rounded values as the separate launch does), which the report checks.
+Triton kernel, the Gluon kernel with int8_gluon.config_for's launches (the default), and the Gluon
+kernel with runs of 4 blocks everywhere. Each variant is a separate fast runner whose CUDA graph is
+captured with that GEMM; the forwards are timed in alternating rounds. The velocities should agree
+bit for bit (the same block sums in the same order), which the report checks.
 
     python3 benchmarks/ab_int8_gemm.py --models Wan2.1-1.3B [--forwards 8] [--rounds 3] [--out F]
-    AB_VARIANTS="gluon ws (default)|gluon ws, FFN epilogue off" python3 benchmarks/ab_int8_gemm.py ...
+    AB_VARIANTS="gluon (config_for)|gluon, runs of 4" python3 benchmarks/ab_int8_gemm.py ...
 """
 from __future__ import annotations
 
@@ -24,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_fp8_scales import ab_setup, forward_inputs, record, rel  # noqa: E402
 from turbovid.bench.cases import variant_dit  # noqa: E402
 from turbovid.bench.timing import cuda_ms  # noqa: E402
-from turbovid.ops.quant import int8_gluon, int8_triton  # noqa: E402
+from turbovid.ops.quant import int8_gluon  # noqa: E402
 
-PINGPONG = int8_gluon.Config(block_m=64, num_warps=4, stages=6, unroll=4, pingpong=True)
-# name: (the GEMM's launch per weight shape (None: the Triton kernel), GELU + quantization in the FFN's first epilogue)
-VARIANTS = {"triton": (None, False), "gluon ws (default)": (int8_gluon.config_for, True),
-            "gluon ws, FFN epilogue off": (int8_gluon.config_for, False),
-            "gluon ping-pong": (lambda n, k: PINGPONG, True)}
+# name: the GEMM's launch per weight shape (None: the Triton kernel)
+VARIANTS = {"triton": None, "gluon (config_for)": int8_gluon.config_for,
+            "gluon, runs of 4": lambda n, k: int8_gluon.Config()}
 
 
 def main() -> None:
@@ -45,16 +41,14 @@ def main() -> None:
 
             dit = variant_dit(model, "sagesla+int8", torch.device("cuda"), torch.bfloat16, 0.1)
             runners, outs = {}, {}
-            for name, (pick, epilogue) in variants.items():  # the GEMM is chosen when the graph is captured
+            for name, pick in variants.items():  # the GEMM is chosen when the graph is captured
                 os.environ["TURBOVID_GLUON"] = "0" if pick is None else "1"
                 int8_gluon.config_for = pick or real_config_for
-                int8_triton.GELU_EPILOGUE = epilogue
                 runners[name] = make_fast(dit)
                 runners[name](lat, t, ctx)  # eager call; the next one captures
                 outs[name] = runners[name](lat, t, ctx).float()
             os.environ["TURBOVID_GLUON"] = "1"
             int8_gluon.config_for = real_config_for
-            int8_triton.GELU_EPILOGUE = True
             row = {"ms": {name: [] for name in runners}}
             for _ in range(args.rounds):
                 for name, r in runners.items():

@@ -61,15 +61,11 @@ def main() -> None:
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
-    pcfg = int8_gluon.Config(block_m=64, num_warps=4, stages=6, pingpong=True)
 
-    def gluon_consts(cfg, quant: bool = False) -> dict:
-        return dict(HAS_BIAS=True, QUANT_OUT=quant, GELU=quant, USE_TABLE=quant, MAGIC=cfg.magic, EPI_SPLIT=False,
-                    MMA_WARPS=cfg.num_warps, MMA_REGS=cfg.mma_regs, STAGES=cfg.stages,
-                    GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws, PINGPONG=cfg.pingpong,
-                    CONSUMER_REGS=cfg.consumer_regs)
+    def gluon_consts(cfg) -> dict:
+        return dict(HAS_BIAS=True, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws)
 
-    def gluon_gemm_sig(cfg, quant: bool = False) -> dict:
+    def gluon_gemm_sig(cfg) -> dict:
         # Gluon descriptors carry their shared-memory layout in the type
         from triton.experimental.gluon import language as gl
 
@@ -77,10 +73,8 @@ def main() -> None:
             layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
             return f"tensordesc<{dtype}[{block[0]},{block[1]}],{layout!r}>"
         return dict(a_desc=desc("i8", gl.int8, [cfg.block_m, 128]), b_desc=desc("i8", gl.int8, [cfg.block_n, 128]),
-                    c_desc=desc("i8", gl.int8, [cfg.block_m, cfg.block_n]) if quant
-                    else desc("bf16", gl.bfloat16, [cfg.block_m, cfg.block_n]), sa_ptr="*fp32", sb_ptr="*fp32",
-                    bias_ptr="*bf16", M="i32", N="i32", K="i32", stride_sam="i32", stride_sbn="i32",
-                    s_out_ptr="*fp32", tbl_ptr="*fp32", h_ptr="*bf16", stride_som="i32")
+                    c_desc=desc("bf16", gl.bfloat16, [cfg.block_m, cfg.block_n]), sa_ptr="*fp32", sb_ptr="*fp32",
+                    bias_ptr="*bf16", M="i32", N="i32", K="i32", stride_sam="i32", stride_sbn="i32")
 
     f32 = "*fp32"
     sage_sig = dict(
@@ -177,11 +171,6 @@ def main() -> None:
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
          gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),
-        ("same, ping-pong: two 64-row consumers taking turns at tiles", int8_gluon._int8_block_gemm_kernel,
-         gluon_gemm_sig(pcfg), gluon_consts(pcfg), [], pcfg.num_warps, 3, pcfg.maxnreg),
-        ("same, the FFN's up-projection: bias, tanh-GELU and the int8 quantization in the epilogue",
-         int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg, True), gluon_consts(gcfg, True), [],
-         gcfg.num_warps, 3, gcfg.maxnreg),
         ("tanh-GELU + fp8 activation quantization (the FFN down-projection's input)", int8_triton._quant_act_kernel,
          dict(x_ptr="*bf16", q_ptr="*fp8e4nv", s_ptr=f32, tbl_ptr=f32, M="i32", K="i32", stride_xm="i32",
               stride_qm="i32", stride_sr="i32", stride_sk="i32"),

@@ -358,10 +358,6 @@ def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypat
         real = fp8_tensor_triton.quantize
         monkeypatch.setattr(fp8_tensor_triton, "quantize", lambda x, gelu=False, bound=None, from_norm=None: calls.append(
             {"gelu_input": gelu}) or real(x, gelu, bound, from_norm))
-    elif fmt == "int8":  # both layers' kernels in one call (int8_triton.gelu_ffn)
-        real = q8.kernels().quantize_act
-        monkeypatch.setattr(q8.kernels(), "quantize_act", lambda x, fmt="int8", gelu=False: calls.append(
-            {"gelu_input": gelu}) or real(x, fmt, gelu))
     else:
         real = q8.kernels().linear
         monkeypatch.setattr(q8.kernels(), "linear", lambda *a, **k: calls.append(k) or real(*a, **k))
@@ -370,25 +366,6 @@ def test_fast_ffn_fuses_the_gelu_into_the_quantized_layer(interp, fmt, monkeypat
     plain = seq(x)
     assert torch.isfinite(fused_out).all()
     assert rel(fused_out, plain) < 2e-2  # the same quantized math up to GELU rounding flips
-
-
-def test_int8_gelu_ffn_is_the_two_layers_bytes(interp, monkeypatch):
-    """int8_triton.gelu_ffn (off Hopper: fc1 stored, GELU + quantization in fc2's launch) gives the
-    bytes of the two int8 layers run one after the other with the GELU between them."""
-    import torch.nn as nn
-
-    from turbovid.ops.quant import int8 as q8
-    from turbovid.ops.quant import int8_triton, swap_linears
-
-    monkeypatch.setattr(q8, "_allow_interpreter", True)
-    seq = swap_linears(nn.Sequential(nn.Linear(128, 384), nn.GELU(approximate="tanh"), nn.Linear(384, 256)).half())
-    fc1, fc2 = seq[0], seq[2]
-    x = torch.randn(2, 150, 128).half()  # two row blocks, the second ragged
-    y = int8_triton.gelu_ffn(x, fc1.int8_weight, fc1.scale, fc1.bias, fc2.int8_weight, fc2.scale, fc2.bias)
-    h = int8_triton.linear(x, fc1.int8_weight, fc1.scale, fc1.bias)
-    want = int8_triton.linear(h, fc2.int8_weight, fc2.scale, fc2.bias, gelu_input=True)
-    assert y.shape == (2, 150, 256) and y.dtype == torch.float16
-    assert torch.equal(y, want)
 
 
 def _fp8_bytes(act):

@@ -228,50 +228,14 @@ def test_gluon_kernel_is_not_picked_off_hopper(monkeypatch):
     assert not int8_gluon.available(a, b, torch.bfloat16)
     with pytest.raises(ValueError, match="must divide 128"):
         int8_gluon.scaled_mm(a, None, b, None, None, None, int8_gluon.Config(block_m=96))
-    for cfg in (int8_gluon.Config(block_n=64), int8_gluon.Config(block_m=64, num_warps=4, pingpong=True)):
-        with pytest.raises(ValueError, match="quantizes 128 x 128 tiles"):  # a tile must be one quantization block
-            int8_gluon.scaled_mm_quant(a, None, b, None, None, torch.bfloat16, True, cfg)
 
 
-def test_ffn_epilogue_is_picked_where_k_hides_it():
-    # measured on an H100: the 1.3B up-projection (K = 12 blocks) is faster unfused, the 14B one
-    # (40 blocks) with the epilogue in its own partition
+def test_gluon_launch_per_weight_shape():
+    # runs of 6 K blocks at the 1.3B model's K of 12 and 70 blocks (measured faster there), 4 elsewhere
     from turbovid.ops.quant import int8_gluon
 
-    assert int8_gluon.quant_config_for(8960, 1536) is None
-    cfg = int8_gluon.quant_config_for(13824, 5120)
-    assert cfg.epilogue_warps == 4 and (cfg.block_m, cfg.block_n, cfg.pingpong) == (128, 128, False)
-
-
-def test_gluon_ffn_epilogue_failure_falls_back_to_the_unfused_kernels(monkeypatch, caplog):
-    # where the up-projection's GELU + quantization epilogue (int8_gluon.scaled_mm_quant) is picked
-    # but fails, the FFN runs as two layers (same bytes) and the failure is logged once
-    import torch.nn as nn
-
-    from turbovid.ops.quant import int8 as q8
-    from turbovid.ops.quant import int8_gluon, swap_linears
-
-    monkeypatch.setattr(q8, "_allow_interpreter", True)
-    seq = swap_linears(nn.Sequential(nn.Linear(128, 256), nn.GELU(approximate="tanh"), nn.Linear(256, 128)).half())
-    fc1, fc2 = seq[0], seq[2]
-    x = torch.randn(1, 130, 128).half()
-    tries = []
-    monkeypatch.setattr(int8_gluon, "quant_config_for", lambda n, k: int8_gluon.Config(epilogue_warps=4))
-
-    def broken(*args, **kwargs):
-        tries.append(1)
-        raise RuntimeError("ptxas died")
-
-    monkeypatch.setattr(int8_gluon, "available", lambda *a: True)
-    monkeypatch.setattr(int8_gluon, "scaled_mm_quant", broken)
-    monkeypatch.setattr(int8_gluon, "scaled_mm", broken)
-    monkeypatch.setattr(int8_triton, "_gluon_broken", set())
-    with caplog.at_level("WARNING"):
-        got = int8_triton.gelu_ffn(x, fc1.int8_weight, fc1.scale, fc1.bias, fc2.int8_weight, fc2.scale, fc2.bias)
-    want = int8_triton.linear(int8_triton.linear(x, fc1.int8_weight, fc1.scale, fc1.bias), fc2.int8_weight,
-                              fc2.scale, fc2.bias, gelu_input=True)
-    assert torch.equal(got, want) and len(tries) == 1
-    assert sum("Gluon kernel failed" in r.getMessage() for r in caplog.records) == 1
+    assert [int8_gluon.config_for(n, k).unroll for n, k in [(4608, 1536), (1536, 8960), (5120, 5120), (5120, 13824)]] \
+        == [6, 6, 4, 4]
 
 
 def test_bad_kernel_inputs_raise():

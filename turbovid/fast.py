@@ -24,7 +24,6 @@ from turbovid.models.dit import SelfAttention
 from turbovid.ops.quant.fp8 import (
     Fp8Activation, Fp8Linear, Fp8TensorLinear, fp8_kernel_linear, fp8_tensor_linear, share_weight_scale,
 )
-from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
 
 log = logging.getLogger("turbovid.fast")
 
@@ -66,6 +65,8 @@ def use_fused_kernels(flag: bool = True) -> None:
 def _quant_kernel_for(layer: nn.Module, x: torch.Tensor):
     """The kernel linear (x, w_q, w_scale, bias, gelu_input=...) serving an int8 / fp8 `layer` for x
     (the same choice the layer's own forward makes: cuBLAS or Triton for fp8), else None."""
+    from turbovid.ops.quant.int8 import Int8Linear, kernels, use_kernel
+
     if isinstance(layer, Fp8TensorLinear):
         return fp8_tensor_linear  # its own kernels, or the reference where they cannot run
     if isinstance(layer, Fp8Linear):
@@ -99,12 +100,6 @@ class GeluFFN(nn.Sequential):
             hidden = fc1.forward_gelu(x)  # GELU + quantization in fc1's GEMM epilogue
             if hidden is not None:
                 return fc2(hidden)
-        if _gelu_quant_ok and type(fc1) is Int8Linear and type(fc2) is Int8Linear and use_kernel(x):
-            try:  # the hidden layer quantized in fc1's epilogue where it can be (int8_triton.gelu_ffn)
-                return kernels().gelu_ffn(x, fc1.int8_weight, fc1.scale, fc1.bias, fc2.int8_weight, fc2.scale,
-                                          fc2.bias)
-            except Exception as e:  # noqa: BLE001 - as below
-                _disable_gelu_quant(e)
         h = fc1(x)
         if per_tensor:
             # fc2's input bound from the row norms of fc1's input: no pass over h for its amax

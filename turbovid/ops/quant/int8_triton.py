@@ -414,17 +414,11 @@ _gluon_broken: set[str] = set()  # devices where the Gluon kernel failed once: t
 
 def _gluon_mm(a_q, a_s, b_q, b_s, bias, c) -> torch.Tensor | None:
     """The Gluon kernel (int8_gluon) into c, or None where it failed on this device (logged once)."""
-    return _try_gluon(a_q, int8_gluon.scaled_mm, a_q, a_s, b_q, b_s, bias, c,
-                      int8_gluon.config_for(c.shape[1], a_q.shape[1]))
-
-
-def _try_gluon(a_q: torch.Tensor, fn, *args):
-    """fn(*args), or None where a Gluon launch failed on a_q's device before or now (logged once)."""
     dev = str(a_q.device)
     if dev in _gluon_broken:
         return None
     try:
-        return fn(*args)
+        return int8_gluon.scaled_mm(a_q, a_s, b_q, b_s, bias, c, int8_gluon.config_for(c.shape[1], a_q.shape[1]))
     except Exception as err:  # a Triton without this Gluon API, a compile failure: keep going without it
         _gluon_broken.add(dev)
         int8_gluon.log.warning("int8 GEMM: the Gluon kernel failed on %s (%s: %s); using the Triton kernel",
@@ -452,28 +446,3 @@ def linear(
     x_q, x_s = quantize_act(x2, fmt, gelu=gelu_input)
     y = scaled_mm(x_q, x_s, w_q, w_s, bias, out_dtype=x.dtype, config=config)
     return y.reshape(*shape[:-1], w_q.shape[0])
-
-
-GELU_EPILOGUE = True  # gelu_ffn: the Gluon epilogue where it serves (benchmarks/ab_int8_gemm.py turns it off)
-
-
-def gelu_ffn(
-    x: torch.Tensor, w1_q: torch.Tensor, w1_s: torch.Tensor, b1: torch.Tensor | None,
-    w2_q: torch.Tensor, w2_s: torch.Tensor, b2: torch.Tensor | None,
-) -> torch.Tensor:
-    """fc2(tanh-GELU(fc1(x))) for two int8 linears, the hidden layer rounded to x's dtype as the
-    unfused layers round it. On Hopper, where fc1's K is long enough to hide it
-    (int8_gluon.quant_config_for: the 14B model), the first GEMM's epilogue applies the bias and GELU
-    and quantizes each 128 x 128 tile for fc2 (int8_gluon.scaled_mm_quant): the hidden layer never
-    exists in x's dtype, which saves a write, a read and the quantizing launch. Elsewhere fc1's
-    output is stored and the GELU runs in fc2's activation quantization; both give the same bytes."""
-    shape = x.shape
-    x_q, x_s = quantize_act(x.reshape(-1, shape[-1]), "int8")
-    hidden = None
-    epilogue = int8_gluon.quant_config_for(*w1_q.shape) if GELU_EPILOGUE else None
-    if epilogue and x.dtype in (torch.bfloat16, torch.float16) and int8_gluon.available(x_q, w1_q, torch.int8):
-        hidden = _try_gluon(x_q, int8_gluon.scaled_mm_quant, x_q, x_s, w1_q, w1_s, b1, x.dtype, True, epilogue)
-    if hidden is None:
-        hidden = quantize_act(scaled_mm(x_q, x_s, w1_q, w1_s, b1, out_dtype=x.dtype), "int8", gelu=True)
-    y = scaled_mm(*hidden, w2_q, w2_s, b2, out_dtype=x.dtype)
-    return y.reshape(*shape[:-1], w2_q.shape[0])
