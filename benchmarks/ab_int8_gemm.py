@@ -54,8 +54,8 @@ def main() -> None:
                 for name, r in runners.items():
                     row["ms"][name] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
             row["median_ms"] = {name: round(statistics.median(v), 2) for name, v in row["ms"].items()}
-            base = outs[next(iter(outs))]
-            row[f"rel_diff_vs_{next(iter(outs))}"] = {name: rel(o, base) for name, o in outs.items()}
+            first = next(iter(outs))
+            row[f"rel_diff_vs_{first}"] = {name: rel(o, outs[first]) for name, o in outs.items()}
             del runners, outs, dit
             torch.cuda.empty_cache()
         record(report, model, row, args.out)
