@@ -2,18 +2,21 @@
 Triton kernel (autotuned), bf16 cuBLAS and cuBLAS's per-tensor fp8, one process, at the DiT's
 shapes (M = 32760 tokens, 480p). Each Gluon config is first checked against the Triton kernel:
 both compute exact int32 block products and scale them in float32, so their bf16 outputs agree up
-to the order of the float32 additions (max abs difference reported).
+to the order of the float32 additions (max abs difference reported). Then every candidate is timed
+in ROUNDS interleaved rounds (default 3; the median is reported and each round's figure kept): timed
+one after another, the 14B shapes' candidates moved by up to 20% between two sweeps as the card heated.
 
     PYTHONPATH=$PWD python3 benchmarks/explore_int8_gluon.py --out $OUT/explore_int8_gluon.json
 """
 from __future__ import annotations
 
 import os
+import statistics
 
 import torch
 from triton.testing import do_bench
 
-from turbovid.bench.timing import sweep_shapes
+from turbovid.bench.timing import interleaved_ms, sweep_shapes
 from turbovid.ops.quant import int8, int8_gluon, int8_triton
 
 M = 32760
@@ -24,6 +27,7 @@ SHAPES = {  # (K, N)
 }
 if os.environ.get("SHAPES"):  # a subset, by name prefix: SHAPES="1.3B,14B o"
     SHAPES = {k: v for k, v in SHAPES.items() if any(k.startswith(p) for p in os.environ["SHAPES"].split(","))}
+ROUNDS = int(os.environ.get("ROUNDS", "3"))  # interleaved timing rounds
 CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg
     (128, 128, 8, 5, 4, True, 168), (128, 128, 8, 5, 6, True, 168), (128, 128, 8, 4, 4, True, 168),
     (128, 128, 8, 3, 2, False, None),
@@ -46,38 +50,51 @@ def one(k: int, n: int) -> dict:
     triton_out = int8_triton.scaled_mm(a_q, a_s, w_q, w_s, bias, use_tma=True)  # autotuned Triton kernel
     ref = int8.dequantize_blockwise(a_q, a_s) @ int8.dequantize_blockwise(w_q, w_s).t() + bias.float()
     out = {
-        "bf16_cublas_ms": bench(lambda: torch.nn.functional.linear(x, w, bias)),
-        "triton_ms": bench(lambda: int8_triton.scaled_mm(a_q, a_s, w_q, w_s, bias, use_tma=True)),
         "triton_config": int8_triton.best_config(n, k, M),
         "triton_rel_err": ((triton_out.float() - ref).norm() / ref.norm()).item(),
-        "act_quant_ms": bench(lambda: int8_triton.quantize_act(x, "int8")),
         "gluon": [],
+    }
+    # every candidate is checked first, then all are timed in interleaved rounds (bench.timing.interleaved_ms)
+    fns = {
+        "bf16_cublas": lambda: torch.nn.functional.linear(x, w, bias),
+        "triton": lambda: int8_triton.scaled_mm(a_q, a_s, w_q, w_s, bias, use_tma=True),
+        "act_quant": lambda: int8_triton.quantize_act(x, "int8"),
     }
     try:
         wf, xf = w.to(torch.float8_e4m3fn), x.to(torch.float8_e4m3fn)
         one_s = torch.ones((), device=dev)
-        out["fp8_tensorwise_ms"] = bench(lambda: torch._scaled_mm(xf, wf.t(), one_s, one_s, bias=bias,
-                                                                  out_dtype=torch.bfloat16, use_fast_accum=True))
+        fns["fp8_tensorwise"] = lambda: torch._scaled_mm(xf, wf.t(), one_s, one_s, bias=bias, out_dtype=torch.bfloat16,
+                                                         use_fast_accum=True)
+        fns["fp8_tensorwise"]()
     except Exception as err:  # noqa: BLE001 - report, keep going
+        fns.pop("fp8_tensorwise", None)
         out["fp8_tensorwise_error"] = str(err).splitlines()[0]
-    for bm, bn, warps, stages, unroll, ws, maxnreg in CONFIGS:
+    c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
+    for i, (bm, bn, warps, stages, unroll, ws, maxnreg) in enumerate(CONFIGS):
         cfg = int8_gluon.Config(block_m=bm, block_n=bn, num_warps=warps, stages=stages, unroll=unroll, ws=ws,
                                 maxnreg=maxnreg)
         row = {"config": [bm, bn, warps, stages, unroll, ws, maxnreg]}
         try:
-            c = torch.empty(M, n, device=dev, dtype=torch.bfloat16)
+            c.fill_(float("nan"))
             int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)
             row["max_abs_vs_triton"] = (c.float() - triton_out.float()).abs().max().item()
             row["rel_err"] = ((c.float() - ref).norm() / ref.norm()).item()
-            row["ms"] = bench(lambda: int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg))
-            row["tops"] = flops / row["ms"] / 1e9
+            fns[f"gluon{i}"] = lambda cfg=cfg: int8_gluon.scaled_mm(a_q, a_s, w_q, w_s, bias, c, cfg)
         except Exception as err:  # noqa: BLE001 - a config that does not compile: report it
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
         out["gluon"].append(row)
+    times = interleaved_ms(fns, bench, ROUNDS)
+    for name, ts in times.items():
+        ms = statistics.median(ts)
+        if name.startswith("gluon"):
+            row = out["gluon"][int(name[5:])]
+            row.update(ms=ms, ms_rounds=ts, tops=flops / ms / 1e9)
+        else:
+            out[f"{name}_ms"], out[f"{name}_ms_rounds"] = ms, ts
+            if name != "act_quant":
+                out[f"{name}_tops"] = flops / ms / 1e9
+    for row in out["gluon"]:
         print(n, k, row, flush=True)
-    for key in ("bf16_cublas_ms", "triton_ms", "fp8_tensorwise_ms"):
-        if key in out:
-            out[key.replace("_ms", "_tops")] = flops / out[key] / 1e9
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 from turbovid.bench import BenchOptions, main, run
 from turbovid.bench.cases import latent_shape, tokens_of
 from turbovid.bench.report import README_MARKERS, derived, summary_markdown, update_docs
-from turbovid.bench.timing import forward_flops
+from turbovid.bench.timing import forward_flops, interleaved_ms
 from turbovid.configs import DIT_PRESETS
 
 
@@ -171,3 +171,16 @@ def test_gc_pauses_counts_collections_in_the_block_only():
     inside = seconds[0]
     gc.collect()  # after the block: not counted, and the callback is gone
     assert seconds[0] == inside and len(gc.callbacks) == before
+
+
+def test_interleaved_timing_rotates_the_candidates_each_round():
+    order = []
+    fns = {name: (lambda name=name: name) for name in "abc"}
+
+    def bench(fn):
+        order.append(fn())
+        return float(len(order))  # later calls "take longer", like a card that heats up
+
+    times = interleaved_ms(fns, bench, rounds=3)
+    assert order == list("abc" "bca" "cab")
+    assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}

@@ -65,6 +65,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 1, rep
     return Timing(statistics.median(times), min(times), max(times), len(times))
 
 
+def interleaved_ms(fns: dict[str, Callable[[], object]], bench: Callable[[Callable[[], object]], float],
+                   rounds: int = 3) -> dict[str, list[float]]:
+    """bench(fn) for every candidate, `rounds` times over, the candidates in turn and each round
+    starting one candidate later: a card that heats up and lowers its clocks during a sweep then
+    slows every candidate alike instead of the last ones timed. Returns each name's times in order."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            times[name].append(bench(fns[name]))
+    return times
+
+
 def _run(cmd: list[str]) -> str | None:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.strip() or None
