@@ -26,7 +26,7 @@ from turbovid.ops.quant import int8_gluon  # noqa: E402
 
 # name: the GEMM's launch per weight shape (None: the Triton kernel)
 VARIANTS = {"triton": None, "gluon (config_for)": int8_gluon.config_for,
-            "gluon, runs of 4": lambda n, k: int8_gluon.Config()}
+            "gluon, runs of 4": lambda n, k: int8_gluon.Config(unroll=4)}
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def _hopper() -> bool:
 needs_gluon = pytest.mark.skipif(not _hopper() or int8_gluon.gluon is None,
                                  reason="the Gluon int8 kernel runs on sm_90 with Triton's Gluon")
 GLUON_CONFIGS = [  # the shipped launches (persistent, warp-specialized), and the plain one-tile-a-program kernel
-    int8_gluon.Config(), int8_gluon.Config(unroll=6), int8_gluon.Config(block_n=64, unroll=3),
+    int8_gluon.Config(unroll=4), int8_gluon.Config(), int8_gluon.Config(block_n=64, unroll=3),
     int8_gluon.Config(ws=False, maxnreg=None, stages=3, unroll=2),
     int8_gluon.Config(ws=False, maxnreg=None, block_m=64, num_warps=4, stages=4, unroll=3),
 ]

@@ -61,18 +61,18 @@ class Config:
     num_warps: int = 8  # 4 per 64 rows: one warpgroup each
     stages: int = 5
     group_m: int = 8  # row tiles sharing each weight tile while it is in L2
-    unroll: int = 4  # K blocks a run (>= 2): one promotion a run is not overlapped
+    unroll: int = 6  # K blocks a run (>= 2): one promotion a run is not overlapped
     ws: bool = True  # persistent, with a loader warp issuing the TMA loads (warp specialization)
     maxnreg: int | None = 168  # with ws: 12 warps x 168 fill the SM's registers; setmaxnreg gives the MMA warps 240
 
 
 def config_for(n: int, k: int) -> Config:
-    """The launch for a weight of [n, k]: runs of 6 blocks at the 1.3B model's K of 12 and 70 blocks
-    (1536 -> 8960: 0.933 vs 0.968 ms; 8960 -> 1536: 0.865 vs 0.878 and 0.865 vs 0.954 ms in two
-    sweeps), of 4 elsewhere (at the 14B model's 40 and 108 blocks the two sweeps disagreed: runs of 6
-    lost by up to 20% in one and won by up to 5% in the other)."""
-    nk = -(-k // BLOCK)
-    return Config(unroll=6) if nk in (12, 70) else Config()
+    """The launch for a weight of [n, k]: the default at every DiT shape. Timed in interleaved rounds
+    (benchmarks/explore_int8_gluon.py, H100, 2026-11-27), runs of 6 blocks beat runs of 4 at all five
+    shapes swept: 1.3B qkv 0.463 vs 0.487 ms, ffn2 0.836 vs 0.923, 14B o 1.615 vs 1.687, ffn1 4.300
+    vs 4.556, ffn2 4.231 vs 4.501 (sweeps timed one launch after another had disagreed at the 14B
+    shapes by up to 20% as the card heated)."""
+    return Config()
 
 
 def smem_bytes(cfg: Config, out_bytes: int = 2) -> int:
