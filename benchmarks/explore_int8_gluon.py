@@ -29,8 +29,8 @@ if os.environ.get("SHAPES"):  # a subset, by name prefix: SHAPES="1.3B,14B o"
     SHAPES = {k: v for k, v in SHAPES.items() if any(k.startswith(p) for p in os.environ["SHAPES"].split(","))}
 ROUNDS = int(os.environ.get("ROUNDS", "3"))  # interleaved timing rounds
 CONFIGS = [  # block_m, block_n, warps, stages, unroll, warp-specialized (persistent), maxnreg
-    (128, 128, 8, 5, 4, True, 168), (128, 128, 8, 5, 6, True, 168), (128, 128, 8, 4, 4, True, 168),
-    (128, 128, 8, 3, 2, False, None),
+    (128, 128, 8, 5, 6, True, 168), (128, 128, 8, 4, 6, True, 168), (128, 128, 8, 3, 6, True, 168),
+    (128, 128, 8, 6, 6, True, 168), (128, 128, 8, 4, 4, True, 168), (128, 128, 8, 5, 4, True, 168),
 ]
 
 
