@@ -70,7 +70,7 @@ def config_for(n: int, k: int) -> Config:
     """The launch for a weight of [n, k]: the default at every DiT shape. Timed in interleaved rounds
     (benchmarks/explore_int8_gluon.py, H100, 2026-11-27), runs of 6 blocks beat runs of 4 at all five
     shapes swept: 1.3B qkv 0.463 vs 0.487 ms, ffn2 0.836 vs 0.923, 14B o 1.615 vs 1.687, ffn1 4.300
-    vs 4.556, ffn2 4.231 vs 4.501. A second sweep put runs of 4 ahead at 4 of 7 shapes: the two are
+    vs 4.556, ffn2 4.231 vs 4.501. A second sweep put runs of 4 ahead at 6 of 7 shapes: the two are
     within ~5%. In the graphed 1.3B forward runs of 6 won twice (183.9 vs 185.1 ms), at 14B neither."""
     return Config()
 
