@@ -72,6 +72,45 @@ def test_sla_batch2_ragged_head_dim_64():
     _sla_bound(out, q, k, v, 0.15, w, b, 128, 64, stats.lut.view_as(expected_lut))
 
 
+GLUON_CASES = {  # B, L, H, dtype, topk, linear branch, q/k/v as slices of one qkv tensor
+    "480p": (1, L480, 12, torch.bfloat16, 0.1, True, False),
+    "batch2_ragged": (2, 5000, 4, torch.bfloat16, 0.15, True, False),
+    "odd_steps_of_two_blocks": (2, 5000, 4, torch.bfloat16, 0.3, True, False),
+    "one_kept_block": (1, 300, 2, torch.bfloat16, 0.1, True, False),
+    "all_blocks": (1, 300, 2, torch.bfloat16, 1.0, True, False),
+    "no_linear_branch": (1, 4000, 3, torch.bfloat16, 0.1, False, False),
+    "fp16": (2, 1000, 3, torch.float16, 0.2, True, False),
+    "qkv_slices": (2, 3000, 6, torch.bfloat16, 0.1, True, True),
+}
+
+
+@pytest.mark.parametrize("case", list(GLUON_CASES))
+def test_sla_gluon_launch_matches_reference(case):
+    """The warp-specialized Gluon launch (sm_90): within the reference bound, at the Triton launch's
+    accuracy, on ragged lengths, batch 2, a single kept block, a last step with one block, no linear
+    branch, fp16, and q/k/v read in place from a fused qkv tensor."""
+    from turbovid.ops.attention import blockmap, sla_gluon, sla_kernel
+
+    B, L, H, dtype, topk, linear, sliced = GLUON_CASES[case]
+    if sliced:
+        qkv = torch.randn(B, L, 3, H, 128, device="cuda", generator=torch.Generator("cuda").manual_seed(7)).to(dtype)
+        q, k, v = qkv.unbind(2)
+    else:
+        q, k, v = random_qkv(B, L, H, 128, dtype, device="cuda", seed=8)
+    if not sla_gluon.available(q, k, v, 128, 64):
+        pytest.skip("the Gluon launch needs Gluon and an sm_90 GPU")
+    w, b = proj_params(128, "cuda") if linear else (None, None)
+    gluon = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=True, gluon=True)
+    triton_cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=True)
+    stats = blockmap.block_stats(q, k, v, topk, 128, 64)
+    out = sla_kernel.sla_forward(q, k, v, topk, w, b, config=gluon)
+    assert out.dtype == dtype and out.shape == q.shape
+    lut = stats.lut.view(B, H, -1, stats.kk)
+    expected = _sla_bound(out, q, k, v, topk, w, b, 128, 64, lut)
+    other = sla_kernel.sla_forward(q, k, v, topk, w, b, config=triton_cfg)
+    assert max_err(out, expected) <= 1.05 * max_err(other, expected) + 1e-3
+
+
 @pytest.mark.parametrize("inputs", [random_qkv, outlier_qkv], ids=["random", "outliers"])
 def test_sagesla_480p_accuracy(inputs):
     from turbovid.ops.attention import blockmap, sagesla_kernel

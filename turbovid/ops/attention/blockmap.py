@@ -138,21 +138,38 @@ def _key_pass_kernel(
 
 
 @triton.jit
-def _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _linear_params(bh, KVW, PHISUM, BIAS, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Head bh's (proj-folded kv, phi_sum, bias) for _linear_of: loaded once per program."""
+    d = tl.arange(0, D)
+    kvw = tl.load(KVW + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
+    phi_sum = tl.load(PHISUM + bh * D + d)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + d)
+    else:
+        bias = tl.zeros([D], dtype=tl.float32)
+    return kvw, phi_sum, bias
+
+
+@triton.jit
+def _linear_of(q, kvw, phi_sum, bias, lin_eps, HAS_BIAS: tl.constexpr):
     """proj_l(phi(q) @ kv / (phi(q) . phi_sum + eps)) = phi(q) @ (kv @ W^T) / (...) + b for a
     (rows, D) block of queries: the denominator is per row, so proj_l's weight is folded into kv
-    beforehand (KVW); kv and phi_sum come divided by L."""
-    d = tl.arange(0, D)
+    beforehand (kvw); kv and phi_sum come divided by L."""
     qf = q.to(tl.float32)
     e = tl.exp(qf - tl.max(qf, 1)[:, None])
     phi = e / tl.sum(e, 1)[:, None]
-    kvw = tl.load(KVW + bh.to(tl.int64) * D * D + d[:, None] * D + d[None, :])
     num = tl.dot(phi.to(kvw.dtype), kvw)
-    phi_sum = tl.load(PHISUM + bh * D + d)
     lin = num / (tl.sum(phi * phi_sum[None, :], 1) + lin_eps)[:, None]
     if HAS_BIAS:
-        lin += tl.load(BIAS + d)[None, :]
+        lin += bias[None, :]
     return lin
+
+
+@triton.jit
+def _linear_branch(q, bh, KVW, PHISUM, BIAS, lin_eps, D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """_linear_of for head bh, its parameters loaded here."""
+    kvw, phi_sum, bias = _linear_params(bh, KVW, PHISUM, BIAS, D, HAS_BIAS)
+    return _linear_of(q, kvw, phi_sum, bias, lin_eps, HAS_BIAS)
 
 
 @triton.jit
@@ -254,21 +271,33 @@ def fold_proj(kv: torch.Tensor, proj_weight: torch.Tensor, dtype: torch.dtype) -
 def _pool_kernel(
     X, P, KVW, PHISUM, BIAS, OUT,
     sx_b, sx_l, sx_h, so_b, so_l, so_h, L, H, NB, lin_eps,
-    D: tl.constexpr, BLK: tl.constexpr, LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    D: tl.constexpr, BLK: tl.constexpr, LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, SUB: tl.constexpr = 0,
+    STAGES: tl.constexpr = 2,
 ):
+    """Mean of each block of BLK queries (P) and, with LINEAR, the linear branch of every query
+    (OUT). SUB rows a step (SUB = 0: the whole block at once): the linear branch holds a few
+    (rows, D) float32 tensors, and at 128 rows on 8 warps one program filled an SM's registers, so
+    the SM waited on each program's loads in turn."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    rows = blk * BLK + tl.arange(0, BLK)
     d = tl.arange(0, D)
-    x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_l + d[None, :], mask=rows[:, None] < L, other=0.0)
+    STEP: tl.constexpr = BLK if SUB == 0 else SUB
+    x_src = X + b * sx_b + h * sx_h
+    out_dst = OUT + b * so_b + h * so_h
+    col_sum = tl.zeros([D], dtype=tl.float32)
+    if LINEAR:
+        kvw, phi_sum, bias = _linear_params(bh, KVW, PHISUM, BIAS, D, HAS_BIAS)
+    for i in tl.range(0, BLK // STEP, num_stages=STAGES):
+        rows = blk * BLK + i * STEP + tl.arange(0, STEP)
+        x = tl.load(x_src + rows[:, None] * sx_l + d[None, :], mask=rows[:, None] < L, other=0.0)
+        col_sum += tl.sum(x.to(tl.float32), 0)
+        if LINEAR:  # the linear branch for these queries, written where the attention kernel adds to it
+            lin = _linear_of(x, kvw, phi_sum, bias, lin_eps, HAS_BIAS)
+            tl.store(out_dst + rows[:, None] * so_l + d[None, :], lin.to(OUT.dtype.element_ty), mask=rows[:, None] < L)
     count = tl.minimum(L - blk * BLK, BLK).to(tl.float32)
-    tl.store(P + (bh * NB + blk).to(tl.int64) * D + d, tl.sum(x.to(tl.float32), 0) / count)
-    if LINEAR:  # the linear branch for these queries, written where the attention kernel adds to it
-        lin = _linear_branch(x, bh, KVW, PHISUM, BIAS, lin_eps, D, HAS_BIAS)
-        out = OUT + b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
-        tl.store(out, lin.to(OUT.dtype.element_ty), mask=rows[:, None] < L)
+    tl.store(P + (bh * NB + blk).to(tl.int64) * D + d, col_sum / count)
 
 
 @triton.jit
@@ -393,6 +422,10 @@ class StatsConfig:
     select_cols: int = 128  # key blocks per chunk of a row in the top-k step (one warp's width in float32)
     select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
     select_early: bool = True  # stop the radix select once every row has a clean cut
+    # query pool with the linear branch: rows a step (0: the whole block at once, on 8 warps for
+    # blocks of 128) and warps. The whole 128-row block on 8 warps held an SM alone (249 registers).
+    pool_rows: int = 32
+    pool_warps: int = 4
 
 
 DEFAULT_STATS = StatsConfig()
@@ -510,7 +543,8 @@ def block_stats(
         q, pq, kvw, phi_sum if lin else pq, bias, out,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         L, H, nq, LINEAR_EPS / L,
-        D=D, BLK=blkq, LINEAR=lin, HAS_BIAS=lin and proj_bias is not None, num_warps=4 if blkq <= 64 else 8,
+        D=D, BLK=blkq, LINEAR=lin, HAS_BIAS=lin and proj_bias is not None, SUB=min(cfg.pool_rows, blkq) if lin else 0,
+        num_warps=cfg.pool_warps if lin and cfg.pool_rows else 4 if blkq <= 64 else 8,
     )
 
     # 3. scores + top-k

@@ -174,6 +174,7 @@ class Config:
     tma: bool = False  # K/V blocks through tensor descriptors (Hopper's bulk copy engine)
     kv_copy: bool = False  # gather from head-major K/V copies written by the key pass
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
+    gluon: bool = False  # head_dim 128 on sm_90: the warp-specialized Gluon launch (sla_gluon.py) where it can run
 
 
 def default_config(head_dim: int, device: torch.device) -> Config:
@@ -184,7 +185,8 @@ def default_config(head_dim: int, device: torch.device) -> Config:
     # head_dim 128: one 64-key block per softmax step on 4 warps, the linear branch in the query
     # pass (its epilogue would crowd the 4-warp accumulator): 2.23 vs 2.31 ms at 480p, 9.48 vs
     # 10.19 ms at 720p (benchmarks/results/2026-11-26-explore-rotate-h100.json, rotate=False rows)
-    return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True)
+    # On sm_90 the Gluon launch replaces it where it can run (sla_gluon.available).
+    return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True, gluon=True)
 
 
 def sla_forward(
@@ -225,6 +227,12 @@ def sla_forward(
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
     bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
     oq, os_ = blockmap.output_buffers(q, out, mode, bound)
+    if cfg.gluon and lin_mode != 1 and not cfg.kv_copy:
+        from . import sla_gluon
+
+        if sla_gluon.available(q, k, v, blkq, blkk):
+            sla_gluon.attention(q, k, v, out, stats.lut, stats.kk, lin_mode, blkq, blkk, out_fp8=mode, oq=oq, os_=os_)
+            return blockmap.fp8_result(oq, os_, mode) if mode else out
     _sla_fwd_kernel[(nq, B * H)](
         q, k_src, v_src, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -1,0 +1,316 @@
+"""SLA's sparse attention on Hopper in Gluon: a loader warp, and the next scores overlapping softmax.
+
+Same math as sla_kernel's attention launch (head_dim 128, query blocks of 128, key blocks of 64,
+bf16/fp16): for each query block, online softmax over its kept key blocks (ascending lists from
+the block map), the linear branch already written into the output by the query pass (LIN_MODE 2)
+or absent (LIN_MODE 0), one rounding of the sum to the output dtype.
+
+Why a second kernel: the Triton launch waits for each tile's scores before its softmax and for
+softmax before the next scores, so the tensor cores idle while the CUDA cores compute the
+exponentials (docs/benchmarks.md, "Attention": ~440 TFLOP/s on the sparse part against cuDNN's
+dense ~580). Here one program is two consumer warpgroups (64 query rows each) and a loader warp:
+  - the loader streams GROUP kept key blocks a step (K and V by TMA, by the block map's indices)
+    into a ring of STAGES buffers, and the query block once;
+  - the consumers issue step t's scores Q K_t^T and step t-1's P V product together, wait for the
+    scores only, run softmax on them while P V still runs, then rescale the accumulator.
+No product is in flight across the loop's back edge (ptxas serializes every wgmma of a kernel when
+one is; int8_gluon.py has the story). The last step alone is masked: only it can hold the ragged
+last key block or a duplicate standing in for a missing second block (scores -inf, p = 0).
+
+Triton's interpreter does not run Gluon: CPU tests compile the kernel offline for sm_90
+(benchmarks/offline_compile.py) and GPU tests compare it with the reference and the Triton launch.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("turbovid.attention")
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared  # 3.6 names it async_copy_*
+except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
+    gluon = None
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class Config:
+    group: int = 2  # key blocks of 64 a softmax step (the scores tile is 128 x 64 * group)
+    stages: int = 3  # K and V rings of this many steps in shared memory
+    maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
+
+
+def smem_bytes(cfg: Config, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
+    return (blkq + 2 * cfg.stages * cfg.group * blkk) * d * elem
+
+
+if gluon is not None:
+
+    @gluon.constexpr_function
+    def _mma_layout(bn):
+        """One warpgroup's 64 query rows; one wgmma spans the bn columns."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, bn, 16])
+
+    @gluon.jit
+    def _load_blocks(desc, bufs, bars, lut_row, t, KK, row0, col0, BLKK: gl.constexpr, GROUP: gl.constexpr,
+                     STAGES: gl.constexpr):
+        """Step t's GROUP kept key blocks of K or V into their ring's stage t % STAGES, once the
+        consumers have released it; a missing second block of the last step is a duplicate of the
+        list's last one (finite values, masked by the consumers)."""
+        ready, empty = bars
+        s = t % STAGES
+        mbarrier.wait(empty.index(s), phase=((t // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+        mbarrier.expect(ready.index(s), GROUP * desc.block_type.nbytes)
+        for g in gl.static_range(GROUP):
+            blk = gl.load(lut_row + gl.minimum(t * GROUP + g, KK - 1))
+            _tma_load(desc, [row0 + blk * BLKK, col0], ready.index(s), bufs.index(s).slice(g * BLKK, BLKK))
+
+    @gluon.jit
+    def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, lut_row, row0, col0,
+                        q_row, KK, BLKK: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr):
+        """The query block, then K of step t and V of step t - 1 in turn: the consumers need those two
+        together (step t's scores beside step t-1's P V), and release K's stage a step before V's."""
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        _tma_load(q_desc, [q_row, col0], q_bar, q_smem)
+        n_steps = gl.cdiv(KK, GROUP)
+        _load_blocks(k_desc, k_bufs, kbars, lut_row, 0, KK, row0, col0, BLKK, GROUP, STAGES)
+        for t in range(1, n_steps):
+            _load_blocks(k_desc, k_bufs, kbars, lut_row, t, KK, row0, col0, BLKK, GROUP, STAGES)
+            _load_blocks(v_desc, v_bufs, vbars, lut_row, t - 1, KK, row0, col0, BLKK, GROUP, STAGES)
+        _load_blocks(v_desc, v_bufs, vbars, lut_row, n_steps - 1, KK, row0, col0, BLKK, GROUP, STAGES)
+
+    @gluon.jit
+    def _softmax(s, m_i, l_i, qk_scale, lut_row, t, KK, L, layout: gl.constexpr, BLKK: gl.constexpr,
+                 GROUP: gl.constexpr, MASKED: gl.constexpr):
+        """Step t's probabilities (float32) against the running max, the new max and row sums, and
+        the factor the accumulator is rescaled by."""
+        if MASKED:
+            cols = gl.arange(0, GROUP * BLKK, layout=gl.SliceLayout(0, layout))
+            idx = t * GROUP + cols // BLKK
+            keys = gl.load(lut_row + gl.minimum(idx, KK - 1)) * BLKK + cols % BLKK
+            s = gl.where(((idx < KK) & (keys < L))[None, :], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        p = gl.exp2(s * qk_scale - m_new[:, None])
+        alpha = gl.exp2(m_i - m_new)
+        return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
+    def _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L, qk_scale,
+              s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLKK: gl.constexpr,
+              GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr):
+        """Step t's scores issued with step t-1's P V; softmax of the scores while P V runs."""
+        BM: gl.constexpr = q_smem.shape[0]
+        s = t % STAGES
+        sp = (t - 1) % STAGES
+        mbarrier.wait(kbars[0].index(s), phase=(t // STAGES) & 1)
+        zero = gl.zeros([BM, GROUP * BLKK], gl.float32, layout=s_layout)
+        s_tok = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
+        mbarrier.wait(vbars[0].index(sp), phase=((t - 1) // STAGES) & 1)
+        o_tok = warpgroup_mma(p_op, v_bufs.index(sp), acc, is_async=True)
+        scores = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
+        mbarrier.arrive(kbars[1].index(s), count=1)
+        p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, t, KK, L, s_layout, BLKK, GROUP, MASKED)
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
+        mbarrier.arrive(vbars[1].index(sp), count=1)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+        return acc, p_op, m_i, l_i
+
+    @gluon.jit
+    def _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout: gl.constexpr, p_layout: gl.constexpr,
+               BLKK: gl.constexpr, GROUP: gl.constexpr, MASKED: gl.constexpr):
+        """Step 0's scores and softmax (its P V is issued by step 1, or by the epilogue)."""
+        BM: gl.constexpr = q_smem.shape[0]
+        mbarrier.wait(kbars[0].index(0), phase=0)
+        zero = gl.zeros([BM, GROUP * BLKK], gl.float32, layout=s_layout)
+        s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+        scores = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, ))
+        mbarrier.arrive(kbars[1].index(0), count=1)
+        m_i = gl.full([BM], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, 0, KK, L, s_layout, BLKK, GROUP, MASKED)
+        return gl.convert_layout(p.to(q_smem.dtype), p_layout), m_i, l_i
+
+    @gluon.jit
+    def _consumer_partition(q_all, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
+                            q_row0, so_l, L, KK, qk_scale, BLKK: gl.constexpr, GROUP: gl.constexpr,
+                            STAGES: gl.constexpr, LIN_MODE: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
+        """Warpgroup WG's 64 query rows of the block: a partition of its own, so the two warpgroups'
+        barriers don't hold each other and one's softmax can run beside the other's products."""
+        BM: gl.constexpr = q_all.shape[0] // 2
+        D: gl.constexpr = q_all.shape[1]
+        q_smem = q_all.slice(WG * BM, BM)
+        q_row0 = q_row0 + WG * BM
+        s_layout: gl.constexpr = _mma_layout(GROUP * BLKK)
+        o_layout: gl.constexpr = _mma_layout(D)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        n_steps = gl.cdiv(KK, GROUP)
+        mbarrier.wait(q_bar, phase=0)
+        acc = gl.zeros([BM, D], gl.float32, layout=o_layout)
+        if n_steps == 1:
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, True)
+        else:
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, False)
+            for t in range(1, n_steps - 1):
+                acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L,
+                                            qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False)
+            acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
+                                        KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, True)
+        last = (n_steps - 1) % STAGES
+        mbarrier.wait(vbars[0].index(last), phase=((n_steps - 1) // STAGES) & 1)
+        o_tok = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
+        mbarrier.arrive(vbars[1].index(last), count=1)
+
+        o = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+        rows = q_row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, o_layout))
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        offs = o_base + rows.to(gl.int64)[:, None] * so_l + cols[None, :]
+        inside = rows < L
+        if LIN_MODE == 2:  # the query pass wrote the linear branch into the output
+            o += gl.load(O + offs, mask=inside[:, None], other=0.0).to(gl.float32)
+        o = o.to(O.dtype.element_ty)
+        if OUT_FP8 == 0:
+            gl.store(O + offs, o, mask=inside[:, None])
+        else:  # blockmap._store_output's rules: the bytes an fp8 o-projection makes of the rounded output
+            of = o.to(gl.float32)
+            if OUT_FP8 == 1:  # one scale per (token, head): amax / 448
+                amax = gl.maximum(gl.max(gl.abs(of), 1), 1e-8)
+                qmax = gl.full(amax.shape, 448.0, gl.float32, layout=amax.type.layout)
+                mult = gl.div_rn(qmax, amax)[:, None]
+                gl.store(OS + scale_base + rows, gl.div_rn(amax, qmax), mask=inside)
+            else:  # one per-tensor scale from the bound at OS
+                qmax = gl.full([BM], 448.0, gl.float32, layout=gl.SliceLayout(1, o_layout))
+                mult = gl.div_rn(qmax, gl.maximum(gl.load(OS + rows * 0), 1e-8))[:, None]
+            v = gl.minimum(gl.maximum(of * mult, -448.0), 448.0)
+            gl.store(OQ + offs, v.to(gl.float8e4nv), mask=inside[:, None])
+
+    # KK == 1 specialized as a constant fails in Triton 3.6's LLVM lowering (an assertion): never specialize it
+    @gluon.jit(do_not_specialize=["KK"])
+    def _sla_attn_kernel(q_desc, k_desc, v_desc, O, OQ, OS, LUT, so_b, so_h, so_l, L, H, NQ, KK, qk_scale, ROWS_TOTAL,
+                         LIN_MODE: gl.constexpr, OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                         num_warps: gl.constexpr):
+        BM: gl.constexpr = q_desc.block_type.shape[0]
+        D: gl.constexpr = q_desc.block_type.shape[1]
+        BLKK: gl.constexpr = k_desc.block_type.shape[0]
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = bh // H
+        h = bh % H
+        row0 = b * L  # this batch's first row in the (B*L, H*D) views
+        col0 = h * D
+        lut_row = LUT + (bh * NQ + pid_m).to(gl.int64) * KK
+        o_base = b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [BM, D], q_desc.layout)
+        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, GROUP * BLKK, D], k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, GROUP * BLKK, D], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        # K and V rings with barriers of their own: a step's K is released once its scores are done
+        kbars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+                 gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
+        vbars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+                 gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(kbars[0].index(i), count=1)
+            mbarrier.init(vbars[0].index(i), count=1)
+            mbarrier.init(kbars[1].index(i), count=2)  # both consumer warpgroups release a stage
+            mbarrier.init(vbars[1].index(i), count=2)
+        scale_base = h * ROWS_TOTAL + b * L
+        gl.warp_specialize([
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
+                                   pid_m * BM, so_l, L, KK, qk_scale, BLKK, GROUP, STAGES, LIN_MODE, OUT_FP8, 0)),
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
+                                   pid_m * BM, so_l, L, KK, qk_scale, BLKK, GROUP, STAGES, LIN_MODE, OUT_FP8, 1)),
+            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, lut_row, row0,
+                               col0, row0 + pid_m * BM, KK, BLKK, GROUP, STAGES)),
+        ], [4, 1], [240, 24])
+        mbarrier.invalidate(q_bar)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(kbars[0].index(i))
+            mbarrier.invalidate(kbars[1].index(i))
+            mbarrier.invalidate(vbars[0].index(i))
+            mbarrier.invalidate(vbars[1].index(i))
+
+
+_GL_DTYPES = {}
+if gluon is not None:
+    _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+_disabled_logged = False
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_optin(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def _flat(x: torch.Tensor):
+    """x [B, L, H, D] as (B*L, H*D) strides for a descriptor, or None where rows don't flatten."""
+    B, L, H, D = x.shape
+    if x.stride(3) != 1 or x.stride(2) != D or (B > 1 and x.stride(0) != L * x.stride(1)):
+        return None
+    if (x.stride(1) * x.element_size()) % 16 or x.data_ptr() % 16:
+        return None
+    return [B * L, H * D], [x.stride(1), 1]
+
+
+def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk: int,
+              cfg: Config | None = None) -> bool:
+    """Whether this kernel can run: Gluon, an sm_90 GPU, head_dim 128, the block map of 128 / 64,
+    fp16/bf16 rows a descriptor can address. TURBOVID_GLUON=0 turns it off (the Triton launch runs)."""
+    global _disabled_logged
+    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    if os.environ.get("TURBOVID_GLUON", "1") == "0":
+        if not _disabled_logged:
+            log.info("sla: the Gluon attention kernel is off (TURBOVID_GLUON=0); the Triton kernel runs")
+            _disabled_logged = True
+        return False
+    if not (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)):
+        return False
+    if q.dtype not in _GL_DTYPES or q.shape[-1] != 128 or blkq != 128 or blkk != 64:
+        return False
+    if _smem_optin(q.device) < smem_bytes(cfg or Config()) + 1024:
+        return False
+    return all(_flat(x) is not None for x in (q, k, v))
+
+
+def _descriptor(x: torch.Tensor, block: list[int]):
+    shape, strides = _flat(x)
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[x.dtype])
+    return GluonDescriptor(x, shape, strides, block, layout)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lut: torch.Tensor, kk: int,
+              lin_mode: int, blkq: int, blkk: int, cfg: Config | None = None, out_fp8: int = 0,
+              oq: torch.Tensor | None = None, os_: torch.Tensor | None = None) -> torch.Tensor:
+    """The sparse attention of q over the kept blocks of k, v (lut int32 (B*H, nq, kk), ascending),
+    added to the linear branch already in `out` (lin_mode 2) or not (0); written into out [B, L, H, D],
+    or with out_fp8 (blockmap.fp8_mode's 1 / 2) quantized into oq, os_ (blockmap.output_buffers).
+    The caller checks available()."""
+    cfg = cfg or Config()
+    if lin_mode not in (0, 2):
+        raise ValueError("sla_gluon: the linear branch must come from the query pass (lin_mode 2) or be absent")
+    B, L, H, D = q.shape
+    nq = -(-L // blkq)
+    qd = _descriptor(q, [blkq, D])
+    kd = _descriptor(k, [blkk, D])
+    vd = _descriptor(v, [blkk, D])
+    _sla_attn_kernel[(nq, B * H)](
+        qd, kd, vd, out, out if oq is None else oq, out if os_ is None else os_, lut, out.stride(0), out.stride(2),
+        out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, B * L,
+        LIN_MODE=lin_mode, OUT_FP8=out_fp8, GROUP=cfg.group, STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
+    )
+    return out
