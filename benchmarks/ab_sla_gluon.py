@@ -28,7 +28,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from attention_helpers import max_err, proj_params, random_qkv, rel_l2  # noqa: E402
-from bench_attention import sparse_flops  # noqa: E402
+from bench_attention import load_reference_module, sparse_flops  # noqa: E402
 
 from turbovid.bench.timing import interleaved_ms  # noqa: E402
 from turbovid.ops.attention import blockmap, sla_gluon, sla_kernel  # noqa: E402
@@ -38,7 +38,8 @@ H, D = 12, 128
 TRITON = sla_kernel.Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True)
 
 
-GLUON = sla_kernel.Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True, gluon=True)
+GLUON_POOL = sla_kernel.Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True, gluon=True)
+GLUON = sla_kernel.Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=False, gluon=True)
 
 
 def correctness(results: dict) -> None:
@@ -51,12 +52,14 @@ def correctness(results: dict) -> None:
         stats = blockmap.block_stats(q, k, v, topk, 128, 64)
         lut = stats.lut.view(q.shape[0], q.shape[2], -1, stats.kk)
         out = sla_kernel.sla_forward(q, k, v, topk, w, b, config=GLUON)
+        pooled = sla_kernel.sla_forward(q, k, v, topk, w, b, config=GLUON_POOL)
         tri = sla_kernel.sla_forward(q, k, v, topk, w, b, config=TRITON)
         expected = ref.sla_reference(q, k, v, topk, w, b, 128, 64, lut=lut)
         low = ref.sla_reference(q, k, v, topk, w, b, 128, 64, dtype=torch.bfloat16, lut=lut)
         err, bound = max_err(out, expected), 2 * max_err(low, expected) + 1e-3
         row = {"case": name, "kk": stats.kk, "gluon_max_err": err, "bound": bound, "ok": bool(err <= bound),
                "triton_max_err": max_err(tri, expected), "rel_l2_vs_triton": rel_l2(out, tri),
+               "gluon_pool_linear_max_err": max_err(pooled, expected),
                "finite": bool(torch.isfinite(out).all())}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -81,18 +84,35 @@ def correctness(results: dict) -> None:
 
 
 def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    Ref = load_reference_module()
     rows = []
     w, b = proj_params(D, "cuda")
     bench = lambda fn: do_bench(fn, warmup=30, rep=120, return_mode="median")  # noqa: E731
     for shape, L, topks in (("480p", 32760, (0.1, 0.15)), ("720p", 75600, (0.1,))):
         q, k, v = random_qkv(1, L, H, D, torch.bfloat16, device="cuda", seed=13)
+        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            dense = do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(qh, kh, vh), warmup=30, rep=300,
+                             return_mode="median")
+        rows.append({"shape": shape, "L": L, "impl": "dense SDPA cuDNN", "ms": dense,
+                     "tflops": 4.0 * D * L * L * H / dense / 1e9})
+        print(json.dumps(rows[-1]), flush=True)
         for topk in topks:
             lin = torch.empty_like(q)
             st = blockmap.block_stats(q, k, v, topk, 128, 64, linear_out=lin, proj_weight=w, proj_bias=b)
             flops = sparse_flops(st.lut, L, 128, 64)
             fns = {"triton attention": lambda: sla_kernel.sla_forward(q, k, v, topk, w, b, config=TRITON, stats=st),
                    "triton whole op": lambda: sla_kernel.sla_forward(q, k, v, topk, w, b, config=TRITON),
-                   "gluon whole op (default config)": lambda: sla_kernel.sla_forward(q, k, v, topk, w, b, config=GLUON)}
+                   "gluon whole op, linear branch in the query pass": lambda: sla_kernel.sla_forward(
+                       q, k, v, topk, w, b, config=GLUON_POOL),
+                   "gluon whole op, linear branch in the epilogue": lambda: sla_kernel.sla_forward(
+                       q, k, v, topk, w, b, config=GLUON),
+                   "shipped default": lambda: sla_kernel.sla_forward(q, k, v, topk, w, b)}
+            if Ref is not None:
+                mod = Ref(head_dim=D, topk=topk, BLKQ=128, BLKK=64).cuda()
+                fns["reference SLA (TurboDiffusion Triton)"] = lambda mod=mod: mod(q, k, v)
             for pool in pools:  # the block statistics (key pass, query pool + linear branch, select)
                 rows_, warps_ = (int(x) for x in pool.split("x"))
                 sc = blockmap.StatsConfig(pool_rows=rows_, pool_warps=warps_)
@@ -119,7 +139,7 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del st, lin
-        del q, k, v
+        del q, k, v, qh, kh, vh
         torch.cuda.empty_cache()
     results["timings"] = rows
 

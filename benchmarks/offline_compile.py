@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_kernel
+    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
     from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
@@ -76,6 +76,21 @@ def main() -> None:
                     c_desc=desc("bf16", gl.bfloat16, [cfg.block_m, cfg.block_n]), sa_ptr="*fp32", sb_ptr="*fp32",
                     bias_ptr="*bf16", M="i32", N="i32", K="i32", stride_sam="i32", stride_sbn="i32")
 
+    def gluon_desc(dtype: str, gl_dtype, block: list[int]) -> str:
+        from triton.experimental.gluon import language as gl
+
+        return f"tensordesc<{dtype}[{block[0]},{block[1]}],{gl.NVMMASharedLayout.get_default_for(block, gl_dtype)!r}>"
+
+    def sla_gluon_sig() -> dict:
+        from triton.experimental.gluon import language as gl
+
+        qd = gluon_desc("bf16", gl.bfloat16, [128, 128])
+        kd = gluon_desc("bf16", gl.bfloat16, [64, 128])
+        return dict(q_desc=qd, k_desc=kd, v_desc=kd, w_desc=qd, O="*bf16", OQ="*fp8e4nv", OS="*fp32", LUT="*i32",
+                    PHISUM="*fp32", BIAS="*fp32", so_b="i32", so_h="i32", so_l="i32", L="i32", H="i32", NQ="i32",
+                    KK="i32", qk_scale="fp32", lin_eps="fp32", ROWS_TOTAL="i32")
+
+    slag = sla_gluon.Config()
     f32 = "*fp32"
     sage_sig = dict(
         Q="*bf16", KQ="*i8", K_SCALE=f32, VT="*fp8e4nv", VT2="*fp8e4nv", V_FROM_FP8=f32, O="*bf16", OQ="*bf16",
@@ -168,6 +183,9 @@ def main() -> None:
          dict(ACT_ROWS=128, IS_INT8=True, HAS_BIAS=True, USE_TMA=True, BLOCK_M=128, BLOCK_N=256, SPLIT_N=2,
               GROUP_M=8, MAGIC=False),
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
+        ("sla attention in Gluon (Hopper: two consumer warpgroups, a loader warp, the linear branch in the epilogue)",
+         sla_gluon._sla_attn_kernel, sla_gluon_sig(),
+         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages), [], 4, 3, slag.maxnreg),
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
          gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),

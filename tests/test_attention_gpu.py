@@ -84,8 +84,9 @@ GLUON_CASES = {  # B, L, H, dtype, topk, linear branch, q/k/v as slices of one q
 }
 
 
+@pytest.mark.parametrize("linear_in_pool", [False, True], ids=["linear_in_epilogue", "linear_in_pool"])
 @pytest.mark.parametrize("case", list(GLUON_CASES))
-def test_sla_gluon_launch_matches_reference(case):
+def test_sla_gluon_launch_matches_reference(case, linear_in_pool):
     """The warp-specialized Gluon launch (sm_90): within the reference bound, at the Triton launch's
     accuracy, on ragged lengths, batch 2, a single kept block, a last step with one block, no linear
     branch, fp16, and q/k/v read in place from a fused qkv tensor."""
@@ -100,7 +101,7 @@ def test_sla_gluon_launch_matches_reference(case):
     if not sla_gluon.available(q, k, v, 128, 64):
         pytest.skip("the Gluon launch needs Gluon and an sm_90 GPU")
     w, b = proj_params(128, "cuda") if linear else (None, None)
-    gluon = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=True, gluon=True)
+    gluon = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=linear_in_pool, gluon=True)
     triton_cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, linear_in_pool=True)
     stats = blockmap.block_stats(q, k, v, topk, 128, 64)
     out = sla_kernel.sla_forward(q, k, v, topk, w, b, config=gluon)

@@ -358,3 +358,46 @@ def test_key_pass_chunks_fill_whole_waves():
         waves = -(-bh * -(-nk // chb) // slots)
         # no chunking is cheaper under the model it minimises
         assert all(waves * (chb + 2) <= -(-bh * -(-nk // c) // slots) * (c + 2) for c in range(1, nk + 1))
+
+
+def test_gluon_launch_is_chosen_only_where_it_can_run(monkeypatch):
+    """sla_gluon (Hopper, Gluon) never runs on the CPU, in the interpreter or with TURBOVID_GLUON=0;
+    there the shipped config is the Triton launch with the linear branch in the query pass."""
+    from turbovid.ops.attention import sla_gluon, sla_kernel
+
+    cpu = torch.device("cpu")
+    assert not sla_gluon.supported(cpu)
+    cfg = sla_kernel.default_config(128, cpu)
+    assert not cfg.gluon and cfg.linear_in_pool
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
+    assert not sla_gluon.supported(torch.device("cuda", 0))
+    q = torch.zeros(1, 256, 2, 128, dtype=torch.bfloat16)
+    assert not sla_gluon.available(q, q, q, 128, 64)
+
+
+def test_gluon_launch_shapes_and_shared_memory():
+    """What the Gluon launch reads through descriptors: [B, L, H, D] rows flattened to (B*L, H*D),
+    also q/k/v sliced out of one fused qkv tensor; a batch whose rows don't follow each other is
+    refused. Its shared memory (Q, the K and V rings, the proj-folded phi(K)^T V) fits an sm_90
+    block at the shipped 2 stages of two key blocks, not at 3."""
+    from turbovid.ops.attention import sla_gluon
+
+    x = torch.zeros(2, 300, 4, 128, dtype=torch.bfloat16)
+    assert sla_gluon._flat(x) == ([600, 512], [512, 1])
+    qkv = torch.zeros(2, 300, 3, 4, 128, dtype=torch.bfloat16)
+    assert sla_gluon._flat(qkv[:, :, 1]) == ([600, 512], [1536, 1])
+    assert sla_gluon._flat(x.transpose(0, 1).contiguous().transpose(0, 1)) is None
+    assert sla_gluon._flat(x[..., :64]) is None
+    limit = 227 * 1024 - 1024  # every sm_90 part: 227 KiB a block, less the barriers' slack
+    assert sla_gluon.smem_bytes(sla_gluon.Config()) == 196608 <= limit
+    assert sla_gluon.smem_bytes(sla_gluon.Config(stages=3)) > limit
+    assert sla_gluon.smem_bytes(sla_gluon.Config(stages=3), linear=False) <= limit
+
+
+def test_gluon_launch_needs_the_folded_linear_branch():
+    from turbovid.ops.attention import sla_gluon
+
+    q = torch.zeros(1, 256, 2, 128, dtype=torch.bfloat16)
+    lut = torch.zeros(2, 2, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="lin_mode 1 needs kvw"):
+        sla_gluon.attention(q, q, q, torch.empty_like(q), lut, 1, 1, 128, 64)

@@ -2,17 +2,21 @@
 
 Same math as sla_kernel's attention launch (head_dim 128, query blocks of 128, key blocks of 64,
 bf16/fp16): for each query block, online softmax over its kept key blocks (ascending lists from
-the block map), the linear branch already written into the output by the query pass (LIN_MODE 2)
-or absent (LIN_MODE 0), one rounding of the sum to the output dtype.
+the block map), plus the linear branch, rounded once to the output dtype (or quantized for an
+fp8 o-projection, blockmap._store_output's rules). The linear branch is computed in the epilogue
+from the queries still in shared memory (LIN_MODE 1, the default: the query pass then only pools),
+read back from the query pass's output (LIN_MODE 2), or absent (LIN_MODE 0).
 
 Why a second kernel: the Triton launch waits for each tile's scores before its softmax and for
 softmax before the next scores, so the tensor cores idle while the CUDA cores compute the
-exponentials (docs/benchmarks.md, "Attention": ~440 TFLOP/s on the sparse part against cuDNN's
-dense ~580). Here one program is two consumer warpgroups (64 query rows each) and a loader warp:
-  - the loader streams GROUP kept key blocks a step (K and V by TMA, by the block map's indices)
-    into a ring of STAGES buffers, and the query block once;
-  - the consumers issue step t's scores Q K_t^T and step t-1's P V product together, wait for the
-    scores only, run softmax on them while P V still runs, then rescale the accumulator.
+exponentials (~420 TFLOP/s on the sparse part against cuDNN's dense ~580). Here a program is
+three partitions (warp specialization):
+  - a loader warp streams GROUP kept key blocks a step (K and V by TMA, at the block map's
+    indices) into K and V rings of STAGES steps, K of step t beside V of step t - 1;
+  - two consumer warpgroups, 64 query rows each, partitions of their own so that neither waits at
+    the other's barriers: each issues step t's scores Q K_t^T and step t-1's P V together, waits
+    for the scores only, releases K_t, runs softmax while P V still runs, then releases V_{t-1}
+    and rescales its accumulator.
 No product is in flight across the loop's back edge (ptxas serializes every wgmma of a kernel when
 one is; int8_gluon.py has the story). The last step alone is masked: only it can hold the ragged
 last key block or a duplicate standing in for a missing second block (scores -inf, p = 0).
@@ -28,6 +32,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from .sla_reference import LINEAR_EPS
 
 log = logging.getLogger("turbovid.attention")
 
@@ -46,12 +52,13 @@ LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class Config:
     group: int = 2  # key blocks of 64 a softmax step (the scores tile is 128 x 64 * group)
-    stages: int = 3  # K and V rings of this many steps in shared memory
+    stages: int = 2  # K and V rings of this many steps in shared memory (3 timed the same without the linear branch)
     maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
 
 
-def smem_bytes(cfg: Config, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
-    return (blkq + 2 * cfg.stages * cfg.group * blkk) * d * elem
+def smem_bytes(cfg: Config, linear: bool = True, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
+    """Q, the K and V rings, and (linear) the head's proj-folded phi(K)^T V."""
+    return (blkq + 2 * cfg.stages * cfg.group * blkk + (d if linear else 0)) * d * elem
 
 
 if gluon is not None:
@@ -76,11 +83,16 @@ if gluon is not None:
             _tma_load(desc, [row0 + blk * BLKK, col0], ready.index(s), bufs.index(s).slice(g * BLKK, BLKK))
 
     @gluon.jit
-    def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, lut_row, row0, col0,
-                        q_row, KK, BLKK: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr):
+    def _load_partition(q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, lut_row,
+                        row0, col0, q_row, w_row, KK, BLKK: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                        LIN_MODE: gl.constexpr):
         """The query block, then K of step t and V of step t - 1 in turn: the consumers need those two
         together (step t's scores beside step t-1's P V), and release K's stage a step before V's."""
-        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        if LIN_MODE == 1:  # the query block and the head's proj-folded phi(K)^T V behind one barrier
+            mbarrier.expect(q_bar, q_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            _tma_load(w_desc, [w_row, 0], q_bar, w_smem)
+        else:
+            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         _tma_load(q_desc, [q_row, col0], q_bar, q_smem)
         n_steps = gl.cdiv(KK, GROUP)
         _load_blocks(k_desc, k_bufs, kbars, lut_row, 0, KK, row0, col0, BLKK, GROUP, STAGES)
@@ -142,9 +154,28 @@ if gluon is not None:
         return gl.convert_layout(p.to(q_smem.dtype), p_layout), m_i, l_i
 
     @gluon.jit
-    def _consumer_partition(q_all, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
-                            q_row0, so_l, L, KK, qk_scale, BLKK: gl.constexpr, GROUP: gl.constexpr,
-                            STAGES: gl.constexpr, LIN_MODE: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
+    def _linear_of(q_smem, w_smem, phi_sum_ptr, BIAS, lin_eps, layout: gl.constexpr, p_layout: gl.constexpr,
+                   HAS_BIAS: gl.constexpr):
+        """blockmap._linear_of for this warpgroup's queries: phi(q) @ kvw / (phi(q) . phi_sum + eps) + b,
+        phi the softmax over the head dim, kvw = phi(K)^T V / L with proj_l's weight folded in."""
+        BM: gl.constexpr = q_smem.shape[0]
+        D: gl.constexpr = q_smem.shape[1]
+        qf = q_smem.load(layout).to(gl.float32)
+        e = gl.exp(qf - gl.max(qf, 1)[:, None])
+        phi = e / gl.sum(e, 1)[:, None]
+        zero = gl.zeros([BM, D], gl.float32, layout=layout)
+        num = warpgroup_mma(gl.convert_layout(phi.to(w_smem.dtype), p_layout), w_smem, zero, use_acc=False)
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+        lin = num / (gl.sum(phi * gl.load(phi_sum_ptr + cols)[None, :], 1) + lin_eps)[:, None]
+        if HAS_BIAS:
+            lin += gl.load(BIAS + cols)[None, :]
+        return lin
+
+    @gluon.jit
+    def _consumer_partition(q_all, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                            o_base, scale_base, phi_row, q_row0, so_l, L, KK, qk_scale, lin_eps, BLKK: gl.constexpr,
+                            GROUP: gl.constexpr, STAGES: gl.constexpr, LIN_MODE: gl.constexpr,
+                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
         """Warpgroup WG's 64 query rows of the block: a partition of its own, so the two warpgroups'
         barriers don't hold each other and one's softmax can run beside the other's products."""
         BM: gl.constexpr = q_all.shape[0] // 2
@@ -177,6 +208,8 @@ if gluon is not None:
         cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         offs = o_base + rows.to(gl.int64)[:, None] * so_l + cols[None, :]
         inside = rows < L
+        if LIN_MODE == 1:  # the linear branch from the queries still in shared memory
+            o += _linear_of(q_smem, w_smem, PHISUM + phi_row, BIAS, lin_eps, o_layout, p_layout, HAS_BIAS)
         if LIN_MODE == 2:  # the query pass wrote the linear branch into the output
             o += gl.load(O + offs, mask=inside[:, None], other=0.0).to(gl.float32)
         o = o.to(O.dtype.element_ty)
@@ -197,9 +230,9 @@ if gluon is not None:
 
     # KK == 1 specialized as a constant fails in Triton 3.6's LLVM lowering (an assertion): never specialize it
     @gluon.jit(do_not_specialize=["KK"])
-    def _sla_attn_kernel(q_desc, k_desc, v_desc, O, OQ, OS, LUT, so_b, so_h, so_l, L, H, NQ, KK, qk_scale, ROWS_TOTAL,
-                         LIN_MODE: gl.constexpr, OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
-                         num_warps: gl.constexpr):
+    def _sla_attn_kernel(q_desc, k_desc, v_desc, w_desc, O, OQ, OS, LUT, PHISUM, BIAS, so_b, so_h, so_l, L, H, NQ, KK,
+                         qk_scale, lin_eps, ROWS_TOTAL, LIN_MODE: gl.constexpr, HAS_BIAS: gl.constexpr,
+                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLKK: gl.constexpr = k_desc.block_type.shape[0]
@@ -215,6 +248,10 @@ if gluon is not None:
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [BM, D], q_desc.layout)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, GROUP * BLKK, D], k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, GROUP * BLKK, D], v_desc.layout)
+        if LIN_MODE == 1:
+            w_smem = gl.allocate_shared_memory(w_desc.dtype, [D, D], w_desc.layout)
+        else:
+            w_smem = q_smem  # unused
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         # K and V rings with barriers of their own: a step's K is released once its scores are done
         kbars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
@@ -229,12 +266,14 @@ if gluon is not None:
             mbarrier.init(vbars[1].index(i), count=2)
         scale_base = h * ROWS_TOTAL + b * L
         gl.warp_specialize([
-            (_consumer_partition, (q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
-                                   pid_m * BM, so_l, L, KK, qk_scale, BLKK, GROUP, STAGES, LIN_MODE, OUT_FP8, 0)),
-            (_consumer_partition, (q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, O, OQ, OS, lut_row, o_base, scale_base,
-                                   pid_m * BM, so_l, L, KK, qk_scale, BLKK, GROUP, STAGES, LIN_MODE, OUT_FP8, 1)),
-            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, kbars, vbars, lut_row, row0,
-                               col0, row0 + pid_m * BM, KK, BLKK, GROUP, STAGES)),
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                                   o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0)),
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                                   o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1)),
+            (_load_partition, (q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars,
+                               lut_row, row0, col0, row0 + pid_m * BM, bh * D, KK, BLKK, GROUP, STAGES, LIN_MODE)),
         ], [4, 1], [240, 24])
         mbarrier.invalidate(q_bar)
         for i in gl.static_range(STAGES):
@@ -266,23 +305,25 @@ def _flat(x: torch.Tensor):
     return [B * L, H * D], [x.stride(1), 1]
 
 
-def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk: int,
-              cfg: Config | None = None) -> bool:
-    """Whether this kernel can run: Gluon, an sm_90 GPU, head_dim 128, the block map of 128 / 64,
-    fp16/bf16 rows a descriptor can address. TURBOVID_GLUON=0 turns it off (the Triton launch runs)."""
+def supported(device: torch.device) -> bool:
+    """Gluon, an sm_90 GPU (wgmma, TMA), not the interpreter; TURBOVID_GLUON=0 turns the Gluon kernels off."""
     global _disabled_logged
-    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1" or device.type != "cuda":
         return False
     if os.environ.get("TURBOVID_GLUON", "1") == "0":
         if not _disabled_logged:
             log.info("sla: the Gluon attention kernel is off (TURBOVID_GLUON=0); the Triton kernel runs")
             _disabled_logged = True
         return False
-    if not (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)):
+    return torch.cuda.get_device_capability(device) == (9, 0) and _smem_optin(device) >= smem_bytes(Config()) + 1024
+
+
+def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk: int) -> bool:
+    """Whether this kernel can run these inputs: supported() on q's device, head_dim 128, the block
+    map of 128 / 64, fp16/bf16 rows a descriptor can address."""
+    if not supported(q.device):
         return False
     if q.dtype not in _GL_DTYPES or q.shape[-1] != 128 or blkq != 128 or blkk != 64:
-        return False
-    if _smem_optin(q.device) < smem_bytes(cfg or Config()) + 1024:
         return False
     return all(_flat(x) is not None for x in (q, k, v))
 
@@ -295,22 +336,32 @@ def _descriptor(x: torch.Tensor, block: list[int]):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lut: torch.Tensor, kk: int,
               lin_mode: int, blkq: int, blkk: int, cfg: Config | None = None, out_fp8: int = 0,
-              oq: torch.Tensor | None = None, os_: torch.Tensor | None = None) -> torch.Tensor:
+              oq: torch.Tensor | None = None, os_: torch.Tensor | None = None, kvw: torch.Tensor | None = None,
+              phi_sum: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The sparse attention of q over the kept blocks of k, v (lut int32 (B*H, nq, kk), ascending),
-    added to the linear branch already in `out` (lin_mode 2) or not (0); written into out [B, L, H, D],
-    or with out_fp8 (blockmap.fp8_mode's 1 / 2) quantized into oq, os_ (blockmap.output_buffers).
-    The caller checks available()."""
+    plus the linear branch: computed here from kvw (B*H, D, D) in q's dtype, phi_sum (B*H, D) and
+    bias [D] float32 or None (lin_mode 1, blockmap.attention_inputs' arguments), already in `out`
+    (lin_mode 2), or none (0). Written into out [B, L, H, D], or with out_fp8 (blockmap.fp8_mode's
+    1 / 2) quantized into oq, os_ (blockmap.output_buffers). The caller checks available()."""
     cfg = cfg or Config()
-    if lin_mode not in (0, 2):
-        raise ValueError("sla_gluon: the linear branch must come from the query pass (lin_mode 2) or be absent")
     B, L, H, D = q.shape
+    if lin_mode == 1 and (kvw is None or phi_sum is None or tuple(kvw.shape) != (B * H, D, D)):
+        raise ValueError("sla_gluon: lin_mode 1 needs kvw (B*H, D, D) and phi_sum (B*H, D)")
     nq = -(-L // blkq)
     qd = _descriptor(q, [blkq, D])
     kd = _descriptor(k, [blkk, D])
     vd = _descriptor(v, [blkk, D])
+    if lin_mode == 1:
+        w = kvw.to(q.dtype).contiguous().view(B * H * D, D)
+        wd = GluonDescriptor(w, [B * H * D, D], [D, 1], [D, D],
+                             gl.NVMMASharedLayout.get_default_for([D, D], _GL_DTYPES[q.dtype]))
+    else:
+        wd = qd  # unused; the same block type
     _sla_attn_kernel[(nq, B * H)](
-        qd, kd, vd, out, out if oq is None else oq, out if os_ is None else os_, lut, out.stride(0), out.stride(2),
-        out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, B * L,
-        LIN_MODE=lin_mode, OUT_FP8=out_fp8, GROUP=cfg.group, STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
+        qd, kd, vd, wd, out, out if oq is None else oq, out if os_ is None else os_, lut,
+        phi_sum if phi_sum is not None else out, bias if bias is not None else out,
+        out.stride(0), out.stride(2), out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
+        LIN_MODE=lin_mode, HAS_BIAS=lin_mode == 1 and bias is not None, OUT_FP8=out_fp8, GROUP=cfg.group,
+        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
     )
     return out

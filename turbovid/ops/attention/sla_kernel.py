@@ -11,6 +11,7 @@ One program per (query block of BLOCK_M = blkq tokens, b, h):
      back here (Config.linear_in_pool, LIN_MODE 2: the default for head_dim 128, whose 4-warp
      attention loop has no registers to spare for it).
 Consecutive programs share (b, h), so the gathered K/V blocks of a head stay in L2.
+On sm_90 the attention launch is sla_gluon's warp-specialized kernel where it can run (Config.gluon).
 """
 from __future__ import annotations
 
@@ -182,11 +183,16 @@ def default_config(head_dim: int, device: torch.device) -> Config:
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
     if head_dim <= 64:
         return Config(group=2, num_warps=4, num_stages=3, tma=tma)
-    # head_dim 128: one 64-key block per softmax step on 4 warps, the linear branch in the query
-    # pass (its epilogue would crowd the 4-warp accumulator): 2.23 vs 2.31 ms at 480p, 9.48 vs
-    # 10.19 ms at 720p (benchmarks/results/2026-11-26-explore-rotate-h100.json, rotate=False rows)
-    # On sm_90 the Gluon launch replaces it where it can run (sla_gluon.available).
-    return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True, gluon=True)
+    # head_dim 128 on sm_90: the Gluon launch, with the linear branch in its epilogue (the query
+    # pass then only pools), where it can run (sla_gluon.available); docs/benchmarks.md, "Session 17".
+    from . import sla_gluon
+
+    if sla_gluon.supported(device):
+        return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=False, gluon=True)
+    # elsewhere one 64-key block per softmax step on 4 warps, the linear branch in the query pass
+    # (its epilogue would crowd the 4-warp accumulator): 2.23 vs 2.31 ms at 480p, 9.48 vs 10.19 ms
+    # at 720p (benchmarks/results/2026-11-26-explore-rotate-h100.json, rotate=False rows)
+    return Config(group=1, num_warps=4, num_stages=2, tma=False, linear_in_pool=True)
 
 
 def sla_forward(
@@ -227,11 +233,12 @@ def sla_forward(
         k_src, v_src = (TensorDescriptor.from_tensor(x, [blkk, D]) for x in flat)
     bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
     oq, os_ = blockmap.output_buffers(q, out, mode, bound)
-    if cfg.gluon and lin_mode != 1 and not cfg.kv_copy:
+    if cfg.gluon and not cfg.kv_copy:
         from . import sla_gluon
 
         if sla_gluon.available(q, k, v, blkq, blkk):
-            sla_gluon.attention(q, k, v, out, stats.lut, stats.kk, lin_mode, blkq, blkk, out_fp8=mode, oq=oq, os_=os_)
+            sla_gluon.attention(q, k, v, out, stats.lut, stats.kk, lin_mode, blkq, blkk, out_fp8=mode, oq=oq, os_=os_,
+                                kvw=kvw, phi_sum=phi_sum, bias=bias if proj_bias is not None else None)
             return blockmap.fp8_result(oq, os_, mode) if mode else out
     _sla_fwd_kernel[(nq, B * H)](
         q, k_src, v_src, out, oq, os_, stats.lut, kvw, phi_sum, bias,
