@@ -27,11 +27,11 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from attention_helpers import max_err, proj_params, random_qkv, rel_l2  # noqa: E402
+from attention_helpers import cosine, max_err, outlier_qkv, proj_params, random_qkv, rel_l2  # noqa: E402
 from bench_attention import load_reference_module, sparse_flops  # noqa: E402
 
 from turbovid.bench.timing import interleaved_ms  # noqa: E402
-from turbovid.ops.attention import blockmap, sla_gluon, sla_kernel  # noqa: E402
+from turbovid.ops.attention import blockmap, sagesla_gluon, sagesla_kernel, sla_gluon, sla_kernel  # noqa: E402
 from turbovid.ops.attention import sla_reference as ref  # noqa: E402
 
 H, D = 12, 128
@@ -81,6 +81,35 @@ def correctness(results: dict) -> None:
     qkv = torch.randn(2, 3000, 3, 6, D, device="cuda", dtype=torch.bfloat16)
     case("slices of qkv B=2 L=3000", qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], 0.1, w, b)
     results["correctness"] = rows
+    sage_correctness(results)
+
+
+SAGE_TRITON = sagesla_kernel.Config(num_warps=4, num_stages=3, tma=True)  # the Triton launch shipped before
+
+
+def sage_correctness(results: dict) -> None:
+    """The Gluon sagesla launch against the float32 reference (same block map) and the Triton launch."""
+    rows = []
+    w, b = proj_params(D, "cuda")
+    for name, maker, B, L, Hh, topk in (("480p random", random_qkv, 1, 32760, H, 0.1),
+                                        ("480p outliers", outlier_qkv, 1, 32760, H, 0.1),
+                                        ("B=2 L=5000 outliers", outlier_qkv, 2, 5000, 4, 0.15),
+                                        ("L=300 one block", outlier_qkv, 1, 300, 2, 0.1)):
+        q, k, v = maker(B, L, Hh, D, torch.bfloat16, device="cuda", seed=31)
+        stats = blockmap.block_stats(q, k, v, topk, 64, 128, v_absmax=True)
+        lut = stats.lut.view(B, Hh, -1, stats.kk)
+        expected = ref.sla_reference(q, k, v, topk, w, b, 64, 128, lut=lut)
+        sparse = ref.sparse_attention(q, k, v, lut, 64, 128)
+        out = sagesla_kernel.sagesla_forward(q, k, v, topk, w, b)
+        alone = sagesla_kernel.sagesla_forward(q, k, v, topk, None, None)
+        tri = sagesla_kernel.sagesla_forward(q, k, v, topk, w, b, config=SAGE_TRITON)
+        row = {"case": name, "kk": stats.kk, "gluon_default": sagesla_gluon.available(q, 64, 128),
+               "cos": cosine(out, expected), "rel_l2": rel_l2(out, expected),
+               "sparse_cos": cosine(alone, sparse), "sparse_rel_l2": rel_l2(alone, sparse),
+               "triton_rel_l2": rel_l2(tri, expected), "rel_l2_vs_triton": rel_l2(out, tri)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    results["sagesla_correctness"] = rows
 
 
 def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> None:
@@ -110,6 +139,8 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
                    "gluon whole op, linear branch in the epilogue": lambda: sla_kernel.sla_forward(
                        q, k, v, topk, w, b, config=GLUON),
                    "shipped default": lambda: sla_kernel.sla_forward(q, k, v, topk, w, b)}
+            fns["sagesla triton whole op"] = lambda: sagesla_kernel.sagesla_forward(q, k, v, topk, w, b, config=SAGE_TRITON)
+            fns["sagesla shipped default"] = lambda: sagesla_kernel.sagesla_forward(q, k, v, topk, w, b)
             if Ref is not None:
                 mod = Ref(head_dim=D, topk=topk, BLKQ=128, BLKK=64).cuda()
                 fns["reference SLA (TurboDiffusion Triton)"] = lambda mod=mod: mod(q, k, v)

@@ -154,6 +154,26 @@ if gluon is not None:
         return gl.convert_layout(p.to(q_smem.dtype), p_layout), m_i, l_i
 
     @gluon.jit
+    def _store_rows(o, O, OQ, OS, offs, rows, inside, scale_base, layout: gl.constexpr, OUT_FP8: gl.constexpr):
+        """A (rows, 128) float32 output tile rounded to O's dtype and stored, or quantized as
+        blockmap._store_output does: the bytes an fp8 o-projection makes of the rounded output."""
+        o = o.to(O.dtype.element_ty)
+        if OUT_FP8 == 0:
+            gl.store(O + offs, o, mask=inside[:, None])
+        else:
+            of = o.to(gl.float32)
+            if OUT_FP8 == 1:  # one scale per (token, head): amax / 448
+                amax = gl.maximum(gl.max(gl.abs(of), 1), 1e-8)
+                qmax = gl.full(amax.shape, 448.0, gl.float32, layout=amax.type.layout)
+                mult = gl.div_rn(qmax, amax)[:, None]
+                gl.store(OS + scale_base + rows, gl.div_rn(amax, qmax), mask=inside)
+            else:  # one per-tensor scale from the bound at OS
+                qmax = gl.full(rows.shape, 448.0, gl.float32, layout=gl.SliceLayout(1, layout))
+                mult = gl.div_rn(qmax, gl.maximum(gl.load(OS + rows * 0), 1e-8))[:, None]
+            v = gl.minimum(gl.maximum(of * mult, -448.0), 448.0)
+            gl.store(OQ + offs, v.to(gl.float8e4nv), mask=inside[:, None])
+
+    @gluon.jit
     def _linear_of(q_smem, w_smem, phi_sum_ptr, BIAS, lin_eps, layout: gl.constexpr, p_layout: gl.constexpr,
                    HAS_BIAS: gl.constexpr):
         """blockmap._linear_of for this warpgroup's queries: phi(q) @ kvw / (phi(q) . phi_sum + eps) + b,
@@ -212,21 +232,7 @@ if gluon is not None:
             o += _linear_of(q_smem, w_smem, PHISUM + phi_row, BIAS, lin_eps, o_layout, p_layout, HAS_BIAS)
         if LIN_MODE == 2:  # the query pass wrote the linear branch into the output
             o += gl.load(O + offs, mask=inside[:, None], other=0.0).to(gl.float32)
-        o = o.to(O.dtype.element_ty)
-        if OUT_FP8 == 0:
-            gl.store(O + offs, o, mask=inside[:, None])
-        else:  # blockmap._store_output's rules: the bytes an fp8 o-projection makes of the rounded output
-            of = o.to(gl.float32)
-            if OUT_FP8 == 1:  # one scale per (token, head): amax / 448
-                amax = gl.maximum(gl.max(gl.abs(of), 1), 1e-8)
-                qmax = gl.full(amax.shape, 448.0, gl.float32, layout=amax.type.layout)
-                mult = gl.div_rn(qmax, amax)[:, None]
-                gl.store(OS + scale_base + rows, gl.div_rn(amax, qmax), mask=inside)
-            else:  # one per-tensor scale from the bound at OS
-                qmax = gl.full([BM], 448.0, gl.float32, layout=gl.SliceLayout(1, o_layout))
-                mult = gl.div_rn(qmax, gl.maximum(gl.load(OS + rows * 0), 1e-8))[:, None]
-            v = gl.minimum(gl.maximum(of * mult, -448.0), 448.0)
-            gl.store(OQ + offs, v.to(gl.float8e4nv), mask=inside[:, None])
+        _store_rows(o, O, OQ, OS, offs, rows, inside, scale_base, o_layout, OUT_FP8)
 
     # KK == 1 specialized as a constant fails in Triton 3.6's LLVM lowering (an assertion): never specialize it
     @gluon.jit(do_not_specialize=["KK"])
