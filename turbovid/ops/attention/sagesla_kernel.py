@@ -6,8 +6,7 @@ Launches (rules in sagesla_reference.py):
   2. quant pass over K and V: smoothed K to int8 per key block, V to fp8 per channel, written
      transposed (B*H, D, L padded) because Hopper's fp8 tensor-core op wants P.V's reduction
      dimension contiguous in both operands;
-  3. attention (on sm_90 sagesla_gluon's warp-specialized launch where it can run), else one
-     program per (query block, b, h): Q is quantized in registers (each query
+  3. attention, one program per (query block, b, h): Q is quantized in registers (each query
      block is read by one program only), then online softmax over the kept key blocks with
      integer scores, fp8 P and one fp8 dot per tile added in float32; epilogue as in sla: the
      linear branch and proj_l from the bf16 queries, added before the one store.
@@ -184,15 +183,10 @@ class Config:
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
-    gluon: bool = False  # sm_90, query blocks of 64: the warp-specialized Gluon launch (sagesla_gluon.py)
 
 
 def default_config(device: torch.device, blkq: int = 64) -> Config:
     # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
-    from . import sla_gluon
-
-    if blkq == 64 and sla_gluon.supported(device):  # the Gluon launch, the linear branch in its epilogue
-        return Config(num_warps=4, num_stages=3, tma=True, gluon=True)
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
     if blkq >= 128:  # two 64-row warpgroups share each K/V tile (explore_sagesla_map.py's best)
         return Config(num_warps=8, num_stages=2, tma=tma)
@@ -240,23 +234,15 @@ def sagesla_forward(
         q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, v_absmax=True)
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
-    mode = blockmap.fp8_mode(out_fp8)
-    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
-    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
-    if cfg.gluon:
-        from . import sagesla_gluon
-
-        if sagesla_gluon.available(q, blkq, blkk, cfg.v_terms):
-            sagesla_gluon.attention(q, kq, k_scale, vt, vt2, v_from, out, stats.lut, stats.kk, lin_mode,
-                                    D**-0.5 * LOG2E, out_fp8=mode, oq=oq, os_=os_, kvw=kvw, phi_sum=phi_sum,
-                                    bias=bias if proj_bias is not None else None)
-            return blockmap.fp8_result(oq, os_, mode) if mode else out
     vt2 = vt if vt2 is None else vt2
     use_tma = cfg.tma and TensorDescriptor is not None
     if use_tma:
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
+    mode = blockmap.fp8_mode(out_fp8)
+    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
+    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
     _sagesla_fwd_kernel[(nq, B * H)](
         q, kq, k_scale, vt, vt2, v_from, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
