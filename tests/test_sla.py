@@ -401,3 +401,30 @@ def test_gluon_launch_needs_the_folded_linear_branch():
     lut = torch.zeros(2, 2, 1, dtype=torch.int32)
     with pytest.raises(ValueError, match="lin_mode 1 needs kvw"):
         sla_gluon.attention(q, q, q, torch.empty_like(q), lut, 1, 1, 128, 64)
+
+
+def test_gluon_launch_failure_falls_back_to_the_triton_launch(kernels, monkeypatch, caplog):
+    """Where the Gluon launch fails (a Triton without its API, a compile error), the Triton launch
+    computes the same op, with one warning for the device, and the Gluon launch is not tried again."""
+    from turbovid.ops.attention import sla_gluon
+
+    _, sla_kernel = kernels
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no Gluon here\nsecond line")
+
+    monkeypatch.setattr(sla_gluon, "available", lambda *a: True)
+    monkeypatch.setattr(sla_gluon, "attention", broken)
+    monkeypatch.setattr(sla_gluon, "_broken", set())
+    q, k, v = random_qkv(1, 200, 2, 64, seed=11)
+    w, b = proj_params(64)
+    cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, gluon=True)
+    with caplog.at_level(logging.WARNING, logger="turbovid.attention"):
+        out = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 64, 64, config=cfg)
+        again = sla_kernel.sla_forward(q, k, v, 0.5, w, b, 64, 64, config=cfg)
+    _check_kernel(out, q, k, v, 0.5, w, b, 64, 64)
+    assert torch.equal(out, again) and len(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if "Gluon attention kernel failed" in r.getMessage()]
+    assert len(warnings) == 1 and "RuntimeError: no Gluon here" in warnings[0] and "second line" not in warnings[0]

@@ -334,6 +334,25 @@ def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk
     return all(_flat(x) is not None for x in (q, k, v))
 
 
+_broken: set[str] = set()  # devices where the launch failed once: the Triton launch runs there
+
+
+def try_attention(*args, **kwargs) -> bool:
+    """attention(*args, **kwargs), or False where it failed on q's device (a Triton without this
+    Gluon API, a compile failure): logged once, and the caller runs the Triton launch."""
+    dev = str(args[0].device)
+    if dev in _broken:
+        return False
+    try:
+        attention(*args, **kwargs)
+        return True
+    except Exception as err:
+        _broken.add(dev)
+        log.warning("sla: the Gluon attention kernel failed on %s (%s: %s); using the Triton kernel", dev,
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return False
+
+
 def _descriptor(x: torch.Tensor, block: list[int]):
     shape, strides = _flat(x)
     layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[x.dtype])

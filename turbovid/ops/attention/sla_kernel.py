@@ -236,9 +236,9 @@ def sla_forward(
     if cfg.gluon and not cfg.kv_copy:
         from . import sla_gluon
 
-        if sla_gluon.available(q, k, v, blkq, blkk):
-            sla_gluon.attention(q, k, v, out, stats.lut, stats.kk, lin_mode, blkq, blkk, out_fp8=mode, oq=oq, os_=os_,
-                                kvw=kvw, phi_sum=phi_sum, bias=bias if proj_bias is not None else None)
+        if sla_gluon.available(q, k, v, blkq, blkk) and sla_gluon.try_attention(
+                q, k, v, out, stats.lut, stats.kk, lin_mode, blkq, blkk, out_fp8=mode, oq=oq, os_=os_, kvw=kvw,
+                phi_sum=phi_sum, bias=bias if proj_bias is not None else None):
             return blockmap.fp8_result(oq, os_, mode) if mode else out
     _sla_fwd_kernel[(nq, B * H)](
         q, k_src, v_src, out, oq, os_, stats.lut, kvw, phi_sum, bias,
