@@ -32,7 +32,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from attention_helpers import cosine, max_err, outlier_qkv, proj_params, random_qkv, rel_l2  # noqa: E402
-from bench_attention import load_reference_module, sparse_flops  # noqa: E402
+from bench_attention import kernel_times, load_reference_module, sparse_flops  # noqa: E402
 
 from turbovid.bench.timing import interleaved_ms  # noqa: E402
 from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel  # noqa: E402
@@ -174,25 +174,10 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
 
 
 def breakdown(results: dict) -> None:
-    """Per-kernel GPU time of one whole op (the shipped launches) at 480p, topk 0.1: torch profiler,
-    mean of 10 calls, us per call."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Per-kernel GPU time of one whole op (the shipped launches) at 480p, topk 0.1, us per call."""
     q, k, v = random_qkv(1, 32760, H, D, torch.bfloat16, device="cuda", seed=14)
     w, b = proj_params(D, "cuda")
-    fn = lambda: sla_kernel.sla_forward(q, k, v, 0.1, w, b)  # noqa: E731
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-    rows = {}
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if t > 0:
-            rows[e.key[:60]] = round(t / 10, 1)
-    results["breakdown_us_480p"] = dict(sorted(rows.items(), key=lambda kv: -kv[1])[:14])
+    results["breakdown_us_480p"] = kernel_times(lambda: sla_kernel.sla_forward(q, k, v, 0.1, w, b), top=14)
     print(json.dumps(results["breakdown_us_480p"], indent=1), flush=True)
 
 

@@ -162,8 +162,6 @@ def stats_for(cfg, q, k, v, topk, blkq, blkk, w, b, **kw):
 
 def breakdown(results: dict, sla_cfg, sage_cfg) -> None:
     """Per-kernel GPU time of one whole op at 480p, topk 0.1 (torch profiler, mean of 10 calls)."""
-    from torch.profiler import ProfilerActivity, profile
-
     L = SHAPES["480p"]
     q, k, v = random_qkv(1, L, H, D, torch.bfloat16, device="cuda", seed=14)
     w, b = proj_params(D, "cuda")
@@ -177,20 +175,28 @@ def breakdown(results: dict, sla_cfg, sage_cfg) -> None:
         ops["reference"] = lambda: mod(q, k, v)
     out = {}
     for name, fn in ops.items():
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                fn()
-            torch.cuda.synchronize()
-        rows = {}
-        for e in prof.key_averages():
-            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-            if t > 0 and e.count >= 10:
-                rows[e.key[:60]] = round(t / 10, 1)  # us per op call
-        out[name] = dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
+        out[name] = kernel_times(fn)
         print(name, json.dumps(out[name], indent=1), flush=True)
     results["breakdown_us_480p"] = out
+
+
+def kernel_times(fn, calls: int = 10, top: int = 12) -> dict:
+    """GPU time of each kernel fn launches, us per call of fn (torch profiler over `calls` calls),
+    the `top` largest; kernels launched fewer than once a call are left out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0 and e.count >= calls:
+            rows[e.key[:60]] = round(t / calls, 1)
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:top])
 
 
 def load_reference_module():

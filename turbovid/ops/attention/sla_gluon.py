@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
+
+from turbovid.ops import gluon_switch
 
 from .sla_reference import LINEAR_EPS
 
@@ -293,9 +294,6 @@ _GL_DTYPES = {}
 if gluon is not None:
     _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
-_disabled_logged = False
-
-
 @functools.lru_cache(maxsize=None)
 def _smem_optin(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
@@ -312,14 +310,8 @@ def _flat(x: torch.Tensor):
 
 
 def supported(device: torch.device) -> bool:
-    """Gluon, an sm_90 GPU (wgmma, TMA), not the interpreter; TURBOVID_GLUON=0 turns the Gluon kernels off."""
-    global _disabled_logged
-    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1" or device.type != "cuda":
-        return False
-    if os.environ.get("TURBOVID_GLUON", "1") == "0":
-        if not _disabled_logged:
-            log.info("sla: the Gluon attention kernel is off (TURBOVID_GLUON=0); the Triton kernel runs")
-            _disabled_logged = True
+    """Gluon, an sm_90 GPU (wgmma, TMA), not the interpreter, not TURBOVID_GLUON=0 (gluon_switch)."""
+    if gluon is None or device.type != "cuda" or not gluon_switch.enabled("sla attention", log):
         return False
     return torch.cuda.get_device_capability(device) == (9, 0) and _smem_optin(device) >= smem_bytes(Config()) + 1024
 

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
+
+from turbovid.ops import gluon_switch
 
 log = logging.getLogger(__name__)
 
@@ -267,19 +268,11 @@ if gluon is not None:
     _GL_DTYPES = {torch.int8: gl.int8, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
                   torch.float32: gl.float32}
 
-_disabled_logged = False
-
 
 def available(a_q: torch.Tensor, b_q: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """Whether this kernel can run the product: Gluon, an sm_90 GPU (wgmma), int8 operands whose rows
     are 16-byte aligned (TMA), an output dtype it stores. TURBOVID_GLUON=0 turns it off."""
-    global _disabled_logged
-    if gluon is None or os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    if os.environ.get("TURBOVID_GLUON", "1") == "0":
-        if not _disabled_logged:
-            log.info("int8 GEMM: the Gluon kernel is off (TURBOVID_GLUON=0); the Triton kernel runs")
-            _disabled_logged = True
+    if gluon is None or not gluon_switch.enabled("int8 GEMM", log):
         return False
     if not (a_q.is_cuda and torch.cuda.get_device_capability(a_q.device) == (9, 0)):
         return False
