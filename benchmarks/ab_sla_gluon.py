@@ -147,10 +147,17 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
                 sc = blockmap.StatsConfig(pool_rows=rows_, pool_warps=warps_)
                 fns[f"block stats, pool {pool}"] = (lambda sc=sc: blockmap.block_stats(
                     q, k, v, topk, 128, 64, linear_out=lin, proj_weight=w, proj_bias=b, cfg=sc))
-            for spec in specs:  # the attention launch alone (it adds into lin in place: timing only)
-                gc = sla_gluon.Config(group=int(spec.split("x")[0]), stages=int(spec.split("x")[1]))
+            kvw = blockmap.fold_proj(st.kv, w, q.dtype)
+            out1 = torch.empty_like(q)
+            for spec in specs:  # the attention launch alone (lin_mode 2 adds into lin in place: timing only)
+                group, stages = spec.rstrip("p").split("x")  # "2x2p": the warpgroups issue in turn
+                gc = sla_gluon.Config(group=int(group), stages=int(stages), pingpong=spec.endswith("p"))
                 fns[f"gluon {spec} attention"] = (
                     lambda gc=gc: sla_gluon.attention(q, k, v, lin, st.lut, st.kk, 2, 128, 64, gc))
+                if gc.stages == 2:  # room for phi(K)^T V beside the rings
+                    fns[f"gluon {spec} attention, linear branch in the epilogue"] = (
+                        lambda gc=gc: sla_gluon.attention(q, k, v, out1, st.lut, st.kk, 1, 128, 64, gc, kvw=kvw,
+                                                          phi_sum=st.phi_sum, bias=b.float()))
             ok = {}
             for name, fn in fns.items():  # compile, and drop configs that fail
                 try:
@@ -167,7 +174,7 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
                        "sparse_tflops": flops / ms / 1e9}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            del st, lin
+            del st, lin, kvw, out1
         del q, k, v, qh, kh, vh
         torch.cuda.empty_cache()
     results["timings"] = rows
@@ -185,7 +192,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--configs", default="2x2,1x2,1x4", help="Gluon configs: group x stages, comma-separated")
+    ap.add_argument("--configs", default="2x2,2x2p", help="Gluon configs: group x stages, comma-separated; a "
+                    "trailing p: the consumer warpgroups issue their products in turn (ping-pong)")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()
