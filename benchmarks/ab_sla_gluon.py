@@ -150,8 +150,8 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
             kvw = blockmap.fold_proj(st.kv, w, q.dtype)
             out1 = torch.empty_like(q)
             for spec in specs:  # the attention launch alone (lin_mode 2 adds into lin in place: timing only)
-                group, stages = spec.rstrip("p").split("x")  # "2x2p": the warpgroups issue in turn
-                gc = sla_gluon.Config(group=int(group), stages=int(stages), pingpong=spec.endswith("p"))
+                group, stages = spec.split("x")
+                gc = sla_gluon.Config(group=int(group), stages=int(stages))
                 fns[f"gluon {spec} attention"] = (
                     lambda gc=gc: sla_gluon.attention(q, k, v, lin, st.lut, st.kk, 2, 128, 64, gc))
                 if gc.stages == 2:  # room for phi(K)^T V beside the rings
@@ -192,8 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--configs", default="2x2,2x2p", help="Gluon configs: group x stages, comma-separated; a "
-                    "trailing p: the consumer warpgroups issue their products in turn (ping-pong)")
+    ap.add_argument("--configs", default="2x2,2x3", help="Gluon configs: group x stages, comma-separated")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()
