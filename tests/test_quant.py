@@ -196,6 +196,7 @@ def test_gluon_failure_falls_back_to_the_triton_kernel_once(monkeypatch, caplog)
     # where the Gluon kernel is picked but fails (a Triton without its API, a compile error), the
     # Triton kernel computes the product, the failure is logged once, and the device is not retried
     from turbovid.ops.quant import int8_gluon
+    from turbovid.ops import gluon_switch
 
     m, n, k = 130, 140, 256
     x, w = activations(m, k, dtype=torch.float32), torch.randn(n, k)
@@ -209,7 +210,7 @@ def test_gluon_failure_falls_back_to_the_triton_kernel_once(monkeypatch, caplog)
 
     monkeypatch.setattr(int8_gluon, "available", lambda *a: True)
     monkeypatch.setattr(int8_gluon, "scaled_mm", broken)
-    monkeypatch.setattr(int8_triton, "_gluon_broken", set())
+    monkeypatch.setattr(gluon_switch, "_broken", set())
     with caplog.at_level("WARNING"):
         for _ in range(2):
             got = int8_triton.scaled_mm(aq, as_, bq, bs, out_dtype=torch.float32)

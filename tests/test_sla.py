@@ -407,6 +407,7 @@ def test_gluon_launch_failure_falls_back_to_the_triton_launch(kernels, monkeypat
     """Where the Gluon launch fails (a Triton without its API, a compile error), the Triton launch
     computes the same op, with one warning for the device, and the Gluon launch is not tried again."""
     from turbovid.ops.attention import sla_gluon
+    from turbovid.ops import gluon_switch
 
     _, sla_kernel = kernels
     calls = []
@@ -417,7 +418,7 @@ def test_gluon_launch_failure_falls_back_to_the_triton_launch(kernels, monkeypat
 
     monkeypatch.setattr(sla_gluon, "available", lambda *a: True)
     monkeypatch.setattr(sla_gluon, "attention", broken)
-    monkeypatch.setattr(sla_gluon, "_broken", set())
+    monkeypatch.setattr(gluon_switch, "_broken", set())
     q, k, v = random_qkv(1, 200, 2, 64, seed=11)
     w, b = proj_params(64)
     cfg = sla_kernel.Config(group=1, num_warps=4, num_stages=2, gluon=True)

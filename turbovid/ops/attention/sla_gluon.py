@@ -26,7 +26,6 @@ Triton's interpreter does not run Gluon: CPU tests compile the kernel offline fo
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -294,10 +293,6 @@ _GL_DTYPES = {}
 if gluon is not None:
     _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
-@functools.lru_cache(maxsize=None)
-def _smem_optin(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
-
 
 def _flat(x: torch.Tensor):
     """x [B, L, H, D] as (B*L, H*D) strides for a descriptor, or None where rows don't flatten."""
@@ -313,7 +308,7 @@ def supported(device: torch.device) -> bool:
     """Gluon, an sm_90 GPU (wgmma, TMA), not the interpreter, not TURBOVID_GLUON=0 (gluon_switch)."""
     if gluon is None or device.type != "cuda" or not gluon_switch.enabled("sla attention", log):
         return False
-    return torch.cuda.get_device_capability(device) == (9, 0) and _smem_optin(device) >= smem_bytes(Config()) + 1024
+    return torch.cuda.get_device_capability(device) == (9, 0) and gluon_switch.smem_optin(device) >= smem_bytes(Config()) + 1024
 
 
 def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk: int) -> bool:
@@ -326,23 +321,11 @@ def available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blkq: int, blkk
     return all(_flat(x) is not None for x in (q, k, v))
 
 
-_broken: set[str] = set()  # devices where the launch failed once: the Triton launch runs there
-
-
 def try_attention(*args, **kwargs) -> bool:
-    """attention(*args, **kwargs), or False where it failed on q's device (a Triton without this
-    Gluon API, a compile failure): logged once, and the caller runs the Triton launch."""
-    dev = str(args[0].device)
-    if dev in _broken:
-        return False
-    try:
-        attention(*args, **kwargs)
-        return True
-    except Exception as err:
-        _broken.add(dev)
-        log.warning("sla: the Gluon attention kernel failed on %s (%s: %s); using the Triton kernel", dev,
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        return False
+    """attention(*args, **kwargs), or False where it failed on q's device (gluon_switch.attempt:
+    logged once); the caller then runs the Triton launch."""
+    return gluon_switch.attempt("sla: the Gluon attention kernel", args[0].device, log, attention, *args,
+                                **kwargs) is not None
 
 
 def _descriptor(x: torch.Tensor, block: list[int]):

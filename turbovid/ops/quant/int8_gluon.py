@@ -279,7 +279,7 @@ def available(a_q: torch.Tensor, b_q: torch.Tensor, out_dtype: torch.dtype) -> b
     if a_q.dtype != torch.int8 or b_q.dtype != torch.int8 or out_dtype not in _GL_DTYPES:
         return False
     elem = torch.empty((), dtype=out_dtype).element_size()
-    if _smem_optin(a_q.device) < smem_bytes(Config(), elem) + 1024:
+    if gluon_switch.smem_optin(a_q.device) < smem_bytes(Config(), elem) + 1024:
         return False  # every sm_90 part has 227 KiB a block; this guards the assumption
     return (all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a_q, b_q))
             and (b_q.shape[0] * elem) % 16 == 0)
@@ -288,11 +288,6 @@ def available(a_q: torch.Tensor, b_q: torch.Tensor, out_dtype: torch.dtype) -> b
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_optin(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
 
 def _descriptor(t: torch.Tensor, block: list[int]):

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from turbovid.ops import gluon_switch
 from turbovid.ops.quant import int8, int8_gluon
 from turbovid.ops.tuning import autotune
 
@@ -409,21 +410,11 @@ def scaled_mm(
     return c
 
 
-_gluon_broken: set[str] = set()  # devices where the Gluon kernel failed once: the Triton kernel runs there
-
-
 def _gluon_mm(a_q, a_s, b_q, b_s, bias, c) -> torch.Tensor | None:
-    """The Gluon kernel (int8_gluon) into c, or None where it failed on this device (logged once)."""
-    dev = str(a_q.device)
-    if dev in _gluon_broken:
-        return None
-    try:
-        return int8_gluon.scaled_mm(a_q, a_s, b_q, b_s, bias, c, int8_gluon.config_for(c.shape[1], a_q.shape[1]))
-    except Exception as err:  # a Triton without this Gluon API, a compile failure: keep going without it
-        _gluon_broken.add(dev)
-        int8_gluon.log.warning("int8 GEMM: the Gluon kernel failed on %s (%s: %s); using the Triton kernel",
-                               dev, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        return None
+    """The Gluon kernel (int8_gluon) into c, or None where it failed on this device
+    (gluon_switch.attempt: logged once)."""
+    return gluon_switch.attempt("int8 GEMM: the Gluon kernel", a_q.device, int8_gluon.log, int8_gluon.scaled_mm,
+                                a_q, a_s, b_q, b_s, bias, c, int8_gluon.config_for(c.shape[1], a_q.shape[1]))
 
 
 def best_config(n: int, k: int, m: int, is_int8: bool = True) -> str:
