@@ -123,24 +123,32 @@ if gluon is not None:
         _load_v(v1_desc, v2_desc, v1_bufs, v2_bufs, vbars, lut_row, n_steps - 1, KK, v_row0, STAGES)
 
     @gluon.jit
-    def _block_logits(acc_s, idx, q_scale, K_SCALE, lut_row, KK, L, layout: gl.constexpr, MASKED: gl.constexpr):
-        """Key block `idx` of the list: the integer scores as floats (offset by 1.5 * 2^23, exact),
-        their scale into the log2 domain, and the row max in that domain."""
-        blk = gl.load(lut_row + gl.minimum(idx, KK - 1))
-        scale = q_scale * gl.load(K_SCALE + blk)
+    def _block_scales(q_scale, K_SCALE, lut_row, t, KK):
+        """Step t's two key blocks (the list's last one standing in past its end) and their scales
+        into the log2 domain. Loaded a step ahead: the two dependent loads would otherwise sit
+        between the scores and softmax (a round trip to L2 each)."""
+        b0 = gl.load(lut_row + gl.minimum(2 * t, KK - 1))
+        b1 = gl.load(lut_row + gl.minimum(2 * t + 1, KK - 1))
+        return b0, b1, q_scale * gl.load(K_SCALE + b0), q_scale * gl.load(K_SCALE + b1)
+
+    @gluon.jit
+    def _block_logits(acc_s, idx, blk, scale, KK, L, layout: gl.constexpr, MASKED: gl.constexpr):
+        """Key block `idx` of the list: the integer scores as floats (offset by 1.5 * 2^23, exact) and
+        the row max in the log2 domain."""
         s = (acc_s + MAGIC).to(gl.float32, bitcast=True)
         if MASKED:
             BN: gl.constexpr = acc_s.shape[1]
             keys = blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
             s = gl.where(((keys < L) & (idx < KK))[None, :], s, float("-inf"))
-        return s, scale, (gl.max(s, 1) - 12582912.0) * scale
+        return s, (gl.max(s, 1) - 12582912.0) * scale
 
     @gluon.jit
-    def _softmax(a0, a1, m_i, l_i, q_scale, K_SCALE, lut_row, t, KK, L, layout: gl.constexpr, MASKED: gl.constexpr):
-        """sagesla_kernel._sage_tile's softmax over step t's two key blocks together: p = 448 exp2(s - m)
-        per block, the new max, row sums and the accumulator's factor."""
-        s0, sc0, mx0 = _block_logits(a0, 2 * t, q_scale, K_SCALE, lut_row, KK, L, layout, MASKED)
-        s1, sc1, mx1 = _block_logits(a1, 2 * t + 1, q_scale, K_SCALE, lut_row, KK, L, layout, MASKED)
+    def _softmax(a0, a1, m_i, l_i, bs, t, KK, L, layout: gl.constexpr, MASKED: gl.constexpr):
+        """sagesla_kernel._sage_tile's softmax over step t's two key blocks together (bs: their
+        _block_scales): p = 448 exp2(s - m) per block, the new max, row sums and the accumulator's factor."""
+        b0, b1, sc0, sc1 = bs
+        s0, mx0 = _block_logits(a0, 2 * t, b0, sc0, KK, L, layout, MASKED)
+        s1, mx1 = _block_logits(a1, 2 * t + 1, b1, sc1, KK, L, layout, MASKED)
         m_new = gl.maximum(m_i, gl.maximum(mx0, mx1))
         p0 = gl.exp2(s0 * sc0 - (m_new + 12582912.0 * sc0 - LOG2_FP8_MAX)[:, None])
         p1 = gl.exp2(s1 * sc1 - (m_new + 12582912.0 * sc1 - LOG2_FP8_MAX)[:, None])
@@ -175,37 +183,40 @@ if gluon is not None:
         fence_async_shared()
 
     @gluon.jit
-    def _step(t, acc, alpha_prev, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs, v2_bufs, p_bufs, kbars, vbars, K_SCALE,
+    def _step(t, bs, acc, alpha_prev, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs, v2_bufs, p_bufs, kbars, vbars, K_SCALE,
               lut_row, KK, L, s_layout: gl.constexpr, o_layout: gl.constexpr, P0: gl.constexpr,
               STAGES: gl.constexpr, MASKED: gl.constexpr):
         s = t % STAGES
         sp = (t - 1) % STAGES
+        bs_next = _block_scales(q_scale, K_SCALE, lut_row, t + 1, KK)
         mbarrier.wait(kbars[0].index(s), phase=(t // STAGES) & 1)
         t0, t1 = _scores(q_op, k_bufs, s, s_layout)
         mbarrier.wait(vbars[0].index(sp), phase=((t - 1) // STAGES) & 1)
         pv_tok = _pv(p_bufs, v1_bufs, v2_bufs, sp, P0, o_layout)
         a0, a1 = warpgroup_mma_wait(num_outstanding=4, deps=(t0, t1))
         mbarrier.arrive(kbars[1].index(s), count=1)
-        p0, p1, m_i, l_i, alpha = _softmax(a0, a1, m_i, l_i, q_scale, K_SCALE, lut_row, t, KK, L, s_layout, MASKED)
+        p0, p1, m_i, l_i, alpha = _softmax(a0, a1, m_i, l_i, bs, t, KK, L, s_layout, MASKED)
         pv = warpgroup_mma_wait(num_outstanding=0, deps=(pv_tok, ))
         mbarrier.arrive(vbars[1].index(sp), count=1)
         acc = acc * gl.convert_layout(alpha_prev, gl.SliceLayout(1, o_layout))[:, None] + pv
         _stage_p(p0, p1, p_bufs, P0)
-        return acc, alpha, m_i, l_i
+        return bs_next, acc, alpha, m_i, l_i
 
     @gluon.jit
     def _first(q_op, q_scale, k_bufs, p_bufs, kbars, K_SCALE, lut_row, KK, L, s_layout: gl.constexpr,
                P0: gl.constexpr, MASKED: gl.constexpr):
         """Step 0's scores and softmax (its P V is issued by step 1, or by the epilogue)."""
+        bs = _block_scales(q_scale, K_SCALE, lut_row, 0, KK)
+        bs_next = _block_scales(q_scale, K_SCALE, lut_row, 1, KK)
         mbarrier.wait(kbars[0].index(0), phase=0)
         t0, t1 = _scores(q_op, k_bufs, 0, s_layout)
         a0, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(t0, t1))
         mbarrier.arrive(kbars[1].index(0), count=1)
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, s_layout))
-        p0, p1, m_i, l_i, alpha = _softmax(a0, a1, m_i, l_i, q_scale, K_SCALE, lut_row, 0, KK, L, s_layout, MASKED)
+        p0, p1, m_i, l_i, alpha = _softmax(a0, a1, m_i, l_i, bs, 0, KK, L, s_layout, MASKED)
         _stage_p(p0, p1, p_bufs, P0)
-        return alpha, m_i, l_i
+        return bs_next, alpha, m_i, l_i
 
     @gluon.jit
     def _quantized_queries(q_smem, rows, L, qk_scale, layout: gl.constexpr):
@@ -239,17 +250,18 @@ if gluon is not None:
         n_steps = gl.cdiv(KK, 2)
         acc = gl.zeros([BM, D], gl.float32, layout=o_layout)
         if n_steps == 1:
-            alpha, m_i, l_i = _first(q_op, q_scale, k_bufs, p_bufs, kbars, K_SCALE, lut_row, KK, L, s_layout, P0, True)
+            bs, alpha, m_i, l_i = _first(q_op, q_scale, k_bufs, p_bufs, kbars, K_SCALE, lut_row, KK, L, s_layout, P0,
+                                         True)
         else:
-            alpha, m_i, l_i = _first(q_op, q_scale, k_bufs, p_bufs, kbars, K_SCALE, lut_row, KK, L, s_layout, P0,
-                                     False)
+            bs, alpha, m_i, l_i = _first(q_op, q_scale, k_bufs, p_bufs, kbars, K_SCALE, lut_row, KK, L, s_layout, P0,
+                                         False)
             for t in range(1, n_steps - 1):
-                acc, alpha, m_i, l_i = _step(t, acc, alpha, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs, v2_bufs, p_bufs,
-                                             kbars, vbars, K_SCALE, lut_row, KK, L, s_layout, o_layout, P0, STAGES,
-                                             False)
-            acc, alpha, m_i, l_i = _step(n_steps - 1, acc, alpha, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs, v2_bufs,
-                                         p_bufs, kbars, vbars, K_SCALE, lut_row, KK, L, s_layout, o_layout, P0,
-                                         STAGES, True)
+                bs, acc, alpha, m_i, l_i = _step(t, bs, acc, alpha, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs, v2_bufs,
+                                                 p_bufs, kbars, vbars, K_SCALE, lut_row, KK, L, s_layout, o_layout, P0,
+                                                 STAGES, False)
+            bs, acc, alpha, m_i, l_i = _step(n_steps - 1, bs, acc, alpha, m_i, l_i, q_op, q_scale, k_bufs, v1_bufs,
+                                             v2_bufs, p_bufs, kbars, vbars, K_SCALE, lut_row, KK, L, s_layout,
+                                             o_layout, P0, STAGES, True)
         last = (n_steps - 1) % STAGES
         mbarrier.wait(vbars[0].index(last), phase=((n_steps - 1) // STAGES) & 1)
         pv_tok = _pv(p_bufs, v1_bufs, v2_bufs, last, P0, o_layout)
@@ -328,10 +340,13 @@ if gluon is not None:
             mbarrier.invalidate(vbars[1].index(i))
 
 
-def available(q: torch.Tensor, blkq: int, blkk: int, v_terms: int) -> bool:
+def available(q: torch.Tensor, blkq: int, blkk: int, v_terms: int, cfg: Config | None = None,
+              linear: bool = True) -> bool:
     """sla_gluon.supported() on q's device, head_dim 128, sla's block map (128 / 64), V in two fp8
-    terms, and q rows a descriptor can address."""
-    if not sla_gluon.supported(q.device) or gluon_switch.smem_optin(q.device) < smem_bytes(Config()) + 1024:
+    terms, q rows a descriptor can address, and shared memory for cfg's rings (and the linear
+    branch's tile, computed in the epilogue)."""
+    need = smem_bytes(cfg or Config(), linear) + 1024
+    if not sla_gluon.supported(q.device) or gluon_switch.smem_optin(q.device) < need:
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] != 128:
         return False

@@ -197,6 +197,7 @@ class Config:
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
     gluon: bool = False  # sla's block map on sm_90: sagesla_gluon's launch where it can run, this one otherwise
+    gluon_stages: int = 2  # its K / V rings (3 fit beside the queries only without the linear branch's tile)
 
 
 def default_config(device: torch.device, blkq: int = 64) -> Config:
@@ -257,9 +258,10 @@ def sagesla_forward(
     if cfg.gluon:
         from . import sagesla_gluon
 
-        if sagesla_gluon.available(q, blkq, blkk, cfg.v_terms) and sagesla_gluon.try_attention(
+        gcfg = sagesla_gluon.Config(stages=cfg.gluon_stages)
+        if sagesla_gluon.available(q, blkq, blkk, cfg.v_terms, gcfg, lin_mode == 1) and sagesla_gluon.try_attention(
                 q, kq, k_scale, vt, vt2, v_from, out, stats.lut, stats.kk, lin_mode, D**-0.5 * LOG2E, out_fp8=mode,
-                oq=oq, os_=os_, kvw=kvw, phi_sum=phi_sum, bias=bias if proj_bias is not None else None):
+                oq=oq, os_=os_, kvw=kvw, phi_sum=phi_sum, bias=bias if proj_bias is not None else None, cfg=gcfg):
             return blockmap.fp8_result(oq, os_, mode) if mode else out
     use_tma = cfg.tma and TensorDescriptor is not None
     if use_tma:
