@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from turbovid.ops.attention import blockmap, sagesla_gluon, sagesla_kernel, sla_gluon, sla_kernel
+    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
     from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
@@ -90,19 +90,7 @@ def main() -> None:
                     PHISUM="*fp32", BIAS="*fp32", so_b="i32", so_h="i32", so_l="i32", L="i32", H="i32", NQ="i32",
                     KK="i32", qk_scale="fp32", lin_eps="fp32", ROWS_TOTAL="i32")
 
-    def sagesla_gluon_sig() -> dict:
-        from triton.experimental.gluon import language as gl
-
-        return dict(q_desc=gluon_desc("bf16", gl.bfloat16, [128, 128]), k_desc=gluon_desc("i8", gl.int8, [64, 128]),
-                    v1_desc=gluon_desc("fp8e4nv", gl.float8e4nv, [128, 64]),
-                    v2_desc=gluon_desc("fp8e4nv", gl.float8e4nv, [128, 64]),
-                    w_desc=gluon_desc("bf16", gl.bfloat16, [128, 128]), O="*bf16", OQ="*fp8e4nv", OS="*fp32",
-                    LUT="*i32", K_SCALE="*fp32", V_FROM="*fp32", PHISUM="*fp32", BIAS="*fp32", so_b="i32",
-                    so_h="i32", so_l="i32", L="i32", H="i32", NQ="i32", NK="i32", LPAD="i32", KK="i32",
-                    qk_scale="fp32", lin_eps="fp32", ROWS_TOTAL="i32")
-
     slag = sla_gluon.Config()
-    sageg = sagesla_gluon.Config()
     f32 = "*fp32"
     sage_sig = dict(
         Q="*bf16", KQ="*i8", K_SCALE=f32, VT="*fp8e4nv", VT2="*fp8e4nv", V_FROM_FP8=f32, O="*bf16", OQ="*bf16",
@@ -198,9 +186,6 @@ def main() -> None:
         ("sla attention in Gluon (Hopper: two consumer warpgroups, a loader warp, the linear branch in the epilogue)",
          sla_gluon._sla_attn_kernel, sla_gluon_sig(),
          dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages), [], 4, 3, slag.maxnreg),
-        ("sagesla attention in Gluon on sla's map (Hopper: int8 scores beside fp8 P V, the output quantized)",
-         sagesla_gluon._sagesla_attn_kernel, sagesla_gluon_sig(),
-         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=1, STAGES=sageg.stages), [], 4, 3, sageg.maxnreg),
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
          gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),

@@ -73,22 +73,6 @@ def test_quantization_accuracy_against_float32(inputs):
     assert rel_l2(one, expected) > rel_l2(out, expected)
 
 
-def test_emulation_of_slas_map_quantizes_q_per_64_rows_and_steps_two_blocks():
-    # sla's map (query blocks of 128, key blocks of 64), as sm_90 runs sagesla
-    q, k, v = outlier_qkv(1, 1000, 1, 128, torch.bfloat16, seed=8)
-    lut = ref.block_map(q, k, 0.5, 128, 64)
-    expected = ref.sparse_attention(q, k, v, lut, 128, 64)
-    one = sref.sagesla_sparse_emulated(q, k, v, lut, 128, 64)
-    two = sref.sagesla_sparse_emulated(q, k, v, lut, 128, 64, group=2)
-    for out in (one, two):
-        assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
-    assert 0 < rel_l2(two, one) < 1e-2  # a joint max for two blocks moves P's fp8 rounding only
-    # Q's int8 scale covers each half of a query block: a large second half leaves the first alone
-    q2 = q.clone()
-    q2[:, 64:128] *= 50
-    assert torch.equal(sref.sagesla_sparse_emulated(q2, k, v, lut, 128, 64)[:, :64], one[:, :64])
-
-
 # ---- the Triton kernels in the interpreter ----------------------------------------------------
 
 def test_quant_kernel_matches_the_rules(kernels):
@@ -140,22 +124,6 @@ def test_kernel_configs(kernels, v_terms, two_level, tma):
     assert rel_l2(out, emulated) < 2e-3
 
 
-@pytest.mark.parametrize("B, L, H, D, inputs", [(2, 300, 1, 64, random_qkv), (1, 333, 2, 128, outlier_qkv)],
-                         ids=["batch2-d64-random", "ragged-d128-outliers"])
-def test_kernel_on_slas_map_matches_emulation(kernels, B, L, H, D, inputs):
-    # the Triton launch on sla's map (sm_90's fallback when the Gluon launch can't run): Q scales per 64 rows
-    blockmap, sk = kernels
-    q, k, v = inputs(B, L, H, D, seed=L + 1)
-    w, b = proj_params(D)
-    cfg = sk.Config(num_warps=8, num_stages=2)
-    out = sk.sagesla_forward(q, k, v, 0.4, w, b, 128, 64, config=cfg)
-    lut = ref.block_map(q, k, 0.4, 128, 64)
-    emulated = sref.sagesla_sparse_emulated(q, k, v, lut, 128, 64) + ref.linear_attention(q, k, v, w, b)
-    assert rel_l2(out, emulated) < 2e-3
-    expected = ref.sla_reference(q, k, v, 0.4, w, b, 128, 64, lut=lut)
-    assert cosine(out, expected) >= 0.999 and rel_l2(out, expected) <= 3e-2
-
-
 def test_kernel_linear_branch_in_the_query_pass(kernels):
     blockmap, sk = kernels
     q, k, v = random_qkv(2, 150, 1, 64, seed=13)
@@ -203,15 +171,6 @@ def test_direct_call_on_cpu_runs_sla_with_one_log_line(caplog):
     assert len(lines) == 1 and "running sla instead" in lines[0]
     # sla's own block map (128 / 64) as the reference uses off Hopper
     assert torch.equal(out, ref.sla_reference(q, k, v, 0.5, blkq=sla.BLKQ, blkk=sla.BLKK))
-
-
-def test_block_map_by_chip(monkeypatch):
-    assert sagesla.block_sizes("cpu") == (64, 128)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert sagesla.block_sizes("cuda") == (128, 64)  # sla's map, the Gluon launch's
-    for cap in ((8, 9), (10, 0), (12, 0)):
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
-        assert sagesla.block_sizes("cuda") == (64, 128)
 
 
 def test_pre_ada_gpu_is_reported(monkeypatch):

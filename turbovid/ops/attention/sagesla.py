@@ -1,9 +1,7 @@
 """The "sagesla" attention backend: SLA with int8 Q.K^T and fp8 P.V (Triton; Hopper, Ada, Blackwell).
 
-The same linear branch as sla. The block map: on sm_90 sla's (query blocks of 128, key blocks of
-64), which the Gluon launch (sagesla_gluon.py) reads with half the L2 traffic per query row;
-elsewhere the reference SageSLA's Hopper map (query blocks of 64, key blocks of 128), the Triton
-launch's fastest (block_sizes). Registered as the custom ops `turbovid::sagesla` and
+Same block map granularity as the reference SageSLA on Hopper (query blocks of 64, key blocks of
+128) and the same linear branch as sla. Registered as the custom ops `turbovid::sagesla` and
 `turbovid::sagesla_fp8` (sla.register_ops). On a GPU without fp8 (before Ada) or without Triton it
 runs sla instead, on the CPU the sla reference; each fallback logs one line. `unavailable` names
 the reason, so "auto" picks sla there.
@@ -15,18 +13,7 @@ import torch
 from . import Backend, register_backend, sla
 from .sla import call_kernel, call_op, check_inputs, kernel_unavailable, log_once, register_ops, run_sla
 
-BLKQ, BLKK = 64, 128  # the Triton launch's map (the reference SageSLA's on Hopper)
-GLUON_BLKQ, GLUON_BLKK = 128, 64  # sla's map, sagesla_gluon's
-
-
-def block_sizes(device: torch.device) -> tuple[int, int]:
-    """(query block, key block) of sagesla's block map on `device`: sla's map on sm_90 (Hopper), where
-    the Gluon launch runs it (the Triton launch, its fallback, runs any map); the Triton launch's
-    map elsewhere. Fixed by the chip, so a fallback never changes which keys are kept."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0):
-        return GLUON_BLKQ, GLUON_BLKK
-    return BLKQ, BLKK
+BLKQ, BLKK = 64, 128
 
 
 def fp8_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
@@ -62,16 +49,13 @@ def sagesla_attention(
     topk: float,
     proj_weight: Optional[torch.Tensor],
     proj_bias: Optional[torch.Tensor],
-    blkq: int | None = None,
-    blkk: int | None = None,
+    blkq: int = BLKQ,
+    blkk: int = BLKK,
     out_fp8: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageSLA attention of q over k, v ([B, L, H, D] each); returns [B, L, H, D] in q's dtype, or
-    with out_fp8 that output quantized for an fp8 linear (as sla_attention). blkq / blkk None: the
-    device's map (block_sizes)."""
+    with out_fp8 that output quantized for an fp8 linear (as sla_attention)."""
     check_inputs(q, k, v, topk, proj_weight, proj_bias)
-    if blkq is None or blkk is None:
-        blkq, blkk = block_sizes(q.device)
     return call_op(sagesla_ops, run_sagesla, q, k, v, topk, proj_weight, proj_bias, blkq, blkk, out_fp8)
 
 

@@ -21,13 +21,12 @@ import triton
 import triton.language as tl
 
 from . import blockmap
-from .sagesla_reference import LOG2E, QROWS, v_scales
+from .sagesla_reference import LOG2E, v_scales
 from .blockmap import _linear_branch, _store_output
 from .sla_kernel import TensorDescriptor
 from .sla_reference import LINEAR_EPS
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed when Triton decorates the kernels
-QROWS = tl.constexpr(QROWS)
 
 
 @triton.jit
@@ -81,7 +80,7 @@ def _quant_kv_kernel(
 def _sage_tile(
     acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, K_SCALE, lut_row, t, L, LPAD, bh,
     D: tl.constexpr, BLKK: tl.constexpr, MASKED: tl.constexpr, V_TERMS: tl.constexpr,
-    TWO_LEVEL: tl.constexpr, EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr, ROW_SCALES: tl.constexpr,
+    TWO_LEVEL: tl.constexpr, EXACT_GRID: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     r = tl.arange(0, BLKK)
     d = tl.arange(0, D)
@@ -91,7 +90,7 @@ def _sage_tile(
         k = kq_src.load([bh * LPAD + blk * BLKK, 0])
     else:
         k = tl.load(kq_src + keys[:, None] * D + d[None, :])  # int8, zero-padded past L
-    scale = q_scale * tl.load(K_SCALE + blk)  # int scores -> log2 domain (> 0); per row for blocks of 128
+    scale = q_scale * tl.load(K_SCALE + blk)  # int scores -> log2 domain (> 0)
     # int32 -> float32 without the slow conversion unit: for |x| < 2^22 the float with bits
     # x + bits(1.5 * 2^23) is exactly 1.5 * 2^23 + x; the offset folds into the FMA below
     s = (tl.dot(q_i8, tl.trans(k), out_dtype=tl.int32) + 0x4B400000).to(tl.float32, bitcast=True)
@@ -100,10 +99,7 @@ def _sage_tile(
     m_new = tl.maximum(m_i, (tl.max(s, 1) - 12582912.0) * scale)
     # p = 448 * exp2(s - m): the fp8 scale rides in the exponent, one FMA + ex2 per score
     shift = m_new + 12582912.0 * scale - 8.807354922057604
-    if ROW_SCALES:
-        p = tl.math.exp2(s * scale[:, None] - shift[:, None])
-    else:
-        p = tl.math.exp2(s * scale - shift[:, None])
+    p = tl.math.exp2(s * scale - shift[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if USE_TMA:
@@ -148,15 +144,8 @@ def _sagesla_fwd_kernel(
     d = tl.arange(0, D)
     q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_l + d[None, :], mask=rows[:, None] < L, other=0.0)
     qf = q.to(tl.float32) * qk_scale
-    ROW_SCALES: tl.constexpr = BLOCK_M > QROWS
-    if ROW_SCALES:  # one scale per QROWS rows (as the Gluon launch's warpgroups), held per row
-        G: tl.constexpr = BLOCK_M // QROWS
-        amax = tl.max(tl.max(tl.abs(tl.reshape(qf, [G, QROWS, D])), 2), 1)
-        q_scale = tl.reshape(tl.broadcast_to((amax / 127.0 + 1e-7)[:, None], [G, QROWS]), [BLOCK_M])
-        q_i8 = _to_int8(qf / q_scale[:, None])
-    else:
-        q_scale = tl.max(tl.max(tl.abs(qf), 1), 0) / 127.0 + 1e-7
-        q_i8 = _to_int8(qf / q_scale)
+    q_scale = tl.max(tl.max(tl.abs(qf), 1), 0) / 127.0 + 1e-7
+    q_i8 = _to_int8(qf / q_scale)
 
     if USE_TMA:
         kq_src = KQ
@@ -173,11 +162,9 @@ def _sagesla_fwd_kernel(
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for t in range(KK - 1):
         acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, k_scales, lut_row, t,
-                                   L, LPAD, bh, D, BLKK, False, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA,
-                                   ROW_SCALES)
+                                   L, LPAD, bh, D, BLKK, False, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     acc, l_i, m_i = _sage_tile(acc, l_i, m_i, q_i8, q_scale, kq_src, vt_src, vt2_src, k_scales, lut_row, KK - 1,
-                               L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA,
-                               ROW_SCALES)
+                               L, LPAD, bh, D, BLKK, True, V_TERMS, TWO_LEVEL, EXACT_GRID, USE_TMA)
     v_from = tl.load(V_FROM_FP8 + bh * D + d)
     o = acc * v_from[None, :] / l_i[:, None]  # l_i carries P's 448
     offs = b * so_b + h * so_h + rows[:, None] * so_l + d[None, :]
@@ -196,17 +183,13 @@ class Config:
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
-    gluon: bool = False  # sla's block map on sm_90: sagesla_gluon's launch where it can run, this one otherwise
-    gluon_stages: int = 3  # its K / V rings of two key blocks a step (sagesla_gluon.Config)
 
 
 def default_config(device: torch.device, blkq: int = 64) -> Config:
     # From benchmarks/bench_attention.py's sweeps on an H100 (docs/benchmarks.md); TMA needs sm90+.
     tma = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-    if blkq >= 128:  # sla's map: the Gluon launch on sm_90; here two 64-row warpgroups share each K/V tile
-        from . import sla_gluon
-
-        return Config(num_warps=8, num_stages=2, tma=tma, gluon=sla_gluon.supported(device))
+    if blkq >= 128:  # two 64-row warpgroups share each K/V tile (explore_sagesla_map.py's best)
+        return Config(num_warps=8, num_stages=2, tma=tma)
     return Config(num_warps=4, num_stages=3, tma=tma)
 
 
@@ -252,22 +235,14 @@ def sagesla_forward(
     kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
     vt2 = vt if vt2 is None else vt2
-    mode = blockmap.fp8_mode(out_fp8)
-    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
-    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
-    if cfg.gluon:
-        from . import sagesla_gluon
-
-        gcfg = sagesla_gluon.Config(stages=cfg.gluon_stages)
-        if sagesla_gluon.available(q, blkq, blkk, cfg.v_terms, gcfg, lin_mode == 1) and sagesla_gluon.try_attention(
-                q, kq, k_scale, vt, vt2, v_from, out, stats.lut, stats.kk, lin_mode, D**-0.5 * LOG2E, out_fp8=mode,
-                oq=oq, os_=os_, kvw=kvw, phi_sum=phi_sum, bias=bias if proj_bias is not None else None, cfg=gcfg):
-            return blockmap.fp8_result(oq, os_, mode) if mode else out
     use_tma = cfg.tma and TensorDescriptor is not None
     if use_tma:
         lpad = nk * blkk
         kq = TensorDescriptor.from_tensor(kq.view(B * H * lpad, D), [blkk, D])
         vt, vt2 = (TensorDescriptor.from_tensor(x.view(B * H * D, lpad), [D, blkk]) for x in (vt, vt2))
+    mode = blockmap.fp8_mode(out_fp8)
+    bound = blockmap.output_bound(blockmap.v_absmax_of(stats, v), proj_weight, proj_bias) if mode == 2 else None
+    oq, os_ = blockmap.output_buffers(q, out, mode, bound)
     _sagesla_fwd_kernel[(nq, B * H)](
         q, kq, k_scale, vt, vt2, v_from, out, oq, os_, stats.lut, kvw, phi_sum, bias,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),

@@ -1,8 +1,7 @@
 """SageSLA quantization in plain PyTorch: the rules the Triton kernel follows, and an exact emulation.
 
 Rules (SageAttention style, as SpargeAttn's sm90 SageSLA applies them):
-  Q   times softmax scale * log2(e), then int8 per 64 query rows (a query block of 64, each half
-      of one of 128: a consumer warpgroup's rows): s = max|x| / 127 + 1e-7,
+  Q   times softmax scale * log2(e), then int8 per query block: s = max|x| / 127 + 1e-7,
       x_q = trunc(x / s + 0.5 sign(x)) (round half away from zero).
   K   smoothed (minus its token mean; the scores change by a per-row constant, which softmax
       ignores), then int8 per key block by the same rule.
@@ -29,7 +28,6 @@ FP8_MAX = 448.0
 INT8_EPS = 1e-7
 LOG2E = 1.4426950408889634
 LOG2_FP8_MAX = math.log2(FP8_MAX)
-QROWS = 64  # query rows sharing one int8 scale of Q (a query block of 64; half of one of 128)
 MAGIC = 12582912.0  # 1.5 * 2^23: int32 x + bits(MAGIC) has the float bits of MAGIC + x, |x| < 2^22
 
 
@@ -59,24 +57,18 @@ def quantize_v_fp8(v: torch.Tensor, to_fp8: torch.Tensor, terms: int) -> torch.T
 
 
 def sagesla_sparse_emulated(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, blkq: int, blkk: int, v_terms: int = 2,
-    group: int = 1,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, blkq: int, blkk: int, v_terms: int = 2
 ) -> torch.Tensor:
-    """The sparse part exactly as the kernels compute it (same tiles, same order), on any device.
+    """The sparse part exactly as the kernel computes it (same tiles, same order), on any device.
 
-    q, k, v: (B, L, H, D); lut: int (B, H, nq, kk) ascending. Q's int8 scale covers QROWS rows (a
-    query block of 64, or each half of one of 128); `group` key blocks share one softmax step (the
-    Gluon launch takes two). Returns float32 (B, L, H, D).
+    q, k, v: (B, L, H, D); lut: int (B, H, nq, kk) ascending. Returns float32 (B, L, H, D).
     """
     B, L, H, D = q.shape
     nq, nk = -(-L // blkq), -(-L // blkk)
-    qg = min(blkq, QROWS)
-    qf = F.pad(q.transpose(1, 2).float() * (D**-0.5 * LOG2E), (0, 0, 0, nq * blkq - L))
+    qf = q.transpose(1, 2).float() * (D**-0.5 * LOG2E)
     kf = k.transpose(1, 2).float()
     vf = v.transpose(1, 2).float()
-    q_i8, q_scale = quantize_blocks_int8(qf, qg)  # (B, H, nq * blkq / qg, qg, D), (B, H, nq * blkq / qg)
-    q_i8 = q_i8.view(B, H, nq, blkq, D)
-    q_scale = q_scale.view(B, H, nq, blkq // qg).repeat_interleave(qg, dim=-1)  # a scale per query row
+    q_i8, q_scale = quantize_blocks_int8(qf, blkq)  # (B, H, nq, blkq, D), (B, H, nq)
     k_i8, k_scale = quantize_blocks_int8(kf - kf.mean(dim=2, keepdim=True), blkk)
     to_fp8, from_fp8 = v_scales(vf.abs().amax(dim=2))  # (B, H, D)
     v_q = quantize_v_fp8(vf, to_fp8[:, :, None, :], v_terms)
@@ -84,32 +76,23 @@ def sagesla_sparse_emulated(
     key_ok = (torch.arange(nk * blkk, device=q.device) < L).view(nk, blkk)
 
     qi = q_i8.float()
-    kk = lut.shape[-1]
     m = torch.full((B, H, nq, blkq), float("-inf"), device=q.device)
     l = torch.zeros(B, H, nq, blkq, device=q.device)
     acc = torch.zeros(B, H, nq, blkq, D, device=q.device)
-    for t0 in range(0, kk, group):
-        blocks = []  # (scores offset by 1.5 * 2^23, scale, gather index) of each key block of the step
-        for t in range(t0, t0 + group):
-            idx = lut[..., min(t, kk - 1)].long()  # (B, H, nq); past the list: the last block, masked
-            gather = idx[..., None, None].expand(-1, -1, -1, blkk, D)
-            kt = torch.gather(k_i8.float(), 2, gather)
-            scale = q_scale * torch.gather(k_scale, 2, idx)[..., None]  # (B, H, nq, blkq)
-            ok = key_ok[idx] & (t < kk)
-            s = (qi @ kt.transpose(-1, -2) + MAGIC).masked_fill(~ok[..., None, :], float("-inf"))
-            blocks.append((s, scale, gather))
-        m_new = m
-        for s, scale, _ in blocks:
-            m_new = torch.maximum(m_new, (s.amax(dim=-1) - MAGIC) * scale)
+    for t in range(lut.shape[-1]):
+        idx = lut[..., t].long()  # (B, H, nq)
+        gather = idx[..., None, None].expand(-1, -1, -1, blkk, D)
+        kt = torch.gather(k_i8.float(), 2, gather)
+        scale = (q_scale * torch.gather(k_scale, 2, idx))[..., None, None]
+        # integer scores offset by 1.5 * 2^23, as the kernel converts them (exact in float32)
+        s = (qi @ kt.transpose(-1, -2) + MAGIC).masked_fill(~key_ok[idx][..., None, :], float("-inf"))
+        m_new = torch.maximum(m, (s.amax(dim=-1) - MAGIC) * scale[..., 0])
+        shift = m_new + MAGIC * scale[..., 0] - LOG2_FP8_MAX
+        p = torch.exp2(s * scale - shift[..., None])  # 448 * exp2(s - m)
         alpha = torch.exp2(m - m_new)
-        l = l * alpha
-        pv = 0.0
-        for s, scale, gather in blocks:
-            shift = m_new + MAGIC * scale - LOG2_FP8_MAX
-            p = torch.exp2(s * scale[..., None] - shift[..., None])  # 448 * exp2(s - m)
-            l = l + p.sum(dim=-1)
-            pv = pv + p.to(torch.float8_e4m3fn).float() @ torch.gather(v_q, 2, gather)
-        acc = acc * alpha[..., None] + pv
+        l = l * alpha + p.sum(dim=-1)
+        p_q = p.to(torch.float8_e4m3fn).float()
+        acc = acc * alpha[..., None] + p_q @ torch.gather(v_q, 2, gather)
         m = m_new
     out = acc * from_fp8[:, :, None, None, :] / l[..., None]
     return out.reshape(B, H, nq * blkq, D)[:, :, :L].transpose(1, 2)
