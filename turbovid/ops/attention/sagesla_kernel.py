@@ -183,7 +183,6 @@ class Config:
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
-    maxnreg: int | None = None  # register cap a thread (more programs per SM where shared memory allows)
 
 
 def default_config(device: torch.device, blkq: int = 64) -> Config:
@@ -250,6 +249,6 @@ def sagesla_forward(
         L, H, nq, nk, nk * blkk, stats.kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         D=D, BLOCK_M=blkq, BLKK=blkk, LIN_MODE=lin_mode, HAS_BIAS=proj_bias is not None,
         V_TERMS=cfg.v_terms, TWO_LEVEL=cfg.two_level, EXACT_GRID=INTERPRETED, USE_TMA=use_tma,
-        OUT_FP8=mode, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+        OUT_FP8=mode, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return blockmap.fp8_result(oq, os_, mode) if mode else out
