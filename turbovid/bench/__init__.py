@@ -4,8 +4,8 @@
     python -m turbovid.bench --models tiny-random --resolutions 256p --frames 5   # CPU plumbing check
 
 One process measures, with random weights at the real sizes: the GEMM / attention / copy ceilings;
-our DiT forward per variant (dense | sla | sagesla | sagesla+int8 | sagesla+fp8), fast path
-(fused kernels + CUDA graph) and, for the first model, the plain PyTorch path; diffusers'
+our DiT forward per variant (dense | sla | sagesla, the sparse two also with int8 / fp8 linears),
+fast path (fused kernels + CUDA graph) and, for the first model, the plain PyTorch path; diffusers'
 WanTransformer3DModel forward; and the full pipeline (umT5-XXL, 4 rCM steps, VAE decode) with the
 fastest variant. What cannot run is recorded with the reason. The JSON is rewritten after every
 case, so a run cut short keeps what it measured.
