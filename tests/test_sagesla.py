@@ -94,21 +94,6 @@ def test_quant_kernel_matches_the_rules(kernels):
     assert torch.equal(vt2.view(B, H, D, 256)[..., :L].float(), lo.float().transpose(-1, -2))
 
 
-def test_on_keys_hook_sees_the_key_pass_sums_before_the_query_pass(kernels):
-    # sagesla starts its K / V quantization from this hook (on a second stream on a GPU)
-    blockmap, sk = kernels
-    q, k, v = outlier_qkv(1, 200, 2, 64, seed=7)
-    seen = []
-    stats = blockmap.block_stats(q, k, v, 0.5, 64, 128, linear=False, v_absmax=True,
-                                 on_keys=lambda k_mean, v_absmax: seen.append((k_mean, v_absmax)))
-    assert len(seen) == 1 and seen[0][0] is stats.k_mean and seen[0][1] is stats.v_absmax
-    torch.testing.assert_close(stats.v_absmax, v.float().abs().amax(1).view(2, 64))
-    from_hook = sk.quantize_kv(k, v, None, 128, 2, *seen[0])
-    for a, b in zip(from_hook, sk.quantize_kv(k, v, stats, 128)):
-        assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
-                           b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
-
-
 @pytest.mark.parametrize(
     "B, L, H, D, inputs",
     [(2, 300, 1, 64, random_qkv), (1, 200, 1, 128, outlier_qkv)],

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import triton
@@ -518,11 +517,8 @@ def block_stats(
     linear_out: torch.Tensor | None = None,
     proj_weight: torch.Tensor | None = None,
     proj_bias: torch.Tensor | None = None,
-    on_keys: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> BlockStats:
-    """With linear_out (and proj_weight), the query pass also writes the linear branch there.
-    on_keys(k_mean, v_absmax) is called once the key pass's sums are queued, before the query pass:
-    work that needs only those (sagesla's K / V quantization) can start there on another stream."""
+    """With linear_out (and proj_weight), the query pass also writes the linear branch there."""
     B, L, H, D = q.shape
     BH = B * H
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
@@ -536,9 +532,6 @@ def block_stats(
     k_mean = k_sum.sum(1) / L
     kv = kv.sum(1) / L if linear else None
     phi_sum = phi_sum.sum(1) / L if linear else None
-    v_max = v_max.amax(1) if v_absmax else None
-    if on_keys is not None:
-        on_keys(k_mean, v_max)
 
     # 2. query pool (+ the linear branch)
     pq = torch.empty(BH, nq, D, **f32)
@@ -577,7 +570,7 @@ def block_stats(
         k_mean=k_mean,
         kv=kv,
         phi_sum=phi_sum,
-        v_absmax=v_max,
+        v_absmax=v_max.amax(1) if v_absmax else None,
         k_copy=k_copy,
         v_copy=v_copy,
         linear_out=linear_out if lin else None,

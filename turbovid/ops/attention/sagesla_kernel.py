@@ -13,7 +13,6 @@ Launches (rules in sagesla_reference.py):
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -184,7 +183,6 @@ class Config:
     two_level: bool = True  # one dot per tile, added in float32 (see sagesla_reference.py)
     tma: bool = False  # K/V tiles through tensor descriptors (Hopper's bulk copy engine)
     linear_in_pool: bool = False  # linear branch in the query pass (not the attention epilogue)
-    overlap: bool = True  # on a GPU, the K / V quantization on a second stream beside the block map
 
 
 def default_config(device: torch.device, blkq: int = 64) -> Config:
@@ -195,47 +193,24 @@ def default_config(device: torch.device, blkq: int = 64) -> Config:
     return Config(num_warps=4, num_stages=3, tma=tma)
 
 
-def quantize_kv(k: torch.Tensor, v: torch.Tensor, stats: blockmap.BlockStats, blkk: int, v_terms: int = 2,
-                k_mean: torch.Tensor | None = None, v_absmax: torch.Tensor | None = None,
-                stream: torch.cuda.Stream | None = None):
+def quantize_kv(k: torch.Tensor, v: torch.Tensor, stats: blockmap.BlockStats, blkk: int, v_terms: int = 2):
     """int8 smoothed K (B*H, Lpad, D), its block scales (B*H, nk), fp8 V^T (B*H, D, Lpad) and its second
-    term (or None), V's per-channel scales. k_mean / v_absmax stand in for stats' (stats may then be
-    None). With `stream` the kernel runs there after the current stream's queued work: the outputs
-    are allocated here first, so the caller needs only to make its stream wait for `stream`."""
+    term (or None), V's per-channel scales."""
     B, L, H, D = k.shape
     nk = triton.cdiv(L, blkk)
     lpad = nk * blkk
-    k_mean = stats.k_mean if k_mean is None else k_mean
-    to_fp8, from_fp8 = v_scales(stats.v_absmax if v_absmax is None else v_absmax)
+    to_fp8, from_fp8 = v_scales(stats.v_absmax)
     kq = torch.empty(B * H, lpad, D, dtype=torch.int8, device=k.device)
     k_scale = torch.empty(B * H, nk, dtype=torch.float32, device=k.device)
     vt = torch.empty(B * H, D, lpad, dtype=torch.float8_e4m3fn, device=k.device)
     vt2 = torch.empty_like(vt) if v_terms == 2 else None
-    side = contextlib.nullcontext()
-    if stream is not None:
-        stream.wait_stream(torch.cuda.current_stream(k.device))
-        to_fp8.record_stream(stream)  # freed on return: not reused before the kernel has read it
-        side = torch.cuda.stream(stream)
-    with side:
-        _quant_kv_kernel[(nk, B * H)](
-            k, v, k_mean, to_fp8, kq, k_scale, vt, vt if vt2 is None else vt2,
-            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            L, H, nk, lpad,
-            D=D, BLKK=blkk, V_TERMS=v_terms, EXACT_GRID=INTERPRETED, num_warps=4,
-        )
+    _quant_kv_kernel[(nk, B * H)](
+        k, v, stats.k_mean, to_fp8, kq, k_scale, vt, vt if vt2 is None else vt2,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        L, H, nk, lpad,
+        D=D, BLKK=blkk, V_TERMS=v_terms, EXACT_GRID=INTERPRETED, num_warps=4,
+    )
     return kq, k_scale, vt, vt2, from_fp8
-
-
-_side_streams: dict[int, torch.cuda.Stream] = {}
-
-
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One stream per GPU for the K / V quantization beside the block map (made once, so CUDA graph
-    captures of the DiT fork to and join from the same stream)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _side_streams:
-        _side_streams[index] = torch.cuda.Stream(device=index)
-    return _side_streams[index]
 
 
 def sagesla_forward(
@@ -255,23 +230,9 @@ def sagesla_forward(
     dtype, or with out_fp8 (head_dim 128) that output quantized for an fp8 linear (as sla_forward)."""
     B, L, H, D = q.shape
     cfg = config or default_config(q.device, blkq)
-    # The quantization pass needs only the key pass's K mean and max|V|: with cfg.overlap it runs on a
-    # second stream beside the query pass and the select kernel (latency-bound, one program an SM)
-    overlap = cfg.overlap and stats is None and q.device.type == "cuda"
-    quant = {}
-
-    def on_keys(k_mean, v_absmax):
-        stream = side_stream(q.device) if overlap else None
-        quant["kv"] = quantize_kv(k, v, None, blkk, cfg.v_terms, k_mean, v_absmax, stream)
-
     stats, lin_mode, out, kvw, phi_sum, bias = blockmap.attention_inputs(
-        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, v_absmax=True,
-        **({"on_keys": on_keys} if stats is None else {}))
-    if "kv" not in quant:  # stats were given
-        quant["kv"] = quantize_kv(k, v, stats, blkk, cfg.v_terms)
-    elif overlap:
-        torch.cuda.current_stream(q.device).wait_stream(side_stream(q.device))
-    kq, k_scale, vt, vt2, v_from = quant["kv"]
+        q, k, v, topk, blkq, blkk, proj_weight, proj_bias, cfg.linear_in_pool, stats, v_absmax=True)
+    kq, k_scale, vt, vt2, v_from = quantize_kv(k, v, stats, blkk, cfg.v_terms)
     nq, nk = triton.cdiv(L, blkq), triton.cdiv(L, blkk)
     vt2 = vt if vt2 is None else vt2
     use_tma = cfg.tma and TensorDescriptor is not None
