@@ -144,8 +144,11 @@ def test_sagesla_batch2_ragged_head_dim_64():
 def test_backends_resolve_and_compile():
     from turbovid.ops import attention
 
+    from turbovid.ops.attention import sla_gluon
+
     major, minor = torch.cuda.get_device_capability()
-    assert attention.resolve_backend("auto", "cuda") == ("sagesla" if (major, minor) >= (8, 9) else "sla")
+    expected = "sla" if sla_gluon.supported(torch.device("cuda")) or (major, minor) < (8, 9) else "sagesla"
+    assert attention.resolve_backend("auto", "cuda") == expected
     q, k, v = random_qkv(1, 1000, 2, 128, torch.bfloat16, device="cuda", seed=5)
     w, b = proj_params(128, "cuda")
 

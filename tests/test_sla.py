@@ -298,6 +298,30 @@ def test_auto_picks_sla_on_cpu():
     assert attention.resolve_backend("sla", "cpu") == "sla"
 
 
+def test_auto_order_puts_sla_first_where_its_gluon_kernel_runs(monkeypatch):
+    # on sm_90 the Gluon sla kernel is faster than sagesla's Triton one (docs/benchmarks.md)
+    from turbovid.ops.attention import sla_gluon
+
+    monkeypatch.setattr(sla_gluon, "supported", lambda device: True)
+    assert attention.auto_order(torch.device("cuda")) == ("sla", "sagesla")
+    monkeypatch.setattr(sla_gluon, "supported", lambda device: False)
+    assert attention.auto_order(torch.device("cuda")) == ("sagesla", "sla")
+
+
+def test_auto_takes_the_first_backend_that_runs(monkeypatch):
+    tried = []
+
+    def fake(name, reason):
+        return attention.Backend(name, attention.dense_attention, lambda device: tried.append(name) or reason)
+
+    monkeypatch.setattr(attention, "auto_order", lambda device: ("sla", "sagesla"))
+    monkeypatch.setitem(attention.BACKENDS, "sla", fake("sla", "no kernel here"))
+    monkeypatch.setitem(attention.BACKENDS, "sagesla", fake("sagesla", None))
+    assert attention.resolve_backend("auto", "cpu") == "sagesla" and tried == ["sla", "sagesla"]
+    monkeypatch.setitem(attention.BACKENDS, "sagesla", fake("sagesla", "no fp8"))
+    assert attention.resolve_backend("auto", "cpu") == "dense"
+
+
 @pytest.mark.parametrize(
     "shapes, topk, wshape, match",
     [

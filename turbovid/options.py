@@ -69,7 +69,7 @@ class PipelineOptions:
 
     model: str = _opt("Wan2.1-1.3B", "model size; tiny-random = random weights, makes noise (smoke tests)", tuple(DIT_PRESETS))
     sampler: str = _opt("rcm", "rcm = TurboDiffusion few-step weights; euler = base Wan2.1 weights, CFG (the slow baseline)", SAMPLERS)
-    attention: str = _opt("auto", "attention backend (auto: sagesla > sla > dense for rcm, dense for euler)", ATTENTIONS)
+    attention: str = _opt("auto", "attention backend (auto: the fastest sparse one that runs here, else dense, for rcm; dense for euler)", ATTENTIONS)
     sla_topk: float = _opt(0.1, "fraction of key blocks SLA attends to exactly (0.15: better quality)")
     quant: str = _opt("auto", "quantized linear layers: int8 W8A8, fp8 (Ada/Hopper GPUs), none (auto: int8 on GPUs under 40 GB)", QUANTS)
     checkpoint_dir: str = _opt("checkpoints", "folder holding (or receiving) the weights", metavar="PATH")
