@@ -54,7 +54,6 @@ class Config:
     group: int = 2  # key blocks of 64 a softmax step (the scores tile is 128 x 64 * group)
     stages: int = 2  # K and V rings of this many steps in shared memory (3 timed the same without the linear branch)
     maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
-    pingpong: bool = False  # the consumers take turns issuing their products (one's softmax beside the other's)
 
 
 def smem_bytes(cfg: Config, linear: bool = True, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
@@ -118,23 +117,18 @@ if gluon is not None:
         return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
 
     @gluon.jit
-    def _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, turns, lut_row, KK, L, qk_scale,
+    def _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L, qk_scale,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLKK: gl.constexpr,
-              GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr, WG: gl.constexpr,
-              PINGPONG: gl.constexpr):
+              GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr):
         """Step t's scores issued with step t-1's P V; softmax of the scores while P V runs."""
         BM: gl.constexpr = q_smem.shape[0]
         s = t % STAGES
         sp = (t - 1) % STAGES
         mbarrier.wait(kbars[0].index(s), phase=(t // STAGES) & 1)
-        if PINGPONG:
-            mbarrier.wait(turns.index(WG), phase=t & 1)
         zero = gl.zeros([BM, GROUP * BLKK], gl.float32, layout=s_layout)
         s_tok = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
         mbarrier.wait(vbars[0].index(sp), phase=((t - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(sp), acc, is_async=True)
-        if PINGPONG:
-            mbarrier.arrive(turns.index(1 - WG), count=1)
         scores = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
         mbarrier.arrive(kbars[1].index(s), count=1)
         p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, t, KK, L, s_layout, BLKK, GROUP, MASKED)
@@ -145,18 +139,13 @@ if gluon is not None:
         return acc, p_op, m_i, l_i
 
     @gluon.jit
-    def _first(q_smem, k_bufs, kbars, turns, lut_row, KK, L, qk_scale, s_layout: gl.constexpr,
-               p_layout: gl.constexpr, BLKK: gl.constexpr, GROUP: gl.constexpr, MASKED: gl.constexpr,
-               WG: gl.constexpr, PINGPONG: gl.constexpr):
+    def _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout: gl.constexpr, p_layout: gl.constexpr,
+               BLKK: gl.constexpr, GROUP: gl.constexpr, MASKED: gl.constexpr):
         """Step 0's scores and softmax (its P V is issued by step 1, or by the epilogue)."""
         BM: gl.constexpr = q_smem.shape[0]
         mbarrier.wait(kbars[0].index(0), phase=0)
-        if PINGPONG:
-            mbarrier.wait(turns.index(WG), phase=0)
         zero = gl.zeros([BM, GROUP * BLKK], gl.float32, layout=s_layout)
         s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
-        if PINGPONG:
-            mbarrier.arrive(turns.index(1 - WG), count=1)
         scores = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, ))
         mbarrier.arrive(kbars[1].index(0), count=1)
         m_i = gl.full([BM], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
@@ -203,11 +192,10 @@ if gluon is not None:
         return lin
 
     @gluon.jit
-    def _consumer_partition(q_all, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, turns, O, OQ, OS, PHISUM, BIAS,
-                            lut_row, o_base, scale_base, phi_row, q_row0, so_l, L, KK, qk_scale, lin_eps,
-                            BLKK: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, LIN_MODE: gl.constexpr,
-                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr,
-                            PINGPONG: gl.constexpr):
+    def _consumer_partition(q_all, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                            o_base, scale_base, phi_row, q_row0, so_l, L, KK, qk_scale, lin_eps, BLKK: gl.constexpr,
+                            GROUP: gl.constexpr, STAGES: gl.constexpr, LIN_MODE: gl.constexpr,
+                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
         """Warpgroup WG's 64 query rows of the block: a partition of its own, so the two warpgroups'
         barriers don't hold each other and one's softmax can run beside the other's products."""
         BM: gl.constexpr = q_all.shape[0] // 2
@@ -219,22 +207,16 @@ if gluon is not None:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         n_steps = gl.cdiv(KK, GROUP)
         mbarrier.wait(q_bar, phase=0)
-        if PINGPONG and WG == 1:  # warpgroup 0 issues first; then each hands the turn over after its issue
-            mbarrier.arrive(turns.index(0), count=1)
         acc = gl.zeros([BM, D], gl.float32, layout=o_layout)
         if n_steps == 1:
-            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, turns, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK,
-                                    GROUP, True, WG, PINGPONG)
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, True)
         else:
-            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, turns, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK,
-                                    GROUP, False, WG, PINGPONG)
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, False)
             for t in range(1, n_steps - 1):
-                acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, turns, lut_row,
-                                            KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False,
-                                            WG, PINGPONG)
-            acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, turns,
-                                        lut_row, KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES,
-                                        True, WG, PINGPONG)
+                acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L,
+                                            qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False)
+            acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
+                                        KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, True)
         last = (n_steps - 1) % STAGES
         mbarrier.wait(vbars[0].index(last), phase=((n_steps - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
@@ -256,8 +238,7 @@ if gluon is not None:
     @gluon.jit(do_not_specialize=["KK"])
     def _sla_attn_kernel(q_desc, k_desc, v_desc, w_desc, O, OQ, OS, LUT, PHISUM, BIAS, so_b, so_h, so_l, L, H, NQ, KK,
                          qk_scale, lin_eps, ROWS_TOTAL, LIN_MODE: gl.constexpr, HAS_BIAS: gl.constexpr,
-                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
-                         PINGPONG: gl.constexpr = False):
+                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLKK: gl.constexpr = k_desc.block_type.shape[0]
@@ -284,10 +265,6 @@ if gluon is not None:
         vbars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
                  gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
         mbarrier.init(q_bar, count=1)
-        # the consumers' turns to issue products (Config.pingpong): each waits its own, arrives the other's
-        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(turns.index(0), count=1)
-        mbarrier.init(turns.index(1), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(kbars[0].index(i), count=1)
             mbarrier.init(vbars[0].index(i), count=1)
@@ -295,18 +272,16 @@ if gluon is not None:
             mbarrier.init(vbars[1].index(i), count=2)
         scale_base = h * ROWS_TOTAL + b * L
         gl.warp_specialize([
-            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, turns, O, OQ, OS, PHISUM, BIAS,
-                                   lut_row, o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps,
-                                   BLKK, GROUP, STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0, PINGPONG)),
-            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, turns, O, OQ, OS, PHISUM, BIAS,
-                                   lut_row, o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps,
-                                   BLKK, GROUP, STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1, PINGPONG)),
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                                   o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0)),
+            (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
+                                   o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1)),
             (_load_partition, (q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars,
                                lut_row, row0, col0, row0 + pid_m * BM, bh * D, KK, BLKK, GROUP, STAGES, LIN_MODE)),
         ], [4, 1], [240, 24])
         mbarrier.invalidate(q_bar)
-        mbarrier.invalidate(turns.index(0))
-        mbarrier.invalidate(turns.index(1))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(kbars[0].index(i))
             mbarrier.invalidate(kbars[1].index(i))
@@ -387,6 +362,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         phi_sum if phi_sum is not None else out, bias if bias is not None else out,
         out.stride(0), out.stride(2), out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         LIN_MODE=lin_mode, HAS_BIAS=lin_mode == 1 and bias is not None, OUT_FP8=out_fp8, GROUP=cfg.group,
-        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg, PINGPONG=cfg.pingpong,
+        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
     )
     return out
