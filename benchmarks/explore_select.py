@@ -31,6 +31,9 @@ SHAPES = [  # (name, L, heads, blkq, blkk)
     ("14B 480p sagesla", 32760, 40, 64, 128),
     ("1.3B 720p sagesla", 75600, 12, 64, 128),
     ("14B 720p sagesla", 75600, 40, 64, 128),
+    ("1.3B 720p sla", 75600, 12, 128, 64),  # 1182 key blocks a row: the widest select
+    ("14B 480p sla", 32760, 40, 128, 64),
+    ("14B 720p sla", 75600, 40, 128, 64),
 ]
 
 
@@ -43,6 +46,7 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="module path of the blockmap to compare against")
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="the shipped config and the baseline only")
+    ap.add_argument("--shapes", default=None, help="comma-separated substrings: only shapes whose name has one")
     args = ap.parse_args()
     base = importlib.import_module(args.baseline) if args.baseline else None
     variants = [blockmap.StatsConfig()]
@@ -53,6 +57,8 @@ def main() -> None:
                 variants.append(cfg)
     rows = []
     for name, L, H, blkq, blkk in SHAPES:
+        if args.shapes and not any(part in name for part in args.shapes.split(",")):
+            continue
         g = torch.Generator(device="cuda").manual_seed(L + H)
         q, k, v = (torch.randn(1, L, H, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
         row = {"shape": name, "L": L, "heads": H, "blkq": blkq, "blkk": blkk}
