@@ -152,6 +152,27 @@ def test_kernel_block_map_launch_variants(kernels, select_rows, key_stages, earl
         assert torch.equal(stats.kv, base.kv) and torch.equal(stats.k_mean, base.k_mean)
 
 
+def test_select_rows_rule(kernels):
+    # 32 query blocks a select program past 1024 key blocks (sla at 720p), 16 below; a set value wins
+    blockmap, _ = kernels
+    assert blockmap.select_rows(blockmap.StatsConfig(), 1182) == 32
+    assert blockmap.select_rows(blockmap.StatsConfig(), 1024) == 16
+    assert blockmap.select_rows(blockmap.StatsConfig(), 512) == 16
+    assert blockmap.select_rows(blockmap.StatsConfig(select_rows=4), 1182) == 4
+
+
+@pytest.mark.parametrize("select_rows, key_stages, early, cols", [(32, 1, True, 128)])
+def test_kernel_block_map_32_rows_a_program(kernels, select_rows, key_stages, early, cols):
+    # the rule's 32 rows (more than one dot of 16): same block sets as the reference
+    blockmap, _ = kernels
+    cfg = blockmap.StatsConfig(select_rows=select_rows, key_stages=key_stages, select_early=early, select_cols=cols)
+    q, k, v = random_qkv(1, 2100, 1, 64, seed=9)
+    q[..., 0] *= -3
+    stats = blockmap.block_stats(q, k, v, 0.3, 64, 64, cfg=cfg)
+    expected = ref.block_map(q, k, 0.3, 64, 64)
+    assert torch.equal(stats.lut.view_as(expected), expected)
+
+
 @pytest.mark.parametrize("early", [False, True])
 def test_kernel_select_rows_in_chunks(kernels, early):
     # 69 key blocks held as 8 chunks of 16 columns (the last one ragged), both signs of score,

@@ -418,7 +418,11 @@ class StatsConfig:
     # stopping early (benchmarks/explore_select.py run 2 on an H100: block map 0.52 -> 0.41 ms at
     # 1.3B 480p, 1.39 -> 1.16 ms at 14B 480p, 5.11 -> 3.46 ms at 14B 720p)
     select_warps: int = 4
-    select_rows: int = 16  # query blocks per select program
+    # query blocks per select program; None: 32 for rows of more than 1024 key blocks, else 16
+    # (benchmarks/explore_select.py on an H100, session 19: block map 0.94 -> 0.88 ms at 1.3B 720p sla
+    # and 2.85 -> 2.69 ms at 14B 720p sla, half the programs in as many waves; at 14B 480p sla, 512
+    # key blocks, 32 was slower, 0.91 vs 0.76 ms)
+    select_rows: int | None = None
     select_cols: int = 128  # key blocks per chunk of a row in the top-k step (one warp's width in float32)
     select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
     select_early: bool = True  # stop the radix select once every row has a clean cut
@@ -429,6 +433,13 @@ class StatsConfig:
 
 
 DEFAULT_STATS = StatsConfig()
+
+
+def select_rows(cfg: StatsConfig, nk: int) -> int:
+    """Query blocks per select program (StatsConfig.select_rows, or its rule by the row width)."""
+    if cfg.select_rows is not None:
+        return cfg.select_rows
+    return 32 if nk > 1024 else 16
 
 
 def key_launch(cfg: StatsConfig) -> tuple[int, int, int | None]:
@@ -548,10 +559,11 @@ def block_stats(
     )
 
     # 3. scores + top-k
-    QT, CN = cfg.select_rows, 64
+    CN = 64
+    nkp = max(16, triton.next_power_of_2(nk))
+    QT = select_rows(cfg, nk)
     n_tiles = triton.cdiv(nq, QT)
     s_stride = triton.cdiv(nk, CN) * CN
-    nkp = max(16, triton.next_power_of_2(nk))
     cw = min(nkp, cfg.select_cols)
     # rows per selection step: as many as 32 registers a thread allow (all in the interpreter)
     rs = QT if INTERPRETED else min(QT, max(1, 1024 * cfg.select_warps // nkp))
