@@ -143,7 +143,6 @@ def test_sagesla_batch2_ragged_head_dim_64():
 
 def test_backends_resolve_and_compile():
     from turbovid.ops import attention
-
     from turbovid.ops.attention import sla_gluon
 
     major, minor = torch.cuda.get_device_capability()

@@ -420,8 +420,8 @@ class StatsConfig:
     select_warps: int = 4
     # query blocks per select program; None: 32 for rows of more than 1024 key blocks, else 16
     # (benchmarks/explore_select.py on an H100, session 19: block map 0.94 -> 0.88 ms at 1.3B 720p sla
-    # and 2.85 -> 2.69 ms at 14B 720p sla, half the programs in as many waves; at 14B 480p sla, 512
-    # key blocks, 32 was slower, 0.91 vs 0.76 ms)
+    # and 2.85 -> 2.69 ms at 14B 720p sla, with half the programs; at 14B 480p sla, 512 key blocks,
+    # 32 was slower, 0.91 vs 0.76 ms)
     select_rows: int | None = None
     select_cols: int = 128  # key blocks per chunk of a row in the top-k step (one warp's width in float32)
     select_dslice: int = 32  # channels per slice of the scores' dot (keeps its operands in registers)
