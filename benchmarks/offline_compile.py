@@ -4,7 +4,7 @@ TTGIR with the layouts Triton chose. The local Triton may differ from the GPU im
 figures are a guide; they found the select kernel's 255 registers and a row count reduced across
 warps before any GPU time was spent (docs/benchmarks.md, run 11).
 
-    python benchmarks/offline_compile.py [--dump DIR]
+    python benchmarks/offline_compile.py [--dump DIR]   (DIR: each kernel's TTGIR and cubin)
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
     compiled = triton.compile(source(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
-    if dump is not None:
+    if dump is not None:  # the TTGIR, and the cubin beside it (benchmarks/sass_steps.py reads it)
         dump.write_text(compiled.asm["ttgir"])
+        dump.with_suffix(".cubin").write_bytes(compiled.asm["cubin"])
     cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "offline_compile.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
@@ -52,7 +53,7 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR")
+    ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR and cubin")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel
@@ -185,7 +186,12 @@ def main() -> None:
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
         ("sla attention in Gluon (Hopper: two consumer warpgroups, a loader warp, the linear branch in the epilogue)",
          sla_gluon._sla_attn_kernel, sla_gluon_sig(),
-         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages), [], 4, 3, slag.maxnreg),
+         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages, P_PAIRS=False), [], 4, 3,
+         slag.maxnreg),
+        ("the same, two steps a loop iteration with P in two register sets (Config.p_pairs, experimental)",
+         sla_gluon._sla_attn_kernel, sla_gluon_sig(),
+         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages, P_PAIRS=True), [], 4, 3,
+         slag.maxnreg),
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
          gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),
