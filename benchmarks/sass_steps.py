@@ -1,12 +1,14 @@
 """Where a kernel's tensor-core waits sit among its exponentials (dev tool, no GPU needed).
 
-For each loop of a cubin's SASS that issues 16-40 HGMMAs (an attention kernel's main loop), prints
-the order of its product commits, `WARPGROUP.DEPBAR` waits (the number is how many product groups
-may stay in flight), MUFU exponentials and F2FP packs, and its local-memory (spill) traffic.
+For each loop of a cubin's SASS that issues 16-40 warpgroup MMAs (HGMMA, IGMMA, QGMMA: an
+attention kernel's main loop), prints the order of its product commits, `WARPGROUP.DEPBAR` waits
+(the number is how many product groups may stay in flight), MUFU exponentials and F2FP packs,
+and its local-memory (spill) traffic.
 
 Session 19 found with it (Triton 3.6's ptxas, docs/benchmarks.md): in sla_gluon's default loop the
 wait for the previous step's P V sits before the step's exponentials, so softmax does not overlap
 that product as the source intends; with Config.p_pairs most exponentials come before that wait.
+Session 18's reverted Gluon sagesla (commit 3d7f640) shows the same early wait.
 
     PYTHONPATH=<triton 3.6> python benchmarks/offline_compile.py --dump /tmp/k
     python benchmarks/sass_steps.py /tmp/k/<n>_sla_attn_kernel.cubin
@@ -52,7 +54,7 @@ def events(body: list[tuple[int, str]]) -> str:
         op = re.sub(r"^@!?U?P\w+\s+", "", t)
         if op.startswith("WARPGROUP.DEPBAR"):
             seq.append("WAIT" + op.split()[-1])
-        elif op.startswith("HGMMA") and "gsb0" in op:
+        elif "GMMA" in op.split()[0] and "gsb0" in op:
             seq.append("MMA-commit")
         elif op.startswith("MUFU"):
             seq.append("EX2")
@@ -71,11 +73,11 @@ def main() -> None:
     ins = sass(Path(sys.argv[1]))
     for first, last in loops(ins):
         body = ins[first:last + 1]
-        hgmma = sum("HGMMA" in t for _, t in body)
+        hgmma = sum("GMMA" in t for _, t in body)  # HGMMA (16-bit), IGMMA (int8), QGMMA (fp8)
         if not 16 <= hgmma <= 40 or len(body) > 2000:
             continue
         spills = sum(("LDL" in t or "STL" in t) for _, t in body)
-        print(f"loop {ins[first][0]:x}-{ins[last][0]:x}: {len(body)} instructions, {hgmma} HGMMA, "
+        print(f"loop {ins[first][0]:x}-{ins[last][0]:x}: {len(body)} instructions, {hgmma} GMMA, "
               f"{spills} local loads/stores")
         print("   ", events(body))
 
