@@ -150,14 +150,11 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
             kvw = blockmap.fold_proj(st.kv, w, q.dtype)
             out1 = torch.empty_like(q)
             for spec in specs:  # the attention launch alone (lin_mode 2 adds into lin in place: timing only)
-                # "2x2": group x stages; "d": Config.p_pairs (P in two register sets); "-r248": consumer_regs
-                base, _, regs = spec.partition("-r")
-                group, stages = base.rstrip("d").split("x")
-                gc = sla_gluon.Config(group=int(group), stages=int(stages), p_pairs=base.endswith("d"),
-                                      consumer_regs=int(regs or 240))
-                if gc.p_pairs or gc.consumer_regs != 240:  # the same math in another order: the same bytes
+                group, stages = spec.rstrip("d").split("x")  # "2x2d": Config.p_pairs (P in two register sets)
+                gc = sla_gluon.Config(group=int(group), stages=int(stages), p_pairs=spec.endswith("d"))
+                if gc.p_pairs:  # the same math in another order of issue: the same bytes as without it
                     outs = [torch.empty_like(q) for _ in range(2)]
-                    for o, c in zip(outs, (gc, sla_gluon.Config(group=gc.group, stages=gc.stages))):  # vs default
+                    for o, c in zip(outs, (gc, sla_gluon.Config(group=gc.group, stages=gc.stages))):
                         sla_gluon.attention(q, k, v, o, st.lut, st.kk, 1, 128, 64, c, kvw=kvw, phi_sum=st.phi_sum,
                                             bias=b.float())
                     rows.append({"shape": shape, "topk": topk, "impl": f"gluon {spec}", "same_bytes_as_default":
@@ -204,8 +201,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--configs", default="2x2,2x3",
-                    help="Gluon configs: group x stages, then 'd' for P in two register sets and '-rN' for N consumer "
-                         "registers (2x2d-r248); comma-separated")
+                    help="Gluon configs: group x stages, 'd' appended for P in two register sets; comma-separated")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()

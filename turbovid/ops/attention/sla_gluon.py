@@ -61,9 +61,6 @@ class Config:
     stages: int = 2  # K and V rings of this many steps in shared memory (3 timed the same without the linear branch)
     maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
     p_pairs: bool = False  # two steps a loop iteration, P in two register sets (module docstring)
-    # registers a thread of the second consumer warpgroup after setmaxnreg (the first takes what the
-    # SM has left); 248 still fits 2 x 128 x 248 + 32 x 24 in 64K and cuts p_pairs' spills 46 -> 28
-    consumer_regs: int = 240
 
 
 def smem_bytes(cfg: Config, linear: bool = True, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
@@ -266,7 +263,7 @@ if gluon is not None:
     def _sla_attn_kernel(q_desc, k_desc, v_desc, w_desc, O, OQ, OS, LUT, PHISUM, BIAS, so_b, so_h, so_l, L, H, NQ, KK,
                          qk_scale, lin_eps, ROWS_TOTAL, LIN_MODE: gl.constexpr, HAS_BIAS: gl.constexpr,
                          OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
-                         P_PAIRS: gl.constexpr = False, CONSUMER_REGS: gl.constexpr = 240):
+                         P_PAIRS: gl.constexpr = False):
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLKK: gl.constexpr = k_desc.block_type.shape[0]
@@ -308,7 +305,7 @@ if gluon is not None:
                                    STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1, P_PAIRS)),
             (_load_partition, (q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars,
                                lut_row, row0, col0, row0 + pid_m * BM, bh * D, KK, BLKK, GROUP, STAGES, LIN_MODE)),
-        ], [4, 1], [CONSUMER_REGS, 24])
+        ], [4, 1], [240, 24])
         mbarrier.invalidate(q_bar)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(kbars[0].index(i))
@@ -391,6 +388,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         out.stride(0), out.stride(2), out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         LIN_MODE=lin_mode, HAS_BIAS=lin_mode == 1 and bias is not None, OUT_FP8=out_fp8, GROUP=cfg.group,
         STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg, P_PAIRS=cfg.p_pairs,
-        CONSUMER_REGS=cfg.consumer_regs,
     )
     return out
