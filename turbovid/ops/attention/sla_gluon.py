@@ -23,8 +23,8 @@ t-1's P V up before step t's exponentials: it writes the new P (bf16) into the r
 in-flight P V reads, and packs each pair of probabilities right after its exponential, so the
 overlap above is lost. Config.p_pairs (experimental, not yet timed on a GPU) runs two steps an
 iteration with P in two register sets; its SASS (Triton 3.6's ptxas) keeps 42 of the first step's
-66 exponentials and all of the second's before those waits, at the cost of spills (32 local loads
-and 14 stores in the loop body of two steps). The last step alone is masked: only it can hold the ragged
+66 exponentials and all of the second's before those waits, at the cost of spills (46 local loads
+and stores in one consumer's loop body of two steps, 70 in the other's). The last step alone is masked: only it can hold the ragged
 last key block or a duplicate standing in for a missing second block (scores -inf, p = 0).
 
 Triton's interpreter does not run Gluon: CPU tests compile the kernel offline for sm_90
