@@ -150,16 +150,8 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
             kvw = blockmap.fold_proj(st.kv, w, q.dtype)
             out1 = torch.empty_like(q)
             for spec in specs:  # the attention launch alone (lin_mode 2 adds into lin in place: timing only)
-                group, stages = spec.rstrip("d").split("x")  # "2x2d": Config.p_pairs (P in two register sets)
-                gc = sla_gluon.Config(group=int(group), stages=int(stages), p_pairs=spec.endswith("d"))
-                if gc.p_pairs:  # the same math in another order of issue: the same bytes as without it
-                    outs = [torch.empty_like(q) for _ in range(2)]
-                    for o, c in zip(outs, (gc, sla_gluon.Config(group=gc.group, stages=gc.stages))):
-                        sla_gluon.attention(q, k, v, o, st.lut, st.kk, 1, 128, 64, c, kvw=kvw, phi_sum=st.phi_sum,
-                                            bias=b.float())
-                    rows.append({"shape": shape, "topk": topk, "impl": f"gluon {spec}", "same_bytes_as_default":
-                                 bool(torch.equal(outs[0], outs[1]))})
-                    print(json.dumps(rows[-1]), flush=True)
+                group, stages = spec.split("x")
+                gc = sla_gluon.Config(group=int(group), stages=int(stages))
                 fns[f"gluon {spec} attention"] = (
                     lambda gc=gc: sla_gluon.attention(q, k, v, lin, st.lut, st.kk, 2, 128, 64, gc))
                 if gc.stages == 2:  # room for phi(K)^T V beside the rings
@@ -200,8 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--configs", default="2x2,2x3",
-                    help="Gluon configs: group x stages, 'd' appended for P in two register sets; comma-separated")
+    ap.add_argument("--configs", default="2x2,2x3", help="Gluon configs: group x stages, comma-separated")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()

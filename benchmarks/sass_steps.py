@@ -7,8 +7,9 @@ and its local-memory (spill) traffic.
 
 Session 19 found with it (Triton 3.6's ptxas, docs/benchmarks.md): in sla_gluon's default loop the
 wait for the previous step's P V sits before the step's exponentials, so softmax does not overlap
-that product as the source intends; with Config.p_pairs most exponentials come before that wait.
-Session 18's reverted Gluon sagesla (commit 3d7f640) shows the same early wait.
+that product as the source intends (two steps an iteration with P in two register sets, commit
+0d0ebf5, moved most exponentials before that wait but spilled and ran slower). Session 18's
+reverted Gluon sagesla (commit 3d7f640) shows the same early wait.
 
     PYTHONPATH=<triton 3.6> python benchmarks/offline_compile.py --dump /tmp/k
     python benchmarks/sass_steps.py /tmp/k/<n>_sla_attn_kernel.cubin

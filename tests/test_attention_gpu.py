@@ -112,26 +112,6 @@ def test_sla_gluon_launch_matches_reference(case, linear_in_pool):
     assert max_err(out, expected) <= 1.05 * max_err(other, expected) + 1e-3
 
 
-@pytest.mark.parametrize("case", ["480p", "batch2_ragged", "odd_steps_of_two_blocks", "one_kept_block", "all_blocks"])
-def test_sla_gluon_p_pairs_same_bytes(case):
-    """Config.p_pairs (two steps a loop iteration, P in two register sets) changes only the order of
-    issue: the same bytes as the default launch, with an even or odd number of middle steps."""
-    from turbovid.ops.attention import blockmap, sla_gluon
-
-    B, L, H, dtype, topk, _, _ = GLUON_CASES[case]
-    q, k, v = random_qkv(B, L, H, 128, dtype, device="cuda", seed=9)
-    if not sla_gluon.available(q, k, v, 128, 64):
-        pytest.skip("the Gluon launch needs Gluon and an sm_90 GPU")
-    w, b = proj_params(128, "cuda")
-    stats = blockmap.block_stats(q, k, v, topk, 128, 64)
-    kvw = blockmap.fold_proj(stats.kv, w, q.dtype)
-    outs = []
-    for cfg in (sla_gluon.Config(), sla_gluon.Config(p_pairs=True)):
-        outs.append(sla_gluon.attention(q, k, v, torch.empty_like(q), stats.lut, stats.kk, 1, 128, 64, cfg, kvw=kvw,
-                                        phi_sum=stats.phi_sum, bias=b.float()))
-    assert torch.equal(outs[0], outs[1])
-
-
 @pytest.mark.parametrize("inputs", [random_qkv, outlier_qkv], ids=["random", "outliers"])
 def test_sagesla_480p_accuracy(inputs):
     from turbovid.ops.attention import blockmap, sagesla_kernel

@@ -18,13 +18,11 @@ three partitions (warp specialization):
     for the scores only, releases K_t, runs softmax while P V still runs, then releases V_{t-1}
     and rescales its accumulator.
 No product is in flight across the loop's back edge (ptxas serializes every wgmma of a kernel when
-one is; int8_gluon.py has the story). In the SASS of the default loop ptxas moves the wait for step
-t-1's P V up before step t's exponentials: it writes the new P (bf16) into the registers the
-in-flight P V reads, and packs each pair of probabilities right after its exponential, so the
-overlap above is lost. Config.p_pairs (experimental, not yet timed on a GPU) runs two steps an
-iteration with P in two register sets; its SASS (Triton 3.6's ptxas) keeps 42 of the first step's
-66 exponentials and all of the second's before those waits, at the cost of spills (46 local loads
-and stores in one consumer's loop body of two steps, 70 in the other's). The last step alone is masked: only it can hold the ragged
+one is; int8_gluon.py has the story). In the SASS (Triton 3.6's ptxas; benchmarks/sass_steps.py)
+the wait for step t-1's P V sits before step t's exponentials, not after them: ptxas packs each
+new bf16 pair into the registers the in-flight P V reads. Two steps an iteration with P in two
+register sets moved most exponentials before that wait but spilled, and ran slower on an H100
+(docs/benchmarks.md, session 19). The last step alone is masked: only it can hold the ragged
 last key block or a duplicate standing in for a missing second block (scores -inf, p = 0).
 
 Triton's interpreter does not run Gluon: CPU tests compile the kernel offline for sm_90
@@ -60,7 +58,6 @@ class Config:
     group: int = 2  # key blocks of 64 a softmax step (the scores tile is 128 x 64 * group)
     stages: int = 2  # K and V rings of this many steps in shared memory (3 timed the same without the linear branch)
     maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
-    p_pairs: bool = False  # two steps a loop iteration, P in two register sets (module docstring)
 
 
 def smem_bytes(cfg: Config, linear: bool = True, blkq: int = 128, blkk: int = 64, d: int = 128, elem: int = 2) -> int:
@@ -202,8 +199,7 @@ if gluon is not None:
     def _consumer_partition(q_all, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                             o_base, scale_base, phi_row, q_row0, so_l, L, KK, qk_scale, lin_eps, BLKK: gl.constexpr,
                             GROUP: gl.constexpr, STAGES: gl.constexpr, LIN_MODE: gl.constexpr,
-                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr,
-                            P_PAIRS: gl.constexpr):
+                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
         """Warpgroup WG's 64 query rows of the block: a partition of its own, so the two warpgroups'
         barriers don't hold each other and one's softmax can run beside the other's products."""
         BM: gl.constexpr = q_all.shape[0] // 2
@@ -220,25 +216,9 @@ if gluon is not None:
             p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, True)
         else:
             p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, False)
-            if P_PAIRS:
-                # two steps an iteration, P alternating between two register sets, so that a step's
-                # new P never lands in the registers the previous step's P V is still reading
-                for t in range(1, n_steps - 2, 2):
-                    acc, p_two, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
-                                                 KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES,
-                                                 False)
-                    acc, p_op, m_i, l_i = _step(t + 1, acc, p_two, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars,
-                                                lut_row, KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP,
-                                                STAGES, False)
-                if (n_steps - 2) % 2 == 1:
-                    acc, p_op, m_i, l_i = _step(n_steps - 2, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars,
-                                                lut_row, KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP,
-                                                STAGES, False)
-            else:
-                for t in range(1, n_steps - 1):
-                    acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
-                                                KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES,
-                                                False)
+            for t in range(1, n_steps - 1):
+                acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L,
+                                            qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False)
             acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
                                         KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, True)
         last = (n_steps - 1) % STAGES
@@ -262,8 +242,7 @@ if gluon is not None:
     @gluon.jit(do_not_specialize=["KK"])
     def _sla_attn_kernel(q_desc, k_desc, v_desc, w_desc, O, OQ, OS, LUT, PHISUM, BIAS, so_b, so_h, so_l, L, H, NQ, KK,
                          qk_scale, lin_eps, ROWS_TOTAL, LIN_MODE: gl.constexpr, HAS_BIAS: gl.constexpr,
-                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
-                         P_PAIRS: gl.constexpr = False):
+                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLKK: gl.constexpr = k_desc.block_type.shape[0]
@@ -299,10 +278,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                                    o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
-                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0, P_PAIRS)),
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0)),
             (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                                    o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
-                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1, P_PAIRS)),
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1)),
             (_load_partition, (q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars,
                                lut_row, row0, col0, row0 + pid_m * BM, bh * D, KK, BLKK, GROUP, STAGES, LIN_MODE)),
         ], [4, 1], [240, 24])
@@ -387,6 +366,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         phi_sum if phi_sum is not None else out, bias if bias is not None else out,
         out.stride(0), out.stride(2), out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         LIN_MODE=lin_mode, HAS_BIAS=lin_mode == 1 and bias is not None, OUT_FP8=out_fp8, GROUP=cfg.group,
-        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg, P_PAIRS=cfg.p_pairs,
+        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
     )
     return out
