@@ -4,7 +4,7 @@ TTGIR with the layouts Triton chose. The local Triton may differ from the GPU im
 figures are a guide; they found the select kernel's 255 registers and a row count reduced across
 warps before any GPU time was spent (docs/benchmarks.md, run 11).
 
-    python benchmarks/offline_compile.py [--dump DIR]   (DIR: each kernel's TTGIR and cubin)
+    python benchmarks/offline_compile.py [--dump DIR]   (DIR: each kernel's TTGIR, PTX and cubin)
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
     compiled = triton.compile(source(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
-    if dump is not None:  # the TTGIR, and the cubin beside it (benchmarks/sass_steps.py reads it)
+    if dump is not None:  # the TTGIR, and the PTX and cubin beside it (benchmarks/sass_steps.py reads it)
         dump.write_text(compiled.asm["ttgir"])
         dump.with_suffix(".cubin").write_bytes(compiled.asm["cubin"])
+        dump.with_suffix(".ptx").write_text(compiled.asm["ptx"])
     cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "offline_compile.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
@@ -186,7 +187,8 @@ def main() -> None:
          ["c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K", "stride_am", "stride_bn", "stride_cm"], 8),
         ("sla attention in Gluon (Hopper: two consumer warpgroups, a loader warp, the linear branch in the epilogue)",
          sla_gluon._sla_attn_kernel, sla_gluon_sig(),
-         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages), [], 4, 3, slag.maxnreg),
+         dict(LIN_MODE=1, HAS_BIAS=True, OUT_FP8=0, GROUP=slag.group, STAGES=slag.stages, DEFER=slag.defer,
+              MERGE=slag.merge_release), [], 4, 3, slag.maxnreg),
         ("W8A8 int8 GEMM in Gluon (Hopper: persistent, a loader warp, wgmma issued ahead of the promotion)",
          int8_gluon._int8_block_gemm_kernel, gluon_gemm_sig(gcfg),
          gluon_consts(gcfg), [], gcfg.num_warps, 3, gcfg.maxnreg),
