@@ -189,11 +189,9 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
 
 
 def gluon_config(spec: str) -> sla_gluon.Config:
-    """'GxS' = Config(group=G, stages=S), then optional suffixes: 'd1' / 'd2' (defer), 'm' (merge_release)."""
-    head, _, rest = spec.partition("d") if "d" in spec else (spec.rstrip("m"), "", "")
-    group, stages = head.rstrip("m").split("x")
-    return sla_gluon.Config(group=int(group), stages=int(stages), defer=int(rest.rstrip("m") or 0),
-                            merge_release=spec.endswith("m"))
+    """'GxS' = Config(group=G, stages=S)."""
+    group, stages = spec.split("x")
+    return sla_gluon.Config(group=int(group), stages=int(stages))
 
 
 def breakdown(results: dict) -> None:
@@ -209,7 +207,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--configs", default="2x2,2x3",
-                    help="Gluon configs, comma-separated: group x stages, then d1 / d2 (Config.defer), m (merge_release)")
+                    help="Gluon configs, comma-separated: group x stages")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()

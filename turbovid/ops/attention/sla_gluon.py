@@ -19,11 +19,13 @@ three partitions (warp specialization):
     and rescales its accumulator.
 No product is in flight across the loop's back edge (ptxas serializes every wgmma of a kernel when
 one is; int8_gluon.py has the story). In the SASS (Triton 3.6's ptxas; benchmarks/sass_steps.py)
-the wait for step t-1's P V sits before step t's exponentials, not after them: ptxas packs each
-new bf16 pair into the registers the in-flight P V reads. Two steps an iteration with P in two
-register sets moved most exponentials before that wait but spilled, and ran slower on an H100
-(docs/benchmarks.md, session 19). The last step alone is masked: only it can hold the ragged
-last key block or a duplicate standing in for a missing second block (scores -inf, p = 0).
+the wait for step t-1's P V sits before step t's exponentials, not after them, although the PTX
+has it after. Packing P at the next step's start instead (no register of the in-flight P V
+written before the wait), or releasing K and V together, left that wait where it was and ran
+slower; two steps an iteration with P in two register sets moved most exponentials before it but
+spilled, and ran slower too (docs/benchmarks.md, sessions 19 and 20). The last step alone is
+masked: only it can hold the ragged last key block or a duplicate standing in for a missing second
+block (scores -inf, p = 0).
 
 Triton's interpreter does not run Gluon: CPU tests compile the kernel offline for sm_90
 (benchmarks/offline_compile.py) and GPU tests compare it with the reference and the Triton launch.
@@ -57,8 +59,6 @@ LOG2E = 1.4426950408889634
 class Config:
     group: int = 2  # key blocks of 64 a softmax step (the scores tile is 128 x 64 * group)
     stages: int = 2  # K and V rings of this many steps in shared memory (3 timed the same without the linear branch)
-    defer: int = 0  # 1 / 2: P packed at the next step's start (after / before issuing its scores); 0: at the step's end
-    merge_release: bool = False  # K_t released with V_{t-1} after the step's P V wait (defer 0 only)
     maxnreg: int = 168  # 3 warpgroups (2 consumers, the loader's) x 168 fill the SM; setmaxnreg gives consumers 240
 
 
@@ -125,7 +125,7 @@ if gluon is not None:
     @gluon.jit
     def _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L, qk_scale,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLKK: gl.constexpr,
-              GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr, MERGE: gl.constexpr):
+              GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr):
         """Step t's scores issued with step t-1's P V; softmax of the scores while P V runs."""
         BM: gl.constexpr = q_smem.shape[0]
         s = t % STAGES
@@ -136,43 +136,13 @@ if gluon is not None:
         mbarrier.wait(vbars[0].index(sp), phase=((t - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(sp), acc, is_async=True)
         scores = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-        if not MERGE:
-            mbarrier.arrive(kbars[1].index(s), count=1)
+        mbarrier.arrive(kbars[1].index(s), count=1)
         p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, t, KK, L, s_layout, BLKK, GROUP, MASKED)
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
-        if MERGE:  # K_t released with V_{t-1}: one warpgroup barrier a step instead of two
-            mbarrier.arrive(kbars[1].index(s), count=1)
         mbarrier.arrive(vbars[1].index(sp), count=1)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
         return acc, p_op, m_i, l_i
-
-    @gluon.jit
-    def _step_deferred(t, acc, p, alpha, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L, qk_scale,
-                       s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLKK: gl.constexpr,
-                       GROUP: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr, DEFER: gl.constexpr):
-        """_step with step t-1's probabilities carried in float32: packed to bf16 (and the accumulator
-        rescaled) at this step's start, when no product reads those registers."""
-        BM: gl.constexpr = q_smem.shape[0]
-        s = t % STAGES
-        sp = (t - 1) % STAGES
-        mbarrier.wait(kbars[0].index(s), phase=(t // STAGES) & 1)
-        zero = gl.zeros([BM, GROUP * BLKK], gl.float32, layout=s_layout)
-        if DEFER == 1:
-            s_tok = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-        if DEFER == 2:
-            s_tok = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
-        mbarrier.wait(vbars[0].index(sp), phase=((t - 1) // STAGES) & 1)
-        o_tok = warpgroup_mma(p_op, v_bufs.index(sp), acc, is_async=True)
-        if t >= 2:  # V_{t-2}, done at the previous step's end, released here: ptxas hoists a wait with an arrive
-            mbarrier.arrive(vbars[1].index((t - 2) % STAGES), count=1)
-        scores = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-        mbarrier.arrive(kbars[1].index(s), count=1)
-        p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, t, KK, L, s_layout, BLKK, GROUP, MASKED)
-        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
-        return acc, p, alpha, m_i, l_i
 
     @gluon.jit
     def _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout: gl.constexpr, p_layout: gl.constexpr,
@@ -187,7 +157,7 @@ if gluon is not None:
         m_i = gl.full([BM], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, s_layout))
         p, m_i, l_i, alpha = _softmax(scores, m_i, l_i, qk_scale, lut_row, 0, KK, L, s_layout, BLKK, GROUP, MASKED)
-        return p, alpha, m_i, l_i
+        return gl.convert_layout(p.to(q_smem.dtype), p_layout), m_i, l_i
 
     @gluon.jit
     def _store_rows(o, O, OQ, OS, offs, rows, inside, scale_base, layout: gl.constexpr, OUT_FP8: gl.constexpr):
@@ -231,8 +201,7 @@ if gluon is not None:
     def _consumer_partition(q_all, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                             o_base, scale_base, phi_row, q_row0, so_l, L, KK, qk_scale, lin_eps, BLKK: gl.constexpr,
                             GROUP: gl.constexpr, STAGES: gl.constexpr, LIN_MODE: gl.constexpr,
-                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, DEFER: gl.constexpr, MERGE: gl.constexpr,
-                            WG: gl.constexpr):
+                            HAS_BIAS: gl.constexpr, OUT_FP8: gl.constexpr, WG: gl.constexpr):
         """Warpgroup WG's 64 query rows of the block: a partition of its own, so the two warpgroups'
         barriers don't hold each other and one's softmax can run beside the other's products."""
         BM: gl.constexpr = q_all.shape[0] // 2
@@ -246,37 +215,17 @@ if gluon is not None:
         mbarrier.wait(q_bar, phase=0)
         acc = gl.zeros([BM, D], gl.float32, layout=o_layout)
         if n_steps == 1:
-            p, alpha, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP,
-                                        True)
-            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, True)
         else:
-            p, alpha, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP,
-                                        False)
-            if DEFER == 0:
-                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-                for t in range(1, n_steps - 1):
-                    acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK,
-                                                L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False,
-                                                MERGE)
-                acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars,
-                                            lut_row, KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES,
-                                            True, MERGE)
-            else:
-                for t in range(1, n_steps - 1):
-                    acc, p, alpha, m_i, l_i = _step_deferred(t, acc, p, alpha, m_i, l_i, q_smem, k_bufs, v_bufs, kbars,
-                                                             vbars, lut_row, KK, L, qk_scale, s_layout, o_layout,
-                                                             p_layout, BLKK, GROUP, STAGES, False, DEFER)
-                acc, p, alpha, m_i, l_i = _step_deferred(n_steps - 1, acc, p, alpha, m_i, l_i, q_smem, k_bufs, v_bufs,
-                                                         kbars, vbars, lut_row, KK, L, qk_scale, s_layout, o_layout,
-                                                         p_layout, BLKK, GROUP, STAGES, True, DEFER)
-                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            p_op, m_i, l_i = _first(q_smem, k_bufs, kbars, lut_row, KK, L, qk_scale, s_layout, p_layout, BLKK, GROUP, False)
+            for t in range(1, n_steps - 1):
+                acc, p_op, m_i, l_i = _step(t, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row, KK, L,
+                                            qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, False)
+            acc, p_op, m_i, l_i = _step(n_steps - 1, acc, p_op, m_i, l_i, q_smem, k_bufs, v_bufs, kbars, vbars, lut_row,
+                                        KK, L, qk_scale, s_layout, o_layout, p_layout, BLKK, GROUP, STAGES, True)
         last = (n_steps - 1) % STAGES
         mbarrier.wait(vbars[0].index(last), phase=((n_steps - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
-        if DEFER != 0:
-            if n_steps >= 2:
-                mbarrier.arrive(vbars[1].index((n_steps - 2) % STAGES), count=1)
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o_tok, p_op))
         mbarrier.arrive(vbars[1].index(last), count=1)
 
@@ -295,8 +244,7 @@ if gluon is not None:
     @gluon.jit(do_not_specialize=["KK"])
     def _sla_attn_kernel(q_desc, k_desc, v_desc, w_desc, O, OQ, OS, LUT, PHISUM, BIAS, so_b, so_h, so_l, L, H, NQ, KK,
                          qk_scale, lin_eps, ROWS_TOTAL, LIN_MODE: gl.constexpr, HAS_BIAS: gl.constexpr,
-                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, DEFER: gl.constexpr,
-                         MERGE: gl.constexpr, num_warps: gl.constexpr):
+                         OUT_FP8: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         BLKK: gl.constexpr = k_desc.block_type.shape[0]
@@ -332,10 +280,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                                    o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
-                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, DEFER, MERGE, 0)),
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 0)),
             (_consumer_partition, (q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars, O, OQ, OS, PHISUM, BIAS, lut_row,
                                    o_base, scale_base, bh * D, pid_m * BM, so_l, L, KK, qk_scale, lin_eps, BLKK, GROUP,
-                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, DEFER, MERGE, 1)),
+                                   STAGES, LIN_MODE, HAS_BIAS, OUT_FP8, 1)),
             (_load_partition, (q_desc, k_desc, v_desc, w_desc, q_smem, k_bufs, v_bufs, w_smem, q_bar, kbars, vbars,
                                lut_row, row0, col0, row0 + pid_m * BM, bh * D, KK, BLKK, GROUP, STAGES, LIN_MODE)),
         ], [4, 1], [240, 24])
@@ -420,6 +368,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
         phi_sum if phi_sum is not None else out, bias if bias is not None else out,
         out.stride(0), out.stride(2), out.stride(1), L, H, nq, kk, D**-0.5 * LOG2E, LINEAR_EPS / L, B * L,
         LIN_MODE=lin_mode, HAS_BIAS=lin_mode == 1 and bias is not None, OUT_FP8=out_fp8, GROUP=cfg.group,
-        STAGES=cfg.stages, DEFER=cfg.defer, MERGE=cfg.merge_release, num_warps=4, maxnreg=cfg.maxnreg,
+        STAGES=cfg.stages, num_warps=4, maxnreg=cfg.maxnreg,
     )
     return out
