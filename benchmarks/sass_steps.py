@@ -9,7 +9,9 @@ Session 19 found with it (Triton 3.6's ptxas, docs/benchmarks.md): in sla_gluon'
 wait for the previous step's P V sits before the step's exponentials, so softmax does not overlap
 that product as the source intends (two steps an iteration with P in two register sets, commit
 0d0ebf5, moved most exponentials before that wait but spilled and ran slower). Session 18's
-reverted Gluon sagesla (commit 3d7f640) shows the same early wait.
+reverted Gluon sagesla (commit 3d7f640) shows the same early wait. Session 20: the PTX has that
+wait after the exponentials; ptxas moves it up even where no register of the in-flight P V is
+written before it (offline_compile.py --dump writes the PTX beside the cubin to compare).
 
     PYTHONPATH=<triton 3.6> python benchmarks/offline_compile.py --dump /tmp/k
     python benchmarks/sass_steps.py /tmp/k/<n>_sla_attn_kernel.cubin
