@@ -15,6 +15,8 @@ written before it (offline_compile.py --dump writes the PTX beside the cubin to 
 
     PYTHONPATH=<triton 3.6> python benchmarks/offline_compile.py --dump /tmp/k
     python benchmarks/sass_steps.py /tmp/k/<n>_sla_attn_kernel.cubin
+    python benchmarks/sass_steps.py /tmp/k/<n>_sla_attn_kernel.ptx    (the same events in the PTX:
+        commits, wait_group N, ex2, bf16 packs, per basic block that commits products)
 """
 from __future__ import annotations
 
@@ -72,7 +74,45 @@ def events(body: list[tuple[int, str]]) -> str:
     return " ".join(f"{x}x{n}" if n > 1 else x for x, n in runs)
 
 
+def ptx_blocks(text: str) -> list[tuple[str, str]]:
+    """(label, events) of each PTX basic block that commits a warpgroup MMA group, in the SASS
+    vocabulary (MMA-commit, WAIT<n>, EX2, F2FP for a bf16 / fp16 pack): the order ptxas was given."""
+    blocks, label, seq = [], "entry", []
+
+    def close():
+        if "MMA-commit" in seq:
+            runs: list[list] = []
+            for x in seq:
+                if runs and runs[-1][0] == x:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([x, 1])
+            blocks.append((label, " ".join(f"{x}x{n}" if n > 1 else x for x, n in runs)))
+
+    for line in text.splitlines():
+        op = line.strip()
+        m = re.match(r"^(\$L__BB\w+):", op)
+        if m:
+            close()
+            label, seq = m.group(1), []
+        elif op.startswith("wgmma.commit_group"):
+            seq.append("MMA-commit")
+        elif op.startswith("wgmma.wait_group"):
+            seq.append("WAIT" + op.split()[1].rstrip(";"))
+        elif op.startswith("ex2.approx"):
+            seq.append("EX2")
+        elif re.match(r"cvt\.rn\.(bf16|f16)", op):
+            seq.append("F2FP")
+    close()
+    return blocks
+
+
 def main() -> None:
+    if sys.argv[1].endswith(".ptx"):
+        for label, order in ptx_blocks(Path(sys.argv[1]).read_text()):
+            print(f"block {label}:")
+            print("   ", order)
+        return
     ins = sass(Path(sys.argv[1]))
     for first, last in loops(ins):
         body = ins[first:last + 1]
