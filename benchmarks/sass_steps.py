@@ -65,6 +65,11 @@ def events(body: list[tuple[int, str]]) -> str:
             seq.append("EX2")
         elif op.startswith("F2FP"):
             seq.append("F2FP")
+    return collapse(seq)
+
+
+def collapse(seq: list[str]) -> str:
+    """Events in order, runs of one event collapsed ("EX2x42")."""
     runs: list[list] = []
     for x in seq:
         if runs and runs[-1][0] == x:
@@ -81,13 +86,7 @@ def ptx_blocks(text: str) -> list[tuple[str, str]]:
 
     def close():
         if "MMA-commit" in seq:
-            runs: list[list] = []
-            for x in seq:
-                if runs and runs[-1][0] == x:
-                    runs[-1][1] += 1
-                else:
-                    runs.append([x, 1])
-            blocks.append((label, " ".join(f"{x}x{n}" if n > 1 else x for x, n in runs)))
+            blocks.append((label, collapse(seq)))
 
     for line in text.splitlines():
         op = line.strip()
