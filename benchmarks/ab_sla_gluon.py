@@ -151,7 +151,8 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
             out1 = torch.empty_like(q)
             base = None
             for spec in specs:  # the attention launch alone (lin_mode 2 adds into lin in place: timing only)
-                gc = gluon_config(spec)
+                group, stages = spec.split("x")
+                gc = sla_gluon.Config(group=int(group), stages=int(stages))
                 if gc.stages == 2:  # same bytes as the first spec (lin_mode 1 into a buffer of its own)?
                     got = sla_gluon.attention(q, k, v, torch.empty_like(q), st.lut, st.kk, 1, 128, 64, gc, kvw=kvw,
                                               phi_sum=st.phi_sum, bias=b.float())
@@ -188,12 +189,6 @@ def timings(results: dict, specs: list[str], pools: list[str], rounds: int) -> N
     results["timings"] = rows
 
 
-def gluon_config(spec: str) -> sla_gluon.Config:
-    """'GxS' = Config(group=G, stages=S)."""
-    group, stages = spec.split("x")
-    return sla_gluon.Config(group=int(group), stages=int(stages))
-
-
 def breakdown(results: dict) -> None:
     """Per-kernel GPU time of one whole op (the shipped launches) at 480p, topk 0.1, us per call."""
     q, k, v = random_qkv(1, 32760, H, D, torch.bfloat16, device="cuda", seed=14)
@@ -206,8 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab-sla-gluon.json"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--configs", default="2x2,2x3",
-                    help="Gluon configs, comma-separated: group x stages")
+    ap.add_argument("--configs", default="2x2,2x3", help="Gluon configs: group x stages, comma-separated")
     ap.add_argument("--pools", default="0x8,32x4,16x4,64x8", help="query pool launches: rows a step x warps")
     ap.add_argument("--skip-correctness", action="store_true")
     args = ap.parse_args()

@@ -40,7 +40,7 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
     compiled = triton.compile(source(fn=kernel, signature=full, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
-    if dump is not None:  # the TTGIR, and the PTX and cubin beside it (benchmarks/sass_steps.py reads it)
+    if dump is not None:  # the TTGIR, and the PTX and cubin beside it (benchmarks/sass_steps.py reads both)
         dump.write_text(compiled.asm["ttgir"])
         dump.with_suffix(".cubin").write_bytes(compiled.asm["cubin"])
         dump.with_suffix(".ptx").write_text(compiled.asm["ptx"])
