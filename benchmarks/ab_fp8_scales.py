@@ -65,10 +65,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def ab_setup(doc: str) -> tuple[argparse.Namespace, dict]:
-    """The A/B scripts' command line (models, resolution, forwards a round, rounds, commit, out) and the
-    report they fill in per model."""
+def ab_setup(doc: str, add_args=None) -> tuple[argparse.Namespace, dict]:
+    """The A/B scripts' command line (models, resolution, forwards a round, rounds, commit, out, and what
+    add_args(parser) adds) and the report they fill in per model."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if add_args is not None:
+        add_args(ap)
     ap.add_argument("--models", default="Wan2.1-1.3B,Wan2.1-14B")
     ap.add_argument("--resolution", default="480p")
     ap.add_argument("--forwards", type=int, default=8)

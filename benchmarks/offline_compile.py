@@ -57,12 +57,13 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=None, help="folder for each kernel's TTGIR and cubin")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel
+    from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel, tail_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
     from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
+    tcfg = tail_kernel.Config()
 
     def gluon_consts(cfg) -> dict:
         return dict(HAS_BIAS=True, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws)
@@ -224,6 +225,14 @@ def main() -> None:
          dict(SILU=True, HAS_BIAS=True, HAS_RES=True, WRITE_X=False, BLOCK_N=64, BLOCK_C=128, CP=4, P=128,
               PRECISION="ieee"),
          ["X", "G", "B", "R", "XO", "WZ", "Z", "C"], 4),
+        ("cross-attention over a padded prompt: its rows and one padding row (tail_kernel)",
+         tail_kernel._tail_attn_kernel,
+         dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", N="*i32", Lq="i32", Lk="i32", H="i32", sq_b="i32",
+              sq_l="i32", sq_h="i32", sk_b="i32", sk_l="i32", sk_h="i32", sv_b="i32", sv_l="i32", sv_h="i32",
+              so_b="i32", so_l="i32", so_h="i32", qk_scale="fp32"),
+         dict(D=128, BLOCK_M=tcfg.block_m, BLOCK_N=tcfg.block_n, IEEE=False),
+         ["Q", "K", "V", "O", "sq_b", "sq_l", "sk_b", "sk_l", "sv_b", "sv_l", "so_b", "so_l"], tcfg.num_warps,
+         tcfg.num_stages),
         ("VAE head by taps: the sum over the taps (3 channels, 4 x 64-pixel tiles)", conv_head._gather_kernel,
          dict(ZH=f32, ZC=f32, B=f32, Y="*bf16", T="i32", H="i32", W="i32", COUT="i32"),
          dict(HAS_HIST=True, HAS_BIAS=True, BLOCK_M=256, ROWS=4, CP=4),

@@ -224,3 +224,24 @@ def sagesla_linear_free(q, k, v, fp8=False):
         return torch.cat([q8.reshape(L480, -1).view(torch.uint8).float(), s.t()], 1)
     q8, s = int8_triton.quantize_act(attention.attention(q, k, v, "sagesla", topk=0.1).reshape(L480, -1), "fp8")
     return torch.cat([q8.view(torch.uint8).float(), s.t()], 1)
+
+
+@pytest.mark.parametrize("n", [[77], [0], [512], [20, 300]])
+def test_tail_attention_kernel_at_480p(n):
+    """Cross-attention over a zero-padded prompt (ops/attention/tail.py): the kernel, visiting the
+    prompt's rows and one padding row, against float32 attention over all 512 rows; bound: twice
+    bf16 SDPA's error over all rows, plus 1e-3."""
+    from turbovid.ops.attention import tail
+
+    B = len(n)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q = torch.randn(B, L480, 12, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, 512, 12, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for b, nb in enumerate(n):
+        if nb < 512:
+            k[b, nb:], v[b, nb:] = k[b, nb].clone(), v[b, nb].clone()
+    assert tail.kernel_unavailable(q) is None
+    out = tail.tail_attention(q, k, v, torch.tensor(n, device="cuda", dtype=torch.int32))
+    want = tail.dense(q.float(), k.float(), v.float())
+    err, bound = max_err(out, want), 2 * max_err(tail.dense(q, k, v), want) + 1e-3
+    assert torch.isfinite(out).all() and err <= bound, (err, bound)

@@ -132,6 +132,11 @@ def variant_dit(model: str, variant: str, device: torch.device, dtype: torch.dty
 
 # ---- one DiT forward case -----------------------------------------------------------------------
 
+# The forward cases' text context: this many rows of the 512 (a long prompt; Wan's extended prompts
+# run 100-200 umT5 tokens), the rest zero as the pipeline pads them. Runs before 32 used 512 random
+# rows; the cross-attention then visited all of them (ops/attention/tail.py).
+PROMPT_ROWS = 128
+
 
 def dit_case(
     runner: nn.Module, dit: nn.Module, *, model: str, resolution: str, frames: int, variant: str, path: str,
@@ -144,7 +149,7 @@ def dit_case(
     tokens = tokens_of(cfg, shape)
     attn, quant = split_variant(variant)
     row = {"what": "dit_forward", "model": model, "resolution": resolution, "frames": frames, "tokens": tokens,
-           "variant": variant, "path": path}
+           "variant": variant, "path": path, "prompt_rows": PROMPT_ROWS}
     try:
         dit.set_attention(attn, topk)
     except (RuntimeError, ValueError, ImportError) as e:
@@ -155,6 +160,7 @@ def dit_case(
     latents = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
     t = torch.full((1,), 500.0, device=device, dtype=dtype)
     context = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    context[:, PROMPT_ROWS:] = 0  # a prompt's umT5 rows, zero-padded to text_len as the pipeline's are
     reset_peak(device)
     try:
         with torch.inference_mode():
@@ -226,6 +232,7 @@ def diffusers_case(model: str, resolutions: list[str], frames: int, device: torc
         gen = torch.Generator(device=device).manual_seed(0)
         lat = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
         ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen, device=device, dtype=torch.float32).to(dtype)
+        ctx[:, PROMPT_ROWS:] = 0  # the same padded prompt as ours (diffusers attends over all 512 rows)
         t = torch.tensor([500.0], device=device)
         reset_peak(device)
         try:

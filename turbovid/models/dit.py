@@ -24,7 +24,8 @@ Where the two references differ:
     H, W at 128 positions; Wan uses float64 angles and 1024 positions. We use float64 angles
     rounded once to float32 cos/sin (diffusers does the same) and apply the rotation in float32.
   - context: Wan zero-pads the text embeddings to 512 tokens inside the model; TurboDiffusion
-    receives them already padded. Both attend over all 512 tokens without a mask.
+    receives them already padded. Both attend over all 512 tokens without a mask. (We compute the
+    same attention over the prompt's rows and one padding row weighted by the padding's length.)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from turbovid.configs import DiTConfig
 from turbovid.ops.attention import attention, resolve_backend
+from turbovid.ops.attention.tail import repeat_start, tail_attention
 from turbovid.ops.block_reference import (
     gated_residual_ref,
     norm_modulate_ref,
@@ -188,13 +190,18 @@ class CrossAttention(_Projections):
     # max|v| bounds it (up to the output's own rounding).
     o_takes_bound: bool = False
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, text_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """text_rows (int [B], optional): context's rows from text_rows[b] on are all the same (the
+        embedded zero padding); the attention then visits one of them, weighted by their count."""
         b, l, c = x.shape
         n, d = self.num_heads, self.head_dim
         q = OPS.rmsnorm(self.q(x), self.norm_q.weight, self.norm_q.eps).view(b, l, n, d)
         k = OPS.rmsnorm(self.k(context), self.norm_k.weight, self.norm_k.eps).view(b, -1, n, d)
         v = self.v(context).view(b, -1, n, d)
-        out = attention(q, k, v, "dense").reshape(b, l, c)
+        if text_rows is None:
+            out = attention(q, k, v, "dense").reshape(b, l, c)
+        else:
+            out = tail_attention(q, k, v, text_rows).reshape(b, l, c)
         if self.o_takes_bound:
             return self.o(out, bound=v.abs().amax().float().reshape(1))
         return self.o(out)
@@ -222,10 +229,11 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = _modulation(6, cfg.dim)
 
-    def forward(self, x, e, cos, sin, context, residual=None):
+    def forward(self, x, e, cos, sin, context, residual=None, text_rows=None):
         """One block. `residual` is the previous block's pending (y, gate), added to x in the same
         pass as this block's first norm. Returns (x, (y, gate)): the FFN's gated update is left
-        pending for the next block (or the head) to add, saving one pass over x per block."""
+        pending for the next block (or the head) to add, saving one pass over x per block.
+        text_rows: CrossAttention.forward's."""
         # e: [B, 6, C] float32 -> shift/scale/gate for attention, then for the FFN
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + e).unbind(1)
         quant = self.act_quant
@@ -237,7 +245,7 @@ class Block(nn.Module):
             x, self.self_attn(h, cos, sin), gate_a, weight=self.norm3.weight, bias=self.norm3.bias, eps=self.eps,
             quant=quant,
         )
-        x, h = OPS.add_norm_modulate(x, self.cross_attn(h, context), None, shift_f, scale_f, eps=self.eps, quant=quant)
+        x, h = OPS.add_norm_modulate(x, self.cross_attn(h, context, text_rows), None, shift_f, scale_f, eps=self.eps, quant=quant)
         return x, (self.ffn(h), gate_f)
 
 
@@ -354,15 +362,17 @@ class WanDiT(nn.Module):
         e = _linear_f32(self.time_embedding[2], F.silu(e))
         e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, cfg.dim))
 
-        # 3. text: zero-pad to text_len tokens, then embed (padding rows become the embedding of 0)
+        # 3. text: zero-pad to text_len tokens, then embed (padding rows become the embedding of 0, all
+        # the same: cross-attention visits one of them, weighted by their count; ops/attention/tail.py)
         context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        text_rows = repeat_start(context)
         context = self.text_embedding(context)
 
         # 4. blocks
         cos, sin = self._rope(grid, latents.device)
         pending = None  # each block's last residual update, added by the next norm (see Block.forward)
         for block in self.blocks:
-            x, pending = block(x, e0, cos, sin, context, pending)
+            x, pending = block(x, e0, cos, sin, context, pending, text_rows)
 
         # 5. head (float32) and unpatchify: (B, L, kt*kh*kw*C_out) -> (B, C_out, T, H, W)
         out = self.head(x, e, pending)

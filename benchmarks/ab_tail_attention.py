@@ -1,0 +1,99 @@
+"""Cross-attention over a zero-padded prompt: the tail kernel (its rows and one padding row) against
+dense SDPA over all 512 rows, one process (run on the device).
+
+1. The op alone, B = 1, head_dim 128, bf16, Lk = 512, prompts of n rows (n = 512: no padding): SDPA
+   (what ran before), and kernel configs; max error of each against float32 SDPA.
+2. The graphed sla+fp8 forward with a prompt of --prompt-rows rows zero-padded to 512: the kernel
+   (default) against TURBOVID_TAIL_ATTENTION=0 (dense over all rows), each a fast runner whose graph
+   was captured with it, timed in alternating rounds; the velocities' relative difference.
+
+    python3 benchmarks/ab_tail_attention.py --models Wan2.1-1.3B [--configs 64x64x4,128x64x8] [--out F]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ab_fp8_scales import ab_setup, forward_inputs, record, rel  # noqa: E402
+from turbovid.bench.cases import variant_dit  # noqa: E402
+from turbovid.bench.timing import cuda_ms  # noqa: E402
+from turbovid.ops.attention import tail, tail_kernel  # noqa: E402
+
+SHAPES = {"1.3B 480p": (32760, 12), "1.3B 720p": (75600, 12), "14B 480p": (32760, 40)}
+PROMPT_ROWS = (20, 77, 200, 512)
+
+
+def op_timings(configs: list[tail_kernel.Config]) -> list[dict]:
+    rows = []
+    bench = lambda fn: do_bench(fn, warmup=20, rep=100, return_mode="median")  # noqa: E731
+    for shape, (lq, h) in SHAPES.items():
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(1, lq, h, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+        kv = torch.randn(2, 1, 512, h, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+        for n in PROMPT_ROWS:
+            k, v = kv[0].clone(), kv[1].clone()
+            k[:, n:], v[:, n:] = k[:, min(n, 511)].clone(), v[:, min(n, 511)].clone()  # rows n.. repeat row n
+            nt = torch.tensor([n], device="cuda", dtype=torch.int32)
+            want = tail.dense(q.float(), k.float(), v.float())
+            sdpa = tail.dense(q, k, v)
+            row = {"shape": shape, "prompt_rows": n, "sdpa_ms": bench(lambda: tail.dense(q, k, v)),
+                   "sdpa_max_err": (sdpa.float() - want).abs().max().item()}
+            for cfg in configs:
+                name = f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}"
+                out = tail_kernel.tail_attention(q, k, v, nt, cfg)
+                row[f"kernel {name} max_err"] = (out.float() - want).abs().max().item()
+                row[f"kernel {name} ms"] = bench(lambda cfg=cfg: tail_kernel.tail_attention(q, k, v, nt, cfg))
+            rows.append(row)
+            print(row, flush=True)
+            del want, sdpa
+        del q, kv
+        torch.cuda.empty_cache()
+    return rows
+
+
+def add_args(ap) -> None:
+    ap.add_argument("--configs", default="64x64x4,128x64x8,64x128x4,64x32x4",
+                    help="kernel configs: query rows x key rows a step x warps, comma-separated")
+    ap.add_argument("--prompt-rows", type=int, default=77, help="the forward's prompt length (of 512 rows)")
+
+
+def main() -> None:
+    args, report = ab_setup(__doc__, add_args)
+    configs = [tail_kernel.Config(*(int(x) for x in c.split("x"))) for c in args.configs.split(",")]
+    prompt_rows = args.prompt_rows
+    report["op"] = op_timings(configs)
+    for model in args.models.split(","):
+        lat, t, ctx = forward_inputs(args.resolution)
+        ctx[:, prompt_rows:] = 0  # a prompt of prompt_rows umT5 tokens, zero-padded as the pipeline does
+        with torch.inference_mode():
+            from turbovid.fast import make_fast
+
+            dit = variant_dit(model, "sla+fp8", torch.device("cuda"), torch.bfloat16, 0.1)
+            runners, outs = {}, {}
+            for name, switch in (("tail kernel", "1"), ("dense over 512 rows", "0")):  # chosen at capture
+                os.environ["TURBOVID_TAIL_ATTENTION"] = switch
+                runners[name] = make_fast(dit)
+                runners[name](lat, t, ctx)  # eager call; the next one captures
+                outs[name] = runners[name](lat, t, ctx).float()
+            os.environ.pop("TURBOVID_TAIL_ATTENTION")
+            row = {"prompt_rows": prompt_rows, "ms": {name: [] for name in runners}}
+            for _ in range(args.rounds):
+                for name, r in runners.items():
+                    row["ms"][name] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
+            row["median_ms"] = {name: round(statistics.median(v), 2) for name, v in row["ms"].items()}
+            row["rel_diff_vs_dense"] = rel(outs["tail kernel"], outs["dense over 512 rows"])
+            del runners, outs, dit
+            torch.cuda.empty_cache()
+        record(report, model, row, args.out)
+
+
+if __name__ == "__main__":
+    main()
