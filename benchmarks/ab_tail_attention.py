@@ -3,7 +3,7 @@ dense SDPA over all 512 rows, one process (run on the device).
 
 1. The op alone, B = 1, head_dim 128, bf16, Lk = 512, prompts of n rows (n = 512: no padding): SDPA
    (what ran before), and kernel configs; max error of each against float32 SDPA.
-2. The graphed sla+fp8 forward with a prompt of --prompt-rows rows zero-padded to 512: the kernel
+2. The graphed forward (--variant, sla+fp8 by default) with a prompt of --prompt-rows rows zero-padded to 512: the kernel
    (default) against TURBOVID_TAIL_ATTENTION=0 (dense over all rows), each a fast runner whose graph
    was captured with it, timed in alternating rounds; the velocities' relative difference.
 
@@ -63,20 +63,23 @@ def add_args(ap) -> None:
     ap.add_argument("--configs", default="64x64x4,128x64x8,64x128x4,64x32x4",
                     help="kernel configs: query rows x key rows a step x warps, comma-separated")
     ap.add_argument("--prompt-rows", type=int, default=77, help="the forward's prompt length (of 512 rows)")
+    ap.add_argument("--variant", default="sla+fp8", help="the forward's variant (turbovid bench's names)")
+    ap.add_argument("--skip-op", action="store_true", help="time the forwards only")
 
 
 def main() -> None:
     args, report = ab_setup(__doc__, add_args)
     configs = [tail_kernel.Config(*(int(x) for x in c.split("x"))) for c in args.configs.split(",")]
     prompt_rows = args.prompt_rows
-    report["op"] = op_timings(configs)
+    if not args.skip_op:
+        report["op"] = op_timings(configs)
     for model in args.models.split(","):
         lat, t, ctx = forward_inputs(args.resolution)
         ctx[:, prompt_rows:] = 0  # a prompt of prompt_rows umT5 tokens, zero-padded as the pipeline does
         with torch.inference_mode():
             from turbovid.fast import make_fast
 
-            dit = variant_dit(model, "sla+fp8", torch.device("cuda"), torch.bfloat16, 0.1)
+            dit = variant_dit(model, args.variant, torch.device("cuda"), torch.bfloat16, 0.1)
             runners, outs = {}, {}
             for name, switch in (("tail kernel", "1"), ("dense over 512 rows", "0")):  # chosen at capture
                 os.environ["TURBOVID_TAIL_ATTENTION"] = switch
@@ -84,7 +87,8 @@ def main() -> None:
                 runners[name](lat, t, ctx)  # eager call; the next one captures
                 outs[name] = runners[name](lat, t, ctx).float()
             os.environ.pop("TURBOVID_TAIL_ATTENTION")
-            row = {"prompt_rows": prompt_rows, "ms": {name: [] for name in runners}}
+            row = {"variant": args.variant, "resolution": args.resolution, "prompt_rows": prompt_rows,
+                   "ms": {name: [] for name in runners}}
             for _ in range(args.rounds):
                 for name, r in runners.items():
                     row["ms"][name] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
@@ -92,7 +96,7 @@ def main() -> None:
             row["rel_diff_vs_dense"] = rel(outs["tail kernel"], outs["dense over 512 rows"])
             del runners, outs, dit
             torch.cuda.empty_cache()
-        record(report, model, row, args.out)
+        record(report, f"{model} {args.resolution} {args.variant}", row, args.out)
 
 
 if __name__ == "__main__":
