@@ -11,6 +11,7 @@ dense SDPA over all 512 rows, one process (run on the device).
 """
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import sys
@@ -65,6 +66,8 @@ def add_args(ap) -> None:
     ap.add_argument("--prompt-rows", type=int, default=77, help="the forward's prompt length (of 512 rows)")
     ap.add_argument("--variant", default="sla+fp8", help="the forward's variant (turbovid bench's names)")
     ap.add_argument("--skip-op", action="store_true", help="time the forwards only")
+    ap.add_argument("--fp32-reference", action="store_true",
+                    help="with --variant dense: each velocity's relative error against the model in float32")
 
 
 def main() -> None:
@@ -94,6 +97,18 @@ def main() -> None:
                     row["ms"][name] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
             row["median_ms"] = {name: round(statistics.median(v), 2) for name, v in row["ms"].items()}
             row["rel_diff_vs_dense"] = rel(outs["tail kernel"], outs["dense over 512 rows"])
+            if args.fp32_reference and args.variant == "dense":
+                del runners
+                torch.cuda.empty_cache()
+                from turbovid.fast import make_plain
+
+                ref = copy.deepcopy(make_plain(dit)).float()  # the plain path in float32, dense over all rows
+                os.environ["TURBOVID_TAIL_ATTENTION"] = "0"
+                want = ref(lat.float(), t, ctx.float()).float()
+                os.environ.pop("TURBOVID_TAIL_ATTENTION")
+                row["rel_err_vs_float32"] = {name: rel(o, want) for name, o in outs.items()}
+                del ref, want
+                runners = {}
             del runners, outs, dit
             torch.cuda.empty_cache()
         record(report, f"{model} {args.resolution} {args.variant}", row, args.out)
