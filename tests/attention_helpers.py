@@ -1,7 +1,8 @@
-"""Shared by the sla / sagesla tests: interpreter switching, input builders, error measures."""
+"""Shared by the attention tests: interpreter switching, input builders, error measures."""
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from contextlib import contextmanager
 
@@ -51,6 +52,27 @@ def outlier_qkv(B, L, H, D, dtype=torch.float16, device="cpu", seed=0):
     k += 4.0 * torch.randn(H, D, generator=g, device=device)
     v += 2.0 * torch.randn(H, D, generator=g, device=device)
     return [x.to(dtype) for x in (q, k, v)]
+
+
+def repeated_tail_qkv(B, Lq, Lk, H, D, n, seed=0):
+    """float32 q [B, Lq, H, D], k, v [B, Lk, H, D] with rows n[b].. of k[b], v[b] all equal to row n[b]
+    (a zero-padded prompt's keys and values)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, L, H, D, generator=g) for L in (Lq, Lk, Lk))
+    for b, nb in enumerate(n):
+        if nb < Lk:
+            k[b, nb:] = k[b, nb].clone()
+            v[b, nb:] = v[b, nb].clone()
+    return q, k, v
+
+
+def attention64(q, k, v, bias=None):
+    """Attention of [B, L, H, D] tensors in float64, written out; bias [B, Lk] added to the logits."""
+    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        s = s + bias[:, None, None, :]
+    return (torch.softmax(s, -1) @ v).transpose(1, 2)
 
 
 def proj_params(D, device="cpu", seed=1):

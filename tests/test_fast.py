@@ -115,11 +115,11 @@ def test_fp8_o_projection_takes_the_attention_output_quantized(monkeypatch):
     """make_fast on an fp8 DiT with sparse attention: the attention backend hands each `o` its
     input as an Fp8Activation (attn_quant), and the velocity is bit-identical to `o` quantizing
     the plain output itself (same rule, same bytes); make_plain turns it off again."""
-    from turbovid.ops.attention import sla
+    from turbovid.ops import attention
     from turbovid.ops.quant import fp8 as fp8_module
     from turbovid.ops.quant import swap_linears_fp8
 
-    monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path
+    monkeypatch.setattr(attention, "_cpu_interpreter", False)  # the reference path
     dit = tiny()
     for blk in dit.blocks:
         swap_linears_fp8(blk, per_tensor=False)

@@ -163,7 +163,7 @@ def test_unavailable_on_cpu_and_auto_picks_sla():
 
 def test_direct_call_on_cpu_runs_sla_with_one_log_line(caplog):
     q, k, v = random_qkv(1, 50, 2, 16, torch.float32)
-    sla._logged.clear()
+    attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="turbovid.attention"):
         out = attention.attention(q, k, v, "sagesla", topk=0.5)
         attention.attention(q, k, v, "sagesla", topk=0.5)

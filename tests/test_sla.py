@@ -304,7 +304,7 @@ def test_backend_fp8_output_in_the_interpreter_and_for_other_head_dims(kernels):
 
 def test_cpu_runs_the_reference_with_one_log_line(caplog):
     q, k, v = random_qkv(1, 50, 2, 16, torch.float32)
-    sla._logged.clear()
+    attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="turbovid.attention"):
         out1 = attention.attention(q, k, v, "sla", topk=0.5)
         out2 = attention.attention(q, k, v, "sla", topk=0.5)
@@ -361,7 +361,7 @@ def test_bad_inputs_raise_one_line_errors(shapes, topk, wshape, match):
 
 
 def test_fp8_output_on_cpu_and_backends_without_it(monkeypatch):
-    monkeypatch.setattr(sla, "_cpu_interpreter", False)  # the reference path, whatever the fixtures left on
+    monkeypatch.setattr(attention, "_cpu_interpreter", False)  # the reference path, whatever the fixtures left on
     q, k, v = random_qkv(1, 50, 2, 64, torch.float32)
     plain = attention.attention(q, k, v, "sla", topk=0.5)  # the reference on the CPU
     assert_fp8_output_of(attention.attention(q, k, v, "sla", topk=0.5, out_fp8=True), plain)

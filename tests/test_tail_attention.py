@@ -6,32 +6,19 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from attention_helpers import attention64, repeated_tail_qkv
 from interpreter_helpers import assert_runs_interpreted
 
+from turbovid.ops import attention
 from turbovid.ops.attention import tail
 
 
-def attention64(q, k, v, bias=None):
-    """Attention of [B, L, H, D] tensors in float64, written out; bias [B, Lk] added to the logits."""
-    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        s = s + bias[:, None, None, :]
-    return (torch.softmax(s, -1) @ v).transpose(1, 2)
-
-
 def repeated(B, Lq, Lk, H, D, n, dtype=torch.float32, seed=0):
-    """q, k, v with rows n[b].. of k[b], v[b] all equal to row n[b]."""
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, L, H, D, generator=g) for L in (Lq, Lk, Lk))
-    for b, nb in enumerate(n):
-        if nb < Lk:
-            k[b, nb:] = k[b, nb].clone()
-            v[b, nb:] = v[b, nb].clone()
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    return [x.to(dtype) for x in repeated_tail_qkv(B, Lq, Lk, H, D, n, seed)]
 
 
 def test_identity_one_row_weighted_by_its_count():
@@ -48,7 +35,7 @@ def test_identity_one_row_weighted_by_its_count():
 
 def test_cpu_runs_dense_over_every_row_and_says_so(caplog):
     q, k, v = repeated(2, 9, 16, 2, 16, [4, 16])
-    tail._logged.clear()
+    attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="turbovid.attention"):
         out = tail.tail_attention(q, k, v, torch.tensor([4, 16]))
         tail.tail_attention(q, k, v, torch.tensor([4, 16]))
@@ -124,29 +111,18 @@ def test_dit_hands_cross_attention_the_prompt_rows(monkeypatch):
 
 
 KERNEL_SCRIPT = """
-import math, torch
+import sys, torch
+sys.path.insert(0, {tests!r})
+from attention_helpers import attention64, repeated_tail_qkv
+from turbovid.ops import attention
 from turbovid.ops.attention import tail, tail_kernel
-tail.allow_interpreter(True)
-
-def attention64(q, k, v):
-    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return (torch.softmax(s, -1) @ v).transpose(1, 2)
-
-def repeated(B, Lq, Lk, H, D, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, L, H, D, generator=g) for L in (Lq, Lk, Lk))
-    for b, nb in enumerate(n):
-        if nb < Lk:
-            k[b, nb:] = k[b, nb].clone()
-            v[b, nb:] = v[b, nb].clone()
-    return q, k, v
+attention.allow_interpreter(True)
 
 cfg = tail_kernel.Config(block_m=16, block_n=16, num_warps=1)
 # n per item: inside the first key block, on a block edge, past it, no repeats (n = Lk), all repeats (0)
 for n, Lk in (([5, 16], 40), ([17, 0], 40), ([40, 33], 40), ([3], 7)):
     B = len(n)
-    q, k, v = repeated(B, 37, Lk, 2, 32, n, seed=Lk + n[0])
+    q, k, v = repeated_tail_qkv(B, 37, Lk, 2, 32, n, seed=Lk + n[0])
     want = attention64(q, k, v)
     nt = torch.tensor(n, dtype=torch.int32)
     out = tail_kernel.tail_attention(q, k, v, nt, cfg)  # float32: ieee dots
@@ -163,4 +139,4 @@ print("kernel ok")
 
 
 def test_kernel_matches_float64_attention_in_the_interpreter():
-    assert_runs_interpreted(KERNEL_SCRIPT)
+    assert_runs_interpreted(KERNEL_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))

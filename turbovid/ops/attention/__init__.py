@@ -45,6 +45,28 @@ class Backend:
     fp8_output: bool = False
 
 
+_logged: set[str] = set()
+_cpu_interpreter = False  # tests opt in; elsewhere CPU tensors take the PyTorch paths
+
+
+def log_once(message: str) -> None:
+    """Log `message` (a kernel falling back, and why) the first time only."""
+    if message not in _logged:
+        _logged.add(message)
+        log.info(message)
+
+
+def allow_interpreter(flag: bool) -> None:
+    """Let CPU tensors run the attention kernels in Triton's interpreter (tests; needs TRITON_INTERPRET=1
+    when Triton is first imported)."""
+    global _cpu_interpreter
+    _cpu_interpreter = bool(flag)
+
+
+def cpu_interpreter_allowed() -> bool:
+    return _cpu_interpreter
+
+
 BACKENDS: dict[str, Backend] = {}
 # Modules that register backends on import; imported lazily so a missing Triton never breaks dense.
 _BACKEND_MODULES = {

@@ -5,35 +5,17 @@ fp8 o-projection), with fake implementations, so torch.compile traces the DiT th
 proj_weight None skips the linear branch (a zero-initialised proj_l with zero bias contributes
 nothing either, so this is the same function and saves the work).
 """
-import logging
 from typing import Callable, Optional
 
 import torch
 
 from turbovid.ops.dispatch import call
 
-from . import Backend, register_backend
+from . import Backend, allow_interpreter, cpu_interpreter_allowed, log_once, register_backend  # noqa: F401
 from .sla_reference import check_topk, sla_reference
-
-log = logging.getLogger("turbovid.attention")
 
 BLKQ, BLKK = 128, 64  # block map of TurboDiffusion's SLA inference (query blocks, key blocks)
 KERNEL_HEAD_DIMS = (64, 128)  # other head dims run the reference (logged once)
-
-_logged: set[str] = set()
-_cpu_interpreter = False  # tests opt in; elsewhere CPU tensors always take the reference
-
-
-def log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        log.info(message)
-
-
-def allow_interpreter(flag: bool) -> None:
-    """Let CPU tensors run the kernels in Triton's interpreter (tests; needs TRITON_INTERPRET=1 at import)."""
-    global _cpu_interpreter
-    _cpu_interpreter = bool(flag)
 
 
 def kernel_unavailable(device: torch.device, head_dim: int = 128) -> Optional[str]:
@@ -48,7 +30,7 @@ def kernel_unavailable(device: torch.device, head_dim: int = 128) -> Optional[st
     interpreted = sla_kernel.INTERPRETED or sagesla_kernel.INTERPRETED
     if device.type == "cuda":
         return "the kernels were loaded under TRITON_INTERPRET=1" if interpreted else None
-    if device.type == "cpu" and interpreted and _cpu_interpreter:
+    if device.type == "cpu" and interpreted and cpu_interpreter_allowed():
         return None
     return f"the Triton kernels need a CUDA device, got {device.type}"
 

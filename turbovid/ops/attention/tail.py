@@ -9,29 +9,13 @@ torch.compile traces the DiT through it.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 
 from turbovid.ops.dispatch import call
 
-log = logging.getLogger("turbovid.attention")
-
-_logged: set[str] = set()
-_cpu_interpreter = False  # tests opt in; elsewhere CPU tensors take the dense path
-
-
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        log.info(message)
-
-
-def allow_interpreter(flag: bool) -> None:
-    """Let CPU tensors run the kernel in Triton's interpreter (tests; needs TRITON_INTERPRET=1 at import)."""
-    global _cpu_interpreter
-    _cpu_interpreter = bool(flag)
+from . import allow_interpreter, cpu_interpreter_allowed, log_once  # noqa: F401
 
 
 def kernel_unavailable(q: torch.Tensor) -> str | None:
@@ -49,7 +33,7 @@ def kernel_unavailable(q: torch.Tensor) -> str | None:
         return f"triton is not importable ({e})"
     if q.device.type == "cuda":
         return "the kernel was loaded under TRITON_INTERPRET=1" if tail_kernel.INTERPRETED else None
-    if q.device.type == "cpu" and tail_kernel.INTERPRETED and _cpu_interpreter:
+    if q.device.type == "cpu" and tail_kernel.INTERPRETED and cpu_interpreter_allowed():
         return None
     return f"the kernel needs a CUDA device, got {q.device.type}"
 
@@ -63,7 +47,7 @@ def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     reason = kernel_unavailable(q)
     if reason is not None:
-        _log_once(f"cross-attention: dense over all text rows ({reason})")
+        log_once(f"cross-attention: dense over all text rows ({reason})")
         return dense(q, k, v).contiguous()
     from . import tail_kernel
 
