@@ -184,3 +184,26 @@ def test_interleaved_timing_rotates_the_candidates_each_round():
     times = interleaved_ms(fns, bench, rounds=3)
     assert order == list("abc" "bca" "cab")
     assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+
+
+def test_forward_cases_feed_a_padded_prompt():
+    """The forward cases' context is PROMPT_ROWS random rows zero-padded to text_len, as the pipeline's
+    is (so cross-attention takes the path real prompts take), and the row says how many."""
+    import torch
+
+    from turbovid.bench import cases
+
+    dit = cases.build_dit("tiny-random", torch.device("cpu"), torch.float32)
+    seen = []
+
+    def runner(latents, t, context):
+        seen.append(context)
+        return dit(latents, t, context)
+
+    row = cases.dit_case(runner, dit, model="tiny-random", resolution="256p", frames=1, variant="dense", path="plain",
+                         topk=0.1, device=torch.device("cpu"), dtype=torch.float32, warmup=0, repeats=1,
+                         max_seconds=10.0, ceilings=None)
+    assert row["status"] == "ok" and row["prompt_rows"] == cases.PROMPT_ROWS
+    ctx = seen[0]
+    assert ctx.shape[1] == DIT_PRESETS["tiny-random"].text_len
+    assert ctx[:, :cases.PROMPT_ROWS].ne(0).any(-1).all() and not ctx[:, cases.PROMPT_ROWS:].any()
