@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_fp8_scales import ab_setup, forward_inputs, record, rel  # noqa: E402
 from turbovid.bench.cases import variant_dit  # noqa: E402
 from turbovid.bench.timing import cuda_ms  # noqa: E402
-from turbovid.ops.attention import tail, tail_kernel  # noqa: E402
+from turbovid.ops.attention import dense_attention, tail_kernel  # noqa: E402
 
 SHAPES = {"1.3B 480p": (32760, 12), "1.3B 720p": (75600, 12), "14B 480p": (32760, 40)}
 PROMPT_ROWS = (20, 77, 200, 512)
@@ -43,9 +43,9 @@ def op_timings(configs: list[tail_kernel.Config]) -> list[dict]:
             k, v = kv[0].clone(), kv[1].clone()
             k[:, n:], v[:, n:] = k[:, min(n, 511)].clone(), v[:, min(n, 511)].clone()  # rows n.. repeat row n
             nt = torch.tensor([n], device="cuda", dtype=torch.int32)
-            want = tail.dense(q.float(), k.float(), v.float())
-            sdpa = tail.dense(q, k, v)
-            row = {"shape": shape, "prompt_rows": n, "sdpa_ms": bench(lambda: tail.dense(q, k, v)),
+            want = dense_attention(q.float(), k.float(), v.float())
+            sdpa = dense_attention(q, k, v)
+            row = {"shape": shape, "prompt_rows": n, "sdpa_ms": bench(lambda: dense_attention(q, k, v)),
                    "sdpa_max_err": (sdpa.float() - want).abs().max().item()}
             for cfg in configs:
                 name = f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}"
@@ -97,9 +97,9 @@ def main() -> None:
                     row["ms"][name] += [cuda_ms(lambda: r(lat, t, ctx)) for _ in range(args.forwards)]
             row["median_ms"] = {name: round(statistics.median(v), 2) for name, v in row["ms"].items()}
             row["rel_diff_vs_dense"] = rel(outs["tail kernel"], outs["dense over 512 rows"])
+            del runners
+            torch.cuda.empty_cache()
             if args.fp32_reference and args.variant == "dense":
-                del runners
-                torch.cuda.empty_cache()
                 from turbovid.fast import make_plain
 
                 ref = copy.deepcopy(make_plain(dit)).float()  # the plain path in float32, dense over all rows
@@ -108,8 +108,7 @@ def main() -> None:
                 os.environ.pop("TURBOVID_TAIL_ATTENTION")
                 row["rel_err_vs_float32"] = {name: rel(o, want) for name, o in outs.items()}
                 del ref, want
-                runners = {}
-            del runners, outs, dit
+            del outs, dit
             torch.cuda.empty_cache()
         record(report, f"{model} {args.resolution} {args.variant}", row, args.out)
 

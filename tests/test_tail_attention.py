@@ -17,14 +17,10 @@ from turbovid.ops import attention
 from turbovid.ops.attention import tail
 
 
-def repeated(B, Lq, Lk, H, D, n, dtype=torch.float32, seed=0):
-    return [x.to(dtype) for x in repeated_tail_qkv(B, Lq, Lk, H, D, n, seed)]
-
-
 def test_identity_one_row_weighted_by_its_count():
     """Dense attention over all rows == attention over rows 0..n with log(Lk - n) added to row n's logit."""
     n, Lk = [3, 0], 11
-    q, k, v = repeated(2, 7, Lk, 2, 8, n)
+    q, k, v = repeated_tail_qkv(2, 7, Lk, 2, 8, n)
     full = attention64(q, k, v)
     for b, nb in enumerate(n):
         bias = torch.zeros(1, nb + 1, dtype=torch.float64)
@@ -34,12 +30,12 @@ def test_identity_one_row_weighted_by_its_count():
 
 
 def test_cpu_runs_dense_over_every_row_and_says_so(caplog):
-    q, k, v = repeated(2, 9, 16, 2, 16, [4, 16])
+    q, k, v = repeated_tail_qkv(2, 9, 16, 2, 16, [4, 16])
     attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="turbovid.attention"):
         out = tail.tail_attention(q, k, v, torch.tensor([4, 16]))
         tail.tail_attention(q, k, v, torch.tensor([4, 16]))
-    assert torch.equal(out, tail.dense(q, k, v))
+    assert torch.equal(out, attention.dense_attention(q, k, v))
     assert [r.message for r in caplog.records] == [
         "cross-attention: dense over all text rows (the kernel needs a CUDA device, got cpu)"]
 
@@ -74,7 +70,7 @@ def test_repeat_start_counts_rows_up_to_the_last_nonzero_one():
 
 
 def test_custom_op_passes_opcheck_and_compiles():
-    q, k, v = repeated(1, 5, 8, 2, 16, [3])
+    q, k, v = repeated_tail_qkv(1, 5, 8, 2, 16, [3])
     n = torch.tensor([3], dtype=torch.int32)
     torch.library.opcheck(torch.ops.turbovid.tail_attention.default, (q, k, v, n))
     compiled = torch.compile(lambda q, k, v, n: tail.tail_attention(q, k, v, n) * 2, backend="eager", fullgraph=True)
@@ -129,7 +125,7 @@ for n, Lk in (([5, 16], 40), ([17, 0], 40), ([40, 33], 40), ([3], 7)):
     assert (out.double() - want).abs().max() < 1e-5, (n, (out.double() - want).abs().max())
     q16, k16, v16 = (x.half() for x in (q, k, v))
     out16 = tail_kernel.tail_attention(q16, k16, v16, nt, cfg)
-    low = tail.dense(q16.float(), k16.float(), v16.float()).half()  # fp16-rounded inputs and output
+    low = attention.dense_attention(q16.float(), k16.float(), v16.float()).half()  # fp16-rounded inputs and output
     err, bound = (out16.double() - want).abs().max(), 2 * (low.double() - want).abs().max() + 1e-3
     assert err <= bound, (n, err, bound)
     # the op picks the kernel here (interpreter allowed) and matches the direct call

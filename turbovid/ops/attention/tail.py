@@ -15,7 +15,7 @@ import torch
 
 from turbovid.ops.dispatch import call
 
-from . import allow_interpreter, cpu_interpreter_allowed, log_once  # noqa: F401
+from . import allow_interpreter, cpu_interpreter_allowed, dense_attention, log_once  # noqa: F401
 
 
 def kernel_unavailable(q: torch.Tensor) -> str | None:
@@ -38,17 +38,11 @@ def kernel_unavailable(q: torch.Tensor) -> str | None:
     return f"the kernel needs a CUDA device, got {q.device.type}"
 
 
-def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same attention over every row ([B, L, H, D] in and out): the reference."""
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
 def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     reason = kernel_unavailable(q)
     if reason is not None:
         log_once(f"cross-attention: dense over all text rows ({reason})")
-        return dense(q, k, v).contiguous()
+        return dense_attention(q, k, v).contiguous()
     from . import tail_kernel
 
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
