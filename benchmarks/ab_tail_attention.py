@@ -12,6 +12,7 @@ dense SDPA over all 512 rows, one process (run on the device).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import statistics
 import sys
@@ -48,7 +49,7 @@ def op_timings(configs: list[tail_kernel.Config]) -> list[dict]:
             row = {"shape": shape, "prompt_rows": n, "sdpa_ms": bench(lambda: dense_attention(q, k, v)),
                    "sdpa_max_err": (sdpa.float() - want).abs().max().item()}
             for cfg in configs:
-                name = f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}"
+                name = f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}" + ("" if cfg.num_stages == 2 else f"x{cfg.num_stages}")
                 out = tail_kernel.tail_attention(q, k, v, nt, cfg)
                 row[f"kernel {name} max_err"] = (out.float() - want).abs().max().item()
                 row[f"kernel {name} ms"] = bench(lambda cfg=cfg: tail_kernel.tail_attention(q, k, v, nt, cfg))
@@ -62,10 +63,11 @@ def op_timings(configs: list[tail_kernel.Config]) -> list[dict]:
 
 def add_args(ap) -> None:
     ap.add_argument("--configs", default="64x64x4,128x64x8,64x128x4,64x32x4",
-                    help="kernel configs: query rows x key rows a step x warps, comma-separated")
+                    help="kernel configs: query rows x key rows a step x warps [x stages], comma-separated")
     ap.add_argument("--prompt-rows", type=int, default=77, help="the forward's prompt length (of 512 rows)")
     ap.add_argument("--variant", default="sla+fp8", help="the forward's variant (turbovid bench's names)")
     ap.add_argument("--skip-op", action="store_true", help="time the forwards only")
+    ap.add_argument("--skip-forward", action="store_true", help="time the op only")
     ap.add_argument("--fp32-reference", action="store_true",
                     help="with --variant dense: each velocity's relative error against the model in float32")
 
@@ -76,7 +78,9 @@ def main() -> None:
     prompt_rows = args.prompt_rows
     if not args.skip_op:
         report["op"] = op_timings(configs)
-    for model in args.models.split(","):
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1))
+    for model in [] if args.skip_forward else args.models.split(","):
         lat, t, ctx = forward_inputs(args.resolution)
         ctx[:, prompt_rows:] = 0  # a prompt of prompt_rows umT5 tokens, zero-padded as the pipeline does
         with torch.inference_mode():
