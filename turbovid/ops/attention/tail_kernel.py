@@ -25,13 +25,14 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class Config:
-    # H100, benchmarks/ab_tail_attention.py (session 20): 64 x 32 on 4 warps was the fastest of the four
-    # tried at every shape and prompt length (1.3B 480p, 77 rows: 0.127 ms; 64 x 64: 0.141; 128 x 64 on
-    # 8 warps, which spills: 0.184; SDPA over all 512 rows: 0.183)
+    # H100, benchmarks/ab_tail_attention.py (2026-11-27, ms at 1.3B 480p with 77 prompt rows): 64 x 32 on
+    # 4 warps, 3 stages 0.114; 2 stages 0.127; 64 x 16 0.121; 128 x 32 on 4 warps 0.129; 64 x 64 0.141;
+    # 128 x 32 / 128 x 64 on 8 warps 0.178-0.185; SDPA over all 512 rows 0.180. The fastest of these
+    # at every shape (1.3B / 14B, 480p / 720p) and prompt length up to 200 rows.
     block_m: int = 64  # query rows a program
     block_n: int = 32  # key rows a step
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 @triton.jit
