@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbovid.bench.cases import latent_shape  # noqa: E402
+from turbovid.bench.cases import PROMPT_ROWS, latent_shape  # noqa: E402
 from turbovid.bench.timing import cuda_ms, environment  # noqa: E402
 
 
@@ -83,12 +83,13 @@ def ab_setup(doc: str, add_args=None) -> tuple[argparse.Namespace, dict]:
     return args, report
 
 
-def forward_inputs(resolution: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latents, timestep, text context) of one 81-frame forward, seeded, bf16 on the GPU."""
+def forward_inputs(resolution: str, rows: int = PROMPT_ROWS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents, timestep, text context of `rows` prompt rows, unpadded) of one 81-frame forward,
+    seeded, bf16 on the GPU."""
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     lat = torch.randn(latent_shape(resolution, 81), generator=g, device=dev).bfloat16()
-    ctx = torch.randn(1, 512, 4096, generator=g, device=dev).bfloat16()
+    ctx = torch.randn(1, rows, 4096, generator=g, device=dev).bfloat16()
     return lat, torch.tensor([500.0], device=dev), ctx
 
 

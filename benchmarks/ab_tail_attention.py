@@ -3,7 +3,7 @@ dense SDPA over all 512 rows, one process (run on the device).
 
 1. The op alone, B = 1, head_dim 128, bf16, Lk = 512, prompts of n rows (n = 512: no padding): SDPA
    (what ran before), and kernel configs; max error of each against float32 SDPA.
-2. The graphed forward (--variant, sla+fp8 by default) with a prompt of --prompt-rows rows zero-padded to 512: the kernel
+2. The graphed forward (--variant, sla+fp8 by default) with a prompt of --prompt-rows rows (the DiT pads it to 512): the kernel
    (default) against TURBOVID_TAIL_ATTENTION=0 (dense over all rows), each a fast runner whose graph
    was captured with it, timed in alternating rounds; the velocities' relative difference.
 
@@ -81,8 +81,7 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps(report, indent=1))
     for model in [] if args.skip_forward else args.models.split(","):
-        lat, t, ctx = forward_inputs(args.resolution)
-        ctx[:, prompt_rows:] = 0  # a prompt of prompt_rows umT5 tokens, zero-padded as the pipeline does
+        lat, t, ctx = forward_inputs(args.resolution, prompt_rows)  # unpadded, as the pipeline passes it
         with torch.inference_mode():
             from turbovid.fast import make_fast
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbovid.bench.cases import latent_shape, variant_dit  # noqa: E402
+from turbovid.bench.cases import PROMPT_ROWS, latent_shape, variant_dit  # noqa: E402
 from turbovid.bench.timing import time_fn  # noqa: E402
 
 # first matching pattern wins; kernel names as the profiler reports them
@@ -65,7 +65,7 @@ def build_forward(model: str, variant: str, resolution: str, frames: int):
     dit = variant_dit(model, variant, dev, torch.bfloat16, 0.1)
     g = torch.Generator(device=dev).manual_seed(0)
     lat = torch.randn(latent_shape(resolution, frames), generator=g, device=dev).bfloat16()
-    ctx = torch.randn(1, 512, dit.cfg.text_dim, generator=g, device=dev).bfloat16()
+    ctx = torch.randn(1, PROMPT_ROWS, dit.cfg.text_dim, generator=g, device=dev).bfloat16()  # a prompt, unpadded
     return dit, lat, torch.tensor([500.0], device=dev), ctx
 
 

@@ -80,7 +80,7 @@ def _inputs(cfg, frames=81, res=(60, 104)):
     g = torch.Generator(device=DEV).manual_seed(0)
     t_lat = (frames - 1) // 4 + 1
     lat = torch.randn(1, 16, t_lat, *res, generator=g, device=DEV)
-    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=DEV)
+    ctx = torch.randn(1, 77, cfg.text_dim, generator=g, device=DEV)  # a prompt's rows, unpadded (tail kernel)
     return lat, torch.tensor([700.0], device=DEV), ctx
 
 
@@ -110,6 +110,47 @@ def test_fast_dit_matches_plain_within_the_kernels_bound():
     assert fast.shape == exact.shape == (1, 16, 21, 60, 104) and fast.dtype == torch.float32
     within(fast, plain, exact)
     make_plain(fast_dit)
+
+
+@torch.inference_mode()
+def test_graphed_dit_short_and_long_prompts_two_graphs_one_pool():
+    """Prompts up to tail.MAX_ROWS rows replay one graph (tail cross-attention), longer ones a second
+    (dense), captured into the first one's memory pool: each still gives its eager result after the
+    other ran, and the second capture adds far less memory than the first."""
+    from turbovid.fast import make_fast
+    from turbovid.loading.dit import build_dit
+    from turbovid.ops.attention import tail
+
+    dit = build_dit("Wan2.1-1.3B", device=DEV, dtype=torch.bfloat16, seed=0)
+    dit.set_attention("auto")
+    runner = make_fast(dit)
+    lat, t, _ = _inputs(dit.cfg, frames=21, res=(30, 52))
+    lat = lat.bfloat16()
+    g = torch.Generator(device=DEV).manual_seed(1)
+    ctx = torch.randn(1, 300, dit.cfg.text_dim, generator=g, device=DEV).bfloat16()
+    assert 100 < tail.MAX_ROWS < 300
+    short, other, long = ctx[:, :77], ctx[:, :100], ctx
+
+    def grown(fn):
+        before = torch.cuda.memory_reserved()
+        out = fn()
+        return out, torch.cuda.memory_reserved() - before
+
+    eager_short = runner(lat, t, short)
+    graph_short, first = grown(lambda: runner(lat, t, short))  # captured
+    assert torch.equal(graph_short, eager_short) and len(runner._graphs) == 1
+    eager_other = runner(lat, t, other)  # 100 rows: padded to MAX_ROWS too, the same graph replays
+    assert len(runner._graphs) == 1 and not torch.equal(eager_other, eager_short)
+    eager_long = runner(lat, t, long)  # eager (a new key), dense cross-attention
+    graph_long, second = grown(lambda: runner(lat, t, long))
+    assert len(runner._graphs) == 2 and torch.equal(graph_long, eager_long)
+    (g1, *_), (g2, *_) = runner._graphs.values()
+    assert g1.pool() == g2.pool()
+    assert second < first / 2, (second, first)
+    assert torch.equal(runner(lat, t, short), eager_short)  # the first graph, after the second's capture
+    assert torch.equal(runner(lat, t, long), eager_long)
+    padded = torch.nn.functional.pad(short, (0, 0, 0, 512 - 77))  # the same prompt, padded by the caller:
+    assert torch.isfinite(runner(lat, t, padded)).all() and len(runner._graphs) == 2  # the dense graph
 
 
 def test_pipeline_480p_random_weights_fast_path():

@@ -66,6 +66,21 @@ def test_graphed_dit_forwards_attributes_and_runs_eagerly_without_cuda():
     assert not g._graphs
 
 
+def test_graph_context_pads_to_one_of_two_lengths(monkeypatch):
+    """Prompts of any length map to two context shapes (two graphs): MAX_ROWS rows, where the DiT's
+    cross-attention takes the tail kernel, or text_len; zero rows only are added."""
+    from turbovid.ops.attention import tail
+
+    monkeypatch.setattr(tail, "MAX_ROWS", 8)
+    for rows, want in ((3, 8), (8, 8), (9, 20), (20, 20)):
+        ctx = torch.randn(2, rows, 4)
+        out = fast.graph_context(ctx, 20)
+        assert out.shape == (2, want, 4) and torch.equal(out[:, :rows], ctx) and not out[:, rows:].any()
+    assert fast.graph_context(torch.randn(1, 3, 4), 6).shape[1] == 6  # text_len below MAX_ROWS
+    too_long = torch.randn(1, 25, 4)
+    assert fast.graph_context(too_long, 20) is too_long  # left for the DiT's check to reject
+
+
 def test_fused_qkv_is_one_gemm_over_views_and_matches_separate_linears():
     dit = tiny()
     keys = set(dit.state_dict())

@@ -111,7 +111,7 @@ def test_generate_frames_timings_and_calls():
     assert len(t["steps"]) == 3 and all(s >= 0 for s in t["steps"])
     assert t["total"] >= t["text_encoding"] + t["sampling"] + t["vae_decode"] - 1e-6
     # rcm: one network call per step, at the schedule's times, no negative prompt
-    assert pipe.text_encoder.prompts == [["a fox"]]
+    assert pipe.text_encoder.prompts == [["a fox"]] and pipe.text_encoder.pad is False
     times = [c[2][0].item() for c in pipe.dit.calls]
     assert times == pytest.approx([1000 * v for v in rcm_schedule(3).tolist()[:3]], rel=1e-6)
     assert pipe.dit.calls[0][0] == (1, 16, 2, 16, 16)
@@ -277,6 +277,24 @@ def test_tiny_random_pipeline_end_to_end(tiny):
     assert np.array_equal(a.frames, b.frames)
     assert not np.array_equal(a.frames, c.frames)
     assert tiny.settings["model"] == "tiny-random" and tiny.settings["attention"] in ("dense", "sla", "sagesla")
+
+
+def test_dit_gets_the_prompt_rows_unpadded(tiny):
+    """The context reaches the DiT trimmed to the prompt's umT5 rows (the DiT pads it itself, and a
+    short context takes the tail cross-attention), with the same video as a padded one would give."""
+    seen = []
+    hook = tiny.dit.register_forward_pre_hook(lambda m, args: seen.append(args[2].clone()))
+    try:
+        req = GenerationRequest(prompt="a red fox", num_frames=1, resolution="128p", aspect_ratio="1:1", num_steps=1)
+        tiny.generate(req)
+    finally:
+        hook.remove()
+    _, mask = tiny.text_encoder.tokenizer(["a red fox"])
+    rows = int(mask.sum())
+    assert seen[0].shape[1] == rows < tiny.text_encoder.text_len
+    assert seen[0].ne(0).any(-1).all()  # no padding rows left
+    padded = tiny.text_encoder.encode(["a red fox"])
+    torch.testing.assert_close(seen[0], padded[:, :rows].to(seen[0].dtype))
 
 
 def test_frames_reach_the_sink_while_decoding(tiny, monkeypatch):

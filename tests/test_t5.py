@@ -184,6 +184,8 @@ def test_only_the_prompts_tokens_are_encoded(diffusers_root):
     assert rel_l2(out[keep], full[keep]) < 1e-6 and torch.all(out[~keep] == 0)
     none = te.encode_ids(ids, torch.zeros_like(mask))  # no token at all: one position runs, all zero
     assert seen[-1] == (2, 1) and none.shape == (2, 32, DIM) and torch.all(none == 0)
+    trimmed = te.encode_ids(ids, mask, pad=False)  # what the pipeline hands the DiT: the 9 rows only
+    assert trimmed.shape == (2, 9, DIM) and torch.equal(trimmed, out[:, :9])
 
 
 def test_encode_prompts_matches_encode_ids_and_transformers(diffusers_root, hf_model):

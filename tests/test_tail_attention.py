@@ -106,6 +106,33 @@ def test_dit_hands_cross_attention_the_prompt_rows(monkeypatch):
         torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_dit_attends_densely_to_a_context_past_max_rows(monkeypatch):
+    """A context of more than tail.MAX_ROWS rows (a long prompt, or one padded by the caller) skips the
+    tail op: dense attention over all 512 rows, the same velocity."""
+    from turbovid.configs import DIT_PRESETS
+    from turbovid.models import dit as dit_mod
+
+    cfg = DIT_PRESETS["tiny-random"]
+    model = dit_mod.WanDiT(cfg).eval()
+    calls = []
+    real = dit_mod.tail_attention
+    monkeypatch.setattr(dit_mod, "tail_attention", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(tail, "MAX_ROWS", 6)
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(1, 9, cfg.text_dim, generator=g)
+    latents = torch.randn(1, cfg.in_dim, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        dense = model(latents, torch.tensor([500.0]), context)
+        assert calls == []
+        short = model(latents, torch.tensor([500.0]), context[:, :6])  # 6 rows: the tail op
+        assert len(calls) == cfg.num_layers
+        monkeypatch.setattr(tail, "MAX_ROWS", 512)
+        via_tail = model(latents, torch.tensor([500.0]), context)
+    assert len(calls) == 2 * cfg.num_layers
+    torch.testing.assert_close(via_tail, dense, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(short, dense)  # the 6-row prompt is another prompt
+
+
 KERNEL_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})

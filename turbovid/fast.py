@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from turbovid.models.dit import SelfAttention
+from turbovid.ops.attention import tail
 from turbovid.ops.quant.fp8 import (
     Fp8Activation, Fp8Linear, Fp8TensorLinear, fp8_kernel_linear, fp8_tensor_linear, share_weight_scale,
 )
@@ -300,11 +302,26 @@ def unfuse_qkv(dit: nn.Module) -> None:
             attn.__class__ = SelfAttention
 
 
+def graph_context(context: torch.Tensor, text_len: int) -> torch.Tensor:
+    """context [B, L, D] zero-padded to one of two lengths, so prompts of any length replay one of two
+    graphs: tail.MAX_ROWS rows (L up to it: the DiT's cross-attention through the tail kernel) or
+    text_len (longer: dense). Zero rows past the prompt change nothing (the DiT pads with zeros)."""
+    rows = context.shape[1]
+    want = min(tail.MAX_ROWS, text_len) if rows <= tail.MAX_ROWS else text_len
+    if rows >= want:  # rows > text_len: left for the DiT's own check to reject
+        return context
+    return F.pad(context, (0, 0, 0, want - rows))
+
+
 class GraphedDiT(nn.Module):
     """Runs `dit` through one CUDA graph per (shapes, dtypes, backend); eager where capture fails.
 
     The returned velocity is a fresh tensor (the graph's output buffer is copied), so callers can
-    keep it across calls. Inputs are copied into static buffers: no host-device sync per call.
+    keep it across calls. Inputs are copied into static buffers: no host-device sync per call. The
+    context is padded to one of two lengths (graph_context). Graphs on one device share one memory
+    pool: what two graphs share is only memory freed by the end of a capture (intermediates, written
+    before they are read within each replay); a graph's output stays allocated and is copied out
+    right after its replay.
     """
 
     def __init__(self, dit: nn.Module, compile: bool = False, graph: bool = True):
@@ -331,7 +348,8 @@ class GraphedDiT(nn.Module):
     def _capture(self, key, latents, timesteps, context):
         static = [latents.clone(), timesteps.clone(), context.clone()]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        pool = next((g.pool() for k, (g, _, _) in self._graphs.items() if k[6] == key[6]), None)  # same device
+        with torch.cuda.graph(graph, pool=pool):
             out = self._fn(*static)
         self._graphs[key] = (graph, static, out)
 
@@ -339,6 +357,7 @@ class GraphedDiT(nn.Module):
         timesteps = torch.as_tensor(timesteps, device=latents.device)
         if not (self.graph and latents.is_cuda):
             return self._fn(latents, timesteps, context)
+        context = graph_context(context, self.dit.cfg.text_len)
         key = self._key(latents, timesteps, context)
         if key in self._eager_keys:
             return self._fn(latents, timesteps, context)

@@ -529,7 +529,9 @@ class Pipeline:
                                  "(release_text_encoder); load a new one for more videos")
             with self._on_device(self.text_encoder, stays=self.text_encoder_cpu):
                 prompts = [req.prompt] + ([req.negative_prompt] if self.sampler == "euler" else [])
-                ctx = self.text_encoder.encode(prompts).to(self.device, self.dtype)
+                # the prompts' rows only: the DiT pads them to 512, and a short context takes its
+                # faster cross-attention (models/dit.py)
+                ctx = self.text_encoder.encode(prompts, pad=False).to(self.device, self.dtype)
             if self.release_text_encoder:
                 self.text_encoder = None  # its GPU (or, offloaded, host) memory is free from here on
                 if self.device.type == "cuda":

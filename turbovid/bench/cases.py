@@ -132,9 +132,10 @@ def variant_dit(model: str, variant: str, device: torch.device, dtype: torch.dty
 
 # ---- one DiT forward case -----------------------------------------------------------------------
 
-# The forward cases' text context: this many rows of the 512 (a long prompt; Wan's extended prompts
-# run 100-200 umT5 tokens), the rest zero as the pipeline pads them. Runs before 32 used 512 random
-# rows; the cross-attention then visited all of them (ops/attention/tail.py).
+# The forward cases' text context: this many rows (a long prompt; Wan's extended prompts run 100-200
+# umT5 tokens), passed unpadded as the pipeline passes them (the DiT pads to 512 itself; diffusers
+# gets them zero-padded to 512). Runs before 32 used 512 random rows; the cross-attention then
+# visited all of them (ops/attention/tail.py).
 PROMPT_ROWS = 128
 
 
@@ -159,8 +160,7 @@ def dit_case(
     gen = torch.Generator(device=device).manual_seed(0)
     latents = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
     t = torch.full((1,), 500.0, device=device, dtype=dtype)
-    context = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen, device=device, dtype=torch.float32).to(dtype)
-    context[:, PROMPT_ROWS:] = 0  # a prompt's umT5 rows, zero-padded to text_len as the pipeline's are
+    context = torch.randn(1, PROMPT_ROWS, cfg.text_dim, generator=gen, device=device, dtype=torch.float32).to(dtype)
     reset_peak(device)
     try:
         with torch.inference_mode():
@@ -232,7 +232,7 @@ def diffusers_case(model: str, resolutions: list[str], frames: int, device: torc
         gen = torch.Generator(device=device).manual_seed(0)
         lat = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
         ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen, device=device, dtype=torch.float32).to(dtype)
-        ctx[:, PROMPT_ROWS:] = 0  # the same padded prompt as ours (diffusers attends over all 512 rows)
+        ctx[:, PROMPT_ROWS:] = 0  # our prompt, zero-padded as Wan pads it (diffusers attends over all 512 rows)
         t = torch.tensor([500.0], device=device)
         reset_peak(device)
         try:

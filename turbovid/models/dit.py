@@ -24,8 +24,9 @@ Where the two references differ:
     H, W at 128 positions; Wan uses float64 angles and 1024 positions. We use float64 angles
     rounded once to float32 cos/sin (diffusers does the same) and apply the rotation in float32.
   - context: Wan zero-pads the text embeddings to 512 tokens inside the model; TurboDiffusion
-    receives them already padded. Both attend over all 512 tokens without a mask. (We compute the
-    same attention over the prompt's rows and one padding row weighted by the padding's length.)
+    receives them already padded. Both attend over all 512 tokens without a mask. (Given up to
+    tail.MAX_ROWS rows, we compute the same attention over the prompt's rows and one padding row
+    weighted by the padding's length; given more, over all 512.)
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from turbovid.configs import DiTConfig
-from turbovid.ops.attention import attention, resolve_backend
+from turbovid.ops.attention import attention, resolve_backend, tail
 from turbovid.ops.attention.tail import repeat_start, tail_attention
 from turbovid.ops.block_reference import (
     gated_residual_ref,
@@ -268,7 +269,10 @@ class Head(nn.Module):
 
 
 class WanDiT(nn.Module):
-    """forward(latents [B,16,T,H,W], timesteps [B] in 0..1000, context [B,L<=512,text_dim]) -> velocity (float32)."""
+    """forward(latents [B,16,T,H,W], timesteps [B] in 0..1000, context [B,L<=512,text_dim]) -> velocity (float32).
+
+    Pass the context trimmed to the prompts' rows (TextEncoder.encode(..., pad=False)): the model pads
+    it to 512 itself, and a short one takes the faster cross-attention (ops/attention/tail.py)."""
 
     def __init__(self, cfg: DiTConfig, attention: str = "dense", sla_topk: float = 0.1):
         super().__init__()
@@ -363,9 +367,12 @@ class WanDiT(nn.Module):
         e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, cfg.dim))
 
         # 3. text: zero-pad to text_len tokens, then embed (padding rows become the embedding of 0, all
-        # the same: cross-attention visits one of them, weighted by their count; ops/attention/tail.py)
+        # the same: cross-attention visits one of them, weighted by their count; ops/attention/tail.py).
+        # A context of more than tail.MAX_ROWS rows (a long prompt, or one padded by the caller)
+        # attends densely over all rows, which is faster there.
+        short = context.shape[1] <= tail.MAX_ROWS
         context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
-        text_rows = repeat_start(context)
+        text_rows = repeat_start(context) if short else None
         context = self.text_embedding(context)
 
         # 4. blocks

@@ -229,14 +229,17 @@ class TextEncoder:
         return self
 
     @torch.no_grad()
-    def encode(self, prompts: str | list[str]) -> torch.Tensor:
-        """[B, text_len (512), dim] in the model dtype; positions past each prompt's tokens are zero."""
+    def encode(self, prompts: str | list[str], pad: bool = True) -> torch.Tensor:
+        """[B, text_len (512), dim] in the model dtype; positions past each prompt's tokens are zero.
+        pad=False: only the rows up to the batch's last token (rounded up to GRAPH_BUCKET where the
+        encoder runs from CUDA graphs), what the DiT takes (it pads them itself)."""
         ids, mask = self.tokenizer(prompts)
-        return self.encode_ids(ids, mask)
+        return self.encode_ids(ids, mask, pad)
 
     @torch.no_grad()
-    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, L, dim] for pre-tokenized input; positions where `attention_mask` is 0 are zero."""
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad: bool = True) -> torch.Tensor:
+        """[B, L, dim] for pre-tokenized input; positions where `attention_mask` is 0 are zero
+        (pad=False: the first rows only, as encode's)."""
         if input_ids.ndim != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(
                 f"input_ids and attention_mask must both be [B, L]; got {tuple(input_ids.shape)} and"
@@ -261,7 +264,7 @@ class TextEncoder:
         mask = attention_mask[:, :n].to(self.device)
         out = self._graphed(x, mask) if graphed else self.model(None, mask, inputs_embeds=x)
         out = torch.where(mask.bool()[..., None], out, out.new_zeros(()))
-        return torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - n))
+        return torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - n)) if pad else out
 
     def _graphed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The encoder's output for (x, mask) by replaying the graph of their shape (captured on first use).

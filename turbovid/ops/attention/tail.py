@@ -17,6 +17,12 @@ from turbovid.ops.dispatch import call
 
 from . import allow_interpreter, cpu_interpreter_allowed, dense_attention, log_once  # noqa: F401
 
+# Contexts of up to this many rows (the prompt's, before Wan's padding to 512) attend through the
+# kernel; longer ones densely over all rows, where cuDNN's SDPA is the faster. H100, 1.3B 480p,
+# benchmarks/ab_tail_attention.py (2026-11-27): kernel vs SDPA 0.177 vs 0.188 ms at 200 prompt rows,
+# 0.324 vs 0.198 at 512; the break-even lies at 225-260 rows across 1.3B / 14B, 480p / 720p.
+MAX_ROWS = 256
+
 
 def kernel_unavailable(q: torch.Tensor) -> str | None:
     """None when the kernel can run on q, else a one-line reason."""
