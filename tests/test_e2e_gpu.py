@@ -131,7 +131,8 @@ def test_graphed_dit_short_and_long_prompts_two_graphs_one_pool():
     assert 100 < tail.MAX_ROWS < 300
     short, other, long = ctx[:, :77], ctx[:, :100], ctx
 
-    def grown(fn):
+    def grown(fn):  # memory the call (a capture) keeps reserved: its pool, static inputs and output
+        torch.cuda.empty_cache()  # as the capture itself does first: cached free blocks don't count
         before = torch.cuda.memory_reserved()
         out = fn()
         return out, torch.cuda.memory_reserved() - before
@@ -146,7 +147,7 @@ def test_graphed_dit_short_and_long_prompts_two_graphs_one_pool():
     assert len(runner._graphs) == 2 and torch.equal(graph_long, eager_long)
     (g1, *_), (g2, *_) = runner._graphs.values()
     assert g1.pool() == g2.pool()
-    assert second < first / 2, (second, first)
+    assert 0 < second < first / 2, (second, first)
     assert torch.equal(runner(lat, t, short), eager_short)  # the first graph, after the second's capture
     assert torch.equal(runner(lat, t, long), eager_long)
     padded = torch.nn.functional.pad(short, (0, 0, 0, 512 - 77))  # the same prompt, padded by the caller:
