@@ -318,8 +318,8 @@ class GraphedDiT(nn.Module):
 
     The returned velocity is a fresh tensor (the graph's output buffer is copied), so callers can
     keep it across calls. Inputs are copied into static buffers: no host-device sync per call. The
-    context is padded to one of two lengths (graph_context). Graphs on one device share one memory
-    pool: what two graphs share is only memory freed by the end of a capture (intermediates, written
+    context is padded to one of two lengths (graph_context). The graphs share one memory pool: what
+    two graphs share is only memory freed by the end of a capture (intermediates, written
     before they are read within each replay); a graph's output stays allocated and is copied out
     right after its replay.
     """
@@ -348,7 +348,7 @@ class GraphedDiT(nn.Module):
     def _capture(self, key, latents, timesteps, context):
         static = [latents.clone(), timesteps.clone(), context.clone()]
         graph = torch.cuda.CUDAGraph()
-        pool = next((g.pool() for k, (g, _, _) in self._graphs.items() if k[6] == key[6]), None)  # same device
+        pool = next((g.pool() for g, _, _ in self._graphs.values()), None)  # one model: one device
         with torch.cuda.graph(graph, pool=pool):
             out = self._fn(*static)
         self._graphs[key] = (graph, static, out)
