@@ -11,6 +11,7 @@ Schemes (weights always per output channel, amax / 448 for e4m3, amax / 127 for 
   known before the conv runs, as a fused norm kernel writing e4m3 would use);
 - e4m3-tensor: activations / (amax / 448) over the whole input (the best per-tensor scale);
 - e4m3-weights: weights only, activations left in float32;
+- int8-static, int8-tensor: the same two activation scales as e4m3's, / 127;
 - int8-pixel: activations in int8 per pixel (amax over its channels / 127), each tap's product
   rescaled (what an int8 implicit GEMM would have to do);
 - bf16: inputs and weights rounded to bf16 (what the shipped fast path stores), for comparison.
@@ -32,6 +33,7 @@ from turbovid.models.vae import CausalConv3d, build_vae
 
 E4M3 = torch.float8_e4m3fn
 WIDTHS = (96, 192, 384)
+SCHEMES = ("bf16", "e4m3-static", "e4m3-tensor", "e4m3-weights", "int8-static", "int8-tensor", "int8-pixel")
 
 
 def round_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,9 @@ def quantize_input(scheme: str, x: torch.Tensor) -> torch.Tensor:
         return round_int8(x, x.abs().amax().clamp_min(1e-12) / 127)
     if scheme == "int8-pixel":
         return round_int8(x, x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127)
-    return x
+    if scheme == "e4m3-weights":
+        return x
+    raise ValueError(f"unknown scheme {scheme!r}")
 
 
 def quantize_weight(scheme: str, w: torch.Tensor) -> torch.Tensor:
@@ -91,11 +95,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--latents", default="3x8x12", help="latent frames x height x width")
-    p.add_argument("--schemes", default="bf16,e4m3-static,e4m3-tensor,e4m3-weights,int8-static,int8-tensor,int8-pixel")
+    p.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated, of " + " ".join(SCHEMES))
     p.add_argument("--out", help="write the results here as JSON")
     args = p.parse_args()
     shape = tuple(int(s) for s in args.latents.split("x"))
-    torch.manual_seed(0)
+    unknown = set(args.schemes.split(",")) - set(SCHEMES)
+    if unknown:
+        p.error(f"unknown schemes {sorted(unknown)}; choose from {', '.join(SCHEMES)}")
     vae = build_vae("wan2.1", dtype=torch.float32, seed=0)
     z = torch.randn(1, 16, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
