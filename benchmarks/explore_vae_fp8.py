@@ -31,6 +31,8 @@ import torch
 
 from turbovid.models.vae import CausalConv3d, build_vae
 
+from bench_vae import psnr  # this folder's decode benchmark: the same PSNR
+
 E4M3 = torch.float8_e4m3fn
 WIDTHS = (96, 192, 384)
 SCHEMES = ("bf16", "e4m3-static", "e4m3-tensor", "e4m3-weights", "int8-static", "int8-tensor", "int8-pixel")
@@ -86,10 +88,6 @@ def simulate(vae, z: torch.Tensor, scheme: str, widths: tuple[int, ...]) -> torc
         conv.register_forward_pre_hook(lambda _m, args: (quantize_input(scheme, args[0]), *args[1:]))
     with torch.no_grad():
         return model.decode_reference(z)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (10 * torch.log10(4.0 / (a.double() - b.double()).pow(2).mean())).item()
 
 
 def main() -> None:
