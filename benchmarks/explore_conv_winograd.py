@@ -2,7 +2,9 @@
 (ops/causal_conv.py) at the VAE decode's conv chunks: same input, same process.
 
 The Winograd conv spends 2/3 of the direct conv's products; it forms the transformed input in
-registers (four loads a tap instead of three, the sums, a register-operand wgmma). Each config
+registers (four loads a tap instead of three, the sums, a register-operand wgmma), or reads it
+already transformed ("transformed input": [.., W / 2, 4C], twice the input's bytes, which the norm
+kernel before each conv would have to write; timed here against clones of both). Each config
 sweeps programs of 64 or 128 tiles (128 / 256 pixels), output channel groups, K steps, stages and
 warps. Errors are against float32 F.conv3d of the same bf16 input with the float32 weights, so they
 include each path's rounding of the weights (bf16 g, or bf16 u_k). do_bench medians, ms.
@@ -31,6 +33,15 @@ CONFIGS = {
           (64, 64, 32, 3, 4), (64, 64, 64, 3, 4), (64, 64, 64, 3, 8)],
     384: [(128, 64, 32, 3, 8), (128, 64, 32, 4, 8), (128, 64, 64, 2, 8), (96, 64, 32, 3, 8), (96, 64, 64, 2, 8),
           (192, 64, 32, 2, 8), (64, 64, 64, 3, 4), (64, 64, 64, 3, 8)],
+}
+# the same, reading the transformed input (transform_input, as a norm kernel could write it)
+PRE_CONFIGS = {
+    96: [(96, 64, 32, 3, 4), (96, 64, 32, 4, 4), (96, 64, 32, 3, 8), (96, 128, 32, 2, 8), (96, 128, 32, 3, 8),
+         (96, 128, 32, 4, 8)],
+    192: [(192, 64, 32, 3, 8), (192, 64, 64, 2, 8), (96, 64, 32, 3, 4), (96, 64, 64, 3, 4), (96, 128, 32, 3, 8),
+          (96, 128, 64, 2, 8), (64, 64, 64, 3, 4), (64, 128, 64, 2, 8)],
+    384: [(128, 64, 64, 2, 8), (128, 64, 32, 3, 8), (128, 64, 64, 3, 8), (96, 64, 64, 3, 4), (96, 128, 64, 2, 8),
+          (192, 64, 32, 2, 8), (64, 128, 64, 2, 8), (64, 64, 64, 3, 4)],
 }
 
 
@@ -71,7 +82,18 @@ def one(t: int, h: int, w: int, c: int) -> dict:
                                     rows=rows_for(h, w // 2, block_m))
         record("winograd", f"group={group} {wcfg}",
                lambda packed=packed, wcfg=wcfg: winograd_conv.winograd_conv(x, packed, out=out, config=wcfg))
+    pre = winograd_conv.transform_input(x)
+    for group, block_m, block_k, stages, warps in PRE_CONFIGS[c]:
+        packed = winograd_conv.pack(weight, None, torch.bfloat16, group)
+        wcfg = winograd_conv.Config(block_m=block_m, block_k=block_k, num_warps=warps, num_stages=stages, tma=True,
+                                    rows=rows_for(h, w // 2, block_m))
+        record("winograd, transformed input", f"group={group} {wcfg}",
+               lambda packed=packed, wcfg=wcfg: winograd_conv.winograd_conv(x, packed, out=out, config=wcfg, pre=pre))
     record("shipped again", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
+    # what writing the transformed input costs a norm kernel: it doubles the bytes written (pre is 2x x)
+    res["copy_input_ms"] = float(do_bench(lambda: x.clone(), warmup=5, rep=40, return_mode="median"))
+    res["copy_pre_ms"] = float(do_bench(lambda: pre.clone(), warmup=5, rep=40, return_mode="median"))
+    print(json.dumps({"copy_input_ms": res["copy_input_ms"], "copy_pre_ms": res["copy_pre_ms"]}), flush=True)
     return res
 
 

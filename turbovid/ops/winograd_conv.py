@@ -93,21 +93,36 @@ def winograd_reference(buf: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(t, h, w, -1)
 
 
+def transform_input(buf: torch.Tensor) -> torch.Tensor:
+    """[P + T, H, W, C] -> [P + T, H, W / 2, 4C]: each tile's v_0..v_3 (float32 sums, rounded once)."""
+    x = torch.nn.functional.pad(buf.float(), (0, 0, 1, 1))  # a zero pixel each side of a row
+    w = buf.shape[2]
+    d = [x[:, :, i:i + w - 1:2] for i in range(4)]
+    return torch.cat([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]], -1).to(buf.dtype).contiguous()
+
+
 if triton is not None:
 
     @triton.jit
     def _load_point(X, XD, f, hh, h0, j0, mj, c0, W, W2, C: tl.constexpr, I: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, H, USE_TMA: tl.constexpr):
-        """d_I of the program's tiles: pixel 2j - 1 + I of row hh (pair j + (I - 1) // 2, half (I + 1) % 2)."""
+                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, H, USE_TMA: tl.constexpr, PRE: tl.constexpr):
+        """PRE: v_I of the program's tiles from the transformed input [.., W / 2, 4C]; else d_I, pixel
+        2j - 1 + I of row hh (pair j + (I - 1) // 2, half (I + 1) % 2)."""
         if USE_TMA:  # out-of-bounds pairs and rows read as zeros: the padding
-            return XD.load([f, h0, j0 + (I - 1) // 2, ((I + 1) % 2) * C + c0]).reshape(BLOCK_M, BLOCK_K)
+            if PRE:
+                return XD.load([f, h0, j0, I * C + c0]).reshape(BLOCK_M, BLOCK_K)
+            else:
+                return XD.load([f, h0, j0 + (I - 1) // 2, ((I + 1) % 2) * C + c0]).reshape(BLOCK_M, BLOCK_K)
         else:
             k = tl.arange(0, BLOCK_K)
-            px = 2 * mj - 1 + I
-            ok = (px >= 0) & (px < W) & (mj < W2) & (hh >= 0) & (hh < H)
-            pix = (f * H + hh).to(tl.int64) * W + px
-            return tl.load(X + pix[:, None] * C + c0 + k[None, :], mask=ok[:, None] & (k < BLOCK_K)[None, :],
-                           other=0.0)
+            if PRE:
+                ok = (mj < W2) & (hh >= 0) & (hh < H)
+                at = ((f * H + hh).to(tl.int64) * W2 + mj) * (4 * C) + I * C
+            else:
+                px = 2 * mj - 1 + I
+                ok = (px >= 0) & (px < W) & (mj < W2) & (hh >= 0) & (hh < H)
+                at = ((f * H + hh).to(tl.int64) * W + px) * C
+            return tl.load(X + at[:, None] + c0 + k[None, :], mask=ok[:, None] & (k < BLOCK_K)[None, :], other=0.0)
 
     @triton.jit
     def _point(v, U, UD, row, col, acc, NP, N: tl.constexpr, BLOCK_K: tl.constexpr, USE_TMA: tl.constexpr,
@@ -138,7 +153,7 @@ if triton is not None:
                               C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                               NG: tl.constexpr, HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
-                              PRECISION: tl.constexpr = "ieee"):
+                              PRECISION: tl.constexpr = "ieee", PRE: tl.constexpr = False):
         # a program: BLOCK_M tiles (ROWS rows of BLOCK_M / ROWS tiles) of output frame f, output
         # channels [n0, n0 + N1 + N2); taps read input frames f .. f + 2
         W2 = W // 2
@@ -158,14 +173,20 @@ if triton is not None:
             c0 = (it - tap * NC) * BLOCK_K
             ft = f + tap // 3
             dh = tap % 3 - 1
-            d0 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 0, BLOCK_M, BLOCK_K, H, USE_TMA).to(tl.float32)
-            d1 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 1, BLOCK_M, BLOCK_K, H, USE_TMA).to(tl.float32)
-            d2 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 2, BLOCK_M, BLOCK_K, H, USE_TMA).to(tl.float32)
-            d3 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 3, BLOCK_M, BLOCK_K, H, USE_TMA).to(tl.float32)
-            v0 = (d0 - d2).to(X.dtype.element_ty)
-            v1 = (d1 + d2).to(X.dtype.element_ty)
-            v2 = (d2 - d1).to(X.dtype.element_ty)
-            v3 = (d1 - d3).to(X.dtype.element_ty)
+            if PRE:
+                v0 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 0, BLOCK_M, BLOCK_K, H, USE_TMA, PRE)
+                v1 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 1, BLOCK_M, BLOCK_K, H, USE_TMA, PRE)
+                v2 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 2, BLOCK_M, BLOCK_K, H, USE_TMA, PRE)
+                v3 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 3, BLOCK_M, BLOCK_K, H, USE_TMA, PRE)
+            else:
+                d0 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 0, BLOCK_M, BLOCK_K, H, USE_TMA, PRE).to(tl.float32)
+                d1 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 1, BLOCK_M, BLOCK_K, H, USE_TMA, PRE).to(tl.float32)
+                d2 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 2, BLOCK_M, BLOCK_K, H, USE_TMA, PRE).to(tl.float32)
+                d3 = _load_point(X, XD, ft, mh + dh, h0 + dh, j0, mj, c0, W, W2, C, 3, BLOCK_M, BLOCK_K, H, USE_TMA, PRE).to(tl.float32)
+                v0 = (d0 - d2).to(X.dtype.element_ty)
+                v1 = (d1 + d2).to(X.dtype.element_ty)
+                v2 = (d2 - d1).to(X.dtype.element_ty)
+                v3 = (d1 - d3).to(X.dtype.element_ty)
             row = tap * 4 * C + c0
             a0 = _point(v0, U, UD1, row, n0, a0, NP, N1, BLOCK_K, USE_TMA, PRECISION)
             a1 = _point(v1, U, UD1, row + C, n0, a1, NP, N1, BLOCK_K, USE_TMA, PRECISION)
@@ -197,8 +218,9 @@ def supported(buf_shape: tuple, conv) -> bool:
 
 
 def winograd_conv(buf: torch.Tensor, conv: PackedWinograd, bias: bool = True, out: Optional[torch.Tensor] = None,
-                  config: Optional[Config] = None) -> torch.Tensor:
-    """causal_conv.causal_conv's contract, computed by F(2, 3) tiles (W even)."""
+                  config: Optional[Config] = None, pre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """causal_conv.causal_conv's contract, computed by F(2, 3) tiles (W even). pre: buf's
+    transform_input, read in buf's place (the kernel then forms no sums)."""
     if buf.dim() != 4 or buf.shape[-1] != conv.cin or buf.shape[0] < 3 or not buf.is_contiguous() or buf.shape[2] % 2:
         raise ValueError(f"winograd_conv: buf must be a contiguous [2 + T, H, W, {conv.cin}] tensor with W even, "
                          f"got {tuple(buf.shape)}")
@@ -221,8 +243,11 @@ def winograd_conv(buf: torch.Tensor, conv: PackedWinograd, bias: bool = True, ou
             conv.weight, conv.bias, c, conv.cout, 0, 0, conv.ref_weight), bias))
     use_tma = cfg.tma and buf.is_cuda and TensorDescriptor is not None
     xd = ud1 = ud2 = None
-    if use_tma:  # the input's rows as pixel pairs: [P + T, H, W / 2, 2C]
-        pairs = buf.view(p_t, h, w // 2, 2 * c)
+    if pre is not None and (tuple(pre.shape) != (p_t, h, w // 2, 4 * c) or not pre.is_contiguous()):
+        raise ValueError(f"winograd_conv: pre must be a contiguous {(p_t, h, w // 2, 4 * c)} tensor")
+    src = buf if pre is None else pre
+    if use_tma:  # the input's rows as pixel pairs [P + T, H, W / 2, 2C], or the transformed input
+        pairs = buf.view(p_t, h, w // 2, 2 * c) if pre is None else pre
         xd = TensorDescriptor(pairs, list(pairs.shape), list(pairs.stride()),
                               [1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k])
         ud1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
@@ -230,10 +255,10 @@ def winograd_conv(buf: torch.Tensor, conv: PackedWinograd, bias: bool = True, ou
     has_bias = bias and conv.bias is not None
     grid = (causal_conv.tile_grid(t, h, w // 2, cfg.block_m, cfg.rows)[0], conv.groups)
     _winograd_conv_kernel[grid](
-        buf, xd if use_tma else buf, conv.weight, ud1 if use_tma else conv.weight, ud2 if use_tma else conv.weight,
+        src, xd if use_tma else src, conv.weight, ud1 if use_tma else conv.weight, ud2 if use_tma else conv.weight,
         conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.weight.shape[1],
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, NG=conv.n1 + conv.n2, HAS_BIAS=has_bias, USE_TMA=use_tma,
         BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=causal_conv.dot_precision(buf),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PRE=pre is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
