@@ -17,15 +17,13 @@ Each output is checked against F.conv3d of the same bf16 input. do_bench medians
 """
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from explore_conv_slices import recorder
+from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
 from turbovid.ops.causal_conv import frame_tile
 
@@ -110,20 +108,7 @@ def one(t: int, h: int, w: int, C: int) -> dict:
     res: dict = {"tflop": flop / 1e12, "rows": []}
 
     out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-
-    def record(name: str, cfg: str, fn) -> None:
-        row = {"variant": name, "config": cfg}
-        try:
-            out.zero_()  # a position a variant fails to write shows in its error
-            y = fn()
-            row["rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
-            row["ms"] = float(do_bench(fn, warmup=5, rep=40, return_mode="median"))
-            row["tflops"] = flop / row["ms"] / 1e9
-        except Exception as e:  # a config that does not compile or fit: recorded, not fatal
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        res["rows"].append(row)
-        print(json.dumps(row), flush=True)
-
+    record = recorder(res, ref, flop, out)
     cfg = causal_conv.default_config(dev, C, C, h, w)
     record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
     if C == 96:
@@ -170,16 +155,7 @@ def one(t: int, h: int, w: int, C: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "shapes": {}}
-    for name, shape in SHAPES.items():
-        print(name, flush=True)
-        res["shapes"][name] = one(*shape)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    sweep_shapes(__doc__.split("\n")[0], "explore_conv_n128.json", SHAPES, one)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Each output is checked against F.conv3d of the same bf16 input. do_bench medians
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -24,6 +23,7 @@ import triton.language as tl
 from triton.testing import do_bench
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
 from turbovid.ops.causal_conv import frame_tile
 
@@ -69,6 +69,26 @@ def overlap_input(x: torch.Tensor, kp: int) -> tuple[torch.Tensor, list[int], li
     return flat, [pt, h, w, kp], [h * (w + 2) * c, (w + 2) * c, c, 1]
 
 
+def recorder(res: dict, ref: torch.Tensor, flop: int, out: torch.Tensor | None = None):
+    """record(name, cfg, fn): fn's output error against ref and its do_bench median into res["rows"].
+    A config that does not compile, fit or encode is recorded with its error, not fatal. `out`, if
+    given, is zeroed first, so a position a variant fails to write shows in its error."""
+    def record(name: str, cfg: str, fn) -> None:
+        row = {"variant": name, "config": cfg}
+        try:
+            if out is not None:
+                out.zero_()
+            y = fn()
+            row["rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
+            row["ms"] = float(do_bench(fn, warmup=5, rep=40, return_mode="median"))
+            row["tflops"] = flop / row["ms"] / 1e9
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        res["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    return record
+
+
 def one(t: int, h: int, w: int) -> dict:
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(1)
@@ -78,17 +98,7 @@ def one(t: int, h: int, w: int) -> dict:
     flop = 2 * t * h * w * C * 27 * C
     res: dict = {"tflop": flop / 1e12, "rows": []}
 
-    def record(name: str, cfg: str, fn) -> None:
-        row = {"variant": name, "config": cfg}
-        try:
-            out = fn()
-            row["rel_err"] = ((out.float() - ref).norm() / ref.norm()).item()
-            row["ms"] = float(do_bench(fn, warmup=5, rep=40, return_mode="median"))
-            row["tflops"] = flop / row["ms"] / 1e9
-        except Exception as e:  # a config that does not compile, fit or encode: recorded, not fatal
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        res["rows"].append(row)
-        print(json.dumps(row), flush=True)
+    record = recorder(res, ref, flop)
 
     shipped = causal_conv.pack(weight, None, torch.bfloat16)
     out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
@@ -122,16 +132,7 @@ def one(t: int, h: int, w: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "shapes": {}}
-    for name, shape in SHAPES.items():
-        print(name, flush=True)
-        res["shapes"][name] = one(*shape)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    sweep_shapes(__doc__.split("\n")[0], "explore_conv_slices.json", SHAPES, one)
 
 
 if __name__ == "__main__":

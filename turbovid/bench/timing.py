@@ -238,14 +238,19 @@ def gemm_rate(ceilings: dict | None, model: str, kind: str) -> float | None:
 
 def sweep_shapes(description: str, default_out: str, shapes: dict, one: Callable[..., dict]) -> None:
     """The main() of an explore script: one(*shape) for each named shape, the results (with the card
-    and torch version) rewritten to --out after each, so a run cut short keeps what it measured."""
+    and the torch and Triton versions) rewritten to --out after each, so a run cut short keeps what it measured."""
     import argparse
     import json
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default=default_out)
     args = ap.parse_args()
-    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover - depends on the install
+        triton_version = None
+    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton_version, "shapes": {}}
     for name, shape in shapes.items():
         print(name, flush=True)
         res["shapes"][name] = one(*shape)
