@@ -1,16 +1,16 @@
 """Is the VAE's 96 -> 96 conv (ops/causal_conv.py, 535-550 TFLOP/s against 760-790 at 192 / 384
-channels) bound by its wgmma operands' shared-memory reads?
+channels) held back by how its dots take their operands?
 
 The shipped kernel splits the 96 outputs into two dots (64 + 32: Triton's shapes are powers of two),
-so each wgmma k-step reads the 64-row input tile from shared memory twice, and the n32 dot's
-operands take more bytes per product than an H100 SM's shared memory serves per clock (~128 B):
-~150 B a clock over both dots at the tensor cores' full rate, ~107 B at 192 channels. Two ways
-around it, timed against the shipped kernel in one process:
-- n128: one dot over 128 output columns, the last 32 weights zero (a third more products, 96 B a
-  clock), only 96 columns stored;
-- rs: the input tile moved to registers once (an opaque register move keeps Triton from feeding
-  wgmma from shared memory), both dots reading it from there;
-- rs + n128.
+and its 4-D input box is reshaped in registers, so wgmma takes the input as a register operand (250
+registers a thread in the offline sm_90 compile). Timed against it in one process:
+- n128: one dot over 128 output columns, the last 32 weights zero (a third more products), only 96
+  columns stored;
+- rs: the input tile moved to registers once by an opaque register move, both dots reading it there;
+- rs + n128;
+- padded 2-D: the input padded in H and W, read as 2-D boxes of consecutive padded pixels (a
+  program's run of positions includes padding columns, not stored), so wgmma reads it from shared
+  memory; also at 192 and 384 channels, and with n128 at 96.
 Each output is checked against F.conv3d of the same bf16 input. do_bench medians, ms. JSON to --out.
 
     PYTHONPATH=$PWD python3 benchmarks/explore_conv_n128.py --out $OUT/explore_conv_n128.json
@@ -25,7 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from explore_conv_slices import recorder
 from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
-from turbovid.ops.causal_conv import frame_tile
+from turbovid.ops.causal_conv import frame_tile, store_channels
 
 SHAPES = {"480p 96": (4, 480, 832, 96), "720p 96": (4, 720, 1280, 96),
           "240x416 192": (8, 240, 416, 192), "120x208 384": (4, 120, 208, 384)}
@@ -56,11 +56,7 @@ def _conv_kernel(XD, WD1, WD2, Y, H, W, COUT, N1: tl.constexpr, N2: tl.constexpr
             acc2 = tl.dot(a, WD2.load([tap * 96 + c0, N1]), acc2)
     out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
     inside = ((mh < H) & (mw < W))[:, None]
-    n = tl.arange(0, N1)
-    tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
-    if HAS_N2:
-        n = N1 + tl.arange(0, N2)
-        tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+    store_channels(Y, Y, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, False)
 
 
 @triton.jit
@@ -90,11 +86,12 @@ def _padded_kernel(XD, WD1, WD2, Y, H, W, COUT, C: tl.constexpr, N1: tl.constexp
     wp = q - hp * WP
     inside = ((hp <= H) & (wp >= 1) & (wp <= W))[:, None]
     out = ((f * H + hp - 1) * W + wp - 1).to(tl.int64)[:, None] * COUT
-    n = tl.arange(0, N1)
-    tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
-    if HAS_N2:
-        n = N1 + tl.arange(0, N2)
-        tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+    store_channels(Y, Y, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, False)
+
+
+def widen(weight: torch.Tensor, cols: int) -> torch.Tensor:
+    """A packed [27 C, N] weight with zero columns up to `cols`."""
+    return torch.cat([weight, weight.new_zeros(weight.shape[0], cols - weight.shape[1])], 1)
 
 
 def one(t: int, h: int, w: int, C: int) -> dict:
@@ -112,7 +109,7 @@ def one(t: int, h: int, w: int, C: int) -> dict:
     cfg = causal_conv.default_config(dev, C, C, h, w)
     record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
     if C == 96:
-        w128 = torch.cat([shipped.weight, shipped.weight.new_zeros(shipped.weight.shape[0], 128 - shipped.weight.shape[1])], 1)
+        w128 = widen(shipped.weight, 128)
         variants = [("n128", False, 128)] * 6 + [("rs", True, 96)] * 4 + [("rs n128", True, 128)] * 3
         configs = [(128, 4, 3), (128, 4, 4), (128, 4, 5), (256, 8, 3), (256, 8, 4), (128, 8, 4),
                    (256, 4, 4), (256, 8, 3), (256, 8, 4), (128, 4, 4),
@@ -136,8 +133,7 @@ def one(t: int, h: int, w: int, C: int) -> dict:
     xp = torch.cat([xp, xp.new_zeros(512, C)])  # slack: the last program's boxes run past the end
     for n, block_m, warps, stages, block_k in PADDED[C]:
         n1, n2 = (128, 0) if (C, n) == (96, 128) else causal_conv.split_channels(C)
-        wt = shipped.weight if n1 + n2 == shipped.weight.shape[1] else torch.cat(
-            [shipped.weight, shipped.weight.new_zeros(shipped.weight.shape[0], n1 + n2 - shipped.weight.shape[1])], 1)
+        wt = widen(shipped.weight, n1 + n2)
 
         def run(wt=wt, n1=n1, n2=n2, block_m=block_m, warps=warps, stages=stages, block_k=block_k):
             xd = TensorDescriptor.from_tensor(xp, [block_m, block_k])

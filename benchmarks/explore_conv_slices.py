@@ -25,7 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
-from turbovid.ops.causal_conv import frame_tile
+from turbovid.ops.causal_conv import frame_tile, store_channels
 
 SHAPES = {"480p": (4, 480, 832), "720p": (4, 720, 1280)}
 C = 96
@@ -47,10 +47,7 @@ def _overlap_kernel(XD, WD1, WD2, Y, H, W, COUT, KP: tl.constexpr, N1: tl.conste
         acc2 = tl.dot(a, WD2.load([tap * KP + k0, N1]), acc2)
     out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
     inside = ((mh < H) & (mw < W))[:, None]
-    n = tl.arange(0, N1)
-    tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
-    n = N1 + tl.arange(0, N2)
-    tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+    store_channels(Y, Y, acc1, acc2, out, inside, COUT, N1, N2, True, False)
 
 
 def overlap_weights(weight: torch.Tensor, kp: int) -> torch.Tensor:

@@ -99,6 +99,21 @@ if triton is not None:
         return pid // (n_h * n_w), h0, w0, h0 + m // BW, w0 + m % BW
 
     @triton.jit
+    def store_channels(Y, B, acc1, acc2, out, inside, COUT, N1: tl.constexpr, N2: tl.constexpr,
+                       HAS_N2: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """The epilogue: output channels [0, N1) from acc1 and [N1, N1 + N2) from acc2 (+ bias), to
+        Y + out (each row's first element, [BLOCK_M, 1]) where `inside` and the channel < COUT."""
+        n = tl.arange(0, N1)
+        if HAS_BIAS:
+            acc1 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+        if HAS_N2:
+            n = N1 + tl.arange(0, N2)
+            if HAS_BIAS:
+                acc2 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+            tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+
+    @triton.jit
     def _causal_conv_kernel(X, XD, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
@@ -136,15 +151,7 @@ if triton is not None:
                 acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
         out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
         inside = ((mh < H) & (mw < W))[:, None]
-        n = tl.arange(0, N1)
-        if HAS_BIAS:
-            acc1 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + out + n[None, :], acc1.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
-        if HAS_N2:
-            n = N1 + tl.arange(0, N2)
-            if HAS_BIAS:
-                acc2 += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
-            tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
+        store_channels(Y, B, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, HAS_BIAS)
 
 
 def tile_grid(t: int, h: int, w: int, block_m: int, rows: int) -> tuple[int]:
