@@ -164,12 +164,14 @@ def guarded(res: dict, name: str, fn) -> None:
 
 
 def set_modes(mode: str) -> None:
-    """"small+wide[+headconv][+sdpa]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS, ATTENTION."""
+    """"small+wide[+headconv][+sdpa][+unfused]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS,
+    ATTENTION, FUSE_NORM."""
     small, wide, *rest = mode.split("+")
-    if set(rest) - {"headconv", "sdpa"}:
+    if set(rest) - {"headconv", "sdpa", "unfused"}:
         raise ValueError(f"unknown decode mode {mode!r}")
     vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = small, wide
     vae_fast.HEAD_BY_TAPS, vae_fast.ATTENTION = "headconv" not in rest, "sdpa" if "sdpa" in rest else "auto"
+    vae_fast.FUSE_NORM = "unfused" not in rest
 
 
 def fast_section(res, cfg, vae, name, z, ref, repeats):
@@ -181,9 +183,10 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     modes = r["modes"] = {}
     keep = {}
     # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): cuDNN's convs and PyTorch's attention
-    # (the default before 2026-11-27), our conv kernels with PyTorch's attention ("+sdpa", the default
-    # until the wide-head attention kernel), and everything ours (the default on Hopper)
-    for mode in ("stacked+conv3d+sdpa", "triton+triton+sdpa", "triton+triton"):
+    # (the default before 2026-11-27), our kernels with each norm in a pass of its own ("+unfused",
+    # the default until session 24), and everything ours with the norms in the convs' epilogues
+    # (the default on Hopper)
+    for mode in ("stacked+conv3d+sdpa", "triton+triton+unfused", "triton+triton"):
         set_modes(mode)
         vae._fast_cache.clear()
 

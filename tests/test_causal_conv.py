@@ -49,6 +49,36 @@ def test_pytorch_path_by_taps():
                                by_taps(buf, weight, None), rtol=1e-5, atol=1e-4)
 
 
+def fused_want(buf, packed, gamma, silu, residual):
+    """What the fused epilogue must give, in float64: (normed output, residual sum)."""
+    y = by_taps(buf, packed.ref_weight, packed.bias)
+    if residual is not None:
+        y = (y + residual.double()).to(buf.dtype).double()
+    s = y
+    if gamma is not None:
+        y = y / y.norm(dim=-1, keepdim=True).clamp(min=1e-12) * y.shape[-1] ** 0.5 * gamma.double()
+        y = y * torch.sigmoid(y) if silu else y
+    return y, s
+
+
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("with_res", [True, False])
+def test_fused_epilogue_pytorch_path(silu, with_res):
+    """gamma / residual / x_out on the PyTorch path, into a view of a larger buffer, as the fast decode
+    calls it; x_out may be the residual itself."""
+    torch.manual_seed(1)
+    buf, weight, bias = torch.randn(5, 4, 6, 16), torch.randn(24, 16, 3, 3, 3) / 20, torch.randn(24)
+    packed, gamma = causal_conv.pack(weight, bias, torch.float32), torch.rand(24) + 0.5
+    res = torch.randn(3, 4, 6, 24) if with_res else None
+    nxt = torch.full((5, 4, 6, 24), float("nan"))
+    want, s = fused_want(buf, packed, gamma, silu, res)
+    causal_conv.causal_conv(buf, packed, out=nxt[2:], gamma=gamma, silu=silu, residual=res, x_out=res)
+    torch.testing.assert_close(nxt[2:].double(), want, rtol=1e-5, atol=1e-5)
+    assert nxt[:2].isnan().all()  # the history frames are the caller's
+    if with_res:
+        torch.testing.assert_close(res.double(), s, rtol=1e-5, atol=1e-5)
+
+
 def test_tile_rows():
     assert causal_conv.tile_rows(480, 832, 256) == 4  # 13 tiles of 4 x 64, no padding
     assert causal_conv.tile_rows(720, 1280, 256) == 1  # 5 tiles of 256
@@ -99,11 +129,18 @@ def test_bad_inputs():
         causal_conv.causal_conv(torch.randn(4, 3, 5, 16), packed, out=torch.empty(2, 3, 5, 9))
     with pytest.raises(ValueError, match="do not divide"):
         causal_conv.causal_conv(torch.randn(4, 3, 5, 16), packed, config=causal_conv.Config(block_m=64, rows=3))
+    buf = torch.randn(4, 3, 5, 16)
+    with pytest.raises(ValueError, match="residual must be"):
+        causal_conv.causal_conv(buf, packed, residual=torch.randn(2, 3, 5, 16))
+    with pytest.raises(ValueError, match="x_out takes the residual"):
+        causal_conv.causal_conv(buf, packed, x_out=torch.randn(2, 3, 5, 8))
+    with pytest.raises(ValueError, match="gamma must have 8"):
+        causal_conv.causal_conv(buf, packed, gamma=torch.ones(16))
     with pytest.raises(ValueError, match="3x3x3"):
         causal_conv.pack(torch.randn(8, 16, 3, 1, 1), None, torch.float32)
 
 
-KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + textwrap.dedent(
+KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource(fused_want) + textwrap.dedent(
     """
     from turbovid.ops import causal_conv, rms_silu
     rms_silu.allow_interpreter(True)
@@ -124,6 +161,19 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + textwrap.dedent(
                 want = by_taps(buf, packed.ref_weight, packed.bias if with_bias else None)
                 err = ((out.double() - want).norm() / want.norm()).item()
                 assert err < tol, (dtype, c, cout, with_bias, err)
+            # the fused epilogue: + residual (the sum to x_out, here in place), RMS norm (+ SiLU)
+            for silu, with_res in ((True, True), (False, False), (True, False)):
+                res = torch.randn(t, h, w, cout).to(dtype) if with_res else None
+                gamma = torch.rand(cout) + 0.5
+                want, s = fused_want(buf, packed, gamma, silu, res)
+                nxt = torch.full((t + 2, h, w, cout), float("nan"), dtype=dtype)
+                causal_conv.causal_conv(buf, packed, out=nxt[2:], config=cfg, gamma=gamma, silu=silu,
+                                        residual=res, x_out=res)
+                err = ((nxt[2:].double() - want).norm() / want.norm()).item()
+                assert err < tol and nxt[:2].isnan().all(), (dtype, c, cout, silu, with_res, err)
+                if with_res:
+                    err = ((res.double() - s).norm() / s.norm()).item()
+                    assert err < tol, ("x_out", dtype, c, cout, err)
     print("kernel ok")
     """
 )

@@ -85,6 +85,44 @@ def test_wide_triton_convs_equal_chunked_reference(vae, latents_and_reference, m
     assert rel(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_norm_in_conv_epilogue_equals_unfused(chunk, monkeypatch):
+    """FUSE_NORM: in the "triton" modes each residual block's convs end with the next norm (conv2:
+    + bias + residual, then the next block's first norm) and write the next conv's input; any
+    temporal chunking carries the stream history across. On the CPU the conv's PyTorch path runs
+    (the kernel's epilogue: test_causal_conv.py, and the interpreted decode above)."""
+    monkeypatch.setattr(vae_fast, "SMALL_CONV", "triton")
+    monkeypatch.setattr(vae_fast, "WIDE_CONV", "triton")
+    vae16 = build_vae(VAEConfig(dim=16), seed=5)
+    zn = torch.randn(1, 16, 3, 2, 3)
+    ref = vae16.decode(zn, fast=False)
+    plan = replace(plan_decode(vae16.cfg, 3, 2, 3, 4, "off"), chunk=chunk, mid_chunk=chunk)
+    calls = []
+    real = vae_fast.FastConv.conv_into
+
+    def conv_into(self, buf, state, key, gamma, residual=None, x_out=None):
+        calls.append((key, residual is not None, x_out is not None and x_out.data_ptr() == residual.data_ptr()))
+        return real(self, buf, state, key, gamma, residual, x_out)
+
+    monkeypatch.setattr(vae_fast.FastConv, "conv_into", conv_into)
+    fused = fast_decode(vae16, zn, plan=plan)
+    passes = -(-3 // chunk)
+    # per pass: conv1 of every fusable block (the 16-channel ones at full resolution are heads by
+    # taps here, so not fusable), conv2 of those followed by a fusable block
+    dec = vae_fast.prepared(vae16, zn.device, torch.float32)
+    fusable = [[isinstance(l, vae_fast.FastRes) and l.fusable() for l in layers] for layers in (dec.mid, dec.up)]
+    firsts = sum(sum(f) for f in fusable)
+    chained = sum(a and b for f in fusable for a, b in zip(f, f[1:]))
+    assert (firsts, chained) == (11, 6)  # mid: 2 blocks, an attention between; up: 3 stages of 3 (+ heads)
+    with_res = [c for c in calls if c[1]]
+    assert len(calls) - len(with_res) == passes * firsts and len(with_res) == passes * chained
+    # the sum goes into h's place, but not over the caller's middle output (the first up block's input)
+    assert all(in_place == (key != "up1.1") for key, _, in_place in with_res)
+    monkeypatch.setattr(vae_fast, "FUSE_NORM", False)
+    unfused = fast_decode(vae16, zn, plan=plan)
+    assert rel(fused, unfused) < 1e-5 and rel(fused, ref) < 1e-5
+
+
 def test_conv_modes_resolve(monkeypatch):
     assert vae_fast.conv_modes(torch.device("cpu")) == vae_fast.ConvModes("stacked", "conv3d", "sdpa")  # no Hopper path
     monkeypatch.setattr(vae_fast, "ATTENTION", "flash")

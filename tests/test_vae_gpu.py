@@ -62,15 +62,49 @@ def test_fast_float32_matches_reference():
 
 def test_fast_bf16_psnr():
     z, ref, _ = case()
-    default = vae_fast.SMALL_CONV, vae_fast.WIDE_CONV
+    default = vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.FUSE_NORM
     try:
-        for modes in (("stacked", "conv3d"), ("triton", "triton")):
+        for *modes, fuse in (("stacked", "conv3d", True), ("triton", "triton", False), ("triton", "triton", True)):
             vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = modes
+            vae_fast.FUSE_NORM = fuse
             out = vae32().decode(z, fast=True, dtype=torch.bfloat16)
             assert out.dtype == torch.float32 and out.shape == ref.shape
             assert psnr(out, ref) >= 40, modes
     finally:
-        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = default
+        vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.FUSE_NORM = default
+
+
+def test_fused_conv_epilogue_at_the_decoder_shapes():
+    """The conv with bias + residual (the sum stored in the residual's place) + the next RMS norm +
+    SiLU in its epilogue, into a view of the next conv's input, bf16, its tensors through descriptors
+    (Hopper) and through pointers: against the float32 fused reference of the same bf16 inputs, within
+    twice the error of the unfused pair (cuDNN's bf16 conv, its output rounded, then the norm)."""
+    from dataclasses import replace
+
+    for frames, h, w, c in ((4, 480, 832, 96), (8, 240, 416, 192), (2, 120, 208, 384)):
+        g = torch.Generator(device="cuda").manual_seed(0)
+        buf = torch.randn(frames + 2, h, w, c, device="cuda", generator=g).bfloat16()
+        weight = torch.randn(c, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5
+        packed = causal_conv.pack(weight, torch.randn(c, device="cuda", generator=g) * 0.1, torch.bfloat16)
+        gamma = 1 + 0.2 * torch.randn(c, device="cuda", generator=g)
+        res = torch.randn(frames, h, w, c, device="cuda", generator=g).bfloat16()
+        p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
+        want = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty(frames, h, w, c, device="cuda"),
+                                                      gamma=gamma, residual=res.float(), x_out=(s := res.float().clone()))
+        y = causal_conv.causal_conv_reference(buf, packed, bias=False)  # the unfused pair, as vae_fast ran it
+        summed = (y.float() + packed.bias.float() + res.float()).bfloat16()
+        pair = rms_silu(summed, gamma)
+        pair_err = ((pair.float() - want).norm() / want.norm()).item()
+        cfg = causal_conv.default_config(buf.device, c, c, h, w, 2)
+        for tma_io in (True, False):
+            nxt = torch.full((frames + 2, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+            x_out = res.clone()
+            causal_conv.causal_conv(buf, packed, out=nxt[2:], config=replace(cfg, tma_io=tma_io), gamma=gamma,
+                                    residual=x_out, x_out=x_out)
+            err = ((nxt[2:].float() - want).norm() / want.norm()).item()
+            sum_err = ((x_out.float() - s).norm() / s.norm()).item()
+            assert nxt[:2].isnan().all(), (c, tma_io)
+            assert err <= 2 * pair_err + 1e-6 and sum_err < 4e-3, (c, tma_io, err, pair_err, sum_err)
 
 
 def test_head_by_taps_at_the_decoder_shape():

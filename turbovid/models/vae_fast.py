@@ -48,6 +48,12 @@ _SUBPIXEL_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 # head's norm) instead of a separate add pass: one pass over the sum fewer; False for A/B timing.
 FUSE_RESIDUAL = True
 
+# In the "triton" modes, a residual block's conv1 and conv2 end with the next norm (+ SiLU) in their
+# epilogue, writing the next conv's time-padded input directly: no pass of the norm kernel over the
+# conv's output (conv2's also adds its bias and the residual, the next block's first norm); False
+# for A/B timing.
+FUSE_NORM = True
+
 # How the normed causal 3x3x3 convs run. SMALL_CONV: those over at most SMALL_CHANNELS input
 # channels (the full-resolution 96 -> 96, the 96 -> 3 head), where cuDNN's conv3d picks slow
 # kernels. "stacked": the norm kernel writes the three time taps side by side as 3C channels and one
@@ -151,10 +157,7 @@ class FastConv:
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         p = self.time_pad
         if p and gamma is not None:  # one kernel: history + normalised frames, and the next history
-            buf = torch.empty(1, p + t, h, w, c, dtype=dtype, device=device)
-            history = torch.empty(1, p, h, w, c, dtype=dtype, device=device)
-            _norm_stream(x, gamma, silu, buf, state.get(key), history, 1, h * w, in_bias, x_out)
-            state[key] = history
+            buf = self.prepare(x, state, key, gamma, silu, in_bias, x_out)
         elif p:  # no norm before it (the upsampler's time conv): copies
             buf = x.new_empty(1, p + t, h, w, c)
             prev = state.get(key)
@@ -179,6 +182,40 @@ class FastConv:
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         y = F.conv3d(buf.permute(0, 4, 1, 2, 3), self.weight, bias, self.stride, (0, *self.space_pad))
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
+
+    def prepare(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool = True,
+                in_bias: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """This conv's time-padded input [1, P + T, H, W, C]: the stream history state[key], then the
+        RMS norm (+ SiLU) of x (or of a Pending's sum, stored into x_out if given); state[key] moves on."""
+        src = x.y if isinstance(x, Pending) else x
+        _, t, h, w, c = src.shape
+        buf = src.new_empty(1, self.time_pad + t, h, w, c)
+        history = src.new_empty(1, self.time_pad, h, w, c)
+        _norm_stream(x, gamma, silu, buf, state.get(key), history, 1, h * w, in_bias, x_out)
+        state[key] = history
+        return buf
+
+    def fusable(self) -> bool:
+        """Whether conv_into can run this conv (our kernel, no head)."""
+        return self.mode == "triton" and self.head is None
+
+    def conv_into(self, buf: torch.Tensor, state: dict, key: str, gamma: torch.Tensor,
+                  residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """This conv over its time-padded input `buf` with its bias (+ residual, the sum stored into
+        x_out) and the next conv's RMS norm + SiLU (gamma) in the kernel's epilogue. Returns the next
+        conv's time-padded input, whose stream history is state[key] (then its last 2 frames)."""
+        _, p_t, h, w, _ = buf.shape
+        nxt = buf.new_empty(1, p_t, h, w, self.packed.cout)
+        prev = state.get(key)
+        if prev is None:  # the start of the stream
+            nxt[:, :self.time_pad].zero_()
+        else:
+            nxt[:, :self.time_pad].copy_(prev)
+        causal_conv.causal_conv(buf[0], self.packed, out=nxt[0, self.time_pad:], gamma=gamma,
+                                residual=None if residual is None else residual[0],
+                                x_out=None if x_out is None else x_out[0])
+        state[key] = nxt[:, p_t - self.time_pad:].clone()
+        return nxt
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
@@ -214,7 +251,26 @@ class Pending:
         return parts
 
 
+@dataclass
+class Prepared:
+    """A residual block's output x (the next block's residual) with the next block's conv1 input,
+    already normalised and time-padded (FastConv.conv_into)."""
+
+    x: Optional[torch.Tensor]
+    buf: Optional[torch.Tensor]
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, buf), and this object lets go of them (buf is freed once conv1 has read it)."""
+        if self.x is None:
+            raise RuntimeError("a Prepared input is consumed once")
+        parts = self.x, self.buf
+        self.x = self.buf = None
+        return parts
+
+
 def materialize(x):
+    if isinstance(x, Prepared):
+        raise TypeError("a Prepared input goes only to the residual block it was prepared for")
     if not isinstance(x, Pending):
         return x
     y, bias, h = x.take()
@@ -241,7 +297,17 @@ class FastRes:
             w = block.shortcut.weight.detach()
             self.shortcut = (w.reshape(w.shape[0], w.shape[1]).to(dtype), block.shortcut.bias.detach().to(dtype))
 
-    def __call__(self, x, state: dict, key: str) -> Pending:
+    def fusable(self) -> bool:
+        """Whether both convs run with the next norm in their epilogue (FUSE_NORM)."""
+        return FUSE_NORM and self.conv1.fusable() and self.conv2.fusable()
+
+    def __call__(self, x, state: dict, key: str, nxt: Optional[tuple["FastRes", str]] = None,
+                 owned: bool = True):
+        """x: activations, a Pending or a Prepared (from the block before). nxt: (the next layer, its
+        key) when that is a residual block: conv2 then writes its conv1's input and this returns a
+        Prepared. owned: x may be overwritten (it is no view of a tensor the caller keeps)."""
+        if self.fusable():
+            return self._fused(x, state, key, nxt, owned)
         if isinstance(x, Pending) and FUSE_RESIDUAL:  # conv1's norm forms the input, and keeps it for h
             # in y's place, as the unfused add does: a new tensor for the sum was one activation
             # more at the norm (H100, 480p decode: peak 4.11 vs 3.96 GiB unfused)
@@ -252,6 +318,30 @@ class FastRes:
             y = self.conv1(x, state, key + ".1", self.gamma1)  # without conv1's bias: the next norm adds it
         h = x if self.shortcut is None else F.linear(x, *self.shortcut)
         y = self.conv2(y, state, key + ".2", self.gamma2, in_bias=self.conv1.bias)
+        return Pending(y, self.conv2.bias, h)
+
+    def _fused(self, x, state: dict, key: str, nxt: Optional[tuple["FastRes", str]], owned: bool):
+        owned = owned or isinstance(x, (Prepared, Pending))  # their tensors are ours
+        if isinstance(x, Prepared):
+            x, buf1 = x.take()
+        elif isinstance(x, Pending) and FUSE_RESIDUAL:  # conv1's norm forms the sum, kept in y's place
+            pending, x = x, x.y
+            buf1 = self.conv1.prepare(pending, state, key + ".1", self.gamma1, x_out=x)
+            del pending
+        else:
+            x = materialize(x)
+            buf1 = self.conv1.prepare(x, state, key + ".1", self.gamma1)
+        buf2 = self.conv1.conv_into(buf1, state, key + ".2", self.gamma2)
+        del buf1
+        h = x if self.shortcut is None else F.linear(x, *self.shortcut)
+        if nxt is not None and nxt[0].fusable():
+            block, nkey = nxt
+            # the sum x + conv2 goes into h's place unless h is the caller's tensor
+            out = h if owned or h is not x else torch.empty_like(h)
+            del x
+            buf = self.conv2.conv_into(buf2, state, nkey + ".1", block.gamma1, residual=h, x_out=out)
+            return Prepared(out, buf)
+        y = causal_conv.causal_conv(buf2[0], self.conv2.packed, bias=False).unsqueeze(0)
         return Pending(y, self.conv2.bias, h)
 
 
@@ -347,17 +437,27 @@ class FastDecoder:
         """Raw latents (1, T, h, w, z) float32 -> middle-block output (1, T, h, w, C0)."""
         x = F.linear(z, *self.post_quant).to(self.dtype)
         x = self.conv_in(x, state, "in")
-        for i, layer in enumerate(self.mid):
-            x = layer(x, state, f"mid{i}")
+        for i in range(len(self.mid)):
+            x = _call(self.mid, i, x, state, "mid", owned=True)
         return materialize(x)
 
     def up_stage(self, x: torch.Tensor, state: dict) -> torch.Tensor:
         """Middle-block output (1, T, h, w, C0) -> RGB (1, F, 8h, 8w, 3), unclamped."""
-        for i, layer in enumerate(self.up):
-            x = layer(x, state, f"up{i}")
+        for i in range(len(self.up)):  # the input may be a view of the caller's middle output
+            x = _call(self.up, i, x, state, "up", owned=i > 0)
         if not FUSE_RESIDUAL:
             x = materialize(x)
         return self.conv_out(x, state, "out", self.gamma_out)  # a Pending: the head's norm forms the sum
+
+
+def _call(layers: list, i: int, x, state: dict, prefix: str, owned: bool):
+    """layers[i] on x (keyed prefix + i); a residual block followed by another is told so (FastRes's
+    nxt). The caller rebinds its x to the result, so x's parts are not kept alive meanwhile."""
+    layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+    if not isinstance(layer, FastRes):
+        return layer(x, state, f"{prefix}{i}")
+    nxt = (after, f"{prefix}{i + 1}") if isinstance(after, FastRes) else None
+    return layer(x, state, f"{prefix}{i}", nxt, owned)
 
 
 def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecoder:

@@ -69,7 +69,8 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str 
             sc = pos * cout if cin != cout else 0
             buf1, big1 = _conv_input(t, h * w, cin, cout, small_conv)
             buf2, big2 = _conv_input(t, h * w, cout, cout, small_conv)
-            conv1 = pos * cin + sc + buf1 + pos * cout
+            # conv1's output; in the "triton" mode (vae_fast.FUSE_NORM) conv2's time-padded input instead
+            conv1 = pos * cin + sc + buf1 + (t + 2 if small_conv == "triton" else t) * h * w * cout
             conv2 = pos * cin + sc + pos * cout + buf2 + pos * cout
             peak = max(peak, conv1, conv2)
             biggest = max(biggest, big1, big2)

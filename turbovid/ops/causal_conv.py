@@ -114,11 +114,86 @@ if triton is not None:
             tl.store(Y + out + n[None, :], acc2.to(Y.dtype.element_ty), mask=inside & (n < COUT)[None, :])
 
     @triton.jit
+    def _tile_load(P, PD, out, n, mask, f, h0, w0, c0: tl.constexpr, BLOCK_M: tl.constexpr, N: tl.constexpr,
+                   TMA_IO: tl.constexpr):
+        """Channels [c0, c0 + N) of the tile's pixels as float32: through a descriptor (block
+        [1, ROWS, BLOCK_M / ROWS, N]; out of bounds reads as zero) or the pointer P + out + n."""
+        if TMA_IO:
+            return PD.load([f, h0, w0, c0]).reshape(BLOCK_M, N).to(tl.float32)
+        else:
+            return tl.load(P + out + n[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _tile_store(P, PD, v, out, n, mask, f, h0, w0, c0: tl.constexpr, BLOCK_M: tl.constexpr,
+                    ROWS: tl.constexpr, N: tl.constexpr, TMA_IO: tl.constexpr):
+        """_tile_load's store (the descriptor drops what lies out of bounds)."""
+        if TMA_IO:
+            PD.store([f, h0, w0, c0], v.reshape(1, ROWS, BLOCK_M // ROWS, N))
+        else:
+            tl.store(P + out + n[None, :], v, mask=mask)
+
+    @triton.jit
+    def _finish(acc, n, c0: tl.constexpr, R, RD, XO, XOD, B, out, mask, f, h0, w0, COUT, dtype: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, WRITE_X: tl.constexpr, BLOCK_M: tl.constexpr,
+                ROWS: tl.constexpr, N: tl.constexpr, TMA_IO: tl.constexpr):
+        """acc (+ bias) (+ residual, then rounded to dtype as a stored sum is, and stored to XO; kept in
+        dtype, half the registers of float32 until the norm reads it)."""
+        if HAS_BIAS:
+            acc += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:
+            acc = (acc + _tile_load(R, RD, out, n, mask, f, h0, w0, c0, BLOCK_M, N, TMA_IO)).to(dtype)
+            if WRITE_X:
+                _tile_store(XO, XOD, acc, out, n, mask, f, h0, w0, c0, BLOCK_M, ROWS, N, TMA_IO)
+        return acc
+
+    @triton.jit
+    def _normed(v, n, G, inv, COUT, SILU: tl.constexpr):
+        v = v.to(tl.float32) * inv * tl.load(G + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
+        if SILU:
+            v = v * tl.sigmoid(v)
+        return v
+
+    @triton.jit
+    def store_normed(Y, B, G, acc1, acc2, out, inside, f, h0, w0, COUT, scale, R, XO, YD1, YD2, RD1, RD2,
+                     XOD1, XOD2, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_RES: tl.constexpr, WRITE_X: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
+                     BLOCK_M: tl.constexpr, ROWS: tl.constexpr, TMA_IO: tl.constexpr):
+        """The fused epilogue: each pixel's output channels (+ bias) (+ residual, the sum stored to XO),
+        then RMS-normalised over the COUT channels (rms_silu's math) (+ SiLU), to Y. Padding columns
+        of the accumulators are zero (zero weights, masked bias / residual): they add nothing to the
+        norm. TMA_IO: Y, R and XO through descriptors (YD1 / YD2 for channels [0, N1) / [N1, N1 + N2),
+        ...), which keeps 64-bit pointers for every element out of the registers (they spilled)."""
+        dtype: tl.constexpr = Y.dtype.element_ty
+        n1 = tl.arange(0, N1)
+        m1 = inside & (n1 < COUT)[None, :]
+        v1 = _finish(acc1, n1, 0, R, RD1, XO, XOD1, B, out, m1, f, h0, w0, COUT, dtype, HAS_BIAS, HAS_RES, WRITE_X,
+                     BLOCK_M, ROWS, N1, TMA_IO)
+        ss = tl.sum(v1.to(tl.float32) * v1.to(tl.float32), axis=1)
+        if HAS_N2:
+            n2 = N1 + tl.arange(0, N2)
+            m2 = inside & (n2 < COUT)[None, :]
+            v2 = _finish(acc2, n2, N1, R, RD2, XO, XOD2, B, out, m2, f, h0, w0, COUT, dtype, HAS_BIAS, HAS_RES,
+                         WRITE_X, BLOCK_M, ROWS, N2, TMA_IO)
+            ss += tl.sum(v2.to(tl.float32) * v2.to(tl.float32), axis=1)
+        if NORM:
+            inv = (scale / tl.maximum(tl.sqrt(ss), 1e-12))[:, None]
+            v1 = _normed(v1, n1, G, inv, COUT, SILU)
+        _tile_store(Y, YD1, v1.to(dtype), out, n1, m1, f, h0, w0, 0, BLOCK_M, ROWS, N1, TMA_IO)
+        if HAS_N2:
+            if NORM:
+                v2 = _normed(v2, n2, G, inv, COUT, SILU)
+            _tile_store(Y, YD2, v2.to(dtype), out, n2, m2, f, h0, w0, N1, BLOCK_M, ROWS, N2, TMA_IO)
+
+    @triton.jit
     def _causal_conv_kernel(X, XD, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
-                            PRECISION: tl.constexpr = "ieee"):
+                            PRECISION: tl.constexpr = "ieee", R=None, XO=None, G=None, scale=1.0,
+                            YD1=None, YD2=None, RD1=None, RD2=None, XOD1=None, XOD2=None,
+                            FUSED: tl.constexpr = False, HAS_RES: tl.constexpr = False,
+                            WRITE_X: tl.constexpr = False, NORM: tl.constexpr = False,
+                            SILU: tl.constexpr = False, TMA_IO: tl.constexpr = False):
         # a program: one tile of an output frame f (its taps: input frames f, f + 1, f + 2), every output channel
         f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         k = tl.arange(0, BLOCK_K)
@@ -151,7 +226,11 @@ if triton is not None:
                 acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
         out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
         inside = ((mh < H) & (mw < W))[:, None]
-        store_channels(Y, B, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, HAS_BIAS)
+        if FUSED:
+            store_normed(Y, B, G, acc1, acc2, out, inside, f, h0, w0, COUT, scale, R, XO, YD1, YD2, RD1, RD2,
+                         XOD1, XOD2, N1, N2, HAS_N2, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU, BLOCK_M, ROWS, TMA_IO)
+        else:
+            store_channels(Y, B, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, HAS_BIAS)
 
 
 def tile_grid(t: int, h: int, w: int, block_m: int, rows: int) -> tuple[int]:
@@ -194,6 +273,7 @@ class Config:
     num_stages: int = 4
     tma: bool = False
     rows: int = 1
+    tma_io: bool = True  # with tma: the fused epilogue's tensors through descriptors too
 
 
 def tile_rows(h: int, w: int, block_m: int) -> int:
@@ -251,11 +331,33 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
     return _fit(cfg, cout, elem)
 
 
+def causal_conv_fused_reference(buf: torch.Tensor, conv: PackedConv, out: torch.Tensor, bias: bool = True,
+                                gamma: Optional[torch.Tensor] = None, silu: bool = True,
+                                residual: Optional[torch.Tensor] = None,
+                                x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """causal_conv's fused epilogue in PyTorch: the conv (+ bias) in float32, + residual (the sum
+    rounded to buf's dtype, stored to x_out), then rms_silu."""
+    x = buf.permute(3, 0, 1, 2).unsqueeze(0).float()
+    y = F.conv3d(x, conv.ref_weight.float(), conv.bias.float() if bias and conv.bias is not None else None,
+                 padding=(0, 1, 1))[0].permute(1, 2, 3, 0)
+    if residual is not None:
+        y = (y + residual.float()).to(buf.dtype)
+        if x_out is not None:
+            x_out.copy_(y)
+        y = y.float()
+    return out.copy_(y if gamma is None else rms_silu.rms_silu_reference(y, gamma, silu))
+
+
 def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Optional[torch.Tensor] = None,
-                config: Optional[Config] = None) -> torch.Tensor:
+                config: Optional[Config] = None, gamma: Optional[torch.Tensor] = None, silu: bool = True,
+                residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The conv of the module docstring: buf [P + T, H, W, C] (P = 2) -> [T, H, W, Cout] in buf's dtype.
 
-    bias=False leaves the bias out (a caller that adds it in its next pass)."""
+    bias=False leaves the bias out (a caller that adds it in its next pass). The epilogue can go on
+    (one pass fewer over the output for the next layer): + `residual` ([T, H, W, Cout]; the sum,
+    rounded to buf's dtype, stored to `x_out`, which may be `residual` itself), then with `gamma`
+    ([Cout]) the RMS norm (+ SiLU) of ops/rms_silu.py, computed from the float32 sum. `out` may be
+    a view into a larger buffer (the next conv's time-padded input) as long as it is contiguous."""
     if buf.dim() != 4 or buf.shape[-1] != conv.cin or buf.shape[0] < 3 or not buf.is_contiguous():
         raise ValueError(f"causal_conv: buf must be a contiguous [2 + T, H, W, {conv.cin}] tensor, "
                          f"got {tuple(buf.shape)}")
@@ -263,15 +365,24 @@ def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Opt
         raise ValueError(f"causal_conv: buf is {buf.dtype}, the packed weights {conv.weight.dtype}")
     p_t, h, w, c = buf.shape
     t = p_t - 2
+    shape = (t, h, w, conv.cout)
     if out is None:
-        out = buf.new_empty(t, h, w, conv.cout)
-    elif tuple(out.shape) != (t, h, w, conv.cout) or not out.is_contiguous() or out.dtype != buf.dtype:
-        raise ValueError(f"causal_conv: out must be a contiguous {(t, h, w, conv.cout)} {buf.dtype} tensor")
+        out = buf.new_empty(shape)
+    for name, x in (("out", out), ("residual", residual), ("x_out", x_out)):
+        if x is not None and (tuple(x.shape) != shape or not x.is_contiguous() or x.dtype != buf.dtype):
+            raise ValueError(f"causal_conv: {name} must be a contiguous {shape} {buf.dtype} tensor")
+    if x_out is not None and residual is None:
+        raise ValueError("causal_conv: x_out takes the residual sum; pass a residual")
+    if gamma is not None and gamma.numel() != conv.cout:
+        raise ValueError(f"causal_conv: gamma must have {conv.cout} values (one per output channel)")
     cfg = config or default_config(buf.device, c, conv.cout, h, w, buf.element_size())
     if c % cfg.block_k or cfg.block_m % cfg.rows:
         raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
                          " do not divide")
+    fused = gamma is not None or residual is not None
     if not rms_silu._use_kernel(buf):
+        if fused:
+            return causal_conv_fused_reference(buf, conv, out, bias, gamma, silu, residual, x_out)
         return out.copy_(causal_conv_reference(buf, conv, bias))
     use_tma = cfg.tma and buf.is_cuda and TensorDescriptor is not None
     xd = wd1 = wd2 = None  # the pointer path takes the tensors in the descriptors' places
@@ -280,12 +391,23 @@ def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Opt
                               [1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k])
         wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
         wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
+    io = {}  # the fused epilogue's descriptors: two channel blocks (N1, N2) of each tensor
+    tma_io = use_tma and fused and cfg.tma_io
+    if tma_io:
+        for name, x in (("YD", out), ("RD", residual), ("XOD", x_out)):
+            if x is not None:
+                d1, d2 = (TensorDescriptor(x, list(x.shape), list(x.stride()),
+                                           [1, cfg.rows, cfg.block_m // cfg.rows, n]) for n in (conv.n1, conv.n2 or 16))
+                io.update({name + "1": d1, name + "2": d2})
     has_bias = bias and conv.bias is not None
     _causal_conv_kernel[tile_grid(t, h, w, cfg.block_m, cfg.rows)](
         buf, xd if use_tma else buf, conv.weight, wd1 if use_tma else conv.weight, wd2 if use_tma else conv.weight,
         conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
         BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(buf),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        R=out if residual is None else residual, XO=out if x_out is None else x_out,
+        G=out if gamma is None else gamma.contiguous(), scale=float(conv.cout) ** 0.5,
+        FUSED=fused, HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
+        TMA_IO=tma_io, **io, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
