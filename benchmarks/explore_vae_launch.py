@@ -3,6 +3,8 @@
 - issue vs total: how long fast_decode takes to return (the host has queued every kernel) against
   the time until the GPU is done; with the host well ahead the first is far below the second;
 - synchronising calls: one decode under torch.cuda.set_sync_debug_mode("warn"), warnings counted;
+- the GPU's idle time between the decode's first and last kernel, and its largest gaps
+  (profile_pipeline.py's reading of a kernels-only profile);
 - the host's cost of one launch of each kernel the decode runs most (tiny shapes, so the GPU is
   never the limit): the conv plain and with its fused epilogue, the streaming norm.
 JSON to --out.
@@ -58,6 +60,34 @@ def launches() -> dict:
     }
 
 
+def host_start(vae, z) -> dict:
+    """One decode profiled with host activity: when (ms after the call) the first and last GPU work
+    were issued and ran, and the host ops before the first launch."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=acts) as prof:
+        with torch.profiler.record_function("decode_call"):
+            vae.decode(z)
+        torch.cuda.synchronize()
+    ev = list(prof.events())
+    call = next(e for e in ev if e.name == "decode_call")
+    t0 = call.time_range.start
+    gpu = [e for e in ev if str(getattr(e, "device_type", "")) == "DeviceType.CUDA"]
+    launch = [e for e in ev if e.name.startswith(("cudaLaunch", "cuLaunch", "cudaMemcpy", "cudaMemset"))]
+    first = min(e.time_range.start for e in launch)
+    before = sorted((e for e in ev if e.time_range.start < first and e.time_range.start >= t0
+                     and str(getattr(e, "device_type", "")) != "DeviceType.CUDA"),
+                    key=lambda e: -(e.time_range.end - e.time_range.start))
+    return {
+        "call_ms": (call.time_range.end - t0) / 1e3,
+        "first_launch_ms": (first - t0) / 1e3,
+        "first_gpu_ms": (min(e.time_range.start for e in gpu) - t0) / 1e3,
+        "last_gpu_end_ms": (max(e.time_range.end for e in gpu) - t0) / 1e3,
+        "host_ops_before_first_launch": [(e.name[:80], round((e.time_range.end - e.time_range.start) / 1e3, 3))
+                                         for e in before[:25]],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="explore_vae_launch.json")
@@ -84,6 +114,20 @@ def main() -> None:
         torch.cuda.set_sync_debug_mode(0)
     res["syncs"] = [str(w.message)[:200] for w in caught][:20]
     res["sync_count"] = len(caught)
+    from profile_pipeline import gaps, kernels
+
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        vae.decode(z)
+        torch.cuda.synchronize()
+    res["profiled_s"] = time.perf_counter() - t
+    ks = kernels(prof)
+    busy, idle = gaps(ks)
+    res.update(kernels=len(ks), first_to_last_kernel_ms=(ks[-1][1] - ks[0][0]) / 1e3, busy_ms=busy / 1e3,
+               idle_ms=sum(g["idle_ms"] for g in idle), gaps_over_50us=sum(g["idle_ms"] > 0.05 for g in idle),
+               largest_gaps=sorted(idle, key=lambda g: -g["idle_ms"])[:15])
+    res["start"] = host_start(vae, z)
     res["launch_host_us"] = launches()
     print(json.dumps(res, indent=1), flush=True)
     with open(args.out, "w") as f:
