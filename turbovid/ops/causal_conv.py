@@ -337,9 +337,8 @@ def causal_conv_fused_reference(buf: torch.Tensor, conv: PackedConv, out: torch.
                                 x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """causal_conv's fused epilogue in PyTorch: the conv (+ bias) in float32, + residual (the sum
     rounded to buf's dtype, stored to x_out), then rms_silu."""
-    x = buf.permute(3, 0, 1, 2).unsqueeze(0).float()
-    y = F.conv3d(x, conv.ref_weight.float(), conv.bias.float() if bias and conv.bias is not None else None,
-                 padding=(0, 1, 1))[0].permute(1, 2, 3, 0)
+    conv32 = replace(conv, ref_weight=conv.ref_weight.float(), bias=None if conv.bias is None else conv.bias.float())
+    y = causal_conv_reference(buf.float(), conv32, bias)
     if residual is not None:
         y = (y + residual.float()).to(buf.dtype)
         if x_out is not None:
