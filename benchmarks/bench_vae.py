@@ -32,6 +32,7 @@ SIZES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
 SMOKE_SIZES = {"480p": (2, 4, 6), "720p": (2, 6, 8)}  # --smoke: the script's logic on the CPU
 T0 = time.time()
 DEV = torch.device("cuda")
+CHUNKS = {"480p": (1, 2), "720p": (1,)}  # the chunk sweep's sizes (--chunks)
 
 
 def sync():
@@ -164,14 +165,15 @@ def guarded(res: dict, name: str, fn) -> None:
 
 
 def set_modes(mode: str) -> None:
-    """"small+wide[+headconv][+sdpa][+unfused]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS,
-    ATTENTION, FUSE_NORM."""
+    """"small+wide[+headconv][+sdpa][+unfused][+nolow]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS,
+    ATTENTION, FUSE_NORM, LOW_STAGES."""
     small, wide, *rest = mode.split("+")
-    if set(rest) - {"headconv", "sdpa", "unfused"}:
+    if set(rest) - {"headconv", "sdpa", "unfused", "nolow"}:
         raise ValueError(f"unknown decode mode {mode!r}")
     vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = small, wide
     vae_fast.HEAD_BY_TAPS, vae_fast.ATTENTION = "headconv" not in rest, "sdpa" if "sdpa" in rest else "auto"
     vae_fast.FUSE_NORM = "unfused" not in rest
+    vae_fast.LOW_STAGES = "nolow" not in rest
 
 
 def fast_section(res, cfg, vae, name, z, ref, repeats):
@@ -184,9 +186,10 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     keep = {}
     # small+wide conv modes (vae_fast.SMALL_CONV / WIDE_CONV): cuDNN's convs and PyTorch's attention
     # (the default before 2026-11-27), our kernels with each norm in a pass of its own ("+unfused",
-    # the default until session 24), and everything ours with the norms in the convs' epilogues
-    # (the default on Hopper)
-    for mode in ("stacked+conv3d+sdpa", "triton+triton+unfused", "triton+triton"):
+    # the default until session 24), the norms in the convs' epilogues but every up layer chunked
+    # ("+nolow", the default until session 25), and the default on Hopper: the first upsampling
+    # stage with the middle blocks, over all frames
+    for mode in ("stacked+conv3d+sdpa", "triton+triton+unfused", "triton+triton+nolow", "triton+triton"):
         set_modes(mode)
         vae._fast_cache.clear()
 
@@ -213,7 +216,7 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
 
     def sweep():
         rows = r["chunk_sweep"] = []
-        for k in ((1, 2) if name == "480p" else (1,)):
+        for k in CHUNKS.get(name, ()):
             p = replace(plan, chunk=k)
             s2, pk2, _, _ = timed(lambda: fast_decode(vae, z, plan=p), 1)
             rows.append({"chunk": k, "s": s2, "peak_gib": pk2,
@@ -240,6 +243,17 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
         guarded(res, f"{name}_tiled", tiled)
 
 
+def parse_chunks(spec: str) -> dict:
+    """'480p=1,2,3;720p=1,2' -> {"480p": (1, 2, 3), "720p": (1, 2)}."""
+    out = {}
+    for part in filter(None, spec.split(";")):
+        name, _, ks = part.partition("=")
+        if name not in SIZES or not ks:
+            raise SystemExit(f"--chunks: expected e.g. 480p=1,2;720p=1, got {part!r}")
+        out[name] = tuple(int(k) for k in ks.split(","))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_vae.json")
@@ -247,9 +261,12 @@ def main() -> int:
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--profile", default="")
+    ap.add_argument("--chunks", default="", help="chunk sweep, e.g. 480p=1,2,3,4;720p=1,2 (default: 480p=1,2;720p=1)")
     ap.add_argument("--smoke", action="store_true", help="tiny config and sizes on the CPU")
     args = ap.parse_args()
-    global DEV, SIZES
+    global DEV, SIZES, CHUNKS
+    if args.chunks:
+        CHUNKS = parse_chunks(args.chunks)
     if args.smoke:
         DEV, SIZES, args.skip_micro, args.profile = torch.device("cpu"), SMOKE_SIZES, True, ""
     dev = DEV

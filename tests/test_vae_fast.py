@@ -116,8 +116,17 @@ def test_norm_in_conv_epilogue_equals_unfused(chunk, monkeypatch):
     assert (firsts, chained) == (11, 6)  # mid: 2 blocks, an attention between; up: 3 stages of 3 (+ heads)
     with_res = [c for c in calls if c[1]]
     assert len(calls) - len(with_res) == passes * firsts and len(with_res) == passes * chained
-    # the sum goes into h's place, but not over the caller's middle output (the first up block's input)
-    assert all(in_place == (key != "up1.1") for key, _, in_place in with_res)
+    # the sum goes into h's place, but not over the caller's tensor: the latent stage's output, of
+    # which the chunked up stage reads slices. With LOW_STAGES its first block (up4) has a shortcut,
+    # so h is its own; without, up0's h is that slice (the key is the next block's).
+    assert dec.low == 4 and all(in_place for _, _, in_place in with_res)
+    calls.clear()
+    monkeypatch.setattr(vae_fast, "LOW_STAGES", False)
+    whole = fast_decode(vae16, zn, plan=plan)
+    assert vae_fast.prepared(vae16, zn.device, torch.float32).low == 0
+    assert all(in_place == (key != "up1.1") for key, res, in_place in calls if res)
+    assert rel(whole, fused) < 1e-5
+    monkeypatch.setattr(vae_fast, "LOW_STAGES", True)
     monkeypatch.setattr(vae_fast, "FUSE_NORM", False)
     unfused = fast_decode(vae16, zn, plan=plan)
     assert rel(fused, unfused) < 1e-5 and rel(fused, ref) < 1e-5

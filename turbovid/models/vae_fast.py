@@ -72,6 +72,10 @@ HEAD_BY_TAPS = True
 # kernel: no flash kernel takes 384); "auto": "triton" where the conv kernel has its Hopper path
 # (where it was measured: docs/benchmarks.md), else "sdpa".
 ATTENTION = "auto"
+# The up layers through the first upsampler run with the middle blocks over all frames (or the
+# plan's mid_chunk), their output kept for the chunked rest: at the latent resolution a chunk of 1-2
+# frames leaves most SMs idle. False for A/B timing.
+LOW_STAGES = True
 _SMALL_MODES = ("stacked", "taps", "triton", "conv3d")
 _WIDE_MODES = ("triton", "conv3d")
 
@@ -424,6 +428,12 @@ class FastDecoder:
         self.gamma_out = dec.norm_out.gamma.detach().flatten().float()
         self.conv_out = FastConv(dec.conv_out, dtype, normed=True, modes=modes)
         self.dtype = dtype
+        # the up layers through the first upsampler run in the latent stage (LOW_STAGES)
+        ups = [i for i, m in enumerate(self.up) if isinstance(m, FastUpsample)]
+        self.low = ups[0] + 1 if ups and LOW_STAGES else 0
+        first = self.up[ups[0]] if self.low else None
+        self.low_time = 2 if first is not None and first.time is not None else 1  # frames a latent frame becomes
+        self.low_space = 2 if first is not None else 1
 
     @staticmethod
     def _layer(m, dtype, modes):
@@ -433,18 +443,27 @@ class FastDecoder:
             return FastAttention(m, dtype, modes.attention)
         return FastUpsample(m, dtype)
 
+    def low_frames(self, t: int) -> int:
+        """Frames the latent stage makes of the first t latent frames (the first one passes once)."""
+        return 0 if t == 0 else 1 + self.low_time * (t - 1)
+
     def latent_stage(self, z: torch.Tensor, state: dict) -> torch.Tensor:
-        """Raw latents (1, T, h, w, z) float32 -> middle-block output (1, T, h, w, C0)."""
+        """Raw latents (1, T, h, w, z) float32 -> the output of the middle blocks and the first `low`
+        up layers: (1, low_frames(T) on a stream's first chunk, else low_time * T, low_space * h,
+        low_space * w, C)."""
         x = F.linear(z, *self.post_quant).to(self.dtype)
         x = self.conv_in(x, state, "in")
         for i in range(len(self.mid)):
             x = _call(self.mid, i, x, state, "mid", owned=True)
+        x = materialize(x)
+        for i in range(self.low):
+            x = _call(self.up, i, x, state, "up", owned=True)
         return materialize(x)
 
     def up_stage(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        """Middle-block output (1, T, h, w, C0) -> RGB (1, F, 8h, 8w, 3), unclamped."""
-        for i in range(len(self.up)):  # the input may be a view of the caller's middle output
-            x = _call(self.up, i, x, state, "up", owned=i > 0)
+        """The latent stage's output (a chunk of its frames) -> RGB (1, F, H, W, 3), unclamped."""
+        for i in range(self.low, len(self.up)):  # the input may be a view of the caller's latent-stage output
+            x = _call(self.up, i, x, state, "up", owned=i > self.low)
         if not FUSE_RESIDUAL:
             x = materialize(x)
         return self.conv_out(x, state, "out", self.gamma_out)  # a Pending: the head's norm forms the sum
@@ -465,7 +484,7 @@ def prepared(vae: WanVAE, device: torch.device, dtype: torch.dtype) -> FastDecod
     params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
     version = tuple((id(p), p._version) for p in params)
     modes = conv_modes(device)
-    key = (str(device), dtype, modes, HEAD_BY_TAPS)
+    key = (str(device), dtype, modes, HEAD_BY_TAPS, LOW_STAGES)
     hit = vae._fast_cache.get(key)
     if hit is None or hit[0] != version:
         vae._fast_cache.pop(key, None)
@@ -511,7 +530,7 @@ def fast_decode(
         elem = torch.finfo(dtype).bits // 8
         budget, cap = (memory_budget, None) if memory_budget is not None else (default_budget(device), DEFAULT_SOFT_CAP)
         plan = plan_decode(vae.cfg, t, h, w, elem, tiling, budget, soft_cap=cap, small_conv=dec.modes.small,
-                           keep_video=return_video)  # an explicit budget: chunks may use all of it
+                           keep_video=return_video, low=dec.low > 0)  # an explicit budget: chunks may use all of it
     log.debug("VAE decode plan: %s", plan)
     tiled = len(plan.tiles) > 1
     video = None
@@ -523,11 +542,12 @@ def fast_decode(
         z = vae.denormalize(latents[b:b + 1].to(device, torch.float32)).permute(0, 2, 3, 4, 1)
         state: dict = {}
         mid = None
+        lf, ls = dec.low_frames, dec.low_space
         for s, e in _chunks(t, plan.mid_chunk):
             out = dec.latent_stage(z[:, s:e].contiguous(), state)
             if mid is None:
-                mid = out.new_empty(1, t, h, w, out.shape[-1])
-            mid[:, s:e] = out
+                mid = out.new_empty(1, lf(t), ls * h, ls * w, out.shape[-1])
+            mid[:, lf(s):lf(e)] = out
             del out
         del state, z
         for n, tile in enumerate(plan.tiles):
@@ -535,7 +555,9 @@ def fast_decode(
             weight = tile_weights(plan, tile, h, w, sf, device) if tiled else None
             state = {}
             for s, e in _chunks(t, plan.chunk):
-                rgb = dec.up_stage(mid[:, s:e, r0:r1, c0:c1].contiguous(), state)  # (1, F, H, W, 3)
+                x = mid[:, lf(s):lf(e), ls * r0:ls * r1, ls * c0:ls * c1].contiguous()
+                rgb = dec.up_stage(x, state)  # (1, F, H, W, 3)
+                del x
                 f0 = 0 if s == 0 else 1 + tf * (s - 1)
                 f1 = f0 + rgb.shape[1]
                 rgb = rgb[0].permute(3, 0, 1, 2)  # (3, F, H, W)

@@ -55,14 +55,22 @@ def _conv_input(t: int, hw: int, cin: int, cout: int, small_conv: str) -> tuple[
     return (t + 2) * hw * cin, (t + 2) * hw * cin
 
 
-def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str = "stacked") -> tuple[int, int]:
-    """(peak live elements incl. stream state, largest single tensor) of the upsampling stage."""
+def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str = "stacked", first: int = 0,
+                      stop: Optional[int] = None) -> tuple[int, int]:
+    """(peak live elements incl. stream state, largest single tensor) of the upsampling stages
+    [first, stop) for k latent frames of th x tw (stop=None: through the head)."""
     dims = _decoder_dims(cfg)
     temporal = cfg.temporal_downsample[::-1]
     last = len(cfg.dim_mult) - 1
     t, h, w = k, th, tw  # worst case: a chunk after the first, every frame doubled
     peak = state = biggest = 0
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        if stop is not None and i >= stop:
+            return peak + state, biggest
+        if i < first:  # run elsewhere: only its output's size matters
+            if i < last:
+                t, h, w = t * (2 if temporal[i] else 1), 2 * h, 2 * w
+            continue
         cin = cin // 2 if i else cin
         for _ in range(cfg.num_res_blocks + 1):
             pos = t * h * w
@@ -94,22 +102,46 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str 
     return peak + state, max(biggest, big)
 
 
-def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int) -> int:
+def _low(cfg: VAEConfig, low: bool) -> int:
+    """The upsampling stages the latent stage runs: the first (through its upsampler), if any and `low`
+    (vae_fast.LOW_STAGES)."""
+    return 1 if low and len(cfg.dim_mult) > 1 else 0
+
+
+def latent_stage_elements(cfg: VAEConfig, k: int, h: int, w: int, low: bool = True,
+                          small_conv: str = "stacked") -> tuple[int, int]:
+    """(peak live elements incl. stream state, largest single tensor) of the latent stage for k
+    frames: conv_in, the middle blocks and, with `low`, the first upsampling stage."""
     c = _decoder_dims(cfg)[0]
     pos, padded = k * h * w, (k + 2) * h * w
     work = max(padded * cfg.z_dim + pos * c, pos * c + padded * c + 2 * pos * c, 7 * pos * c)  # conv_in, res, attn
-    return work + 8 * h * w * c  # + stream state of the four 3x3x3 convs of the middle
+    work, biggest = work + 8 * h * w * c, padded * c  # + stream state of the four 3x3x3 convs of the middle
+    if _low(cfg, low):
+        up, big = up_stage_elements(cfg, k, h, w, small_conv, stop=1)
+        work, biggest = max(work, up + 8 * h * w * c), max(biggest, big)
+    return work, biggest
+
+
+def latent_output_elements(cfg: VAEConfig, t: int, h: int, w: int, low: bool = True) -> int:
+    """Elements of the latent stage's output for all t frames, kept while the upsampling stage runs."""
+    dims = _decoder_dims(cfg)
+    if not _low(cfg, low):
+        return t * h * w * dims[0]
+    frames = 1 + 2 * (t - 1) if cfg.temporal_downsample[::-1][0] else t
+    return frames * 4 * h * w * (dims[1] // 2)
 
 
 def estimate_bytes(cfg: VAEConfig, t: int, h: int, w: int, elem: int, chunk: int, mid_chunk: int,
-                   tile: Optional[tuple[int, int]] = None, small_conv: str = "stacked", keep_video: bool = True) -> int:
-    """keep_video=False: the frames leave chunk by chunk (fast_decode's streaming), no float32 video."""
+                   tile: Optional[tuple[int, int]] = None, small_conv: str = "stacked", keep_video: bool = True,
+                   low: bool = True) -> int:
+    """keep_video=False: the frames leave chunk by chunk (fast_decode's streaming), no float32 video.
+    low: the latent stage runs the first upsampling stage (vae_fast.LOW_STAGES)."""
     sf, tf = 2 ** (len(cfg.dim_mult) - 1), 2 ** sum(cfg.temporal_downsample)
     th, tw = tile or (h, w)
     video = 3 * (1 + tf * (t - 1)) * sf * h * sf * w * 4 if keep_video else 0
-    mid = t * h * w * _decoder_dims(cfg)[0] * elem
-    up, _ = up_stage_elements(cfg, chunk, th, tw, small_conv)
-    work = max(up, latent_stage_elements(cfg, mid_chunk, h, w)) * elem
+    mid = latent_output_elements(cfg, t, h, w, low) * elem
+    up, _ = up_stage_elements(cfg, chunk, th, tw, small_conv, first=_low(cfg, low))
+    work = max(up, latent_stage_elements(cfg, mid_chunk, h, w, low, small_conv)[0]) * elem
     return int(video + mid + 1.1 * work) + 128 * (1 << 20)  # + cuDNN workspace and allocator slack
 
 
@@ -137,11 +169,12 @@ def _halo_for(h: int, w: int, grid: tuple[int, int], halo: int) -> int:
 def plan_decode(
     cfg: VAEConfig, t: int, h: int, w: int, elem: int, tiling: str = "auto",
     budget: Optional[int] = None, soft_cap: Optional[int] = DEFAULT_SOFT_CAP, halo: int = DEFAULT_HALO,
-    small_conv: str = "stacked", keep_video: bool = True,
+    small_conv: str = "stacked", keep_video: bool = True, low: bool = True,
 ) -> DecodePlan:
     """Pick chunk sizes and tiles. `budget`: bytes that may be allocated (None: unlimited);
     `soft_cap`: a tighter target for the chunk sizes (None: use the whole budget); keep_video=False:
-    the decode hands its frames over instead of keeping the whole video (tiled plans always keep it)."""
+    the decode hands its frames over instead of keeping the whole video (tiled plans always keep it);
+    low: the latent stage runs the first upsampling stage (vae_fast.LOW_STAGES)."""
     if tiling not in ("auto", "on", "off"):
         raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
     hard = math.inf if budget is None else budget
@@ -150,7 +183,11 @@ def plan_decode(
     def largest_chunk(fits) -> int:
         return max([k for k in range(1, t + 1) if fits(k)], default=1)
 
-    mid_chunk = largest_chunk(lambda k: latent_stage_elements(cfg, k, h, w) * elem <= cap / 4)
+    def mid_fits(k: int) -> bool:
+        work, biggest = latent_stage_elements(cfg, k, h, w, low, small_conv)
+        return work * elem <= cap / 4 and biggest <= MAX_ELEMENTS
+
+    mid_chunk = largest_chunk(mid_fits)
 
     def plan_for(grid: tuple[int, int]) -> DecodePlan:
         hl = _halo_for(h, w, grid, halo) if grid != (1, 1) else 0
@@ -160,16 +197,16 @@ def plan_decode(
         keep = keep_video or grid != (1, 1)  # tiles add into one video buffer
 
         def fits(k: int) -> bool:
-            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep) <= cap
-                    and up_stage_elements(cfg, k, th, tw, small_conv)[1] <= MAX_ELEMENTS)
+            return (estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep, low) <= cap
+                    and up_stage_elements(cfg, k, th, tw, small_conv, first=_low(cfg, low))[1] <= MAX_ELEMENTS)
 
         k = largest_chunk(fits)
-        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep)
+        est = estimate_bytes(cfg, t, h, w, elem, k, mid_chunk, (th, tw), small_conv, keep, low)
         return DecodePlan(chunk=k, mid_chunk=mid_chunk, grid=grid, halo=hl, tiles=tiles, est_bytes=est)
 
     whole = plan_for((1, 1))
     if tiling == "off" or (tiling == "auto" and whole.est_bytes <= hard
-                           and up_stage_elements(cfg, 1, h, w, small_conv)[1] <= MAX_ELEMENTS):
+                           and up_stage_elements(cfg, 1, h, w, small_conv, first=_low(cfg, low))[1] <= MAX_ELEMENTS):
         return whole
     # Smallest number of tiles that fits, near-square tiles first; cores of at least 2 latent pixels.
     grids = sorted(
