@@ -10,6 +10,9 @@ could by slicing shared memory) would move less. Before writing one, bounds with
 - "b/27": the weight tiles of tap 0 loaded once before the loop (no weight traffic; also wrong);
 - "a/3 b/27": both.
 If the bounds are not much faster than the shipped kernel, the traffic is not what limits it.
+--frames: an exact conv whose programs take 2 output frames of a 128-pixel tile: the 4 input frames
+they need are loaded once per (dh, dw, slice) and each feeds up to three dots (the dt taps of the
+two outputs): 2/3 of the shipped kernel's input traffic, the same weight traffic per output pixel.
 --wide: the shipped kernel with twice the pixels a program and twice the warps (the same
 accumulator registers a thread), which halves the weight traffic, at every conv width of the decode.
 do_bench medians, ms; errors against F.conv3d are recorded for the exact variants only.
@@ -67,6 +70,75 @@ def _bound_kernel(XD, WD1, WD2, Y, H, W, COUT, C: tl.constexpr, N1: tl.constexpr
     out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
     inside = ((mh < H) & (mw < W))[:, None]
     store_channels(Y, Y, acc1, acc2, out, inside, COUT, N1, N2, True, False)
+
+
+@triton.jit
+def _pair(a, WD1, WD2, row, acc1, acc2, N1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    return (tl.dot(a, WD1.load([row, 0]), acc1), tl.dot(a, WD2.load([row, N1]), acc2))
+
+
+@triton.jit
+def _two_frames_kernel(XD, WD1, WD2, Y, T, H, W, COUT, C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+    g, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)  # g: a pair of output frames 2g, 2g + 1
+    f = 2 * g
+    p1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
+    p2 = tl.zeros((BLOCK_M, N2), dtype=tl.float32)
+    q1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
+    q2 = tl.zeros((BLOCK_M, N2), dtype=tl.float32)
+    NC: tl.constexpr = C // BLOCK_K
+    for it in range(9 * NC):
+        tap = it // NC  # (dh, dw); dt is the input frame's offset from the output frame
+        c0 = (it - tap * NC) * BLOCK_K
+        dh = tap // 3 - 1
+        dw = tap % 3 - 1
+        x0 = XD.load([f, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+        x1 = XD.load([f + 1, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+        x2 = XD.load([f + 2, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+        x3 = XD.load([f + 3, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+        r0 = tap * C + c0  # weight rows of (dt, dh, dw) = (0, dh, dw); dt adds 9 C
+        p1, p2 = _pair(x0, WD1, WD2, r0, p1, p2, N1, BLOCK_M, BLOCK_K)
+        p1, p2 = _pair(x1, WD1, WD2, r0 + 9 * C, p1, p2, N1, BLOCK_M, BLOCK_K)
+        p1, p2 = _pair(x2, WD1, WD2, r0 + 18 * C, p1, p2, N1, BLOCK_M, BLOCK_K)
+        q1, q2 = _pair(x1, WD1, WD2, r0, q1, q2, N1, BLOCK_M, BLOCK_K)
+        q1, q2 = _pair(x2, WD1, WD2, r0 + 9 * C, q1, q2, N1, BLOCK_M, BLOCK_K)
+        q1, q2 = _pair(x3, WD1, WD2, r0 + 18 * C, q1, q2, N1, BLOCK_M, BLOCK_K)
+    inside = ((mh < H) & (mw < W))[:, None]
+    out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
+    store_channels(Y, Y, p1, p2, out, inside, COUT, N1, N2, True, False)
+    out += H * W * COUT
+    second = ((mh < H) & (mw < W) & (f + 1 + 0 * mh < T))[:, None]  # T odd: the last pair has one frame
+    store_channels(Y, Y, q1, q2, out, second, COUT, N1, N2, True, False)
+
+
+def frames(t: int, h: int, w: int) -> dict:
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
+    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
+    packed = causal_conv.pack(weight, None, torch.bfloat16)
+    ref = causal_conv.causal_conv_reference(x, packed).float()
+    flop = 2 * t * h * w * C * 27 * C
+    res: dict = {"tflop": flop / 1e12, "rows": []}
+    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
+    record = recorder(res, ref, flop, out)
+    cfg = causal_conv.default_config(dev, C, C, h, w)
+    shipped = lambda: causal_conv.causal_conv(x, packed, out=out)  # noqa: E731
+    record("shipped", str(cfg), shipped)
+    for rows in (1, 2, 4):
+        for stages, warps in ((2, 4), (3, 4), (2, 8)):
+            def run(rows=rows, stages=stages, warps=warps):
+                xd = TensorDescriptor.from_tensor(x, [1, rows, 128 // rows, 32])
+                wd1 = TensorDescriptor.from_tensor(packed.weight, [32, 64])
+                wd2 = TensorDescriptor.from_tensor(packed.weight, [32, 32])
+                _two_frames_kernel[causal_conv.tile_grid((t + 1) // 2, h, w, 128, rows)](
+                    xd, wd1, wd2, out, t, h, w, C, C=C, N1=64, N2=32, BLOCK_M=128, BLOCK_K=32, ROWS=rows,
+                    num_warps=warps, num_stages=stages)
+                return out
+
+            record("two frames", f"rows={rows} stages={stages} warps={warps}", run)
+    record("shipped", str(cfg), shipped)
+    return res
 
 
 def one(t: int, h: int, w: int) -> dict:
@@ -134,7 +206,10 @@ def wide(t: int, h: int, w: int, c: int) -> dict:
 
 def main() -> None:
     import sys
-    if "--wide" in sys.argv:
+    if "--frames" in sys.argv:
+        sys.argv.remove("--frames")
+        sweep_shapes(__doc__.split("\n")[0], "explore_conv_frames.json", SHAPES, frames)
+    elif "--wide" in sys.argv:
         sys.argv.remove("--wide")
         sweep_shapes(__doc__.split("\n")[0], "explore_conv_wide.json", WIDE_SHAPES, wide)
     else:

@@ -18,6 +18,8 @@ from turbovid.models.vae_tiling import (
     MAX_ELEMENTS,
     _tiles,
     estimate_bytes,
+    latent_output_elements,
+    latent_stage_elements,
     plan_decode,
     tile_weights,
     up_stage_elements,
@@ -326,6 +328,25 @@ def test_real_config_plans():
     # one pass over 81 frames at 720p would index past 2^31 elements: chunks stay under it
     big = plan_decode(cfg, 21, 90, 160, 2, "off", budget=1 << 50, soft_cap=None)
     assert up_stage_elements(cfg, big.chunk, 90, 160)[1] <= MAX_ELEMENTS < up_stage_elements(cfg, 21, 90, 160)[1]
+
+
+def test_memory_plan_counts_the_first_up_stage_in_the_latent_stage():
+    """low (vae_fast.LOW_STAGES): the latent stage also runs the first upsampling stage (384 -> 192
+    channels after its upsampler, 2x in time and space) and keeps its output for all frames; the
+    chunked stage starts at the second."""
+    cfg = VAE_PRESETS["wan2.1"]
+    assert latent_output_elements(cfg, 21, 60, 104) == 41 * 120 * 208 * 192
+    assert latent_output_elements(cfg, 21, 60, 104, low=False) == 21 * 60 * 104 * 384
+    first = up_stage_elements(cfg, 21, 60, 104, "triton", stop=1)
+    rest, whole = up_stage_elements(cfg, 2, 60, 104, "triton", first=1), up_stage_elements(cfg, 2, 60, 104, "triton")
+    assert rest[0] < whole[0] and rest[1] <= whole[1]  # the first stage's state and buffers left out
+    assert latent_stage_elements(cfg, 21, 60, 104, small_conv="triton")[0] >= first[0]
+    assert latent_stage_elements(cfg, 21, 60, 104, low=False)[0] < first[0]
+    diff = 2 * (latent_output_elements(cfg, 21, 60, 104) - latent_output_elements(cfg, 21, 60, 104, low=False))
+    low, full = (estimate_bytes(cfg, 21, 60, 104, 2, 2, 1, small_conv="triton", low=x) for x in (True, False))
+    assert abs(low - full - (diff + 1.1 * 2 * (rest[0] - whole[0]))) <= 2  # kept output + working set, 2 bytes each
+    p = plan_decode(cfg, 21, 60, 104, 2, "auto", 70 * GiB, small_conv="triton")
+    assert p.mid_chunk == 21 and p.chunk == 2 and p.est_bytes <= DEFAULT_SOFT_CAP
 
 
 KERNEL_CHECK = textwrap.dedent(

@@ -19,8 +19,9 @@
   pass interleaves the phases (and the time upsampler's frame halves) with the bias added
   (ops/interleave.py).
 - The decoder's latent-resolution part (conv_in, middle blocks with their frame-wide attention)
-  runs untiled; only the upsampling part is split into overlapping spatial tiles when the memory
-  plan says so (vae_tiling.py), so tiling never truncates the attention.
+  and its first upsampling stage run untiled, over all frames (or the plan's mid_chunk) a pass; the
+  rest is chunked in time and, when the memory plan says so (vae_tiling.py), split into overlapping
+  spatial tiles, so tiling never truncates the attention.
 """
 from __future__ import annotations
 
