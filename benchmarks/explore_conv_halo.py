@@ -23,7 +23,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-from explore_conv_slices import recorder
+from explore_conv_slices import conv_case
 from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
 
@@ -178,25 +178,14 @@ def halo_conv(x: torch.Tensor, wk: torch.Tensor, bias: torch.Tensor | None, out:
 
 
 def one(t: int, h: int, w: int) -> dict:
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
-    bias = torch.randn(C, device=dev, generator=g).bfloat16()
-    packed = causal_conv.pack(weight, bias, torch.bfloat16)
-    ref = causal_conv.causal_conv_reference(x, packed).float()
-    flop = 2 * t * h * w * C * 27 * C
-    res: dict = {"tflop": flop / 1e12, "rows": []}
-    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-    record = recorder(res, ref, flop, out)
-    cfg = causal_conv.default_config(dev, C, C, h, w)
-    shipped = lambda: causal_conv.causal_conv(x, packed, out=out)  # noqa: E731
-    record("shipped", str(cfg), shipped)
-    wk = packed.weight[:, :C].t().contiguous()  # [96, 27 * 96], K-major
+    case = conv_case(t, h, w, C, bias=True)
+    case.record("shipped", str(case.cfg), case.shipped)
+    wk = case.packed.weight[:, :C].t().contiguous()  # [96, 27 * 96], K-major
     for stages in (2, 3, 4):
-        record("halo", f"stages={stages} warps=4", lambda stages=stages: halo_conv(x, wk, packed.bias, out, stages, 4))
-    record("shipped", str(cfg), shipped)
-    return res
+        case.record("halo", f"stages={stages} warps=4",
+                    lambda stages=stages: halo_conv(case.x, wk, case.packed.bias, case.out, stages, 4))
+    case.record("shipped", str(case.cfg), case.shipped)
+    return case.res
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from explore_conv_slices import recorder
+from explore_conv_slices import conv_case
 from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
 from turbovid.ops.causal_conv import frame_tile, store_channels
@@ -95,19 +95,9 @@ def widen(weight: torch.Tensor, cols: int) -> torch.Tensor:
 
 
 def one(t: int, h: int, w: int, C: int) -> dict:
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
-    shipped = causal_conv.pack(weight, None, torch.bfloat16)
-    ref = causal_conv.causal_conv_reference(x, shipped).float()
-    flop = 2 * t * h * w * C * 27 * C
-    res: dict = {"tflop": flop / 1e12, "rows": []}
-
-    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-    record = recorder(res, ref, flop, out)
-    cfg = causal_conv.default_config(dev, C, C, h, w)
-    record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
+    case = conv_case(t, h, w, C)
+    x, shipped, out, cfg, record = case.x, case.packed, case.out, case.cfg, case.record
+    record("shipped", str(cfg), case.shipped)
     if C == 96:
         w128 = widen(shipped.weight, 128)
         variants = [("n128", False, 128)] * 6 + [("rs", True, 96)] * 4 + [("rs n128", True, 128)] * 3
@@ -146,8 +136,8 @@ def one(t: int, h: int, w: int, C: int) -> dict:
 
         record("padded 2-D" + (" n128" if n1 == 128 and C == 96 else ""),
                f"n={n1}+{n2} block_m={block_m} warps={warps} stages={stages} block_k={block_k}", run)
-    record("shipped again", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
-    return res
+    record("shipped again", str(cfg), case.shipped)
+    return case.res
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from explore_conv_slices import recorder
+from explore_conv_slices import conv_case
 from turbovid.bench.timing import sweep_shapes
 from turbovid.ops import causal_conv
 from turbovid.ops.causal_conv import frame_tile, store_channels
@@ -112,19 +112,9 @@ def _two_frames_kernel(XD, WD1, WD2, Y, T, H, W, COUT, C: tl.constexpr, N1: tl.c
 
 
 def frames(t: int, h: int, w: int) -> dict:
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
-    packed = causal_conv.pack(weight, None, torch.bfloat16)
-    ref = causal_conv.causal_conv_reference(x, packed).float()
-    flop = 2 * t * h * w * C * 27 * C
-    res: dict = {"tflop": flop / 1e12, "rows": []}
-    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-    record = recorder(res, ref, flop, out)
-    cfg = causal_conv.default_config(dev, C, C, h, w)
-    shipped = lambda: causal_conv.causal_conv(x, packed, out=out)  # noqa: E731
-    record("shipped", str(cfg), shipped)
+    case = conv_case(t, h, w, C)
+    x, packed, out = case.x, case.packed, case.out
+    case.record("shipped", str(case.cfg), case.shipped)
     for rows in (1, 2, 4):
         for stages, warps in ((2, 4), (3, 4), (2, 8)):
             def run(rows=rows, stages=stages, warps=warps):
@@ -136,25 +126,15 @@ def frames(t: int, h: int, w: int) -> dict:
                     num_warps=warps, num_stages=stages)
                 return out
 
-            record("two frames", f"rows={rows} stages={stages} warps={warps}", run)
-    record("shipped", str(cfg), shipped)
-    return res
+            case.record("two frames", f"rows={rows} stages={stages} warps={warps}", run)
+    case.record("shipped", str(case.cfg), case.shipped)
+    return case.res
 
 
 def one(t: int, h: int, w: int) -> dict:
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
-    packed = causal_conv.pack(weight, None, torch.bfloat16)
-    ref = causal_conv.causal_conv_reference(x, packed).float()
-    flop = 2 * t * h * w * C * 27 * C
-    res: dict = {"tflop": flop / 1e12, "rows": []}
-    record = recorder(res, ref, flop)
-    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-    cfg = causal_conv.default_config(dev, C, C, h, w)
-    shipped = lambda: causal_conv.causal_conv(x, packed, out=out)  # noqa: E731
-    record("shipped", str(cfg), shipped)
+    case = conv_case(t, h, w, C, zero_out=False)
+    x, packed, out, cfg = case.x, case.packed, case.out, case.cfg
+    case.record("shipped", str(cfg), case.shipped)
     for rows, stages in ((cfg.rows, cfg.num_stages), (4, 4), (4, 3), (8, 4)):
         for reuse_a, fixed_b in ((False, False), (True, False), (False, True), (True, True)):
             name = {(False, False): "same loop", (True, False): "a/3", (False, True): "b/27",
@@ -169,9 +149,9 @@ def one(t: int, h: int, w: int) -> dict:
                     REUSE_A=reuse_a, FIXED_B=fixed_b, num_warps=4, num_stages=stages)
                 return out
 
-            record(name, f"rows={rows} stages={stages}", run)
-    record("shipped", str(cfg), shipped)
-    return res
+            case.record(name, f"rows={rows} stages={stages}", run)
+    case.record("shipped", str(cfg), case.shipped)
+    return case.res
 
 
 WIDE_SHAPES = {"480p 96": (4, 480, 832, 96), "720p 96": (4, 720, 1280, 96), "240x416 192": (8, 240, 416, 192),
@@ -179,18 +159,9 @@ WIDE_SHAPES = {"480p 96": (4, 480, 832, 96), "720p 96": (4, 720, 1280, 96), "240
 
 
 def wide(t: int, h: int, w: int, c: int) -> dict:
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, c, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(c, c, 3, 3, 3, device=dev, generator=g) / (27 * c) ** 0.5).bfloat16()
-    packed = causal_conv.pack(weight, None, torch.bfloat16)
-    ref = causal_conv.causal_conv_reference(x, packed).float()
-    flop = 2 * t * h * w * c * 27 * c
-    res: dict = {"tflop": flop / 1e12, "rows": []}
-    record = recorder(res, ref, flop)
-    out = torch.empty(t, h, w, c, device=dev, dtype=torch.bfloat16)
-    cfg = causal_conv.default_config(dev, c, c, h, w)
-    record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, packed, out=out))
+    case = conv_case(t, h, w, c, zero_out=False)
+    x, packed, out, cfg = case.x, case.packed, case.out, case.cfg
+    case.record("shipped", str(cfg), case.shipped)
     bm = 2 * cfg.block_m
     rows_ok = {r for r in (1, 2, 4, 8) if 32 <= bm // r <= 256 and w % (bm // r) == 0}
     for rows in sorted(rows_ok | {causal_conv.tile_rows(h, w, bm)}):
@@ -199,9 +170,9 @@ def wide(t: int, h: int, w: int, c: int) -> dict:
                                     tma=True, rows=rows)
             if causal_conv.smem_bytes(wc, c, 2) > 220 << 10:
                 continue
-            record("wide", str(wc), lambda wc=wc: causal_conv.causal_conv(x, packed, out=out, config=wc))
-    record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, packed, out=out))
-    return res
+            case.record("wide", str(wc), lambda wc=wc: causal_conv.causal_conv(x, packed, out=out, config=wc))
+    case.record("shipped", str(cfg), case.shipped)
+    return case.res
 
 
 def main() -> None:

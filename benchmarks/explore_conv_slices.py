@@ -16,6 +16,8 @@ Each output is checked against F.conv3d of the same bf16 input. do_bench medians
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
@@ -86,21 +88,42 @@ def recorder(res: dict, ref: torch.Tensor, flop: int, out: torch.Tensor | None =
     return record
 
 
-def one(t: int, h: int, w: int) -> dict:
+@dataclass
+class ConvCase:
+    """One conv chunk of the decode, bf16, with its F.conv3d reference and the shipped kernel's launch."""
+    x: torch.Tensor  # [t + 2, h, w, c], the time-padded input
+    weight: torch.Tensor
+    packed: causal_conv.PackedConv
+    out: torch.Tensor  # [t, h, w, c]
+    cfg: causal_conv.Config  # the shipped default
+    res: dict  # {"tflop", "rows"}: what record() fills
+    record: Callable
+
+    def shipped(self) -> torch.Tensor:
+        return causal_conv.causal_conv(self.x, self.packed, out=self.out)
+
+
+def conv_case(t: int, h: int, w: int, c: int, bias: bool = False, zero_out: bool = True) -> ConvCase:
+    """Random silu-shaped input and weights (seed 1) for a c -> c conv of t frames of h x w; record()
+    compares with F.conv3d of the same bf16 tensors (zeroing `out` first unless zero_out=False)."""
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(1)
-    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, C, device=dev, generator=g)).bfloat16()
-    weight = (torch.randn(C, C, 3, 3, 3, device=dev, generator=g) / (27 * C) ** 0.5).bfloat16()
-    ref = causal_conv.causal_conv_reference(x, causal_conv.pack(weight, None, torch.bfloat16)).float()
-    flop = 2 * t * h * w * C * 27 * C
+    x = torch.nn.functional.silu(torch.randn(t + 2, h, w, c, device=dev, generator=g)).bfloat16()
+    weight = (torch.randn(c, c, 3, 3, 3, device=dev, generator=g) / (27 * c) ** 0.5).bfloat16()
+    b = torch.randn(c, device=dev, generator=g).bfloat16() if bias else None
+    packed = causal_conv.pack(weight, b, torch.bfloat16)
+    ref = causal_conv.causal_conv_reference(x, packed).float()
+    flop = 2 * t * h * w * c * 27 * c
     res: dict = {"tflop": flop / 1e12, "rows": []}
+    out = torch.empty(t, h, w, c, device=dev, dtype=torch.bfloat16)
+    cfg = causal_conv.default_config(dev, c, c, h, w)
+    return ConvCase(x, weight, packed, out, cfg, res, recorder(res, ref, flop, out if zero_out else None))
 
-    record = recorder(res, ref, flop)
 
-    shipped = causal_conv.pack(weight, None, torch.bfloat16)
-    out = torch.empty(t, h, w, C, device=dev, dtype=torch.bfloat16)
-    cfg = causal_conv.default_config(dev, C, C, h, w)
-    record("shipped", str(cfg), lambda: causal_conv.causal_conv(x, shipped, out=out))
+def one(t: int, h: int, w: int) -> dict:
+    case = conv_case(t, h, w, C, zero_out=False)
+    x, weight, out, record = case.x, case.weight, case.out, case.record
+    record("shipped", str(case.cfg), case.shipped)
 
     x128 = torch.cat([x, x.new_zeros(t + 2, h, w, 128 - C)], -1).contiguous()
     w128 = torch.cat([weight, weight.new_zeros(C, 128 - C, 3, 3, 3)], 1)
@@ -125,7 +148,7 @@ def one(t: int, h: int, w: int) -> dict:
             return out
 
         record("overlap", f"kp={kp} block_k={bk} stages={stages} block_m={block_m} rows={rows}", run)
-    return res
+    return case.res
 
 
 def main() -> None:
