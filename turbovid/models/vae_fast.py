@@ -74,8 +74,9 @@ HEAD_BY_TAPS = True
 # (where it was measured: docs/benchmarks.md), else "sdpa".
 ATTENTION = "auto"
 # The up layers through the first upsampler run with the middle blocks over all frames (or the
-# plan's mid_chunk), their output kept for the chunked rest: at the latent resolution a chunk of 1-2
-# frames leaves most SMs idle. False for A/B timing.
+# plan's mid_chunk), their output kept for the chunked rest: chunks of 1-2 latent frames launched
+# ~100 programs a conv there. H100: 480p 0.559 -> 0.556 s, 720p 1.344 -> 1.338 s, and the tiled
+# decode's seams 70 -> 84 dB (docs/benchmarks.md, "Session 25"). False for A/B timing.
 LOW_STAGES = True
 _SMALL_MODES = ("stacked", "taps", "triton", "conv3d")
 _WIDE_MODES = ("triton", "conv3d")

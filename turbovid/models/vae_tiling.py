@@ -5,9 +5,10 @@ at its worst moment: the output video (float32; not when an untiled decode hands
 as it goes), the latent stage's output (the middle blocks' and, with `low`, the first upsampling
 stage's, kept for all frames), the stream state (the last 2 input frames of every causal conv, per
 tile) and the largest layer's working set for one chunk (input, time-padded buffer, output,
-shortcut). Tiles split only the chunked upsampling stages: each tile is its core plus `halo` latent pixels on interior sides;
-neighbours are blended with linear ramps over the middle half of their 2*halo overlap (weights
-sum to 1), so the outer halo/2 of a tile, where its missing context shows, is never used.
+shortcut). Tiles split only the chunked upsampling stages: each tile is its core plus `halo`
+latent pixels on interior sides; neighbours are blended with linear ramps over the middle half of
+their 2*halo overlap (weights sum to 1), so the outer halo/2 of a tile, where its missing context
+shows, is never used.
 """
 from __future__ import annotations
 
