@@ -73,7 +73,7 @@ def _bound_kernel(XD, WD1, WD2, Y, H, W, COUT, C: tl.constexpr, N1: tl.constexpr
 
 
 @triton.jit
-def _pair(a, WD1, WD2, row, acc1, acc2, N1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _pair(a, WD1, WD2, row, acc1, acc2, N1: tl.constexpr):
     return (tl.dot(a, WD1.load([row, 0]), acc1), tl.dot(a, WD2.load([row, N1]), acc2))
 
 
@@ -97,12 +97,12 @@ def _two_frames_kernel(XD, WD1, WD2, Y, T, H, W, COUT, C: tl.constexpr, N1: tl.c
         x2 = XD.load([f + 2, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
         x3 = XD.load([f + 3, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
         r0 = tap * C + c0  # weight rows of (dt, dh, dw) = (0, dh, dw); dt adds 9 C
-        p1, p2 = _pair(x0, WD1, WD2, r0, p1, p2, N1, BLOCK_M, BLOCK_K)
-        p1, p2 = _pair(x1, WD1, WD2, r0 + 9 * C, p1, p2, N1, BLOCK_M, BLOCK_K)
-        p1, p2 = _pair(x2, WD1, WD2, r0 + 18 * C, p1, p2, N1, BLOCK_M, BLOCK_K)
-        q1, q2 = _pair(x1, WD1, WD2, r0, q1, q2, N1, BLOCK_M, BLOCK_K)
-        q1, q2 = _pair(x2, WD1, WD2, r0 + 9 * C, q1, q2, N1, BLOCK_M, BLOCK_K)
-        q1, q2 = _pair(x3, WD1, WD2, r0 + 18 * C, q1, q2, N1, BLOCK_M, BLOCK_K)
+        p1, p2 = _pair(x0, WD1, WD2, r0, p1, p2, N1)
+        p1, p2 = _pair(x1, WD1, WD2, r0 + 9 * C, p1, p2, N1)
+        p1, p2 = _pair(x2, WD1, WD2, r0 + 18 * C, p1, p2, N1)
+        q1, q2 = _pair(x1, WD1, WD2, r0, q1, q2, N1)
+        q1, q2 = _pair(x2, WD1, WD2, r0 + 9 * C, q1, q2, N1)
+        q1, q2 = _pair(x3, WD1, WD2, r0 + 18 * C, q1, q2, N1)
     inside = ((mh < H) & (mw < W))[:, None]
     out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
     store_channels(Y, Y, p1, p2, out, inside, COUT, N1, N2, True, False)
