@@ -72,9 +72,12 @@ def test_fused_epilogue_pytorch_path(silu, with_res):
     res = torch.randn(3, 4, 6, 24) if with_res else None
     nxt = torch.full((5, 4, 6, 24), float("nan"))
     want, s = fused_want(buf, packed, gamma, silu, res)
-    causal_conv.causal_conv(buf, packed, out=nxt[2:], gamma=gamma, silu=silu, residual=res, x_out=res)
+    hn = torch.empty(2, 4, 6, 24)
+    causal_conv.causal_conv_stream(buf[2:], buf[:2], packed, out=nxt[2:], gamma=gamma, silu=silu, residual=res,
+                                   x_out=res, history_out=hn)
     torch.testing.assert_close(nxt[2:].double(), want, rtol=1e-5, atol=1e-5)
     assert nxt[:2].isnan().all()  # the history frames are the caller's
+    assert torch.equal(hn, nxt[-2:])  # the next history: the last two output frames
     if with_res:
         torch.testing.assert_close(res.double(), s, rtol=1e-5, atol=1e-5)
 
@@ -136,6 +139,13 @@ def test_bad_inputs():
         causal_conv.causal_conv(buf, packed, x_out=torch.randn(2, 3, 5, 8))
     with pytest.raises(ValueError, match="gamma must have 8"):
         causal_conv.causal_conv(buf, packed, gamma=torch.ones(16))
+    with pytest.raises(ValueError, match="history must be"):
+        causal_conv.causal_conv_stream(buf[2:], buf[:1], packed)
+    with pytest.raises(ValueError, match="history_out must be"):  # only with the fused epilogue
+        causal_conv.causal_conv_stream(buf[2:], buf[:2], packed, history_out=torch.empty(2, 3, 5, 8))
+    with pytest.raises(ValueError, match="history_out must be"):  # a chunk of one frame has no two of its own
+        causal_conv.causal_conv_stream(buf[3:], buf[:2], packed, gamma=torch.ones(8),
+                                       history_out=torch.empty(2, 3, 5, 8))
     with pytest.raises(ValueError, match="3x3x3"):
         causal_conv.pack(torch.randn(8, 16, 3, 1, 1), None, torch.float32)
 
@@ -148,13 +158,17 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource
     # (C, Cout, T, H, W, block_m, block_k, rows): two dots (64 + 32), a 3-channel head, a ragged
     # last tile of a row, C in two slices, tiles of 2 x 16 pixels ragged in both directions
     cases = [(32, 96, 2, 3, 12, 16, 16, 1), (16, 3, 1, 4, 9, 16, 16, 1), (32, 48, 1, 3, 7, 16, 32, 2),
-             (16, 32, 1, 5, 21, 32, 16, 2)]
-    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+             (16, 32, 3, 5, 21, 32, 16, 2)]
+    # tma: the Hopper path, the input through a 5-D descriptor, the fused epilogue's tensors through
+    # 4-D ones (the interpreter emulates them, out-of-bounds zeros included)
+    for dtype, tol, tma in ((torch.float32, 1e-5, False), (torch.float16, 2e-3, False), (torch.float16, 2e-3, True)):
         for c, cout, t, h, w, bm, bk, rows in cases:
             buf = torch.randn(t + 2, h, w, c).to(dtype)
             weight, bias = torch.randn(cout, c, 3, 3, 3) / (27 * c) ** 0.5, torch.randn(cout)
             packed = causal_conv.pack(weight, bias, dtype)
-            cfg = causal_conv.Config(block_m=bm, block_k=bk, rows=rows)
+            cfg = causal_conv.Config(block_m=bm, block_k=bk, rows=rows, tma=tma, num_stages=1)
+            if tma and cout < 16:
+                continue  # descriptor boxes are at least 16 channels wide; heads take the pointer path
             for with_bias in (True, False):
                 out = torch.full((t, h, w, cout), float("nan"), dtype=dtype)
                 causal_conv.causal_conv(buf, packed, bias=with_bias, out=out, config=cfg)
@@ -167,13 +181,29 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource
                 gamma = torch.rand(cout) + 0.5
                 want, s = fused_want(buf, packed, gamma, silu, res)
                 nxt = torch.full((t + 2, h, w, cout), float("nan"), dtype=dtype)
-                causal_conv.causal_conv(buf, packed, out=nxt[2:], config=cfg, gamma=gamma, silu=silu,
-                                        residual=res, x_out=res)
+                hn = torch.full((2, h, w, cout), float("nan"), dtype=dtype) if t >= 2 else None
+                causal_conv.causal_conv_stream(buf[2:], buf[:2], packed, out=nxt[2:], config=cfg, gamma=gamma,
+                                               silu=silu, residual=res, x_out=res, history_out=hn)
                 err = ((nxt[2:].double() - want).norm() / want.norm()).item()
                 assert err < tol and nxt[:2].isnan().all(), (dtype, c, cout, silu, with_res, err)
+                assert hn is None or torch.equal(hn, nxt[-2:]), ("history_out", tma, dtype, c, cout)
                 if with_res:
                     err = ((res.double() - s).norm() / s.norm()).item()
                     assert err < tol, ("x_out", dtype, c, cout, err)
+            # causal_conv_stream: the history apart from the frames, below or above them in memory,
+            # or none (zeros); one frame after it
+            pool = torch.randn(2 * t + 8, h, w, c).to(dtype)
+            for history, frames in ((pool[:2], pool[5:5 + t]), (pool[t + 4:t + 6], pool[:t]), (None, buf[2:])):
+                if history is not None:
+                    history.copy_(buf[:2])
+                    frames.copy_(buf[2:])
+                    want = by_taps(buf, packed.ref_weight, packed.bias)
+                else:
+                    want = by_taps(torch.cat([torch.zeros_like(buf[:2]), buf[2:]]), packed.ref_weight, packed.bias)
+                for first in (t, 1):
+                    out = causal_conv.causal_conv_stream(frames[:first], history, packed, config=cfg)
+                    err = ((out.double() - want[:first]).norm() / want[:first].norm()).item()
+                    assert err < tol, ("stream", tma, history is None, first, dtype, c, cout, err)
     print("kernel ok")
     """
 )

@@ -372,8 +372,9 @@ KERNEL_CHECK = textwrap.dedent(
                 assert err < tol, (dtype, silu, err)
                 assert torch.isnan(buf[:1, :2]).all() and torch.isnan(buf[1:]).all()  # nothing outside written
         # rms_silu_stream: V = [history; rms_silu(frames)] written as the three time taps side by side
-        # (taps=3) or as the time-padded buffer (taps=1), the last two frames of V as the next
-        # history; chunks of 3 and of 1 frame, with and without a history; kernel == PyTorch path
+        # (taps=3), as the time-padded buffer (taps=1) or without the history (with_history=False),
+        # the last two frames of V as the next history; chunks of 3 and of 1 frame, with and without
+        # a history; kernel == PyTorch path
         ref = ops.rms_silu_reference(x.float(), g, True, b)  # (2, 3, 5, 7, 96)
         hist = (0.5 * torch.randn(2, 5, 7, 96)).to(dtype)
         for frames, want_y in ((x[0], ref[0]), (x[1, :1].contiguous(), ref[1, :1])):
@@ -391,15 +392,20 @@ KERNEL_CHECK = textwrap.dedent(
                     got1 = torch.full((2 + t, 5, 7, 96), nan, dtype=dtype)
                     new1 = torch.full((2, 5, 7, 96), nan, dtype=dtype)
                     ops.rms_silu_stream(frames, g, True, got1, history, new1, taps=1, frame_rows=35, bias=b)
+                    # with_history=False: the normalised frames alone, the next history as before
+                    got0 = torch.full((t, 5, 7, 96), nan, dtype=dtype)
+                    new0 = torch.full((2, 5, 7, 96), nan, dtype=dtype)
+                    ops.rms_silu_stream(frames, g, True, got0, history, new0, taps=1, frame_rows=35, bias=b,
+                                        with_history=False)
                     ops._use_kernel = use_kernel
                     def close(a, want):  # relative, or absolute against all-zero history frames
                         return (a.float() - want).norm().item() <= tol * max(want.norm().item(), 1.0)
 
                     for tap in range(3):  # out[r, tap] = V[r + tap]: frame r + tap - 2 of the stream
                         assert close(got3[..., tap * 96:(tap + 1) * 96], v[tap:tap + t]), (tap, t, kernel)
-                    assert close(got1, v)
-                    assert close(new3, v[t:]) and close(new1, v[t:])
-                    results[kernel] = (got3, got1, new3)
+                    assert close(got1, v) and close(got0, v[2:])
+                    assert close(new3, v[t:]) and close(new1, v[t:]) and close(new0, v[t:])
+                    results[kernel] = (got3, got1, new3, got0, new0)
                 for a, c in zip(results[True], results[False]):
                     assert torch.allclose(a.float(), c.float(), atol=tol * 10)
         for args, words in (((hist, hist), "alias"), ((None, torch.empty(1, 5, 7, 96, dtype=dtype)), "2 * frame_rows")):

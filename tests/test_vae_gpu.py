@@ -158,6 +158,18 @@ def _check_causal_conv(frames, h, w, c, cout):
     err = ((out.float() - ref).norm() / ref.norm()).item()
     cudnn_err = ((cudnn.float() - ref).norm() / ref.norm()).item()
     assert out.shape == (frames, h, w, cout) and err <= 2 * cudnn_err + 1e-6, (c, cout, err, cudnn_err)
+    # the stream form, as the fast decode calls it: the history in a tensor of its own, below or
+    # above the frames in memory (the 5-D descriptor's two slot orders): the same bytes
+    pool = torch.full((frames + 6, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)  # NaN: nothing else read
+    for where, hist, frames_t in (("below", pool[:2], pool[4:4 + frames]),
+                                  ("above", pool[frames + 4:frames + 6], pool[:frames])):
+        hist.copy_(buf[:2])
+        frames_t.copy_(buf[2:])
+        y = causal_conv.causal_conv_stream(frames_t, hist, packed)
+        assert torch.equal(y, out), (c, cout, where, (y.float() - out.float()).abs().max().item())
+    # no history (the stream's start): zeros
+    zero = torch.cat([torch.zeros_like(buf[:2]), buf[2:]])
+    assert torch.equal(causal_conv.causal_conv_stream(frames_t, None, packed), causal_conv.causal_conv(zero, packed))
 
 
 def test_wide_attention_at_the_decoder_shape():

@@ -4,9 +4,11 @@
   any temporal chunking exact, including the first-frame rule of the temporal upsampler.
 - Activations stay channels-last, [1, T, H, W, C]: cuDNN runs NDHWC convolutions with no layout
   transposes, 1x1 convolutions become matmuls, and the RMS norm + SiLU before each conv is one
-  Triton pass that writes straight into the conv's time-padded input buffer (no torch.cat), the
-  previous chunk's last frames (the stream history) included, and the next chunk's history out:
-  no separate copies in and out of the buffers (they took ~100 ms of a 480p decode on an H100).
+  Triton pass that writes straight into the conv's input (no torch.cat) and the next chunk's
+  history out. Our conv kernel reads the previous chunk's last two frames (the stream history)
+  where they lie, and with the norm in its epilogue writes the next history itself: no copies of
+  the history in and out of the buffers (they took ~100 ms of a 480p decode on an H100 before the
+  norm kernel wrote them, and 14 / 61 ms at 480p / 720p after it: docs/benchmarks.md, "Session 26").
 - Conv biases are not added by PyTorch's separate broadcast pass: the next norm kernel or the
   residual-add kernel takes them.
 - The normed 3x3x3 convs run as our Triton implicit-GEMM kernel (ops/causal_conv.py) on Hopper:
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -162,8 +164,14 @@ class FastConv:
             y = F.conv2d(stacked.permute(0, 3, 1, 2), self.weight, bias, padding=self.space_pad)
             return y.permute(0, 2, 3, 1).reshape(1, t, h, w, -1)
         p = self.time_pad
+        if p and gamma is not None and self.mode == "triton":  # our kernel reads the history where it is
+            inp = self.prepare(x, state, key, gamma, silu, in_bias, x_out)
+            return causal_conv.causal_conv_stream(*inp, self.packed, bias=not self.fused_bias).unsqueeze(0)
         if p and gamma is not None:  # one kernel: history + normalised frames, and the next history
-            buf = self.prepare(x, state, key, gamma, silu, in_bias, x_out)
+            buf = torch.empty(1, p + t, h, w, c, dtype=dtype, device=device)
+            history = torch.empty(p, h, w, c, dtype=dtype, device=device)
+            _norm_stream(x, gamma, silu, buf, state.get(key), history, 1, h * w, in_bias, x_out)
+            state[key] = history
         elif p:  # no norm before it (the upsampler's time conv): copies
             buf = x.new_empty(1, p + t, h, w, c)
             prev = state.get(key)
@@ -190,38 +198,36 @@ class FastConv:
         return y.permute(0, 2, 3, 4, 1).contiguous()  # a no-op when cuDNN returned channels-last
 
     def prepare(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool = True,
-                in_bias: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """This conv's time-padded input [1, P + T, H, W, C]: the stream history state[key], then the
-        RMS norm (+ SiLU) of x (or of a Pending's sum, stored into x_out if given); state[key] moves on."""
+                in_bias: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> ConvInput:
+        """This conv's input (our kernel's): the RMS norm (+ SiLU) of x (or of a Pending's sum, stored
+        into x_out if given) after the stream history state[key], which moves on to its last frames."""
         src = x.y if isinstance(x, Pending) else x
         _, t, h, w, c = src.shape
-        buf = src.new_empty(1, self.time_pad + t, h, w, c)
-        history = src.new_empty(1, self.time_pad, h, w, c)
-        _norm_stream(x, gamma, silu, buf, state.get(key), history, 1, h * w, in_bias, x_out)
-        state[key] = history
-        return buf
+        frames = src.new_empty(t, h, w, c)
+        history = state.get(key)
+        state[key] = src.new_empty(self.time_pad, h, w, c)
+        _norm_stream(x, gamma, silu, frames, history, state[key], 1, h * w, in_bias, x_out, with_history=False)
+        return ConvInput(frames, history)
 
     def fusable(self) -> bool:
         """Whether conv_into can run this conv (our kernel, no head)."""
         return self.mode == "triton" and self.head is None
 
-    def conv_into(self, buf: torch.Tensor, state: dict, key: str, gamma: torch.Tensor,
-                  residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """This conv over its time-padded input `buf` with its bias (+ residual, the sum stored into
-        x_out) and the next conv's RMS norm + SiLU (gamma) in the kernel's epilogue. Returns the next
-        conv's time-padded input, whose stream history is state[key] (then its last 2 frames)."""
-        _, p_t, h, w, _ = buf.shape
-        nxt = buf.new_empty(1, p_t, h, w, self.packed.cout)
+    def conv_into(self, inp: ConvInput, state: dict, key: str, gamma: torch.Tensor,
+                  residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None) -> ConvInput:
+        """This conv over `inp` with its bias (+ residual, the sum stored into x_out) and the next
+        conv's RMS norm + SiLU (gamma) in the kernel's epilogue. Returns the next conv's input, whose
+        stream history is state[key] (which moves on to its last frames)."""
+        t, h, w, _ = inp.frames.shape
+        nxt = inp.frames.new_empty(t, h, w, self.packed.cout)
+        # the kernel writes the next history too, unless a chunk of one frame needs the previous one's
+        hist = nxt.new_empty(2, h, w, self.packed.cout) if t >= 2 else None
+        causal_conv.causal_conv_stream(*inp, self.packed, out=nxt, gamma=gamma,
+                                       residual=None if residual is None else residual[0],
+                                       x_out=None if x_out is None else x_out[0], history_out=hist)
         prev = state.get(key)
-        if prev is None:  # the start of the stream
-            nxt[:, :self.time_pad].zero_()
-        else:
-            nxt[:, :self.time_pad].copy_(prev)
-        causal_conv.causal_conv(buf[0], self.packed, out=nxt[0, self.time_pad:], gamma=gamma,
-                                residual=None if residual is None else residual[0],
-                                x_out=None if x_out is None else x_out[0])
-        state[key] = nxt[:, p_t - self.time_pad:].clone()
-        return nxt
+        state[key] = _next_history(prev, nxt) if hist is None else hist
+        return ConvInput(nxt, prev)
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
@@ -257,13 +263,29 @@ class Pending:
         return parts
 
 
+class ConvInput(NamedTuple):
+    """Our conv kernel's input in the stream: the chunk's normalised frames [T, H, W, C] and the
+    history, the previous chunk's last two [2, H, W, C] (None at the stream's start: zeros), read
+    where they are (causal_conv.causal_conv_stream): no time-padded copy of the two."""
+
+    frames: torch.Tensor
+    history: Optional[torch.Tensor]
+
+
+def _next_history(prev: Optional[torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    """The last two frames of [prev (zeros if None); frames], copied out of the chunk's buffer."""
+    if frames.shape[0] >= 2:
+        return frames[-2:].clone()
+    return torch.cat([frames.new_zeros(1, *frames.shape[1:]) if prev is None else prev[1:], frames])
+
+
 @dataclass
 class Prepared:
     """A residual block's output x (the next block's residual) with the next block's conv1 input,
-    already normalised and time-padded (FastConv.conv_into)."""
+    already normalised (FastConv.conv_into)."""
 
     x: Optional[torch.Tensor]
-    buf: Optional[torch.Tensor]
+    buf: Optional[ConvInput]
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, buf), and this object lets go of them (buf is freed once conv1 has read it)."""
@@ -283,13 +305,16 @@ def materialize(x):
     return add_bias_residual_(y, bias, h)
 
 
-def _norm_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, in_bias, x_out) -> None:
+def _norm_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, in_bias, x_out,
+                 with_history: bool = True) -> None:
     """rms_silu_stream of activations x, or of a Pending's sum (its parts freed when this returns)."""
     if isinstance(x, Pending):
         y, bias, h = x.take()
-        rms_silu_stream(y, gamma, silu, out, history, history_out, taps, frame_rows, bias=bias, residual=h, x_out=x_out)
+        rms_silu_stream(y, gamma, silu, out, history, history_out, taps, frame_rows, bias=bias, residual=h,
+                        x_out=x_out, with_history=with_history)
     else:
-        rms_silu_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, bias=in_bias)
+        rms_silu_stream(x, gamma, silu, out, history, history_out, taps, frame_rows, bias=in_bias,
+                        with_history=with_history)
 
 
 class FastRes:
@@ -347,7 +372,7 @@ class FastRes:
             del x
             buf = self.conv2.conv_into(buf2, state, nkey + ".1", block.gamma1, residual=h, x_out=out)
             return Prepared(out, buf)
-        y = causal_conv.causal_conv(buf2[0], self.conv2.packed, bias=False).unsqueeze(0)
+        y = causal_conv.causal_conv_stream(*buf2, self.conv2.packed, bias=False).unsqueeze(0)
         return Pending(y, self.conv2.bias, h)
 
 

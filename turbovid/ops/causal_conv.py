@@ -9,6 +9,10 @@ times) and the 96 -> 3 head (an sm80 "indexed" kernel at ~20 TFLOP/s).
          the T frames: what rms_silu_stream(taps=1) writes); zero padding of 1 in H and W.
     out[t, h, w, o] = bias[o] + sum_{dt, dh, dw, c} buf[t + dt, h + dh - 1, w + dw - 1, c] * weight[o, c, dt, dh, dw]
 
+causal_conv_stream(frames, history, ...) is the same conv with the two history frames in a tensor of
+their own (the fast decode's stream state), read where they are: on Hopper through one 5-D
+descriptor [slot, frame, H, W, C] whose slot stride is the distance between the two tensors.
+
 Implicit GEMM: a program computes BLOCK_M pixels of one output row, every output channel, over
 K = 27 taps x C channels in slices of BLOCK_K. Output channels split into two power-of-two dots
 (96 = 64 + 32) so no tensor-core work is spent on padding; the weights are packed once as
@@ -157,9 +161,11 @@ if triton is not None:
     def store_normed(Y, B, G, acc1, acc2, out, inside, f, h0, w0, COUT, scale, R, XO, YD1, YD2, RD1, RD2,
                      XOD1, XOD2, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_RES: tl.constexpr, WRITE_X: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
-                     BLOCK_M: tl.constexpr, ROWS: tl.constexpr, TMA_IO: tl.constexpr):
+                     BLOCK_M: tl.constexpr, ROWS: tl.constexpr, TMA_IO: tl.constexpr, HN=None, HND1=None,
+                     HND2=None, hist_from=0, plane=0, HIST_OUT: tl.constexpr = False):
         """The fused epilogue: each pixel's output channels (+ bias) (+ residual, the sum stored to XO),
-        then RMS-normalised over the COUT channels (rms_silu's math) (+ SiLU), to Y. Padding columns
+        then RMS-normalised over the COUT channels (rms_silu's math) (+ SiLU), to Y, and with HIST_OUT
+        output frames hist_from.. (the last two) to HN as well (plane: elements a frame). Padding columns
         of the accumulators are zero (zero weights, masked bias / residual): they add nothing to the
         norm. TMA_IO: Y, R and XO through descriptors (YD1 / YD2 for channels [0, N1) / [N1, N1 + N2),
         ...), which keeps 64-bit pointers for every element out of the registers (they spilled)."""
@@ -178,14 +184,24 @@ if triton is not None:
         if NORM:
             inv = (scale / tl.maximum(tl.sqrt(ss), 1e-12))[:, None]
             v1 = _normed(v1, n1, G, inv, COUT, SILU)
-        _tile_store(Y, YD1, v1.to(dtype), out, n1, m1, f, h0, w0, 0, BLOCK_M, ROWS, N1, TMA_IO)
+        v1 = v1.to(dtype)
+        _tile_store(Y, YD1, v1, out, n1, m1, f, h0, w0, 0, BLOCK_M, ROWS, N1, TMA_IO)
+        if HIST_OUT:
+            if f >= hist_from:
+                hout = out - plane.to(tl.int64) * hist_from
+                _tile_store(HN, HND1, v1, hout, n1, m1, f - hist_from, h0, w0, 0, BLOCK_M, ROWS, N1, TMA_IO)
         if HAS_N2:
             if NORM:
                 v2 = _normed(v2, n2, G, inv, COUT, SILU)
-            _tile_store(Y, YD2, v2.to(dtype), out, n2, m2, f, h0, w0, N1, BLOCK_M, ROWS, N2, TMA_IO)
+            v2 = v2.to(dtype)
+            _tile_store(Y, YD2, v2, out, n2, m2, f, h0, w0, N1, BLOCK_M, ROWS, N2, TMA_IO)
+            if HIST_OUT:
+                if f >= hist_from:
+                    hout = out - plane.to(tl.int64) * hist_from
+                    _tile_store(HN, HND2, v2, hout, n2, m2, f - hist_from, h0, w0, N1, BLOCK_M, ROWS, N2, TMA_IO)
 
     @triton.jit
-    def _causal_conv_kernel(X, XD, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
+    def _causal_conv_kernel(X, XH, XD, HSLOT, CSLOT, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
@@ -193,8 +209,11 @@ if triton is not None:
                             YD1=None, YD2=None, RD1=None, RD2=None, XOD1=None, XOD2=None,
                             FUSED: tl.constexpr = False, HAS_RES: tl.constexpr = False,
                             WRITE_X: tl.constexpr = False, NORM: tl.constexpr = False,
-                            SILU: tl.constexpr = False, TMA_IO: tl.constexpr = False):
-        # a program: one tile of an output frame f (its taps: input frames f, f + 1, f + 2), every output channel
+                            SILU: tl.constexpr = False, TMA_IO: tl.constexpr = False, HAS_HIST: tl.constexpr = True,
+                            HN=None, HND1=None, HND2=None, hist_from=0, HIST_OUT: tl.constexpr = False):
+        # a program: one tile of an output frame f, every output channel. Its taps read input frames
+        # f, f + 1, f + 2 of [history (2 frames); X (the T frames)]: XH / X on the pointer path (no XH:
+        # zeros), slots HSLOT / CSLOT of the 5-D descriptor XD (an out-of-range slot reads as zeros)
         f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         k = tl.arange(0, BLOCK_K)
         acc1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
@@ -207,15 +226,21 @@ if triton is not None:
             dh = (tap // 3) % 3 - 1
             dw = tap % 3 - 1
             row = tap * C + c0
+            hist = f + dt < 2
+            frame = tl.where(hist, f + dt, f + dt - 2)  # within the history or X
             if USE_TMA:  # out-of-bounds rows / columns of the box read as zeros: the padding
-                a = XD.load([f + dt, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
+                a = XD.load([tl.where(hist, HSLOT, CSLOT), frame, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
                 b1 = WD1.load([row, 0])
             else:
                 hh = mh + dh
                 ww = mw + dw
-                ok = (ww >= 0) & (ww < W) & (hh >= 0) & (hh < H)
-                pix = ((f + dt) * H + hh).to(tl.int64) * W + ww
-                a = tl.load(X + pix[:, None] * C + c0 + k[None, :], mask=ok[:, None] & (k < BLOCK_K)[None, :], other=0.0)
+                ok = ((ww >= 0) & (ww < W) & (hh >= 0) & (hh < H))[:, None] & (k < BLOCK_K)[None, :]
+                pix = (frame * H + hh).to(tl.int64) * W + ww
+                offs = pix[:, None] * C + c0 + k[None, :]
+                in_x = (mh * 0 + f + dt >= 2)[:, None]  # (a tensor: the interpreter's masks must be)
+                a = tl.load(X + offs, mask=ok & in_x, other=0.0)
+                if HAS_HIST:  # one of the two loads is all zeros
+                    a += tl.load(XH + offs, mask=ok & (in_x == 0), other=0.0)
                 b1 = tl.load(Wt + (row + k)[:, None] * NP + tl.arange(0, N1)[None, :])
             acc1 = tl.dot(a, b1, acc1, input_precision=PRECISION)
             if HAS_N2:
@@ -228,7 +253,8 @@ if triton is not None:
         inside = ((mh < H) & (mw < W))[:, None]
         if FUSED:
             store_normed(Y, B, G, acc1, acc2, out, inside, f, h0, w0, COUT, scale, R, XO, YD1, YD2, RD1, RD2,
-                         XOD1, XOD2, N1, N2, HAS_N2, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU, BLOCK_M, ROWS, TMA_IO)
+                         XOD1, XOD2, N1, N2, HAS_N2, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU, BLOCK_M, ROWS, TMA_IO,
+                         HN, HND1, HND2, hist_from, H * W * COUT, HIST_OUT)
         else:
             store_channels(Y, B, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, HAS_BIAS)
 
@@ -356,57 +382,106 @@ def causal_conv(buf: torch.Tensor, conv: PackedConv, bias: bool = True, out: Opt
     (one pass fewer over the output for the next layer): + `residual` ([T, H, W, Cout]; the sum,
     rounded to buf's dtype, stored to `x_out`, which may be `residual` itself), then with `gamma`
     ([Cout]) the RMS norm (+ SiLU) of ops/rms_silu.py, computed from the float32 sum. `out` may be
-    a view into a larger buffer (the next conv's time-padded input) as long as it is contiguous."""
+    a view into a larger buffer (the next conv's input) as long as it is contiguous."""
     if buf.dim() != 4 or buf.shape[-1] != conv.cin or buf.shape[0] < 3 or not buf.is_contiguous():
         raise ValueError(f"causal_conv: buf must be a contiguous [2 + T, H, W, {conv.cin}] tensor, "
                          f"got {tuple(buf.shape)}")
-    if buf.dtype != conv.weight.dtype:
-        raise ValueError(f"causal_conv: buf is {buf.dtype}, the packed weights {conv.weight.dtype}")
-    p_t, h, w, c = buf.shape
-    t = p_t - 2
+    return causal_conv_stream(buf[2:], buf[:2], conv, bias, out, config, gamma, silu, residual, x_out)
+
+
+def stream_input(frames: torch.Tensor, history: Optional[torch.Tensor]) -> torch.Tensor:
+    """The time-padded input [2 + T, H, W, C] that causal_conv_stream reads: history (zeros if None), frames."""
+    return torch.cat([frames.new_zeros(2, *frames.shape[1:]) if history is None else history, frames])
+
+
+def _stream_descriptor(frames: torch.Tensor, history: Optional[torch.Tensor], cfg: Config):
+    """A 5-D descriptor [slot, frame, H, W, C] over both tensors, wherever they lie: slot 0 starts at
+    the lower address, slot 1 at the other (its stride the distance between them; the frame extent
+    covers both). Returns (descriptor, history's slot, frames' slot); without history its slot is
+    out of range, which reads as zeros."""
+    t, h, w, c = frames.shape
+    box = [1, 1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k]
+    inner = list(frames.stride())
+    if history is None:
+        return TensorDescriptor(frames, [1, t, h, w, c], [frames.numel()] + inner, box), 1, 0
+    lo, hi = sorted((history, frames), key=torch.Tensor.data_ptr)
+    gap = hi.data_ptr() - lo.data_ptr()
+    if gap % 16:
+        raise ValueError("causal_conv_stream: history and frames must lie a multiple of 16 bytes apart")
+    d = TensorDescriptor(lo, [2, max(t, 2), h, w, c], [gap // frames.element_size()] + inner, box)
+    return (d, 0, 1) if lo is history else (d, 1, 0)
+
+
+def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedConv, bias: bool = True,
+                       out: Optional[torch.Tensor] = None, config: Optional[Config] = None,
+                       gamma: Optional[torch.Tensor] = None, silu: bool = True,
+                       residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None,
+                       history_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """causal_conv of the frames [T, H, W, C] after the stream's `history` [2, H, W, C] (the previous
+    chunk's last two input frames, None at the start: zeros), read where they are: no time-padded
+    copy of the two. Options as causal_conv's; with the fused epilogue (gamma or residual) and
+    T >= 2, `history_out` ([2, H, W, Cout]) takes a second copy of the last two output frames: the
+    next conv's next history, without a pass of its own."""
+    if frames.dim() != 4 or frames.shape[-1] != conv.cin or not frames.is_contiguous():
+        raise ValueError(f"causal_conv: frames must be a contiguous [T, H, W, {conv.cin}] tensor, "
+                         f"got {tuple(frames.shape)}")
+    t, h, w, c = frames.shape
+    if history is not None and (tuple(history.shape) != (2, h, w, c) or not history.is_contiguous()
+                                or history.dtype != frames.dtype or history.device != frames.device):
+        raise ValueError(f"causal_conv: history must be a contiguous [2, {h}, {w}, {c}] {frames.dtype} tensor")
+    if frames.dtype != conv.weight.dtype:
+        raise ValueError(f"causal_conv: the input is {frames.dtype}, the packed weights {conv.weight.dtype}")
     shape = (t, h, w, conv.cout)
     if out is None:
-        out = buf.new_empty(shape)
+        out = frames.new_empty(shape)
     for name, x in (("out", out), ("residual", residual), ("x_out", x_out)):
-        if x is not None and (tuple(x.shape) != shape or not x.is_contiguous() or x.dtype != buf.dtype):
-            raise ValueError(f"causal_conv: {name} must be a contiguous {shape} {buf.dtype} tensor")
+        if x is not None and (tuple(x.shape) != shape or not x.is_contiguous() or x.dtype != frames.dtype):
+            raise ValueError(f"causal_conv: {name} must be a contiguous {shape} {frames.dtype} tensor")
     if x_out is not None and residual is None:
         raise ValueError("causal_conv: x_out takes the residual sum; pass a residual")
     if gamma is not None and gamma.numel() != conv.cout:
         raise ValueError(f"causal_conv: gamma must have {conv.cout} values (one per output channel)")
-    cfg = config or default_config(buf.device, c, conv.cout, h, w, buf.element_size())
+    fused = gamma is not None or residual is not None
+    if history_out is not None and (not fused or t < 2 or tuple(history_out.shape) != (2, h, w, conv.cout)
+                                    or not history_out.is_contiguous() or history_out.dtype != frames.dtype):
+        raise ValueError(f"causal_conv: history_out must be a contiguous [2, {h}, {w}, {conv.cout}] {frames.dtype} "
+                         "tensor, with the fused epilogue (gamma or residual) and at least 2 frames")
+    cfg = config or default_config(frames.device, c, conv.cout, h, w, frames.element_size())
     if c % cfg.block_k or cfg.block_m % cfg.rows:
         raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
                          " do not divide")
-    fused = gamma is not None or residual is not None
-    if not rms_silu._use_kernel(buf):
-        if fused:
-            return causal_conv_fused_reference(buf, conv, out, bias, gamma, silu, residual, x_out)
-        return out.copy_(causal_conv_reference(buf, conv, bias))
-    use_tma = cfg.tma and buf.is_cuda and TensorDescriptor is not None
-    xd = wd1 = wd2 = None  # the pointer path takes the tensors in the descriptors' places
+    if not rms_silu._use_kernel(frames):
+        buf = stream_input(frames, history)
+        if not fused:
+            return out.copy_(causal_conv_reference(buf, conv, bias))
+        causal_conv_fused_reference(buf, conv, out, bias, gamma, silu, residual, x_out)
+        if history_out is not None:
+            history_out.copy_(out[-2:])
+        return out
+    use_tma = cfg.tma and TensorDescriptor is not None  # on the CPU: in the interpreter (tests)
+    xd, hslot, cslot = _stream_descriptor(frames, history, cfg) if use_tma else (frames, 0, 0)
+    wd1 = wd2 = conv.weight  # the pointer path takes the tensors in the descriptors' places
     if use_tma:
-        xd = TensorDescriptor(buf, list(buf.shape), list(buf.stride()),
-                              [1, cfg.rows, cfg.block_m // cfg.rows, cfg.block_k])
         wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
         wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
     io = {}  # the fused epilogue's descriptors: two channel blocks (N1, N2) of each tensor
     tma_io = use_tma and fused and cfg.tma_io
     if tma_io:
-        for name, x in (("YD", out), ("RD", residual), ("XOD", x_out)):
+        for name, x in (("YD", out), ("RD", residual), ("XOD", x_out), ("HND", history_out)):
             if x is not None:
                 d1, d2 = (TensorDescriptor(x, list(x.shape), list(x.stride()),
                                            [1, cfg.rows, cfg.block_m // cfg.rows, n]) for n in (conv.n1, conv.n2 or 16))
                 io.update({name + "1": d1, name + "2": d2})
     has_bias = bias and conv.bias is not None
     _causal_conv_kernel[tile_grid(t, h, w, cfg.block_m, cfg.rows)](
-        buf, xd if use_tma else buf, conv.weight, wd1 if use_tma else conv.weight, wd2 if use_tma else conv.weight,
+        frames, frames if history is None else history, xd, hslot, cslot, conv.weight, wd1, wd2,
         conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
-        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(buf),
+        BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(frames),
         R=out if residual is None else residual, XO=out if x_out is None else x_out,
         G=out if gamma is None else gamma.contiguous(), scale=float(conv.cout) ** 0.5,
         FUSED=fused, HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
-        TMA_IO=tma_io, **io, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        TMA_IO=tma_io, HAS_HIST=history is not None, HN=out if history_out is None else history_out,
+        hist_from=t - 2, HIST_OUT=history_out is not None, **io, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -86,9 +86,10 @@ if triton is not None:
     def _rms_silu_stream_kernel(X, H, G, B, Y, HN, R, XO, N, C, HR, N_OUT, y_stride, frame_rows, scale,
                                 SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_HIST: tl.constexpr,
                                 TAPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                                HAS_RES: tl.constexpr = False, WRITE_X: tl.constexpr = False):
-        # rows of V = [history (HR rows, already normalised); rms_silu(x) (N rows)]
-        v = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+                                HAS_RES: tl.constexpr = False, WRITE_X: tl.constexpr = False, SKIP=0, V0=0):
+        # rows of V = [history (HR rows, already normalised); rms_silu(x) (N rows)]; out's row r takes
+        # V's row r + SKIP (+ the tap's offset); the launch covers V's rows from V0 on
+        v = V0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_C)
         col_ok = cols[None, :] < C
         in_v = (v[:, None] < HR + N) & col_ok
@@ -101,7 +102,7 @@ if triton is not None:
         else:  # the start of the stream: zero frames
             y = tl.where(is_hist, 0.0, y).to(Y.dtype.element_ty)
         for tap in tl.static_range(TAPS):
-            dst = v - tap * frame_rows  # out[r, tap] = V[r + tap * frame_rows]
+            dst = v - tap * frame_rows - SKIP  # out[r, tap] = V[r + tap * frame_rows + SKIP]
             m = in_v & (dst[:, None] >= 0) & (dst[:, None] < N_OUT)
             tl.store(Y + dst[:, None].to(tl.int64) * y_stride + tap * C + cols[None, :], y, mask=m)
         new = v - N  # the last HR rows of V are the next chunk's history
@@ -185,12 +186,13 @@ def rms_silu(
 def rms_silu_stream(
     x: torch.Tensor, gamma: torch.Tensor, silu: bool, out: torch.Tensor, history: Optional[torch.Tensor],
     history_out: torch.Tensor, taps: int, frame_rows: int, bias: Optional[torch.Tensor] = None,
-    residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None, with_history: bool = True,
 ) -> torch.Tensor:
     """rms_silu of x ([..., C] contiguous) as a causal conv's input, after `history` (see the module
     docstring). history / history_out: [..., C] with the same number of rows (None: zeros, the
     start of the stream); taps=3: history holds 2 * frame_rows rows and out is [rows of x, 3C];
-    taps=1: out is [history rows + rows of x, C]. With `residual` (like x) the rows normalised are
+    taps=1: out is [history rows + rows of x, C], or with with_history=False the rows of x alone (a
+    conv that reads the history where it is). With `residual` (like x) the rows normalised are
     add_bias_residual_(x, bias, residual)'s, computed in the same pass and stored into `x_out` if
     given (x itself is left as it is). Returns out."""
     c = _check_rows(x, gamma, bias)
@@ -202,7 +204,10 @@ def rms_silu_stream(
     n, hr = x.numel() // c, history_out.numel() // c
     if taps not in (1, 3) or (taps == 3 and hr != 2 * frame_rows):
         raise ValueError("taps must be 1, or 3 with a history of 2 * frame_rows rows")
-    n_out = n if taps == 3 else hr + n
+    if not with_history and taps != 1:
+        raise ValueError("rms_silu_stream: with_history=False is for taps=1")
+    n_out = n if taps == 3 or not with_history else hr + n
+    skip = 0 if with_history else hr  # rows of V before out's first
     for name, t, rows in (("out", out, n_out * taps), ("history_out", history_out, hr), ("history", history, hr)):
         if t is not None and (t.numel() != rows * c or not t.is_contiguous() or t.dtype != x.dtype):
             raise ValueError(f"rms_silu_stream: {name} must be contiguous {x.dtype} with {rows} rows of {c}")
@@ -219,16 +224,18 @@ def rms_silu_stream(
         v = torch.cat([hist, y])
         o = out.view(n_out, taps * c)
         for tap in range(taps):
-            o[:, tap * c:(tap + 1) * c] = v[tap * frame_rows: tap * frame_rows + n_out]
+            o[:, tap * c:(tap + 1) * c] = v[skip + tap * frame_rows: skip + tap * frame_rows + n_out]
         history_out.view(hr, c).copy_(v[n:])
         return out
     block_n, block_c = _blocks(c)
-    _rms_silu_stream_kernel[(triton.cdiv(hr + n, block_n),)](
+    v0 = skip if n >= hr else 0  # the history rows are read only for out or the next history
+    _rms_silu_stream_kernel[(triton.cdiv(hr + n - v0, block_n),)](
         x, x if history is None else history, gamma.contiguous(), gamma if bias is None else bias.contiguous(),
         out, history_out, x if residual is None else residual, x if x_out is None else x_out,
         n, c, hr, n_out, taps * c, frame_rows, float(c) ** 0.5,
         SILU=silu, HAS_BIAS=bias is not None, HAS_HIST=history is not None, TAPS=taps,
-        BLOCK_N=block_n, BLOCK_C=block_c, HAS_RES=residual is not None, WRITE_X=x_out is not None, num_warps=4,
+        BLOCK_N=block_n, BLOCK_C=block_c, HAS_RES=residual is not None, WRITE_X=x_out is not None, SKIP=skip, V0=v0,
+        num_warps=4,
     )
     return out
 
