@@ -172,6 +172,18 @@ def _check_causal_conv(frames, h, w, c, cout):
     assert torch.equal(causal_conv.causal_conv_stream(frames_t, None, packed), causal_conv.causal_conv(zero, packed))
 
 
+def test_stream_history_order_compiles_no_second_kernel():
+    """Whether the history lies below or above the frames (the allocator's choice) only changes
+    runtime slot values: one compiled kernel, not a fresh compile mid-decode when the order flips."""
+    packed = causal_conv.pack(torch.randn(96, 96, 3, 3, 3, device="cuda") / 50, None, torch.bfloat16)
+    pool = torch.randn(10, 16, 64, 96, device="cuda").bfloat16()
+    causal_conv.causal_conv_stream(pool[4:8], pool[:2], packed)  # history below
+    cache = causal_conv._causal_conv_kernel.device_caches[torch.cuda.current_device()][0]
+    n = len(cache)
+    causal_conv.causal_conv_stream(pool[:4], pool[6:8], packed)  # history above
+    assert len(cache) == n
+
+
 def test_wide_attention_at_the_decoder_shape():
     """The middle attention's kernel (one head of 384) on 4 latent frames of 60 x 104 tokens, bf16,
     q / k / v slices of one projection: against float32 attention of the same inputs, within twice

@@ -200,7 +200,9 @@ if triton is not None:
                     hout = out - plane.to(tl.int64) * hist_from
                     _tile_store(HN, HND2, v2, hout, n2, m2, f - hist_from, h0, w0, N1, BLOCK_M, ROWS, N2, TMA_IO)
 
-    @triton.jit
+    # the slots depend on where the allocator put the two tensors: not specialised (a value of 1
+    # would compile a second kernel mid-decode, whenever the order flips)
+    @triton.jit(do_not_specialize=["HSLOT", "CSLOT", "hist_from"])
     def _causal_conv_kernel(X, XH, XD, HSLOT, CSLOT, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
