@@ -33,6 +33,7 @@ SMOKE_SIZES = {"480p": (2, 4, 6), "720p": (2, 6, 8)}  # --smoke: the script's lo
 T0 = time.time()
 DEV = torch.device("cuda")
 CHUNKS = {"480p": (1, 2), "720p": (1,)}  # the chunk sweep's sizes (--chunks)
+MODES = ("stacked+conv3d+sdpa", "triton+triton+unfused", "triton+triton+nolow", "triton+triton")  # --modes
 
 
 def sync():
@@ -168,7 +169,8 @@ def set_modes(mode: str) -> None:
     """"small+wide[+headconv][+sdpa][+unfused][+nolow]" -> vae_fast.SMALL_CONV, WIDE_CONV, HEAD_BY_TAPS,
     ATTENTION, FUSE_NORM, LOW_STAGES."""
     small, wide, *rest = mode.split("+")
-    if set(rest) - {"headconv", "sdpa", "unfused", "nolow"}:
+    if set(rest) - {"headconv", "sdpa", "unfused", "nolow"} or small not in vae_fast._SMALL_MODES \
+            or wide not in vae_fast._WIDE_MODES:
         raise ValueError(f"unknown decode mode {mode!r}")
     vae_fast.SMALL_CONV, vae_fast.WIDE_CONV = small, wide
     vae_fast.HEAD_BY_TAPS, vae_fast.ATTENTION = "headconv" not in rest, "sdpa" if "sdpa" in rest else "auto"
@@ -189,7 +191,7 @@ def fast_section(res, cfg, vae, name, z, ref, repeats):
     # the default until session 24), the norms in the convs' epilogues but every up layer chunked
     # ("+nolow", the default until session 25), and the default on Hopper: the first upsampling
     # stage with the middle blocks, over all frames
-    for mode in ("stacked+conv3d+sdpa", "triton+triton+unfused", "triton+triton+nolow", "triton+triton"):
+    for mode in MODES:
         set_modes(mode)
         vae._fast_cache.clear()
 
@@ -255,6 +257,7 @@ def parse_chunks(spec: str) -> dict:
 
 
 def main() -> int:
+    global DEV, SIZES, CHUNKS, MODES
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_vae.json")
     ap.add_argument("--repeats", type=int, default=3)
@@ -263,10 +266,20 @@ def main() -> int:
     ap.add_argument("--profile", default="")
     ap.add_argument("--chunks", default="", help="chunk sweep, e.g. 480p=1,2,3,4;720p=1,2 (default: 480p=1,2;720p=1)")
     ap.add_argument("--smoke", action="store_true", help="tiny config and sizes on the CPU")
+    ap.add_argument("--modes", default="", help=f"decode modes, comma-separated (default: {','.join(MODES)})")
+    ap.add_argument("--sizes", default="", help="480p and / or 720p, comma-separated (default: both)")
     args = ap.parse_args()
-    global DEV, SIZES, CHUNKS
     if args.chunks:
         CHUNKS = parse_chunks(args.chunks)
+    if args.modes:
+        MODES = tuple(args.modes.split(","))
+        for mode in MODES:
+            set_modes(mode)  # an unknown mode fails here, not after the reference decodes
+        set_modes(MODES[-1])
+    if args.sizes:
+        if set(args.sizes.split(",")) - set(SIZES):
+            raise SystemExit(f"--sizes: expected 480p and / or 720p, got {args.sizes!r}")
+        SIZES = {k: v for k, v in SIZES.items() if k in args.sizes.split(",")}
     if args.smoke:
         DEV, SIZES, args.skip_micro, args.profile = torch.device("cpu"), SMOKE_SIZES, True, ""
     dev = DEV
