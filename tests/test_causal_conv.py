@@ -204,6 +204,13 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource
                     out = causal_conv.causal_conv_stream(frames[:first], history, packed, config=cfg)
                     err = ((out.double() - want[:first]).norm() / want[:first].norm()).item()
                     assert err < tol, ("stream", tma, history is None, first, dtype, c, cout, err)
+            if tma:  # the descriptor's slot stride: a whole number of 16 bytes between the two tensors
+                odd = torch.empty(buf[2:].numel() + 1, dtype=dtype)[1:].view(buf[2:].shape)
+                try:
+                    causal_conv.causal_conv_stream(odd, buf[:2].clone(), packed, config=cfg)
+                    raise AssertionError("no error for misaligned history / frames")
+                except ValueError as e:
+                    assert "multiple of 16 bytes" in str(e), e
     print("kernel ok")
     """
 )

@@ -226,7 +226,9 @@ class FastConv:
                                        residual=None if residual is None else residual[0],
                                        x_out=None if x_out is None else x_out[0], history_out=hist)
         prev = state.get(key)
-        state[key] = _next_history(prev, nxt) if hist is None else hist
+        if hist is None:  # one frame: the previous chunk's last one, then it
+            hist = torch.cat([nxt.new_zeros(1, h, w, self.packed.cout) if prev is None else prev[1:], nxt])
+        state[key] = hist
         return ConvInput(nxt, prev)
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
@@ -272,13 +274,6 @@ class ConvInput(NamedTuple):
     history: Optional[torch.Tensor]
 
 
-def _next_history(prev: Optional[torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
-    """The last two frames of [prev (zeros if None); frames], copied out of the chunk's buffer."""
-    if frames.shape[0] >= 2:
-        return frames[-2:].clone()
-    return torch.cat([frames.new_zeros(1, *frames.shape[1:]) if prev is None else prev[1:], frames])
-
-
 @dataclass
 class Prepared:
     """A residual block's output x (the next block's residual) with the next block's conv1 input,
@@ -287,7 +282,7 @@ class Prepared:
     x: Optional[torch.Tensor]
     buf: Optional[ConvInput]
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self) -> tuple[torch.Tensor, ConvInput]:
         """(x, buf), and this object lets go of them (buf is freed once conv1 has read it)."""
         if self.x is None:
             raise RuntimeError("a Prepared input is consumed once")
