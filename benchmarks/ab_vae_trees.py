@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SIZES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
+from bench_vae import SIZES  # the latent shapes bench_vae decodes (480p, 720p)
 
 CHILD = """
 import sys, time, json, torch
