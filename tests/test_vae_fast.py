@@ -107,8 +107,19 @@ def test_norm_in_conv_epilogue_equals_unfused(chunk, monkeypatch):
         return real(self, buf, state, key, gamma, residual, x_out)
 
     monkeypatch.setattr(vae_fast.FastConv, "conv_into", conv_into)
+    ups = []  # upsampler calls: whether each wrote the next block's conv1 input
+    real_up = vae_fast.upsample_conv.upsample_conv
+
+    def upsample(x, conv, out=None, gamma=None, **kw):
+        ups.append(gamma is not None)
+        return real_up(x, conv, out, gamma, **kw)
+
+    monkeypatch.setattr(vae_fast.upsample_conv, "upsample_conv", upsample)
     fused = fast_decode(vae16, zn, plan=plan)
     passes = -(-3 // chunk)
+    # the latent stage's upsampler runs plain (its output is kept for the chunks); per chunk, the
+    # first chunked one feeds a fusable block, the last one heads by taps
+    assert ups == [False] * passes + [True, False] * passes
     # per pass: conv1 of every fusable block (the 16-channel ones at full resolution are heads by
     # taps here, so not fusable), conv2 of those followed by a fusable block
     dec = vae_fast.prepared(vae16, zn.device, torch.float32)
@@ -130,7 +141,9 @@ def test_norm_in_conv_epilogue_equals_unfused(chunk, monkeypatch):
     assert rel(whole, fused) < 1e-5
     monkeypatch.setattr(vae_fast, "LOW_STAGES", True)
     monkeypatch.setattr(vae_fast, "FUSE_NORM", False)
+    ups.clear()
     unfused = fast_decode(vae16, zn, plan=plan)
+    assert ups and not any(ups)
     assert rel(fused, unfused) < 1e-5 and rel(fused, ref) < 1e-5
 
 

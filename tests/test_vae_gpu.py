@@ -184,6 +184,49 @@ def test_stream_history_order_compiles_no_second_kernel():
     assert len(cache) == n
 
 
+def test_upsample_conv_at_the_decoder_shapes():
+    """The upsamplers' 2x2 phase convs (ops/upsample_conv.py) on our conv kernel at the 480p decode's
+    chunk shapes, bf16, into NaN-filled outputs: the plain output within twice the error of the cuDNN
+    path (conv2d + interleave) against float32; with the norm in the epilogue (descriptor and
+    pointer stores), the same output, its norm within twice the error of a norm pass over it, and
+    the history the norm's last two frames. The four phases share one compiled kernel."""
+    from dataclasses import replace
+
+    from turbovid.ops import upsample_conv
+    for frames, h, w, c, cout in ((8, 120, 208, 384, 192), (8, 240, 416, 192, 96)):
+        g = torch.Generator(device="cuda").manual_seed(2)
+        x = torch.randn(frames, h, w, c, device="cuda", generator=g).bfloat16()
+        weight = torch.randn(cout, c, 3, 3, device="cuda", generator=g) / (9 * c) ** 0.5
+        bias = torch.randn(cout, device="cuda", generator=g) * 0.1
+        packed = upsample_conv.pack(weight, bias, torch.bfloat16)
+        p32 = upsample_conv.pack(weight.bfloat16().float(), packed.bias.float(), torch.float32)
+        ref = upsample_conv.upsample_conv_reference(x.float(), p32, torch.empty(frames, 2 * h, 2 * w, cout, device="cuda"))
+        cudnn = upsample_conv.upsample_conv_reference(x, packed, x.new_empty(ref.shape))
+
+        def nan(*shape):
+            return torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16)
+
+        def rel(a, b):
+            return ((a.float() - b.float()).norm() / b.float().norm()).item()
+        out = upsample_conv.upsample_conv(x, packed, nan(*ref.shape))
+        cache = causal_conv._causal_conv_kernel.device_caches[torch.cuda.current_device()][0]
+        n = len(cache)
+        upsample_conv.upsample_conv(x, packed, nan(*ref.shape))
+        assert len(cache) == n, "a phase compiled a kernel of its own"
+        assert rel(out, ref) <= 2 * rel(cudnn, ref) + 1e-6, (c, rel(out, ref), rel(cudnn, ref))
+        gamma = 1 + 0.2 * torch.randn(cout, device="cuda", generator=g)
+        want = rms_silu_reference(out.float(), gamma)
+        pass_err = rel(rms_silu(out, gamma), want)  # the norm kernel's pass over the stored output
+        cfg = upsample_conv.default_config(x.device, c, cout, h, w, 2)
+        for tma_io in (True, False):
+            y, normed, hist = nan(*ref.shape), nan(*ref.shape), nan(2, *ref.shape[1:])
+            upsample_conv.upsample_conv(x, packed, y, gamma=gamma, normed=normed, history_out=hist,
+                                        config=replace(cfg, tma_io=tma_io))
+            assert torch.equal(y, out), (c, tma_io)
+            assert rel(normed, want) <= 2 * pass_err + 1e-6, (c, tma_io, rel(normed, want), pass_err)
+            assert torch.equal(hist, normed[-2:]), (c, tma_io)
+
+
 def test_wide_attention_at_the_decoder_shape():
     """The middle attention's kernel (one head of 384) on 4 latent frames of 60 x 104 tokens, bf16,
     q / k / v slices of one projection: against float32 attention of the same inputs, within twice

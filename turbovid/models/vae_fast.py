@@ -16,10 +16,12 @@
   picks an sm80 kernel there, ~70 TFLOP/s; elsewhere the 96-channel convs run as one 2D conv over
   the three time taps laid side by side as 288 channels, written by the norm kernel); see
   SMALL_CONV / WIDE_CONV.
-- Nearest 2x upsampling followed by a 3x3 conv is computed as one 2x2 conv over the low-resolution
-  input that produces the four output phases (2.25x fewer FLOPs, no upsampled copy); one Triton
-  pass interleaves the phases (and the time upsampler's frame halves) with the bias added
-  (ops/interleave.py).
+- Nearest 2x upsampling followed by a 3x3 conv is computed as four 2x2 convs over the
+  low-resolution input, one an output phase (2.25x fewer FLOPs, no upsampled copy;
+  ops/upsample_conv.py). On Hopper they run as our conv kernel, storing each phase in place and the
+  next residual block's normalised input from the epilogue; elsewhere one cuDNN conv2d computes the
+  four phases and a Triton pass interleaves them with the bias (ops/interleave.py, which also
+  interleaves the time upsampler's frame halves).
 - The decoder's latent-resolution part (conv_in, middle blocks with their frame-wide attention)
   and its first upsampling stage run untiled, over all frames (or the plan's mid_chunk) a pass; the
   rest is chunked in time and, when the memory plan says so (vae_tiling.py), split into overlapping
@@ -36,16 +38,10 @@ import torch.nn.functional as F
 
 from turbovid.models.vae import AttentionBlock, CausalConv3d, Resample, ResBlock, WanVAE
 from turbovid.models.vae_tiling import DEFAULT_SOFT_CAP, SMALL_CHANNELS, DecodePlan, plan_decode, tile_weights
-from turbovid.ops import causal_conv, conv_head, interleave, wide_attention
+from turbovid.ops import causal_conv, conv_head, interleave, upsample_conv, wide_attention
 from turbovid.ops.rms_silu import add_bias_residual_, rms_silu, rms_silu_stream
 
 log = logging.getLogger("turbovid.vae")
-
-# Phase (0 or 1) of a 2x nearest upsample -> which of the 3x3 kernel's taps land on each of the
-# two low-resolution rows (or columns) a 2x2 kernel sees: output row 2i+0 sees low-res rows i-1, i;
-# output row 2i+1 sees rows i, i+1.
-_SUBPIXEL_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
-
 
 # A residual block's sum y + bias + h formed by the next norm kernel (next block's first norm, the
 # head's norm) instead of a separate add pass: one pass over the sum fewer; False for A/B timing.
@@ -225,11 +221,7 @@ class FastConv:
         causal_conv.causal_conv_stream(*inp, self.packed, out=nxt, gamma=gamma,
                                        residual=None if residual is None else residual[0],
                                        x_out=None if x_out is None else x_out[0], history_out=hist)
-        prev = state.get(key)
-        if hist is None:  # one frame: the previous chunk's last one, then it
-            hist = torch.cat([nxt.new_zeros(1, h, w, self.packed.cout) if prev is None else prev[1:], nxt])
-        state[key] = hist
-        return ConvInput(nxt, prev)
+        return _next_input(state, key, nxt, hist)
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
@@ -263,6 +255,16 @@ class Pending:
         parts = self.y, self.bias, self.h
         self.y = self.h = None
         return parts
+
+
+def _next_input(state: dict, key: str, frames: torch.Tensor, history_out: Optional[torch.Tensor]) -> "ConvInput":
+    """A conv's input: frames (just written, normalised) after the stream history state[key], which
+    moves on to history_out, the frames' last two (None for a one-frame chunk: formed here)."""
+    prev = state.get(key)
+    if history_out is None:  # one frame: the previous chunk's last one, then it
+        history_out = torch.cat([frames.new_zeros(1, *frames.shape[1:]) if prev is None else prev[1:], frames])
+    state[key] = history_out
+    return ConvInput(frames, prev)
 
 
 class ConvInput(NamedTuple):
@@ -395,33 +397,34 @@ class FastAttention:
 
 
 class FastUpsample:
-    """2x spatial upsample + 3x3 conv as one 2x2 conv with 4 output phases; optional 2x in time first."""
+    """2x spatial upsample + 3x3 conv as four 2x2 convs, one an output phase (ops/upsample_conv.py);
+    optional 2x in time first. In the "triton" wide mode the 2x2 convs run as our conv kernel, which
+    also writes the next residual block's normalised input (FastRes.fusable, FUSE_NORM)."""
 
-    def __init__(self, block: Resample, dtype: torch.dtype):
+    def __init__(self, block: Resample, dtype: torch.dtype, modes: ConvModes = ConvModes()):
         if not block.mode.startswith("up"):
             raise ValueError("the fast path decodes only")
-        w = block.conv.weight.detach().float()  # (C', C, 3, 3)
-        self.cout = w.shape[0]
-        sub = w.new_zeros(2, 2, w.shape[0], w.shape[1], 2, 2)
-        for py in range(2):
-            for px in range(2):
-                for r, rows in enumerate(_SUBPIXEL_TAPS[py]):
-                    for s, cols in enumerate(_SUBPIXEL_TAPS[px]):
-                        sub[py, px, :, :, r, s] = w[:, :, list(rows)][:, :, :, list(cols)].sum(dim=(2, 3))
-        self.weight = sub.reshape(4 * self.cout, w.shape[1], 2, 2).to(dtype).contiguous(memory_format=torch.channels_last)
-        self.bias = block.conv.bias.detach().to(dtype)
+        self.packed = upsample_conv.pack(block.conv.weight, block.conv.bias, dtype)
+        self.kernel = modes.wide == "triton" and self.packed.cin % causal_conv.MIN_BLOCK_K == 0
         self.time = FastConv(block.time_conv, dtype, fused_bias=True) if block.mode == "up3d" else None
 
-    def __call__(self, x, state: dict, key: str) -> torch.Tensor:
+    def __call__(self, x, state: dict, key: str, nxt: Optional[tuple["FastRes", str]] = None):
+        """x -> the upsampled activations; with nxt (the next layer, its key), a fusable residual block
+        and the kernel, a Prepared: them and that block's conv1 input."""
         x = materialize(x)
         if self.time is not None:
             x = self._double_frames(x, state, key)
-        b, t, h, w, c = x.shape
-        o = F.conv2d(x.view(b * t, h, w, c).permute(0, 3, 1, 2), self.weight, None, padding=1)
-        o = o.permute(0, 2, 3, 1).contiguous()  # (bt, h+1, w+1, 4C'): channel group 2*py+px is phase (py, px)
-        # out[n, i, py, j, px, :] = o[n, i+py, j+px, (2py+px)C' : (2py+px+1)C'] + bias, in one pass
-        y = interleave.subpixel_(o, self.bias, o.new_empty(b * t, h, 2, w, 2, self.cout))
-        return y.view(b, t, 2 * h, 2 * w, self.cout)
+        _, t, h, w, _ = x.shape
+        y = x.new_empty(t, 2 * h, 2 * w, self.packed.cout)
+        if not self.kernel:
+            return upsample_conv.upsample_conv_reference(x[0], self.packed, y).unsqueeze(0)
+        if nxt is None or not (FUSE_NORM and nxt[0].fusable()):
+            return upsample_conv.upsample_conv(x[0], self.packed, y).unsqueeze(0)
+        block, nkey = nxt
+        normed = torch.empty_like(y)
+        hist = y.new_empty(2, *y.shape[1:]) if t >= 2 else None
+        upsample_conv.upsample_conv(x[0], self.packed, y, gamma=block.gamma1, normed=normed, history_out=hist)
+        return Prepared(y.unsqueeze(0), _next_input(state, nkey + ".1", normed, hist))
 
     def _double_frames(self, x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
         first = None
@@ -463,7 +466,7 @@ class FastDecoder:
             return FastRes(m, dtype, modes)
         if isinstance(m, AttentionBlock):
             return FastAttention(m, dtype, modes.attention)
-        return FastUpsample(m, dtype)
+        return FastUpsample(m, dtype, modes)
 
     def low_frames(self, t: int) -> int:
         """Frames the latent stage makes of the first t latent frames (the first one passes once)."""
@@ -478,8 +481,8 @@ class FastDecoder:
         for i in range(len(self.mid)):
             x = _call(self.mid, i, x, state, "mid", owned=True)
         x = materialize(x)
-        for i in range(self.low):
-            x = _call(self.up, i, x, state, "up", owned=True)
+        for i in range(self.low):  # the last one hands no conv input on: the chunks that read its output do
+            x = _call(self.up, i, x, state, "up", owned=True, end=self.low)
         return materialize(x)
 
     def up_stage(self, x: torch.Tensor, state: dict) -> torch.Tensor:
@@ -491,13 +494,17 @@ class FastDecoder:
         return self.conv_out(x, state, "out", self.gamma_out)  # a Pending: the head's norm forms the sum
 
 
-def _call(layers: list, i: int, x, state: dict, prefix: str, owned: bool):
-    """layers[i] on x (keyed prefix + i); a residual block followed by another is told so (FastRes's
-    nxt). The caller rebinds its x to the result, so x's parts are not kept alive meanwhile."""
-    layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+def _call(layers: list, i: int, x, state: dict, prefix: str, owned: bool, end: Optional[int] = None):
+    """layers[i] on x (keyed prefix + i); a residual block or upsampler followed by a residual block
+    (before `end`) is told so (their nxt). The caller rebinds its x to the result, so x's parts are
+    not kept alive meanwhile."""
+    end = len(layers) if end is None else end
+    layer, after = layers[i], layers[i + 1] if i + 1 < end else None
+    nxt = (after, f"{prefix}{i + 1}") if isinstance(after, FastRes) else None
+    if isinstance(layer, FastUpsample):
+        return layer(x, state, f"{prefix}{i}", nxt)
     if not isinstance(layer, FastRes):
         return layer(x, state, f"{prefix}{i}")
-    nxt = (after, f"{prefix}{i + 1}") if isinstance(after, FastRes) else None
     return layer(x, state, f"{prefix}{i}", nxt, owned)
 
 

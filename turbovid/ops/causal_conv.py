@@ -140,14 +140,17 @@ if triton is not None:
     def _finish(acc, n, c0: tl.constexpr, R, RD, XO, XOD, B, out, mask, f, h0, w0, COUT, dtype: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, WRITE_X: tl.constexpr, BLOCK_M: tl.constexpr,
                 ROWS: tl.constexpr, N: tl.constexpr, TMA_IO: tl.constexpr):
-        """acc (+ bias) (+ residual, then rounded to dtype as a stored sum is, and stored to XO; kept in
-        dtype, half the registers of float32 until the norm reads it)."""
+        """acc (+ bias) (+ residual); with a residual or WRITE_X rounded to dtype as a stored tensor is
+        (kept in dtype, half the registers of float32 until the norm reads it), and with WRITE_X stored
+        to XO."""
         if HAS_BIAS:
             acc += tl.load(B + n, mask=n < COUT, other=0.0).to(tl.float32)[None, :]
         if HAS_RES:
             acc = (acc + _tile_load(R, RD, out, n, mask, f, h0, w0, c0, BLOCK_M, N, TMA_IO)).to(dtype)
-            if WRITE_X:
-                _tile_store(XO, XOD, acc, out, n, mask, f, h0, w0, c0, BLOCK_M, ROWS, N, TMA_IO)
+        elif WRITE_X:
+            acc = acc.to(dtype)
+        if WRITE_X:
+            _tile_store(XO, XOD, acc, out, n, mask, f, h0, w0, c0, BLOCK_M, ROWS, N, TMA_IO)
         return acc
 
     @triton.jit
@@ -163,7 +166,7 @@ if triton is not None:
                      HAS_RES: tl.constexpr, WRITE_X: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
                      BLOCK_M: tl.constexpr, ROWS: tl.constexpr, TMA_IO: tl.constexpr, HN=None, HND1=None,
                      HND2=None, hist_from=0, plane=0, HIST_OUT: tl.constexpr = False):
-        """The fused epilogue: each pixel's output channels (+ bias) (+ residual, the sum stored to XO),
+        """The fused epilogue: each pixel's output channels (+ bias) (+ residual) (that sum stored to XO),
         then RMS-normalised over the COUT channels (rms_silu's math) (+ SiLU), to Y, and with HIST_OUT
         output frames hist_from.. (the last two) to HN as well (plane: elements a frame). Padding columns
         of the accumulators are zero (zero weights, masked bias / residual): they add nothing to the
@@ -202,8 +205,9 @@ if triton is not None:
 
     # the slots depend on where the allocator put the two tensors: not specialised (a value of 1
     # would compile a second kernel mid-decode, whenever the order flips)
-    @triton.jit(do_not_specialize=["HSLOT", "CSLOT", "hist_from"])
-    def _causal_conv_kernel(X, XH, XD, HSLOT, CSLOT, Wt, WD1, WD2, B, Y, H, W, COUT, NP,
+    # the tap offsets OH / OW: -1 or 0 by the upsampler's phase (four launches, one kernel)
+    @triton.jit(do_not_specialize=["HSLOT", "CSLOT", "hist_from", "OH", "OW"])
+    def _causal_conv_kernel(X, XH, XD, HSLOT, CSLOT, Wt, WD1, WD2, B, Y, H, W, COUT, NP, ST, SH, SW, OH, OW,
                             C: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, HAS_N2: tl.constexpr,
                             HAS_BIAS: tl.constexpr, USE_TMA: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr = 1,
@@ -212,24 +216,28 @@ if triton is not None:
                             FUSED: tl.constexpr = False, HAS_RES: tl.constexpr = False,
                             WRITE_X: tl.constexpr = False, NORM: tl.constexpr = False,
                             SILU: tl.constexpr = False, TMA_IO: tl.constexpr = False, HAS_HIST: tl.constexpr = True,
-                            HN=None, HND1=None, HND2=None, hist_from=0, HIST_OUT: tl.constexpr = False):
+                            HN=None, HND1=None, HND2=None, hist_from=0, HIST_OUT: tl.constexpr = False,
+                            KT: tl.constexpr = 3, KS: tl.constexpr = 3):
         # a program: one tile of an output frame f, every output channel. Its taps read input frames
-        # f, f + 1, f + 2 of [history (2 frames); X (the T frames)]: XH / X on the pointer path (no XH:
-        # zeros), slots HSLOT / CSLOT of the 5-D descriptor XD (an out-of-range slot reads as zeros)
+        # f .. f + KT - 1 of [history (KT - 1 frames); X (the T frames)]: XH / X on the pointer path
+        # (no XH: zeros), slots HSLOT / CSLOT of the 5-D descriptor XD (an out-of-range slot reads as
+        # zeros); rows h + OH .. h + OH + KS - 1, columns likewise. Output pixel (f, h, w) lies at
+        # f ST + h SH + w SW (the upsampler's phases are strided views).
         f, h0, w0, mh, mw = frame_tile(H, W, BLOCK_M, ROWS)
         k = tl.arange(0, BLOCK_K)
         acc1 = tl.zeros((BLOCK_M, N1), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_M, N2), dtype=tl.float32)
         NC: tl.constexpr = C // BLOCK_K
-        for it in range(27 * NC):
+        TP: tl.constexpr = KT - 1
+        for it in range(KT * KS * KS * NC):
             tap = it // NC
             c0 = (it - tap * NC) * BLOCK_K
-            dt = tap // 9
-            dh = (tap // 3) % 3 - 1
-            dw = tap % 3 - 1
+            dt = tap // (KS * KS)
+            dh = (tap // KS) % KS + OH
+            dw = tap % KS + OW
             row = tap * C + c0
-            hist = f + dt < 2
-            frame = tl.where(hist, f + dt, f + dt - 2)  # within the history or X
+            hist = f + dt < TP
+            frame = tl.where(hist, f + dt, f + dt - TP)  # within the history or X
             if USE_TMA:  # out-of-bounds rows / columns of the box read as zeros: the padding
                 a = XD.load([tl.where(hist, HSLOT, CSLOT), frame, h0 + dh, w0 + dw, c0]).reshape(BLOCK_M, BLOCK_K)
                 b1 = WD1.load([row, 0])
@@ -239,7 +247,7 @@ if triton is not None:
                 ok = ((ww >= 0) & (ww < W) & (hh >= 0) & (hh < H))[:, None] & (k < BLOCK_K)[None, :]
                 pix = (frame * H + hh).to(tl.int64) * W + ww
                 offs = pix[:, None] * C + c0 + k[None, :]
-                in_x = (mh * 0 + f + dt >= 2)[:, None]  # (a tensor: the interpreter's masks must be)
+                in_x = (mh * 0 + f + dt >= TP)[:, None]  # (a tensor: the interpreter's masks must be)
                 a = tl.load(X + offs, mask=ok & in_x, other=0.0)
                 if HAS_HIST:  # one of the two loads is all zeros
                     a += tl.load(XH + offs, mask=ok & (in_x == 0), other=0.0)
@@ -251,12 +259,12 @@ if triton is not None:
                 else:
                     b2 = tl.load(Wt + (row + k)[:, None] * NP + N1 + tl.arange(0, N2)[None, :])
                 acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
-        out = ((f * H + mh).to(tl.int64) * W + mw)[:, None] * COUT
+        out = (f.to(tl.int64) * ST + mh.to(tl.int64) * SH + mw * SW)[:, None]
         inside = ((mh < H) & (mw < W))[:, None]
         if FUSED:
             store_normed(Y, B, G, acc1, acc2, out, inside, f, h0, w0, COUT, scale, R, XO, YD1, YD2, RD1, RD2,
                          XOD1, XOD2, N1, N2, HAS_N2, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU, BLOCK_M, ROWS, TMA_IO,
-                         HN, HND1, HND2, hist_from, H * W * COUT, HIST_OUT)
+                         HN, HND1, HND2, hist_from, ST, HIST_OUT)
         else:
             store_channels(Y, B, acc1, acc2, out, inside, COUT, N1, N2, HAS_N2, HAS_BIAS)
 
@@ -320,7 +328,7 @@ def smem_bytes(cfg: Config, cout: int, elem: int) -> int:
     return cfg.num_stages * cfg.block_k * (cfg.block_m + sum(split_channels(cout))) * elem
 
 
-def _fit(cfg: Config, cout: int, elem: int) -> Config:
+def fit_shared_memory(cfg: Config, cout: int, elem: int) -> Config:
     """Fewer stages, then thinner K slices, then fewer pixels, until the buffers fit SMEM_BUDGET
     (float32 inputs take twice bf16's)."""
     while smem_bytes(cfg, cout, elem) > SMEM_BUDGET:
@@ -338,7 +346,7 @@ def _fit(cfg: Config, cout: int, elem: int) -> Config:
 def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w: int = 0,
                    elem: int = 2) -> Config:
     """What benchmarks/explore_causal_conv.py measured best on an H100 (2026-11-27), 4 warps unless
-    noted, configs then cut to fit shared memory (_fit):
+    noted, configs then cut to fit shared memory (fit_shared_memory):
     - 96 -> 96: 256-pixel programs, descriptors, the tile shape with the least padding (4 x 64 at
       480p, 1 x 256 at 720p); 4 stages for multi-row tiles (480p: 1.47 vs 1.49 ms), 3 for single
       rows (720p: 3.49 vs 3.63 ms; 3.34 vs 3.35 in another run);
@@ -356,7 +364,7 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
     else:
         rows = tile_rows(h, w, 256) if h and w else 1
         cfg = Config(block_k=block_k, num_stages=4 if rows > 1 else 3, rows=rows, tma=hopper)
-    return _fit(cfg, cout, elem)
+    return fit_shared_memory(cfg, cout, elem)
 
 
 def causal_conv_fused_reference(buf: torch.Tensor, conv: PackedConv, out: torch.Tensor, bias: bool = True,
@@ -460,6 +468,21 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
         if history_out is not None:
             history_out.copy_(out[-2:])
         return out
+    return launch(frames, history, conv, cfg, out, bias, gamma, silu, residual, x_out, history_out)
+
+
+def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedConv, cfg: Config, out: torch.Tensor,
+           bias: bool = True, gamma: Optional[torch.Tensor] = None, silu: bool = True,
+           residual: Optional[torch.Tensor] = None, x_out: Optional[torch.Tensor] = None,
+           history_out: Optional[torch.Tensor] = None, taps: tuple[int, int] = (3, 3),
+           offset: tuple[int, int] = (-1, -1)) -> torch.Tensor:
+    """The kernel over checked arguments (causal_conv_stream's, ops/upsample_conv.py's): a conv of
+    taps = (KT, KS) taps in time and in each spatial direction, the first at (-KT + 1, *offset), over
+    frames after KT - 1 history frames. The epilogue tensors (out, residual, x_out, history_out) may
+    be strided [*, H, W, Cout] views sharing one layout; with x_out and no residual it takes the
+    conv's output (+ bias) before the norm."""
+    t, h, w, c = frames.shape
+    kt, ks = taps
     use_tma = cfg.tma and TensorDescriptor is not None  # on the CPU: in the interpreter (tests)
     xd, hslot, cslot = _stream_descriptor(frames, history, cfg) if use_tma else (frames, 0, 0)
     wd1 = wd2 = conv.weight  # the pointer path takes the tensors in the descriptors' places
@@ -467,6 +490,7 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
         wd1 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n1])
         wd2 = TensorDescriptor.from_tensor(conv.weight, [cfg.block_k, conv.n2]) if conv.n2 else wd1
     io = {}  # the fused epilogue's descriptors: two channel blocks (N1, N2) of each tensor
+    fused = gamma is not None or residual is not None or x_out is not None
     tma_io = use_tma and fused and cfg.tma_io
     if tma_io:
         for name, x in (("YD", out), ("RD", residual), ("XOD", x_out), ("HND", history_out)):
@@ -477,13 +501,14 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
     has_bias = bias and conv.bias is not None
     _causal_conv_kernel[tile_grid(t, h, w, cfg.block_m, cfg.rows)](
         frames, frames if history is None else history, xd, hslot, cslot, conv.weight, wd1, wd2,
-        conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2,
+        conv.bias if has_bias else conv.weight, out, h, w, conv.cout, conv.n1 + conv.n2, *out.stride()[:3], *offset,
         C=c, N1=conv.n1, N2=max(conv.n2, 16), HAS_N2=conv.n2 > 0, HAS_BIAS=has_bias, USE_TMA=use_tma,
         BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ROWS=cfg.rows, PRECISION=dot_precision(frames),
         R=out if residual is None else residual, XO=out if x_out is None else x_out,
         G=out if gamma is None else gamma.contiguous(), scale=float(conv.cout) ** 0.5,
         FUSED=fused, HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
         TMA_IO=tma_io, HAS_HIST=history is not None, HN=out if history_out is None else history_out,
-        hist_from=t - 2, HIST_OUT=history_out is not None, **io, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        hist_from=t - 2, HIST_OUT=history_out is not None, KT=kt, KS=ks, **io, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out
