@@ -19,6 +19,10 @@ K = 27 taps x C channels in slices of BLOCK_K. Output channels split into two po
 [27 C, N1 + N2] (tap-major rows, zero columns past Cout). On Hopper the input tiles come through a
 4-D tensor descriptor, whose out-of-bounds zero fill is the conv's spatial padding.
 
+The kernel's tap counts (KT in time, KS in each spatial direction), first spatial tap offset and output
+strides are parameters (`launch`): ops/upsample_conv.py runs the upsamplers' 2x2 phase convs on it,
+one launch a phase into a strided view of the upsampled output.
+
 The PyTorch reference (F.conv3d) runs where the kernel cannot: no Triton, CPU tensors outside
 tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_interpreter()).
 """
