@@ -549,3 +549,12 @@ def test_rms_silu_reference_matches_module_norm():
     assert rel(out, ref) < 1e-6
     with pytest.raises(ValueError, match="contiguous"):
         rms_silu(x.permute(0, 2, 3, 4, 1), norm.gamma.flatten())
+
+
+def test_upsampler_takes_the_kernel_where_its_layout_allows():
+    triton = vae_fast.ConvModes("triton", "triton")
+    got = {(c, mode.wide): FastUpsample(Resample(c, "up2d"), torch.float32, mode).kernel
+           for c in (32, 24, 16) for mode in (triton, vae_fast.ConvModes())}
+    # the kernel in the "triton" wide mode only, and for input channels in multiples of 16
+    assert got == {(32, "triton"): True, (32, "conv3d"): False, (24, "triton"): False, (24, "conv3d"): False,
+                   (16, "triton"): True, (16, "conv3d"): False}

@@ -405,6 +405,8 @@ class FastUpsample:
         if not block.mode.startswith("up"):
             raise ValueError("the fast path decodes only")
         self.packed = upsample_conv.pack(block.conv.weight, block.conv.bias, dtype)
+        # our kernel: its K slices need cin in multiples of 16 (then cout = cin / 2 is a multiple of
+        # 8, so the phases' strided views start 16-byte aligned, as Hopper's descriptors need)
         self.kernel = modes.wide == "triton" and self.packed.cin % causal_conv.MIN_BLOCK_K == 0
         self.time = FastConv(block.time_conv, dtype, fused_bias=True) if block.mode == "up3d" else None
 
