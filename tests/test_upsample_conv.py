@@ -104,6 +104,11 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(upsampled_conv) + textwrap.d
                 n_err = ((normed.double() - n_want).norm() / n_want.norm()).item()
                 assert err < tol and n_err < tol, ("fused", dtype, tma, c, cout, silu, err, n_err)
                 assert torch.equal(hist, normed[-2:]), ("history_out", dtype, tma, c, cout)
+    try:  # the kernel's config must divide the channels (16 here) into whole K slices
+        upsample_conv.upsample_conv(x, packed, config=causal_conv.Config(block_k=32))
+        raise AssertionError("no error for a config that does not divide")
+    except ValueError as e:
+        assert "do not divide" in str(e), e
     print("kernel ok")
     """
 )

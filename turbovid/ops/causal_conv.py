@@ -371,6 +371,13 @@ def default_config(device: torch.device, cin: int, cout: int = 0, h: int = 0, w:
     return fit_shared_memory(cfg, cout, elem)
 
 
+def check_config(cfg: Config, c: int, op: str) -> None:
+    """A config the kernel can run over c input channels: whole K slices, whole tile rows."""
+    if c % cfg.block_k or cfg.block_m % cfg.rows:
+        raise ValueError(f"{op}: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
+                         " do not divide")
+
+
 def causal_conv_fused_reference(buf: torch.Tensor, conv: PackedConv, out: torch.Tensor, bias: bool = True,
                                 gamma: Optional[torch.Tensor] = None, silu: bool = True,
                                 residual: Optional[torch.Tensor] = None,
@@ -461,9 +468,7 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
         raise ValueError(f"causal_conv: history_out must be a contiguous [2, {h}, {w}, {conv.cout}] {frames.dtype} "
                          "tensor, with the fused epilogue (gamma or residual) and at least 2 frames")
     cfg = config or default_config(frames.device, c, conv.cout, h, w, frames.element_size())
-    if c % cfg.block_k or cfg.block_m % cfg.rows:
-        raise ValueError(f"causal_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / rows={cfg.rows}"
-                         " do not divide")
+    check_config(cfg, c, "causal_conv")
     if not rms_silu._use_kernel(frames):
         buf = stream_input(frames, history)
         if not fused:

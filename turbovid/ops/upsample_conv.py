@@ -129,9 +129,7 @@ def upsample_conv(x: torch.Tensor, conv: PackedUpsample, out: Optional[torch.Ten
                 history_out.copy_(normed[-2:])
         return out
     cfg = config or default_config(x.device, c, conv.cout, h, w, x.element_size())
-    if c % cfg.block_k or cfg.block_m % cfg.rows:
-        raise ValueError(f"upsample_conv: {c} channels / block_k={cfg.block_k}, block_m={cfg.block_m} / "
-                         f"rows={cfg.rows} do not divide")
+    causal_conv.check_config(cfg, c, "upsample_conv")
     for py in range(2):
         for px in range(2):
             view = [None if y is None else _phase(y, py, px) for y in (out, normed, history_out)]
