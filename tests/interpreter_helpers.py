@@ -25,6 +25,17 @@ ROPE_LAUNCH = """
 """
 
 
+def expect_value_error(fn, text: str) -> None:
+    """fn() must raise a ValueError saying `text` (for the interpreter scripts, which run without
+    pytest: include it with inspect.getsource)."""
+    try:
+        fn()
+    except ValueError as e:
+        assert text in str(e), e
+        return
+    raise AssertionError(f"no ValueError saying {text!r}")
+
+
 def assert_runs_interpreted(script: str, done: str = "kernel ok", timeout: int = 300) -> None:
     """Run `script` with TRITON_INTERPRET=1 and the repository importable; it must exit 0 and print `done`."""
     env = dict(os.environ, TRITON_INTERPRET="1")

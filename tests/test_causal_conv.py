@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from turbovid.ops import causal_conv  # noqa: E402
-from interpreter_helpers import assert_runs_interpreted  # noqa: E402
+from interpreter_helpers import assert_runs_interpreted, expect_value_error  # noqa: E402
 
 
 def by_taps(buf: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
@@ -150,7 +150,8 @@ def test_bad_inputs():
         causal_conv.pack(torch.randn(8, 16, 3, 1, 1), None, torch.float32)
 
 
-KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource(fused_want) + textwrap.dedent(
+KERNEL_CHECK = "import torch\n" + "".join(inspect.getsource(f) for f in (by_taps, fused_want, expect_value_error)) \
+    + textwrap.dedent(
     """
     from turbovid.ops import causal_conv, rms_silu
     rms_silu.allow_interpreter(True)
@@ -206,11 +207,8 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(by_taps) + inspect.getsource
                     assert err < tol, ("stream", tma, history is None, first, dtype, c, cout, err)
             if tma:  # the descriptor's slot stride: a whole number of 16 bytes between the two tensors
                 odd = torch.empty(buf[2:].numel() + 1, dtype=dtype)[1:].view(buf[2:].shape)
-                try:
-                    causal_conv.causal_conv_stream(odd, buf[:2].clone(), packed, config=cfg)
-                    raise AssertionError("no error for misaligned history / frames")
-                except ValueError as e:
-                    assert "multiple of 16 bytes" in str(e), e
+                expect_value_error(lambda: causal_conv.causal_conv_stream(odd, buf[:2].clone(), packed, config=cfg),
+                                   "multiple of 16 bytes")
     print("kernel ok")
     """
 )

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # as test_causal_conv.py: for the suite's interpreter tests
 
 from turbovid.ops import rms_silu, upsample_conv  # noqa: E402
-from interpreter_helpers import assert_runs_interpreted  # noqa: E402
+from interpreter_helpers import assert_runs_interpreted, expect_value_error  # noqa: E402
 
 
 def upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,8 @@ def test_bad_inputs():
                                     history_out=torch.empty(2, 8, 10, 6))
 
 
-KERNEL_CHECK = "import torch\n" + inspect.getsource(upsampled_conv) + textwrap.dedent(
+KERNEL_CHECK = "import torch\n" + "".join(inspect.getsource(f) for f in (upsampled_conv, expect_value_error)) \
+    + textwrap.dedent(
     """
     from turbovid.ops import causal_conv, rms_silu, upsample_conv
     rms_silu.allow_interpreter(True)
@@ -104,11 +105,9 @@ KERNEL_CHECK = "import torch\n" + inspect.getsource(upsampled_conv) + textwrap.d
                 n_err = ((normed.double() - n_want).norm() / n_want.norm()).item()
                 assert err < tol and n_err < tol, ("fused", dtype, tma, c, cout, silu, err, n_err)
                 assert torch.equal(hist, normed[-2:]), ("history_out", dtype, tma, c, cout)
-    try:  # the kernel's config must divide the channels (16 here) into whole K slices
-        upsample_conv.upsample_conv(x, packed, config=causal_conv.Config(block_k=32))
-        raise AssertionError("no error for a config that does not divide")
-    except ValueError as e:
-        assert "do not divide" in str(e), e
+    # the kernel's config must divide the channels (16 here) into whole K slices
+    expect_value_error(lambda: upsample_conv.upsample_conv(x, packed, config=causal_conv.Config(block_k=32)),
+                       "do not divide")
     print("kernel ok")
     """
 )

@@ -200,7 +200,8 @@ def test_upsample_conv_at_the_decoder_shapes():
         bias = torch.randn(cout, device="cuda", generator=g) * 0.1
         packed = upsample_conv.pack(weight, bias, torch.bfloat16)
         p32 = upsample_conv.pack(weight.bfloat16().float(), packed.bias.float(), torch.float32)
-        ref = upsample_conv.upsample_conv_reference(x.float(), p32, torch.empty(frames, 2 * h, 2 * w, cout, device="cuda"))
+        ref = upsample_conv.upsample_conv_reference(x.float(), p32,
+                                                    torch.empty(frames, 2 * h, 2 * w, cout, device="cuda"))
         cudnn = upsample_conv.upsample_conv_reference(x, packed, x.new_empty(ref.shape))
 
         def nan(*shape):

@@ -133,9 +133,10 @@ def upsample_conv(x: torch.Tensor, conv: PackedUpsample, out: Optional[torch.Ten
     for py in range(2):
         for px in range(2):
             view = [None if y is None else _phase(y, py, px) for y in (out, normed, history_out)]
+            phase, offset = conv.phases[2 * py + px], (py - 1, px - 1)
             if gamma is None:
-                causal_conv.launch(x, None, conv.phases[2 * py + px], cfg, view[0], taps=(1, 2), offset=(py - 1, px - 1))
+                causal_conv.launch(x, None, phase, cfg, view[0], taps=(1, 2), offset=offset)
             else:
-                causal_conv.launch(x, None, conv.phases[2 * py + px], cfg, view[1], gamma=gamma, silu=silu,
-                                   x_out=view[0], history_out=view[2], taps=(1, 2), offset=(py - 1, px - 1))
+                causal_conv.launch(x, None, phase, cfg, view[1], gamma=gamma, silu=silu, x_out=view[0],
+                                   history_out=view[2], taps=(1, 2), offset=offset)
     return out
