@@ -74,13 +74,15 @@ def test_fast_bf16_psnr():
         vae_fast.SMALL_CONV, vae_fast.WIDE_CONV, vae_fast.FUSE_NORM = default
 
 
-def test_fused_conv_epilogue_at_the_decoder_shapes():
-    """The conv with bias + residual (the sum stored in the residual's place) + the next RMS norm +
-    SiLU in its epilogue, into a view of the next conv's input, bf16, its tensors through descriptors
-    (Hopper) and through pointers: against the float32 fused reference of the same bf16 inputs, within
+def test_fused_conv_epilogue_at_the_decoder_shapes(monkeypatch):
+    """The Triton conv (TURBOVID_GLUON=0: on an H100 the 96-channel one is Gluon's, tested below) with
+    bias + residual (the sum stored in the residual's place) + the next RMS norm + SiLU in its
+    epilogue, into a view of the next conv's input, bf16, its tensors through descriptors (Hopper)
+    and through pointers: against the float32 fused reference of the same bf16 inputs, within
     twice the error of the unfused pair (cuDNN's bf16 conv, its output rounded, then the norm)."""
     from dataclasses import replace
 
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
     for frames, h, w, c in ((4, 480, 832, 96), (8, 240, 416, 192), (2, 120, 208, 384)):
         g = torch.Generator(device="cuda").manual_seed(0)
         buf = torch.randn(frames + 2, h, w, c, device="cuda", generator=g).bfloat16()
@@ -138,7 +140,8 @@ def test_auto_modes_take_the_kernel_on_hopper():
                      else vae_fast.ConvModes("stacked", "conv3d", "sdpa"))
 
 
-def test_causal_conv_kernel_at_the_decoder_shapes():
+def test_causal_conv_kernel_at_the_decoder_shapes(monkeypatch):
+    monkeypatch.setenv("TURBOVID_GLUON", "0")  # the Triton kernel at every width
     for frames, h, w, c, cout in ((4, 480, 832, 96, 96), (4, 480, 832, 96, 3), (8, 240, 416, 192, 192),
                                   (4, 120, 208, 192, 384), (2, 60, 104, 384, 384)):
         _check_causal_conv(frames, h, w, c, cout)
@@ -172,9 +175,12 @@ def _check_causal_conv(frames, h, w, c, cout):
     assert torch.equal(causal_conv.causal_conv_stream(frames_t, None, packed), causal_conv.causal_conv(zero, packed))
 
 
-def test_stream_history_order_compiles_no_second_kernel():
+def test_stream_history_order_compiles_no_second_kernel(monkeypatch):
     """Whether the history lies below or above the frames (the allocator's choice) only changes
-    runtime slot values: one compiled kernel, not a fresh compile mid-decode when the order flips."""
+    runtime slot values: one compiled kernel, not a fresh compile mid-decode when the order flips.
+    (The Triton kernel: the Gluon one, which takes the 96-channel conv on an H100, is checked in
+    test_gluon_96_channel_conv_and_its_epilogues.)"""
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
     packed = causal_conv.pack(torch.randn(96, 96, 3, 3, 3, device="cuda") / 50, None, torch.bfloat16)
     pool = torch.randn(10, 16, 64, 96, device="cuda").bfloat16()
     causal_conv.causal_conv_stream(pool[4:8], pool[:2], packed)  # history below
@@ -182,6 +188,75 @@ def test_stream_history_order_compiles_no_second_kernel():
     n = len(cache)
     causal_conv.causal_conv_stream(pool[:4], pool[6:8], packed)  # history above
     assert len(cache) == n
+
+
+def test_gluon_96_channel_conv_and_its_epilogues(monkeypatch):
+    """ops/conv_gluon.py, which causal_conv dispatches the 96 -> 96 conv to on an H100: at a 480p chunk
+    and an odd shape (rows not a multiple of the tile's 6, columns not of 64), the history below or
+    above the frames or none, into NaN-filled views of a larger buffer (nothing outside written):
+    the plain conv, and the fused epilogues the decode runs (conv1: the next norm + the history;
+    conv2: + the residual sum stored in its place). Each within twice the error of the unfused
+    cuDNN path against float32, as the Triton kernel is held to, the history the output's last two
+    frames, and no fallback to the Triton kernel (no kernel compiled for a slot order)."""
+    from turbovid.ops import conv_gluon, gluon_switch
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon conv is compiled for sm_90")
+    monkeypatch.setenv("TURBOVID_GLUON", "1")
+    cache = conv_gluon._conv96_kernel.device_caches[torch.cuda.current_device()][0]
+    compiled = len(cache)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    for frames, h, w in ((4, 480, 832), (3, 28, 100)):
+        g = torch.Generator(device="cuda").manual_seed(3)
+        buf = torch.randn(frames + 2, h, w, 96, device="cuda", generator=g).bfloat16()
+        weight = torch.randn(96, 96, 3, 3, 3, device="cuda", generator=g) / (27 * 96) ** 0.5
+        packed = causal_conv.pack(weight, torch.randn(96, device="cuda", generator=g) * 0.1, torch.bfloat16)
+        p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
+        gamma = 1 + 0.2 * torch.randn(96, device="cuda", generator=g)
+        res = torch.randn(frames, h, w, 96, device="cuda", generator=g).bfloat16()
+        plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
+        cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
+        plain_bound = 2 * rel(cudnn.float() + packed.bias.float(), plain_ref) + 1e-6
+        conv1_ref = rms_silu_reference(plain_ref, gamma)
+        conv1_bound = 2 * rel(rms_silu(cudnn + packed.bias, gamma), conv1_ref) + 1e-6
+        summed = res.float().clone()
+        conv2_ref = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty_like(plain_ref), gamma=gamma,
+                                                            residual=res.float(), x_out=summed)
+        conv2_bound = 2 * rel(rms_silu((cudnn.float() + packed.bias.float() + res.float()).bfloat16(), gamma),
+                              conv2_ref) + 1e-6
+        pool = torch.full((frames + 6, h, w, 96), float("nan"), device="cuda", dtype=torch.bfloat16)
+        for where, hist, frames_t in (("below", pool[:2], pool[4:4 + frames]),
+                                      ("above", pool[frames + 4:frames + 6], pool[:frames]), ("none", None, None)):
+            if hist is None:
+                frames_t = pool[4:4 + frames]
+                frames_t.copy_(buf[2:])
+                want_plain = causal_conv.causal_conv_reference(
+                    torch.cat([torch.zeros_like(buf[:2]), buf[2:]]).float(), p32)
+            else:
+                hist.copy_(buf[:2])
+                frames_t.copy_(buf[2:])
+                want_plain = plain_ref
+            nxt = torch.full((frames + 2, h, w, 96), float("nan"), device="cuda", dtype=torch.bfloat16)
+            y = causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:])
+            assert nxt[:2].isnan().all() and rel(y, want_plain) <= plain_bound, (h, where, rel(y, want_plain))
+            if hist is None:
+                continue
+            nxt.fill_(float("nan"))
+            hist_out = torch.full((2, h, w, 96), float("nan"), device="cuda", dtype=torch.bfloat16)
+            causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:], gamma=gamma, history_out=hist_out)
+            assert nxt[:2].isnan().all() and torch.equal(hist_out, nxt[-2:]), (h, where)
+            assert rel(nxt[2:], conv1_ref) <= conv1_bound, (h, where, rel(nxt[2:], conv1_ref), conv1_bound)
+            x_out = res.clone()
+            causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:], gamma=gamma, residual=x_out,
+                                           x_out=x_out, history_out=hist_out)
+            assert torch.equal(hist_out, nxt[-2:]) and rel(x_out, summed) < 4e-3, (h, where, rel(x_out, summed))
+            assert rel(nxt[2:], conv2_ref) <= conv2_bound, (h, where, rel(nxt[2:], conv2_ref), conv2_bound)
+    assert not gluon_switch._broken, gluon_switch._broken
+    # two shapes x three epilogues: the slot orders and a missing history compiled nothing more
+    assert 0 < len(cache) - compiled <= 6, len(cache) - compiled
 
 
 def test_upsample_conv_at_the_decoder_shapes():
