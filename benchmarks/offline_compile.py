@@ -59,10 +59,20 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel, tail_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import causal_conv, conv_head, rms_silu, wide_attention
+    from turbovid.ops import causal_conv, conv_gluon, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
+
+    def conv96_sig() -> dict:
+        # Gluon descriptors carry their shared-memory layout in the type
+        def desc(block: list[int], width: int = conv_gluon.BLOCK_K) -> str:
+            return f"tensordesc<bf16[{','.join(map(str, block))}],{conv_gluon.shared_layout(len(block), width)!r}>"
+        io = {f"{d}{i}": desc([1, 1, conv_gluon.TILE_COLS, n], n) for d in ("yd", "rd", "xd", "hd")
+              for i, n in ((1, 64), (2, 32))}
+        return dict(xd=desc([1, 1, conv_gluon.TILE_ROWS + 2, conv_gluon.TILE_COLS, conv_gluon.BLOCK_K]),
+                    w1d=desc([64, conv_gluon.BLOCK_K]), w2d=desc([32, conv_gluon.BLOCK_K]), hslot="i32", cslot="i32",
+                    **io, B="*bf16", G="*fp32", H="i32", W="i32", n_tiles="i32", scale="fp32", hist_from="i32")
     tcfg = tail_kernel.Config()
 
     def gluon_consts(cfg) -> dict:
@@ -247,6 +257,12 @@ def main() -> None:
            ["X", "Wt", "B", "Y", "W", "COUT", "NP", "ST", "SH", "SW", "XO", "G"], warps, stages)
           for c, cout, n1, n2, bm, bk, rows, warps, stages in ((384, 192, 128, 64, 128, 64, 1, 4, 3),
                                                                (192, 96, 64, 32, 256, 64, 8, 4, 4))),
+        *((f"VAE 96 -> 96 conv in Gluon (warp-specialized, persistent, 6 x 64-pixel tiles), {what}",
+           conv_gluon._conv96_kernel, conv96_sig(),
+           dict(C=96, STAGES=conv_gluon.STAGES, A_LAYOUT=conv_gluon.shared_layout(2), HAS_BIAS=True, HAS_RES=False,
+                WRITE_X=False, NORM=norm, SILU=norm, HIST_OUT=norm, CONSUMER_REGS=conv_gluon.CONSUMER_REGS),
+           [], 4, 3, conv_gluon.MAXNREG)
+          for what, norm in (("+ bias", False), ("+ bias + the next RMS norm + SiLU, the history written too", True))),
         ("VAE middle attention: one head of 384 (256 + 128), 128 queries x 32 keys a step",
          wide_attention._wide_attn_kernel,
          dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", L="i32", sq_b="i32", sq_l="i32", sk_b="i32", sk_l="i32",

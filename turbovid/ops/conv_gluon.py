@@ -51,6 +51,8 @@ try:
     # Triton 3.6 (the GPU image) names the TMA copies async_copy_*; later releases async_load / async_store
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    # a barrier over the partition's warps: thread_barrier in 3.6, barrier in later releases
+    _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
     gluon = None
 
@@ -169,7 +171,7 @@ if gluon is not None:
         stores are in flight (the newer ones, which read other buffers: the buffers' last stores have
         read them); the two stores are left in flight."""
         tma.store_wait(pendings=PENDING)  # the issuing thread waits; the barrier holds the others
-        gl.thread_barrier()
+        _barrier()
         s1.store(v1)
         s2.store(v2)
         fence_async_shared()
@@ -202,7 +204,7 @@ if gluon is not None:
             x = (x + r1.load(l1).to(gl.float32)).to(dtype).to(gl.float32)
             y = (y + r2.load(l2).to(gl.float32)).to(dtype).to(gl.float32)
             if MORE:
-                gl.thread_barrier()  # every thread has read this row's residual
+                _barrier()  # every thread has read this row's residual
                 _load_residual(rd1, rd2, r1, r2, rbar, f, hh + 1, w0)
         elif WRITE_X:
             x = x.to(dtype).to(gl.float32)
