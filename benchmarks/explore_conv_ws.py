@@ -31,7 +31,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-from turbovid.ops.conv_gluon import _acc_layout, _mac, _tile
+from turbovid.ops.conv_gluon import _acc_layout, _load_taps, _mac, _tile
 
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
@@ -65,10 +65,7 @@ def _loader(xa_desc, xb_desc, w1_desc, w2_desc, a_bufs, e_bufs, b1_bufs, b2_bufs
                       a_bufs.index(s).reshape(xa_desc.block_type.shape))
             _tma_load(xb_desc, [f + dt, h0 - 1 + R, w0 + dw - 1, c0], bar,
                       e_bufs.index(s).reshape(xb_desc.block_type.shape))
-            for dh in gl.static_range(3):
-                k = (dt * 9 + dh * 3 + dw) * C + c0
-                _tma_load(w1_desc, [0, k], bar, b1_bufs.index(3 * s + dh))
-                _tma_load(w2_desc, [0, k], bar, b2_bufs.index(3 * s + dh))
+            _load_taps(w1_desc, w2_desc, b1_bufs, b2_bufs, bar, s, dt, dw, c0, C)
             g += 1
 
 

@@ -114,11 +114,17 @@ if gluon is not None:
                 bar = ready.index(s)
                 mbarrier.expect(bar, NBYTES)
                 _tma_load(xd, [slot, frame, h0 - 1, w0 + dw - 1, c0], bar, a_bufs.index(s).reshape(xd.block_type.shape))
-                for dh in gl.static_range(3):
-                    k = (dt * 9 + dh * 3 + dw) * C + c0
-                    _tma_load(w1d, [0, k], bar, b1_bufs.index(3 * s + dh))
-                    _tma_load(w2d, [0, k], bar, b2_bufs.index(3 * s + dh))
+                _load_taps(w1d, w2d, b1_bufs, b2_bufs, bar, s, dt, dw, c0, C)
                 g += 1
+
+    @gluon.jit
+    def _load_taps(w1d, w2d, b1_bufs, b2_bufs, bar, s, dt, dw, c0, C: gl.constexpr):
+        """The three dh taps' weights of step (dt, dw, channel slice c0) into slots 3 s .. 3 s + 2,
+        completing on bar: rows (outputs) 0-63 and 64-95, columns (dt, dh, dw, c) of weight_k."""
+        for dh in gl.static_range(3):
+            k = (dt * 9 + dh * 3 + dw) * C + c0
+            _tma_load(w1d, [0, k], bar, b1_bufs.index(3 * s + dh))
+            _tma_load(w2d, [0, k], bar, b2_bufs.index(3 * s + dh))
 
     @gluon.jit
     def _operand(a_buf, q: gl.constexpr, BW: gl.constexpr, d1: gl.constexpr, d2: gl.constexpr):
