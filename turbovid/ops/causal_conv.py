@@ -426,7 +426,7 @@ def stream_input(frames: torch.Tensor, history: Optional[torch.Tensor]) -> torch
 
 
 def _stream_descriptor(frames: torch.Tensor, history: Optional[torch.Tensor], box: list[int],
-                       make: Callable = None):
+                       make: Optional[Callable] = None):
     """A 5-D descriptor [slot, frame, H, W, C] over both tensors, wherever they lie: slot 0 starts at
     the lower address, slot 1 at the other (its stride the distance between them; the frame extent
     covers both). make(base, shape, strides, box) builds it (Triton's TensorDescriptor by default;
