@@ -1,10 +1,12 @@
-"""The VAE's RGB head by taps (ops/conv_head.py): launch shapes of the projection and the dtype of
-the per-tap products Z, at a 4-frame chunk of the 480p / 720p decodes, one process.
+"""The VAE's RGB head by taps (ops/conv_head.py): conv_head.stream's launches at a 4-frame chunk
+of the 480p / 720p decodes, one process.
 
-Per shape and variant: project (norm + SiLU of the residual sum + the 27 taps' products), gather
-(the sum over the taps) and the next chunk's history (Z's last two frames), each timed, and the
-head's error against the float32 conv of the same bf16 normalised input, next to cuDNN's bf16 conv
-of it. Times: triton.testing.do_bench medians, ms. JSON to --out.
+Per shape and launch (input tile rows x columns, warps, pipeline stages, Z's columns a step): the
+head (norm + SiLU of the residual sum, the 27 taps' products, their sums; the next chunk's partial
+sums) timed, and its error against the float32 conv of the same bf16 normalised input, next to
+cuDNN's bf16 conv of it. The project + gather form it replaced (Z stored, commit e5c17f9) took
+1.25 / 2.84 ms in the run that chose the launch (2026-11-27-explore-head-h100-stream-*.json).
+Times: triton.testing.do_bench medians, ms. JSON to --out.
 
     PYTHONPATH=$PWD python3 benchmarks/explore_head.py --out $OUT/explore_head.json
 """
@@ -19,8 +21,10 @@ from turbovid.ops.rms_silu import rms_silu_reference
 
 SHAPES = {"480p": (4, 480, 832), "720p": (4, 720, 1280)}
 C = 96
-# (block_n, num_warps) of the projection
-LAUNCHES = ((64, 4), (128, 4), (128, 8), (256, 8))
+# (rows, cols, num_warps, num_stages, Z's columns a step) of conv_head.stream's input tiles
+# (the first is the shipped one)
+STREAM = ((8, 8, 4, 3, 32), (8, 8, 4, 1, 32), (8, 8, 4, 2, 16), (4, 16, 4, 2, 32), (16, 4, 4, 2, 32),
+          (8, 8, 2, 2, 32), (8, 16, 4, 3, 32))
 
 
 def bench(fn) -> float:
@@ -48,23 +52,18 @@ def one(t: int, h: int, w: int) -> dict:
     cudnn = causal_conv.causal_conv_reference(buf, causal_conv.pack(head.weight, bias, torch.bfloat16))
     out = {"rel_err_cudnn_bf16": rel(cudnn, ref), "variants": []}
     del buf, y, cudnn
-    for z_dtype in (torch.float32, torch.float16):
-        for block_n, warps in LAUNCHES:
-            def proj():
-                return conv_head.project(x, gamma, head, bias=in_bias, residual=res, x_out=x_out, z_dtype=z_dtype,
-                                         block_n=block_n, num_warps=warps)
-            z = proj()
-            row = {"z_dtype": str(z_dtype), "block_n": block_n, "num_warps": warps, "project_ms": bench(proj),
-                   "gather_ms": bench(lambda: conv_head.gather(z, None, head, torch.bfloat16)),
-                   "history_ms": bench(lambda: conv_head.next_history(z, None))}
-            row["total_ms"] = row["project_ms"] + row["gather_ms"] + row["history_ms"]
-            row["rel_err"] = rel(conv_head.gather(z, None, head, torch.bfloat16), ref)
-            row["sum_exact"] = bool(torch.equal(x_out, summed))
-            out["variants"].append(row)
-            print(f"  Z {str(z_dtype):14s} block_n {block_n:3d} warps {warps}: project {row['project_ms']:.3f} "
-                  f"gather {row['gather_ms']:.3f} history {row['history_ms']:.3f} total {row['total_ms']:.3f} ms, "
-                  f"rel err {row['rel_err']:.2e} (cuDNN bf16 {out['rel_err_cudnn_bf16']:.2e})", flush=True)
-            del z
+    partial = torch.zeros(2, h, w, 3, device=dev)
+    for rows, cols, warps, stages, ncol in STREAM:
+        def run():
+            return conv_head.stream(x, gamma, head, bias=in_bias, residual=res, x_out=x_out, partial=partial,
+                                    rows=rows, cols=cols, num_warps=warps, num_stages=stages, ncol=ncol)
+        got, nxt = run()
+        row = {"stream": f"{rows}x{cols}", "num_warps": warps, "num_stages": stages, "ncol": ncol,
+               "total_ms": bench(run), "rel_err": rel(got, ref), "sum_exact": bool(torch.equal(x_out, summed))}
+        out["variants"].append(row)
+        print(f"  stream {rows}x{cols} warps {warps} stages {stages} ncol {ncol}: {row['total_ms']:.3f} ms, "
+              f"rel err {row['rel_err']:.2e}", flush=True)
+        del got, nxt
     return out
 
 

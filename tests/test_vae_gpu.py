@@ -112,7 +112,8 @@ def test_fused_conv_epilogue_at_the_decoder_shapes(monkeypatch):
 def test_head_by_taps_at_the_decoder_shape():
     """The RGB head (norm + SiLU + 96 -> 3 conv) by taps at a 480p chunk, bf16, the residual sum
     formed in the norm: against the float32 conv of the same bf16 normalised input, within twice
-    cuDNN's own bf16 error, and the stored sum exact."""
+    cuDNN's own bf16 error, and the stored sum exact; in two chunks (the partial sums carried) as
+    in one, and bitwise the same when run again."""
     g = torch.Generator(device="cuda").manual_seed(1)
     x, res = (torch.randn(4, 480, 832, 96, device="cuda", generator=g).bfloat16() for _ in range(2))
     gamma, in_bias = 1 + 0.2 * torch.randn(96, device="cuda", generator=g), torch.randn(96, device="cuda").bfloat16()
@@ -120,8 +121,12 @@ def test_head_by_taps_at_the_decoder_shape():
     bias = torch.randn(3, device="cuda", generator=g)
     head = conv_head.pack(weight, bias, torch.bfloat16)
     x_out = torch.empty_like(x)
-    out = conv_head.gather(conv_head.project(x, gamma, head, bias=in_bias, residual=res, x_out=x_out), None, head,
-                           torch.bfloat16)
+    out, _ = conv_head.stream(x, gamma, head, bias=in_bias, residual=res, x_out=x_out)
+    assert torch.equal(conv_head.stream(x, gamma, head, bias=in_bias, residual=res)[0], out)
+    first, partial = conv_head.stream(x[:3].contiguous(), gamma, head, bias=in_bias, residual=res[:3].contiguous())
+    last, _ = conv_head.stream(x[3:].contiguous(), gamma, head, bias=in_bias, residual=res[3:].contiguous(),
+                               partial=partial)
+    assert (torch.cat([first, last]).float() - out.float()).abs().max().item() <= 2 ** -6 * out.abs().max().item()
     summed = (x.float() + in_bias.float() + res.float()).bfloat16()
     assert torch.equal(x_out, summed)
     y = rms_silu_reference(summed, gamma)

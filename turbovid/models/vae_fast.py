@@ -225,17 +225,15 @@ class FastConv:
 
     def _head(self, x, state: dict, key: str, gamma: torch.Tensor, silu: bool, in_bias: Optional[torch.Tensor],
               x_out: Optional[torch.Tensor]):
-        """Norm + conv by taps: the per-tap products of each pixel, then their sums over the taps."""
+        """Norm + conv by taps in one kernel; state[key]: what the last two frames add to the next
+        chunk's first two outputs."""
         if isinstance(x, Pending):
             y, bias, res = x.take()
-            z = conv_head.project(y[0], gamma, self.head, silu, bias=bias, residual=res[0],
-                                  x_out=None if x_out is None else x_out[0])
+            out, state[key] = conv_head.stream(y[0], gamma, self.head, silu, bias=bias, residual=res[0],
+                                               x_out=None if x_out is None else x_out[0], partial=state.get(key))
             del y, res
         else:
-            z = conv_head.project(x[0], gamma, self.head, silu, bias=in_bias)
-        history = state.get(key)
-        out = conv_head.gather(z, history, self.head, self.head.wz.dtype)
-        state[key] = conv_head.next_history(z, history)
+            out, state[key] = conv_head.stream(x[0], gamma, self.head, silu, bias=in_bias, partial=state.get(key))
         return out.unsqueeze(0)
 
 

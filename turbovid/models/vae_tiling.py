@@ -47,8 +47,8 @@ def _decoder_dims(cfg: VAEConfig) -> list[int]:
 def _conv_input(t: int, hw: int, cin: int, cout: int, small_conv: str) -> tuple[int, int]:
     """(elements of a 3x3x3 conv's input buffer + temporaries, largest single tensor) for T frames."""
     if cin <= SMALL_CHANNELS and small_conv == "triton" and cout <= HEAD_COUT:
-        # a head by taps (ops/conv_head.py): Z [27, T, H, W, Cout] float32, two bf16 elements a value
-        return 27 * 2 * t * hw * cout, 27 * 2 * t * hw * cout
+        # a head by taps (ops/conv_head.py): its output and the next chunk's float32 partial sums
+        return t * hw * cout + 2 * 2 * hw * cout, t * hw * cout
     if cin <= SMALL_CHANNELS and small_conv == "stacked":
         return 3 * t * hw * cin, 3 * t * hw * cin
     if cin <= SMALL_CHANNELS and small_conv == "taps":
@@ -99,7 +99,8 @@ def up_stage_elements(cfg: VAEConfig, k: int, th: int, tw: int, small_conv: str 
     c = dims[-1]
     buf, big = _conv_input(t, h * w, c, 3, small_conv)
     peak = max(peak, t * h * w * c + buf + t * h * w * 3)
-    state += 27 * 2 * 2 * h * w * 3 if small_conv == "triton" and c <= SMALL_CHANNELS else 2 * h * w * c
+    # the head by taps keeps float32 partial sums of two frames (two bf16 elements a value)
+    state += 2 * 2 * h * w * 3 if small_conv == "triton" and c <= SMALL_CHANNELS else 2 * h * w * c
     return peak + state, max(biggest, big)
 
 
