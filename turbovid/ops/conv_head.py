@@ -33,6 +33,8 @@ from turbovid.ops.rms_silu import add_bias_residual_, rms_silu_reference
 try:
     import triton
     import triton.language as tl
+
+    from turbovid.ops.causal_conv import _normed
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
@@ -104,13 +106,6 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _scaled(x, inv, G, cols, C, SILU: tl.constexpr):
-        y = x * inv[:, None] * tl.load(G + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
-        if SILU:
-            y = y * tl.sigmoid(y)
-        return y
-
-    @triton.jit
     def _stream_kernel(X, G, B, R, XO, WZ, HB, PI, PO, Y, T, H, W, C, COUT, scale, SILU: tl.constexpr,
                        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, WRITE_X: tl.constexpr,
                        HAS_HB: tl.constexpr, HAS_PI: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
@@ -160,10 +155,10 @@ if triton is not None:
                 x2 = _channels(X, B, R, XO, row + c2[None, :], inside[:, None] & (c2 < C)[None, :], c2, C,
                                HAS_BIAS, HAS_RES, WRITE_X)
                 ss += tl.sum(x2 * x2, axis=1)
-            inv = scale / tl.maximum(tl.sqrt(ss), 1e-12)
-            y1 = _scaled(x1, inv, G, c1, C, SILU).to(X.dtype.element_ty)  # the conv's input, as stored unfused
+            inv = (scale / tl.maximum(tl.sqrt(ss), 1e-12))[:, None]
+            y1 = _normed(x1, c1, G, inv, C, SILU).to(X.dtype.element_ty)  # the conv's input, as stored unfused
             if C2 > 0:
-                y2 = _scaled(x2, inv, G, c2, C, SILU).to(X.dtype.element_ty)
+                y2 = _normed(x2, c2, G, inv, C, SILU).to(X.dtype.element_ty)
             c = zero
             for k in range(P // NCOL):  # a loop, not unrolled: the four chunks' indices would stay live
                 n = k * NCOL + j
