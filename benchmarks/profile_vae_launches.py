@@ -1,0 +1,111 @@
+"""Where the fast VAE decode's GPU time goes, by launch (dev tool, run on the device).
+
+Each entry point the decode calls (the conv kernels, the upsamplers' phase convs, the RGB head,
+the middle attention, the norm / residual passes) is wrapped in a profiler range labelled with its
+shapes and epilogue; the kernels' device time is summed per label over one decode (after a warm-up
+decode: compilation, descriptors). Real Wan2.1 config, random weights, bf16, the default chunking.
+Ranges nest: causal_conv.launch includes the Gluon launch it dispatches to, upsample_conv its
+four phase launches. Prints a table per size and writes JSON to --out.
+
+    PYTHONPATH=$PWD python3 benchmarks/profile_vae_launches.py --out $OUT/vae_launches.json
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from turbovid.configs import VAE_PRESETS
+from turbovid.models.vae import build_vae
+from turbovid.ops import causal_conv, conv_gluon, conv_head, interleave, rms_silu, upsample_conv, wide_attention
+
+SIZES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
+PREFIX = "launch| "
+
+
+def _shape(t) -> str:
+    return "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else "-"
+
+
+def _label(name: str, a: dict) -> str:
+    """The launch's label: the entry point, its input's shape, output channels and epilogue
+    (a: the call's arguments by name)."""
+    x = next(iter(a.values()))
+    if name != "causal_conv.launch":
+        return f"{name} {_shape(x)}"
+    conv, cfg = a["conv"], a["cfg"]
+    opts = "+".join(k for k in ("gamma", "residual", "x_out", "history_out") if a.get(k) is not None) or "plain"
+    strided = "" if a["out"].is_contiguous() else " strided"
+    return (f"{name} {_shape(x)}->{conv.cout} taps={a.get('taps', (3, 3))} {opts}{strided} "
+            f"[m{cfg.block_m} k{cfg.block_k} r{cfg.rows} w{cfg.num_warps} s{cfg.num_stages}"
+            f"{' tma' if cfg.tma else ''}]")
+
+
+def _wrap(module, attr: str) -> None:
+    fn = getattr(module, attr)
+    name = f"{module.__name__.rsplit('.', 1)[-1]}.{attr}"
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with record_function(PREFIX + _label(name, sig.bind(*args, **kwargs).arguments)):
+            return fn(*args, **kwargs)
+
+    setattr(module, attr, wrapped)
+
+
+def device_us(event) -> float:
+    for key in ("device_time_total", "cuda_time_total"):
+        if hasattr(event, key):
+            return float(getattr(event, key))
+    raise AttributeError("no device time in this torch's profiler events")
+
+
+def profile_size(vae, size: str) -> dict:
+    t, h, w = SIZES[size]
+    z = torch.randn(1, 16, t, h, w, device="cuda")
+    with torch.no_grad():
+        vae.decode(z)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        vae.decode(z)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            vae.decode(z)
+            torch.cuda.synchronize()
+    rows = {}
+    for e in p.key_averages():
+        if e.key.startswith(PREFIX):
+            rows[e.key[len(PREFIX):]] = {"calls": e.count, "ms": device_us(e) / 1e3}
+    return {"decode_s_unprofiled": wall, "launches": dict(sorted(rows.items(), key=lambda kv: -kv[1]["ms"]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="vae_launches.json")
+    ap.add_argument("--sizes", default="480p,720p")
+    args = ap.parse_args()
+    for module, attr in ((causal_conv, "launch"), (conv_gluon, "launch"), (upsample_conv, "upsample_conv"),
+                         (conv_head, "stream"), (wide_attention, "attention"), (rms_silu, "rms_silu"),
+                         (rms_silu, "rms_silu_stream"), (rms_silu, "add_bias_residual_"),
+                         (interleave, "subpixel_"), (interleave, "frames_")):
+        _wrap(module, attr)
+    vae = build_vae(VAE_PRESETS["wan2.1"], seed=0).eval().requires_grad_(False).to("cuda", torch.bfloat16)
+    res = {"card": torch.cuda.get_device_name(), "sizes": {}}
+    for size in args.sizes.split(","):
+        r = res["sizes"][size] = profile_size(vae, size)
+        print(f"\n{size}: decode {r['decode_s_unprofiled']:.3f} s unprofiled")
+        for label, row in r["launches"].items():
+            print(f"{row['ms']:9.2f} ms {row['calls']:4d}x  {label}")
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
