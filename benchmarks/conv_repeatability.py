@@ -90,14 +90,15 @@ def main() -> None:
                    ("single row", replace(base, rows=1)), ("pointer loads", replace(base, tma=False)))
         if c == cout == 96:
             configs = (("default", None), ("triton", base), ("triton 2 stages", replace(base, num_stages=2)))
+        epilogues = {"plain": {}, "normed": dict(gamma=gamma), "residual": dict(gamma=gamma, residual=res_in)}
+        wants = {e: causal_conv.causal_conv_fused_reference(buf32, packed32, buf32.new_empty(frames, h, w, cout), **kw)
+                 for e, kw in epilogues.items()}  # the float32 conv, once a shape
         for name, cfg in configs:
             if args.configs and name not in args.configs.split(","):
                 continue
             os.environ["TURBOVID_GLUON"] = "1" if cfg is None else "0"  # a config: the Triton kernel
-            for epilogue, kw in (("plain", {}), ("normed", dict(gamma=gamma)), ("residual", dict(gamma=gamma,
-                                                                                             residual=res_in))):
-                want = causal_conv.causal_conv_fused_reference(buf32, packed32, buf32.new_empty(frames, h, w, cout),
-                                                               **kw)
+            for epilogue, kw in epilogues.items():
+                want = wants[epilogue]
                 out = torch.empty(frames, h, w, cout, device="cuda", dtype=torch.bfloat16)
 
                 def run():
