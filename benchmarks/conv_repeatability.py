@@ -83,13 +83,13 @@ def main() -> None:
         buf32 = torch.cat([hist, x]).float()
         packed32 = replace(packed, ref_weight=packed.ref_weight.float(), bias=packed.bias.float())
         base = causal_conv.default_config(x.device, c, cout, h, w)
-        # "default": no config passed (causal_conv_stream's choice: 2 stages for a plain 8-warp
-        # descriptor launch; at 96 -> 96 the Gluon kernel where the launch has no residual);
-        # "3 stages": the default config as it was before that
-        configs = (("default", None), ("3 stages", base), ("2 stages", replace(base, num_stages=2)),
-                   ("single row", replace(base, rows=1)), ("pointer loads", replace(base, tma=False)))
+        # "default": no config passed (causal_conv_stream's choice: multi-row tiles fenced, fence_a;
+        # at 96 -> 96 the Gluon kernel where the launch has no residual); "no fence": as before
+        configs = (("default", None), ("no fence", replace(base, fence=False)),
+                   ("2 stages", replace(base, num_stages=2)), ("single row", replace(base, rows=1)),
+                   ("pointer loads", replace(base, tma=False)))
         if c == cout == 96:
-            configs = (("default", None), ("triton", base), ("triton 2 stages", replace(base, num_stages=2)))
+            configs = (("default", None), ("triton", base), ("triton no fence", replace(base, fence=False)))
         epilogues = {"plain": {}, "normed": dict(gamma=gamma), "residual": dict(gamma=gamma, residual=res_in)}
         wants = {e: causal_conv.causal_conv_fused_reference(buf32, packed32, buf32.new_empty(frames, h, w, cout), **kw)
                  for e, kw in epilogues.items()}  # the float32 conv, once a shape

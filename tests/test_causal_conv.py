@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -119,21 +120,17 @@ def test_hopper_path_needs_sm90_and_its_shared_memory(monkeypatch, capability, s
 
 
 
-def test_plain_eight_warp_descriptor_launches_take_two_stages(monkeypatch):
-    """The default config's 3 descriptor stages on 8 warps did not repeat bitwise with the plain
-    epilogue on an H100 (benchmarks/conv_repeatability.py): such launches take 2; fused ones and
-    a config the caller passes keep theirs."""
-    wide = causal_conv.Config(block_m=128, block_k=64, num_warps=8, num_stages=3, tma=True, rows=8)
-    monkeypatch.setattr(causal_conv, "default_config", lambda *a, **k: wide)
-    monkeypatch.setattr(causal_conv.rms_silu, "_use_kernel", lambda x: True)
-    seen = []
-    monkeypatch.setattr(causal_conv, "launch", lambda frames, history, conv, cfg, out, *a: seen.append(cfg) or out)
-    conv = causal_conv.pack(torch.randn(384, 192, 3, 3, 3), torch.randn(384), torch.float32)
-    frames = torch.randn(2, 8, 16, 192)
-    causal_conv.causal_conv_stream(frames, None, conv)
-    causal_conv.causal_conv_stream(frames, None, conv, gamma=torch.ones(384))
-    causal_conv.causal_conv_stream(frames, None, conv, config=wide)
-    assert [c.num_stages for c in seen] == [2, 3, 3]
+def test_fence_a_where_the_a_tile_passes_through_registers():
+    """Multi-row descriptor tiles reach wgmma from registers (Triton 3.6) and wait for each K step's
+    products on an sm_90 GPU; single-row tiles (A in shared memory), pointer loads, other GPUs and
+    the interpreter do not; Config(fence=False) turns it off to time it."""
+    multi = causal_conv.Config(block_m=128, block_k=64, num_warps=8, num_stages=3, tma=True, rows=8)
+    assert causal_conv.fence_a(multi, wgmma=True)
+    assert not causal_conv.fence_a(multi, wgmma=False)
+    assert not causal_conv.fence_a(replace(multi, rows=1), wgmma=True)
+    assert not causal_conv.fence_a(replace(multi, tma=False), wgmma=True)
+    assert not causal_conv.fence_a(replace(multi, fence=False), wgmma=True)
+
 
 def test_bad_inputs():
     packed = causal_conv.pack(torch.randn(8, 16, 3, 3, 3), None, torch.float32)

@@ -231,7 +231,7 @@ if triton is not None:
                             WRITE_X: tl.constexpr = False, NORM: tl.constexpr = False,
                             SILU: tl.constexpr = False, TMA_IO: tl.constexpr = False, HAS_HIST: tl.constexpr = True,
                             HN=None, HND1=None, HND2=None, hist_from=0, HIST_OUT: tl.constexpr = False,
-                            KT: tl.constexpr = 3, KS: tl.constexpr = 3):
+                            KT: tl.constexpr = 3, KS: tl.constexpr = 3, A_FENCE: tl.constexpr = False):
         # a program: one tile of an output frame f, every output channel. Its taps read input frames
         # f .. f + KT - 1 of [history (KT - 1 frames); X (the T frames)]: XH / X on the pointer path
         # (no XH: zeros), slots HSLOT / CSLOT of the 5-D descriptor XD (an out-of-range slot reads as
@@ -244,6 +244,9 @@ if triton is not None:
         NC: tl.constexpr = C // BLOCK_K
         TP: tl.constexpr = KT - 1
         for it in range(KT * KS * KS * NC):
+            if A_FENCE:  # the last step's products done first (fence_a); pure: the pipeliner keeps it in order
+                it = tl.inline_asm_elementwise("wgmma.wait_group.sync.aligned 0;\n mov.b32 $0, $1;", "=r,r", [it], dtype=tl.int32,
+                                               is_pure=True, pack=1)
             tap = it // NC
             c0 = (it - tap * NC) * BLOCK_K
             dt = tap // (KS * KS)
@@ -324,6 +327,22 @@ class Config:
     tma: bool = False
     rows: int = 1
     tma_io: bool = True  # with tma: the fused epilogue's tensors through descriptors too
+    fence: bool = True  # fence_a's wait where it applies (False: only to time what it costs)
+
+
+def fence_a(cfg: Config, wgmma: bool) -> bool:
+    """Whether a launch waits for each K step's products before the next step begins.
+
+    A multi-row descriptor tile ([ROWS, W / ROWS] pixels, reshaped) reaches the tensor cores from
+    registers: Triton 3.6 loads it with ldmatrix and issues wgmma with A in registers, asynchronous,
+    up to 7 left pending at the end of a step, and the next step's ldmatrix overwrites those
+    registers while they may still be read (the SASS: LDSM into the A registers at the loop's top,
+    the last wait before it `WARPGROUP.DEPBAR.LE gsb0, 0x7`). On an H100 this gave wrong values
+    in a 16-pixel run of one tile row, in the second dot's channels, in some launches
+    (benchmarks/conv_repeatability.py, 2026-11-27). A single-row tile's reshape only drops unit
+    dimensions: the A tile stays in shared memory and needs no wait. wgmma: the launch runs on an
+    sm_90 GPU (the wait is a wgmma instruction; elsewhere, and in the interpreter, there is none)."""
+    return cfg.fence and cfg.tma and cfg.rows > 1 and wgmma
 
 
 def tile_rows(h: int, w: int, block_m: int) -> int:
@@ -480,11 +499,6 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
         raise ValueError(f"causal_conv: history_out must be a contiguous [2, {h}, {w}, {conv.cout}] {frames.dtype} "
                          "tensor, with the fused epilogue (gamma or residual) and at least 2 frames")
     cfg = config or default_config(frames.device, c, conv.cout, h, w, frames.element_size())
-    if config is None and not fused and cfg.tma and cfg.num_warps == 8 and cfg.num_stages > 2:
-        # the plain epilogue after 3 descriptor stages on 8 warps did not repeat bitwise on an H100
-        # (192 -> 384 channels, Triton 3.6: 40 of 40 repeats differed in one process, 1-2 of 29 in
-        # others); 2 stages repeated (benchmarks/conv_repeatability.py). The fused epilogue repeated.
-        cfg = replace(cfg, num_stages=2)
     check_config(cfg, c, "causal_conv")
     if not rms_silu._use_kernel(frames):
         buf = stream_input(frames, history)
@@ -541,7 +555,9 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedCo
         G=out if gamma is None else gamma.contiguous(), scale=float(conv.cout) ** 0.5,
         FUSED=fused, HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
         TMA_IO=tma_io, HAS_HIST=history is not None, HN=out if history_out is None else history_out,
-        hist_from=t - 2, HIST_OUT=history_out is not None, KT=kt, KS=ks, **io, num_warps=cfg.num_warps,
+        hist_from=t - 2, HIST_OUT=history_out is not None, KT=kt, KS=ks,
+        A_FENCE=fence_a(cfg, use_tma and frames.is_cuda and torch.cuda.get_device_capability(frames.device)[0] == 9),
+        **io, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
