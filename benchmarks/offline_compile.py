@@ -21,6 +21,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sass_steps  # noqa: E402
+import wgmma_hazards  # noqa: E402
 
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=4, num_stages=3,
@@ -49,7 +52,9 @@ def compile_sm90(kernel, signature: dict, constexprs: dict, div16=(), num_warps=
     tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
     out = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
     line = next(line.strip() for line in out.splitlines() if "REG" in line)
-    return f"{line} DYNAMIC_SHARED:{compiled.metadata.shared}"  # what decides programs per SM beside REG
+    # DYNAMIC_SHARED: what decides programs per SM beside REG; MMA_A_HAZARDS: wgmma_hazards.py's count
+    return (f"{line} DYNAMIC_SHARED:{compiled.metadata.shared} "
+            f"MMA_A_HAZARDS:{len(wgmma_hazards.hazards(sass_steps.sass(cubin)))}")
 
 
 def main() -> None:
