@@ -26,6 +26,11 @@ from turbovid.ops import causal_conv, conv_gluon, conv_head, interleave, rms_sil
 
 SIZES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
 PREFIX = "launch| "
+# the decode's entry points into turbovid/ops (decode_divergence.py wraps the same)
+ENTRY_POINTS = ((causal_conv, "launch"), (conv_gluon, "launch"), (upsample_conv, "upsample_conv"),
+                (conv_head, "stream"), (wide_attention, "attention"), (rms_silu, "rms_silu"),
+                (rms_silu, "rms_silu_stream"), (rms_silu, "add_bias_residual_"),
+                (interleave, "subpixel_"), (interleave, "frames_"))
 
 
 def _shape(t) -> str:
@@ -91,10 +96,7 @@ def main() -> None:
     ap.add_argument("--out", default="vae_launches.json")
     ap.add_argument("--sizes", default="480p,720p")
     args = ap.parse_args()
-    for module, attr in ((causal_conv, "launch"), (conv_gluon, "launch"), (upsample_conv, "upsample_conv"),
-                         (conv_head, "stream"), (wide_attention, "attention"), (rms_silu, "rms_silu"),
-                         (rms_silu, "rms_silu_stream"), (rms_silu, "add_bias_residual_"),
-                         (interleave, "subpixel_"), (interleave, "frames_")):
+    for module, attr in ENTRY_POINTS:
         _wrap(module, attr)
     vae = build_vae(VAE_PRESETS["wan2.1"], seed=0).eval().requires_grad_(False).to("cuda", torch.bfloat16)
     res = {"card": torch.cuda.get_device_name(), "sizes": {}}
