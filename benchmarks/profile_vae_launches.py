@@ -33,6 +33,22 @@ ENTRY_POINTS = ((causal_conv, "launch"), (conv_gluon, "launch"), (upsample_conv,
                 (interleave, "subpixel_"), (interleave, "frames_"))
 
 
+def _wrap_host_steps() -> None:
+    """Profiler ranges around the decode's host-side steps, so the profile names what runs before
+    the first kernel (device_timeline's host_before_first_kernel)."""
+    from turbovid.models import vae_fast
+
+    for owner, attr in ((vae_fast, "prepared"), (vae_fast, "plan_decode"), (vae_fast, "default_budget"),
+                        (vae_fast.FastDecoder, "latent_stage"), (vae_fast.FastDecoder, "up_stage")):
+        fn = getattr(owner, attr)
+
+        def wrapped(*args, _fn=fn, _name=f"host| {attr}", **kwargs):
+            with record_function(_name):
+                return _fn(*args, **kwargs)
+
+        setattr(owner, attr, wrapped)
+
+
 def _shape(t) -> str:
     return "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else "-"
 
@@ -88,7 +104,44 @@ def profile_size(vae, size: str) -> dict:
     for e in p.key_averages():
         if e.key.startswith(PREFIX):
             rows[e.key[len(PREFIX):]] = {"calls": e.count, "ms": device_us(e) / 1e3}
-    return {"decode_s_unprofiled": wall, "launches": dict(sorted(rows.items(), key=lambda kv: -kv[1]["ms"]))}
+    return {"decode_s_unprofiled": wall, **device_timeline(p),
+            "launches": dict(sorted(rows.items(), key=lambda kv: -kv[1]["ms"]))}
+
+
+def device_timeline(p, top: int = 12) -> dict:
+    """The profiled decode's device side: every kernel and copy's time by name, the span from the
+    first to the last, the time the GPU was busy in it (the union of their intervals) and the
+    longest idle gaps between them, each with the names either side: what the decode loses to
+    launches, syncs and host work (the labelled launches cover only our entry points)."""
+    spans, by_name, host = [], {}, []
+    for e in p.events():
+        if e.time_range.end <= e.time_range.start:
+            continue
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            host.append((e.time_range.start, e.time_range.end, e.name))
+        elif not e.name.startswith(PREFIX):  # kernels and copies; not our ranges' device projections
+            spans.append((e.time_range.start, e.time_range.end, e.name))
+            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start)
+    if not spans:
+        return {}
+    spans.sort()
+    # the host's work before the device's first kernel, and the longest host events then
+    first = min((h[0] for h in host), default=spans[0][0])
+    early = sorted((h for h in host if h[0] < spans[0][0]), key=lambda h: h[0] - h[1])[:top]
+    busy, gaps, end, last = 0.0, [], spans[0][0], spans[0][2]
+    for start, stop, name in spans:
+        if start > end:
+            gaps.append((start - end, last, name))
+        busy += max(0.0, stop - max(start, end))
+        if stop > end:
+            end, last = stop, name
+    gaps.sort(reverse=True)
+    return {"host_lead_ms": (spans[0][0] - first) / 1e3,
+            "host_before_first_kernel": [{"us": b - a, "name": n[:90]} for a, b, n in early],
+            "device_span_ms": (end - spans[0][0]) / 1e3, "device_busy_ms": busy / 1e3,
+            "device_idle_ms": (end - spans[0][0] - busy) / 1e3,
+            "longest_gaps": [{"us": g, "after": a[:90], "before": b[:90]} for g, a, b in gaps[:top]],
+            "kernels_by_name_ms": {k[:120]: v / 1e3 for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:3 * top]}}
 
 
 def main() -> None:
@@ -98,11 +151,20 @@ def main() -> None:
     args = ap.parse_args()
     for module, attr in ENTRY_POINTS:
         _wrap(module, attr)
+    _wrap_host_steps()
     vae = build_vae(VAE_PRESETS["wan2.1"], seed=0).eval().requires_grad_(False).to("cuda", torch.bfloat16)
     res = {"card": torch.cuda.get_device_name(), "sizes": {}}
     for size in args.sizes.split(","):
         r = res["sizes"][size] = profile_size(vae, size)
-        print(f"\n{size}: decode {r['decode_s_unprofiled']:.3f} s unprofiled")
+        print(f"\n{size}: decode {r['decode_s_unprofiled']:.3f} s unprofiled; profiled: device span "
+              f"{r.get('device_span_ms', 0):.1f} ms, busy {r.get('device_busy_ms', 0):.1f}, idle {r.get('device_idle_ms', 0):.1f}")
+        print(f"   host lead (first host event to first kernel) {r.get('host_lead_ms', 0):.1f} ms; longest host events then:")
+        for h in r.get("host_before_first_kernel", []):
+            print(f"   host {h['us']:8.1f} us  {h['name']}")
+        for g in r.get("longest_gaps", []):
+            print(f"   gap {g['us']:8.1f} us  after {g['after']}  before {g['before']}")
+        for name, ms in r.get("kernels_by_name_ms", {}).items():
+            print(f"{ms:9.2f} ms  kernel {name}")
         for label, row in r["launches"].items():
             print(f"{row['ms']:9.2f} ms {row['calls']:4d}x  {label}")
         with open(args.out, "w") as f:

@@ -123,3 +123,20 @@ def test_a_failing_gluon_launch_falls_back_with_one_log_line(monkeypatch, caplog
 
 def test_smem_fits_an_h100():
     assert conv_gluon.smem_bytes() + 1024 <= 227 << 10
+
+
+def test_a_residual_is_left_to_the_next_norm_where_gluon_takes_the_plain_conv(monkeypatch):
+    """causal_conv.residual_in_epilogue: on an H100 the 96-channel conv runs plain in Gluon and the
+    next norm's pass forms the residual sum; elsewhere (other widths, Gluon off) the sum stays in
+    the Triton kernel's epilogue."""
+    frames = hopper_frames(monkeypatch)
+    frames.stride = lambda dim=None: 1  # contiguous channels, as causal_conv_stream requires
+    monkeypatch.setenv("TURBOVID_GLUON", "1")
+    c96 = causal_conv.pack(torch.randn(96, 96, 3, 3, 3), None, torch.bfloat16)
+    c192 = causal_conv.pack(torch.randn(192, 192, 3, 3, 3), None, torch.bfloat16)
+    assert not causal_conv.residual_in_epilogue(frames, c96)
+    assert causal_conv.residual_in_epilogue(frames, c192)
+    monkeypatch.setenv("TURBOVID_GLUON", "0")
+    assert causal_conv.residual_in_epilogue(frames, c96)
+    # CPU tensors run the PyTorch reference, whose epilogue takes the residual
+    assert causal_conv.residual_in_epilogue(torch.empty(1, 2, 2, 96, dtype=torch.bfloat16), c96)

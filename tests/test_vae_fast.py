@@ -147,6 +147,39 @@ def test_norm_in_conv_epilogue_equals_unfused(chunk, monkeypatch):
     assert rel(fused, unfused) < 1e-5 and rel(fused, ref) < 1e-5
 
 
+def test_residual_left_to_the_next_norm_equals_fused(monkeypatch):
+    """Where causal_conv.residual_in_epilogue says no (the Gluon 96-channel conv on an H100), conv2
+    runs plain and returns a Pending: the next block's conv1 norm forms the sum (into conv2's output,
+    the next residual) in its pass. Same video as the fused epilogue."""
+    monkeypatch.setattr(vae_fast, "SMALL_CONV", "triton")
+    monkeypatch.setattr(vae_fast, "WIDE_CONV", "triton")
+    vae16 = build_vae(VAEConfig(dim=16), seed=5)
+    zn = torch.randn(1, 16, 3, 2, 3)
+    plan = replace(plan_decode(vae16.cfg, 3, 2, 3, 4, "off"), chunk=2, mid_chunk=2)
+    fused = fast_decode(vae16, zn, plan=plan)
+    calls = []
+    real = vae_fast.FastConv.conv_into
+
+    def conv_into(self, buf, state, key, gamma, residual=None, x_out=None):
+        calls.append(residual is not None)
+        return real(self, buf, state, key, gamma, residual, x_out)
+
+    sums = []
+    real_norm = vae_fast.rms_silu_stream
+
+    def norm(x, *args, residual=None, x_out=None, **kw):
+        sums.append(residual is not None and x_out is not None and x_out.data_ptr() == x.data_ptr())
+        return real_norm(x, *args, residual=residual, x_out=x_out, **kw)
+
+    monkeypatch.setattr(vae_fast.FastConv, "conv_into", conv_into)
+    monkeypatch.setattr(vae_fast, "rms_silu_stream", norm)
+    monkeypatch.setattr(vae_fast.causal_conv, "residual_in_epilogue", lambda frames, conv: False)
+    split = fast_decode(vae16, zn, plan=plan)
+    assert calls and not any(calls)  # no conv took a residual
+    assert sum(sums) == 6 * 2  # the norm formed every chained block's sum (6 a pass, 2 passes), in y's place
+    assert rel(split, fused) < 1e-5
+
+
 def test_conv_modes_resolve(monkeypatch):
     assert vae_fast.conv_modes(torch.device("cpu")) == vae_fast.ConvModes("stacked", "conv3d", "sdpa")  # no Hopper path
     monkeypatch.setattr(vae_fast, "ATTENTION", "flash")

@@ -360,13 +360,14 @@ class FastRes:
         buf2 = self.conv1.conv_into(buf1, state, key + ".2", self.gamma2)
         del buf1
         h = x if self.shortcut is None else F.linear(x, *self.shortcut)
-        if nxt is not None and nxt[0].fusable():
+        if nxt is not None and nxt[0].fusable() and causal_conv.residual_in_epilogue(buf2.frames, self.conv2.packed):
             block, nkey = nxt
             # the sum x + conv2 goes into h's place unless h is the caller's tensor
             out = h if owned or h is not x else torch.empty_like(h)
             del x
             buf = self.conv2.conv_into(buf2, state, nkey + ".1", block.gamma1, residual=h, x_out=out)
             return Prepared(out, buf)
+        # the sum is the next norm's (a residual block's conv1, or the head): it forms it in its pass
         y = causal_conv.causal_conv_stream(*buf2, self.conv2.packed, bias=False).unsqueeze(0)
         return Pending(y, self.conv2.bias, h)
 

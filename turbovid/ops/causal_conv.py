@@ -25,7 +25,8 @@ one launch a phase into a strided view of the upsampled output.
 
 On an H100 the full-resolution 96 -> 96 convs without a residual run instead as ops/conv_gluon.py's
 warp-specialized Gluon kernel (same contract; 1.05 against 1.50 ms at a 480p chunk); launch()
-dispatches, and falls back to this kernel with one log line where that one fails.
+dispatches, and falls back to this kernel with one log line where that one fails. There a residual
+block's sum is left to the next norm's pass (residual_in_epilogue).
 
 The PyTorch reference (F.conv3d) runs where the kernel cannot: no Triton, CPU tensors outside
 tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_interpreter()).
@@ -509,6 +510,18 @@ def causal_conv_stream(frames: torch.Tensor, history: Optional[torch.Tensor], co
             history_out.copy_(out[-2:])
         return out
     return launch(frames, history, conv, cfg, out, bias, gamma, silu, residual, x_out, history_out)
+
+
+def residual_in_epilogue(frames: torch.Tensor, conv: PackedConv) -> bool:
+    """Whether a residual sum after this conv belongs in its epilogue (causal_conv_stream's residual).
+
+    Not where the Gluon kernel takes the conv's plain epilogue but not a residual one (96 -> 96 on
+    an H100): there the plain Gluon conv, then the next norm's pass forming the sum
+    (rms_silu_stream with a residual), beat the Triton kernel's residual epilogue, whose main loop
+    runs at ~430 TFLOP/s against the Gluon kernel's ~700 (docs/benchmarks.md, "Session 32")."""
+    if conv.weight_k is None or not rms_silu._use_kernel(frames):
+        return True
+    return not conv_gluon.available(frames, conv.cin, conv.cout, (3, 3), (-1, -1), frames)
 
 
 def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedConv, cfg: Config, out: torch.Tensor,
