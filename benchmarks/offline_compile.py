@@ -268,8 +268,9 @@ def main() -> None:
                                                                (192, 96, 64, 32, 256, 64, 8, 4, 4))),
         *((f"VAE 96 -> 96 conv in Gluon (warp-specialized, persistent, 6 x 64-pixel tiles), {what}",
            conv_gluon._conv96_kernel, conv96_sig(),
-           dict(C=96, STAGES=conv_gluon.STAGES, A_LAYOUT=conv_gluon.shared_layout(2), HAS_BIAS=True, HAS_RES=False,
-                WRITE_X=False, NORM=norm, SILU=norm, HIST_OUT=norm, CONSUMER_REGS=conv_gluon.CONSUMER_REGS),
+           dict(C=96, STAGES=conv_gluon.stages(False), A_LAYOUT=conv_gluon.shared_layout(2), HAS_BIAS=True,
+                HAS_RES=False, WRITE_X=False, NORM=norm, SILU=norm, HIST_OUT=norm, EPI=conv_gluon.epilogue_buffers(False),
+                CONSUMER_REGS=conv_gluon.CONSUMER_REGS),
            [], 4, 3, conv_gluon.MAXNREG)
           for what, norm in (("+ bias", False), ("+ bias + the next RMS norm + SiLU, the history written too", True))),
         ("VAE middle attention: one head of 384 (256 + 128), 128 queries x 32 keys a step",

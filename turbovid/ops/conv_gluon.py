@@ -60,15 +60,30 @@ CHANNELS = 96
 TILE_ROWS = 6  # output rows a tile: 3 a consumer warpgroup; the 8 input rows are one power-of-two box
 TILE_COLS = 64  # output columns a tile: one m64 product a row
 BLOCK_K = 32  # input channels a step
-STAGES = 3  # 50 KiB a stage; 4 leave no room for the epilogue buffers (72 KiB)
+# 50 KiB a stage. With a residual (three staging rows a consumer: residual, sum, output; 72 KiB) 4
+# stages do not fit; the plain and normed epilogues stage the output only (24 KiB) and take 4: the
+# main loop's rows of benchmarks/explore_conv_ws.py (session 28) ran 1.157 / 2.775 ms on 4 stages
+# against 1.170 / 2.841 on 3 (480p / 720p, 4 frames)
+STAGES = 3
+STAGES_PLAIN = 4
 CONSUMER_REGS = 232  # the second consumer's registers (setmaxnreg); the loader takes 24
 MAXNREG = 168  # 12 warps x 168 fill the register file at launch
 
 
-def smem_bytes(stages: int = STAGES) -> int:
+def epilogue_buffers(residual: bool) -> int:
+    """Staging rows a consumer: the residual, the sum and the output with a residual, else the output."""
+    return 3 if residual else 1
+
+
+def stages(residual: bool) -> int:
+    return STAGES if residual else STAGES_PLAIN
+
+
+def smem_bytes(residual: bool = False) -> int:
     """The ring (a stage: the 8 input rows and three taps' weights) and both consumers' epilogue
-    buffers (three output rows: residual, sum, output), bf16."""
-    return (stages * BLOCK_K * ((TILE_ROWS + 2) * TILE_COLS + 3 * CHANNELS) + 6 * TILE_COLS * CHANNELS) * 2
+    buffers (output rows of 96 channels), bf16."""
+    ring = stages(residual) * BLOCK_K * ((TILE_ROWS + 2) * TILE_COLS + 3 * CHANNELS)
+    return (ring + 2 * epilogue_buffers(residual) * TILE_COLS * CHANNELS) * 2
 
 
 if gluon is not None:
@@ -278,10 +293,12 @@ if gluon is not None:
         tma.store_wait(pendings=0)
 
     @gluon.jit
-    def _epilogue_bufs(e1, e2, WG: gl.constexpr):
-        """Consumer WG's (residual, sum, output) buffers, two channel blocks each."""
-        return (e1.index(3 * WG), e2.index(3 * WG), e1.index(3 * WG + 1), e2.index(3 * WG + 1), e1.index(3 * WG + 2),
-                e2.index(3 * WG + 2))
+    def _epilogue_bufs(e1, e2, WG: gl.constexpr, EPI: gl.constexpr):
+        """Consumer WG's (residual, sum, output) buffers, two channel blocks each: slots EPI WG ..
+        EPI WG + 2 (EPI = 3), or one slot for all three (EPI = 1: only the output is staged)."""
+        D: gl.constexpr = (EPI - 1) // 2
+        return (e1.index(EPI * WG), e2.index(EPI * WG), e1.index(EPI * WG + D), e2.index(EPI * WG + D),
+                e1.index(EPI * WG + 2 * D), e2.index(EPI * WG + 2 * D))
 
     # the slots depend on where the allocator put the two tensors, hist_from on the chunk: not
     # specialised (a value of 1 would compile a second kernel mid-decode)
@@ -289,19 +306,20 @@ if gluon is not None:
     def _conv96_kernel(xd, w1d, w2d, hslot, cslot, yd1, yd2, rd1, rd2, xd1, xd2, hd1, hd2, B, G, H, W, n_tiles,
                        scale, hist_from, C: gl.constexpr, STAGES: gl.constexpr, A_LAYOUT: gl.constexpr,
                        HAS_BIAS: gl.constexpr, HAS_RES: gl.constexpr, WRITE_X: gl.constexpr, NORM: gl.constexpr,
-                       SILU: gl.constexpr, HIST_OUT: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                       SILU: gl.constexpr, HIST_OUT: gl.constexpr, EPI: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                        num_warps: gl.constexpr):
         R: gl.constexpr = xd.block_type.shape[2] - 2
         BW: gl.constexpr = xd.block_type.shape[3]
         BK: gl.constexpr = xd.block_type.shape[4]
         gl.static_assert(R == 6, "6 output rows a tile: 3 for each of two consumer warpgroups")
+        gl.static_assert(EPI == 3 or not (HAS_RES or WRITE_X), "a residual epilogue stages three rows")
         a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, (R + 2) * BW, BK], A_LAYOUT)
         b1_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES * 3, _N1, BK], w1d.layout)
         b2_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES * 3, _N2, BK], w2d.layout)
-        # each consumer's epilogue buffers, one output row's 64 + 32 channels each: the residual, the
-        # sum, the output (slots 3 WG .. 3 WG + 2); and its residual barrier
-        e1 = gl.allocate_shared_memory(yd1.dtype, [6, BW, _N1], _row_layout(_N1))
-        e2 = gl.allocate_shared_memory(yd1.dtype, [6, BW, _N2], _row_layout(_N2))
+        # each consumer's epilogue buffers, one output row's 64 + 32 channels each (_epilogue_bufs);
+        # and its residual barrier
+        e1 = gl.allocate_shared_memory(yd1.dtype, [2 * EPI, BW, _N1], _row_layout(_N1))
+        e2 = gl.allocate_shared_memory(yd1.dtype, [2 * EPI, BW, _N2], _row_layout(_N2))
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         rbars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -312,10 +330,10 @@ if gluon is not None:
             mbarrier.init(rbars.index(wg), count=1)
         io = (yd1, yd2, rd1, rd2, xd1, xd2, hd1, hd2)
         gl.warp_specialize([
-            (_consumer, (a_bufs, b1_bufs, b2_bufs, ready, empty, _epilogue_bufs(e1, e2, 0), rbars.index(0), B, G, io, H,
+            (_consumer, (a_bufs, b1_bufs, b2_bufs, ready, empty, _epilogue_bufs(e1, e2, 0, EPI), rbars.index(0), B, G, io, H,
                          W, n_tiles, scale, hist_from, 0, C, R, BW, BK, STAGES, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU,
                          HIST_OUT)),
-            (_consumer, (a_bufs, b1_bufs, b2_bufs, ready, empty, _epilogue_bufs(e1, e2, 1), rbars.index(1), B, G, io, H,
+            (_consumer, (a_bufs, b1_bufs, b2_bufs, ready, empty, _epilogue_bufs(e1, e2, 1, EPI), rbars.index(1), B, G, io, H,
                          W, n_tiles, scale, hist_from, 1, C, R, BW, BK, STAGES, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU,
                          HIST_OUT)),
             (_loader, (xd, w1d, w2d, a_bufs, b1_bufs, b2_bufs, ready, empty, hslot, cslot, H, W, n_tiles, C, R, BW, BK,
@@ -359,7 +377,7 @@ def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], 
         return False
     if not (frames.is_cuda and torch.cuda.get_device_capability(frames.device) == (9, 0)):
         return False
-    if gluon_switch.smem_optin(frames.device) < smem_bytes() + 1024:
+    if gluon_switch.smem_optin(frames.device) < smem_bytes(residual) + 1024:
         return False
     return (cin == CHANNELS and cout == CHANNELS and tuple(taps) == (3, 3) and tuple(offset) == (-1, -1)
             and frames.dtype == torch.bfloat16 and out.stride(-1) == 1)
@@ -387,10 +405,12 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], weight_k: torc
         x = out if x is None else x
         io += [_descriptor(x, list(x.shape), list(x.stride()), [1, 1, TILE_COLS, n], n) for n in (64, 32)]
     n_tiles = t * -(-h // TILE_ROWS) * -(-w // TILE_COLS)
+    res = residual is not None or x_out is not None
     _conv96_kernel[(min(n_tiles, _sm_count(frames.device)),)](
         xd, w1d, w2d, hslot, cslot, *io, out if bias is None else bias, out if gamma is None else gamma,
         h, w, n_tiles, float(CHANNELS) ** 0.5, t - 2,
-        C=CHANNELS, STAGES=STAGES, A_LAYOUT=shared_layout(2), HAS_BIAS=bias is not None,
+        C=CHANNELS, STAGES=stages(res), A_LAYOUT=shared_layout(2), HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
-        HIST_OUT=history_out is not None, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=MAXNREG)
+        HIST_OUT=history_out is not None, EPI=epilogue_buffers(res), CONSUMER_REGS=CONSUMER_REGS, num_warps=4,
+        maxnreg=MAXNREG)
     return out
