@@ -517,8 +517,8 @@ def residual_in_epilogue(frames: torch.Tensor, conv: PackedConv) -> bool:
 
     Not where the Gluon kernel takes the conv's plain epilogue but not a residual one (96 -> 96 on
     an H100): there the plain Gluon conv, then the next norm's pass forming the sum
-    (rms_silu_stream with a residual), beat the Triton kernel's residual epilogue, whose main loop
-    runs at ~430 TFLOP/s against the Gluon kernel's ~700 (docs/benchmarks.md, "Session 32")."""
+    (rms_silu_stream with a residual) beat the Triton kernel with the residual in its epilogue: at
+    an 8-frame 480p chunk ~2.1 + 0.87 ms against 3.7 ms (H100; docs/benchmarks.md, "Session 32")."""
     if conv.weight_k is None or not rms_silu._use_kernel(frames):
         return True
     return not conv_gluon.available(frames, conv.cin, conv.cout, (3, 3), (-1, -1), frames)
