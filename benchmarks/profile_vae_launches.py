@@ -40,13 +40,7 @@ def _wrap_host_steps() -> None:
 
     for owner, attr in ((vae_fast, "prepared"), (vae_fast, "plan_decode"), (vae_fast, "default_budget"),
                         (vae_fast.FastDecoder, "latent_stage"), (vae_fast.FastDecoder, "up_stage")):
-        fn = getattr(owner, attr)
-
-        def wrapped(*args, _fn=fn, _name=f"host| {attr}", **kwargs):
-            with record_function(_name):
-                return _fn(*args, **kwargs)
-
-        setattr(owner, attr, wrapped)
+        _wrap(owner, attr, fixed=f"host| {attr}")
 
 
 def _shape(t) -> str:
@@ -67,17 +61,19 @@ def _label(name: str, a: dict) -> str:
             f"{' tma' if cfg.tma else ''}]")
 
 
-def _wrap(module, attr: str) -> None:
-    fn = getattr(module, attr)
-    name = f"{module.__name__.rsplit('.', 1)[-1]}.{attr}"
+def _wrap(owner, attr: str, fixed: str = "") -> None:
+    """owner.attr (a module's function or a class's method) in a profiler range: `fixed`, or the
+    launch's label (PREFIX + _label) from the call's arguments."""
+    fn = getattr(owner, attr)
+    name = f"{owner.__name__.rsplit('.', 1)[-1]}.{attr}"
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with record_function(PREFIX + _label(name, sig.bind(*args, **kwargs).arguments)):
+        with record_function(fixed or PREFIX + _label(name, sig.bind(*args, **kwargs).arguments)):
             return fn(*args, **kwargs)
 
-    setattr(module, attr, wrapped)
+    setattr(owner, attr, wrapped)
 
 
 def device_us(event) -> float:
