@@ -64,7 +64,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel, tail_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import causal_conv, conv_gluon, conv_head, rms_silu, wide_attention
+    from turbovid.ops import causal_conv, conv_gluon, conv_gluon_wide, conv_head, rms_silu, wide_attention
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
@@ -79,6 +79,17 @@ def main() -> None:
                     w1d=desc([64, conv_gluon.BLOCK_K]), w2d=desc([32, conv_gluon.BLOCK_K]), hslot="i32", cslot="i32",
                     **io, B="*bf16", G="*fp32", H="i32", W="i32", n_tiles="i32", scale="fp32", hist_from="i32")
     tcfg = tail_kernel.Config()
+
+    def conv192_sig() -> dict:
+        def desc(block: list[int], width: int = conv_gluon_wide.BLOCK_K) -> str:
+            return f"tensordesc<bf16[{','.join(map(str, block))}],{conv_gluon_wide.shared_layout(len(block), width)!r}>"
+        n1, n2 = conv_gluon_wide.N1, conv_gluon_wide.N2
+        io = {f"{d}{i}": desc([1, conv_gluon_wide.TILE_ROWS // 2, conv_gluon_wide.TILE_COLS, n], n)
+              for d in ("yd", "rd", "xd", "hd") for i, n in ((1, n1), (2, n2))}
+        return dict(xd=desc([1, 1, conv_gluon_wide.TILE_ROWS, conv_gluon_wide.TILE_COLS, conv_gluon_wide.BLOCK_K]),
+                    w1d=desc([n1, conv_gluon_wide.BLOCK_K]), w2d=desc([n2, conv_gluon_wide.BLOCK_K]), hslot="i32",
+                    cslot="i32", **io, B="*bf16", G="*fp32", H="i32", W="i32", n_tiles="i32", scale="fp32",
+                    hist_from="i32")
 
     def gluon_consts(cfg) -> dict:
         return dict(HAS_BIAS=True, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws)
@@ -273,6 +284,16 @@ def main() -> None:
                 CONSUMER_REGS=conv_gluon.CONSUMER_REGS),
            [], 4, 3, conv_gluon.MAXNREG)
           for what, norm in (("+ bias", False), ("+ bias + the next RMS norm + SiLU, the history written too", True))),
+        *((f"VAE 192 -> 192 conv in Gluon (ping-pong consumers, 4 x 32-pixel tiles), {what}",
+           conv_gluon_wide._conv192_kernel, conv192_sig(),
+           dict(C=192, STAGES=conv_gluon_wide.STAGES, A_LAYOUT=conv_gluon_wide.shared_layout(2), HAS_BIAS=True,
+                HAS_RES=res, WRITE_X=res, NORM=norm, SILU=norm, HIST_OUT=norm,
+                CONSUMER_REGS=conv_gluon_wide.CONSUMER_REGS),
+           [], 4, 3, conv_gluon_wide.MAXNREG)
+          for what, norm, res in (("+ bias", False, False),
+                                  ("+ bias + the next RMS norm + SiLU, the history written too", True, False),
+                                  ("+ bias + residual (the sum stored) + the next RMS norm + SiLU + history", True,
+                                   True))),
         ("VAE middle attention: one head of 384 (256 + 128), 128 queries x 32 keys a step",
          wide_attention._wide_attn_kernel,
          dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", L="i32", sq_b="i32", sq_l="i32", sk_b="i32", sk_l="i32",

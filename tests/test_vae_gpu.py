@@ -301,6 +301,81 @@ def test_gluon_96_channel_conv_and_its_epilogues(monkeypatch):
     assert 0 < len(cache) - compiled <= 6, len(cache) - compiled
 
 
+def test_gluon_192_channel_conv_and_its_epilogues(monkeypatch):
+    """ops/conv_gluon_wide.py, which causal_conv dispatches the 192 -> 192 convs to on an H100: at a
+    480p chunk (consumers on alternate tiles) and an odd shape (rows not a multiple of the tile's 4,
+    columns not of 32; fewer tiles than SMs), the history below or above the frames or none, into
+    NaN-filled views of a larger buffer: the plain conv, conv1 (the next norm + the history) and
+    conv2 (+ the residual sum stored in its place). Each within twice the error of the unfused
+    cuDNN path against float32, the history the output's last two frames, repeats bitwise the same,
+    and no fallback to the Triton kernel."""
+    from turbovid.ops import conv_gluon_wide, gluon_switch
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon conv is compiled for sm_90")
+    monkeypatch.setenv("TURBOVID_GLUON", "1")
+    c = conv_gluon_wide.CHANNELS
+    cache = conv_gluon_wide._conv192_kernel.device_caches[torch.cuda.current_device()][0]
+    compiled = len(cache)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    for frames, h, w in ((8, 240, 416), (3, 30, 50)):
+        g = torch.Generator(device="cuda").manual_seed(5)
+        buf = torch.randn(frames + 2, h, w, c, device="cuda", generator=g).bfloat16()
+        weight = torch.randn(c, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5
+        packed = causal_conv.pack(weight, torch.randn(c, device="cuda", generator=g) * 0.1, torch.bfloat16)
+        assert packed.weight_k is not None
+        p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
+        gamma = 1 + 0.2 * torch.randn(c, device="cuda", generator=g)
+        res = torch.randn(frames, h, w, c, device="cuda", generator=g).bfloat16()
+        plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
+        cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
+        plain_bound = 2 * rel(cudnn.float() + packed.bias.float(), plain_ref) + 1e-6
+        conv1_ref = rms_silu_reference(plain_ref, gamma)
+        conv1_bound = 2 * rel(rms_silu(cudnn + packed.bias, gamma), conv1_ref) + 1e-6
+        summed = res.float().clone()
+        conv2_ref = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty_like(plain_ref), gamma=gamma,
+                                                            residual=res.float(), x_out=summed)
+        conv2_bound = 2 * rel(rms_silu((cudnn.float() + packed.bias.float() + res.float()).bfloat16(), gamma),
+                              conv2_ref) + 1e-6
+        pool = torch.full((frames + 6, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+        for where, hist, frames_t in (("below", pool[:2], pool[4:4 + frames]),
+                                      ("above", pool[frames + 4:frames + 6], pool[:frames]), ("none", None, None)):
+            if hist is None:
+                frames_t = pool[4:4 + frames]
+                frames_t.copy_(buf[2:])
+                want_plain = causal_conv.causal_conv_reference(
+                    torch.cat([torch.zeros_like(buf[:2]), buf[2:]]).float(), p32)
+            else:
+                hist.copy_(buf[:2])
+                frames_t.copy_(buf[2:])
+                want_plain = plain_ref
+            nxt = torch.full((frames + 2, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+            y = causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:])
+            assert nxt[:2].isnan().all() and rel(y, want_plain) <= plain_bound, (h, where, rel(y, want_plain))
+            if hist is None:
+                continue
+            nxt.fill_(float("nan"))
+            hist_out = torch.full((2, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+            causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:], gamma=gamma, history_out=hist_out)
+            assert nxt[:2].isnan().all() and torch.equal(hist_out, nxt[-2:]), (h, where)
+            assert rel(nxt[2:], conv1_ref) <= conv1_bound, (h, where, rel(nxt[2:], conv1_ref), conv1_bound)
+            first = None
+            for _ in range(3):  # conv2, repeated: the same bits each time
+                x_out = res.clone()
+                causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:], gamma=gamma, residual=x_out,
+                                               x_out=x_out, history_out=hist_out)
+                assert torch.equal(hist_out, nxt[-2:]) and rel(x_out, summed) < 4e-3, (h, where, rel(x_out, summed))
+                assert rel(nxt[2:], conv2_ref) <= conv2_bound, (h, where, rel(nxt[2:], conv2_ref), conv2_bound)
+                first = nxt[2:].clone() if first is None else first
+                assert torch.equal(nxt[2:], first), (h, where)
+    assert not gluon_switch._broken, gluon_switch._broken
+    # two shapes x three epilogues: the slot orders and a missing history compiled nothing more
+    assert 0 < len(cache) - compiled <= 6, len(cache) - compiled
+
+
 def test_upsample_conv_at_the_decoder_shapes():
     """The upsamplers' 2x2 phase convs (ops/upsample_conv.py) on our conv kernel at the 480p decode's
     chunk shapes, bf16, into NaN-filled outputs: the plain output within twice the error of the cuDNN

@@ -26,7 +26,9 @@ one launch a phase into a strided view of the upsampled output.
 On an H100 the full-resolution 96 -> 96 convs without a residual run instead as ops/conv_gluon.py's
 warp-specialized Gluon kernel (same contract; 1.05 against 1.50 ms at a 480p chunk); launch()
 dispatches, and falls back to this kernel with one log line where that one fails. There a residual
-block's sum is left to the next norm's pass (residual_in_epilogue).
+block's sum is left to the next norm's pass (residual_in_epilogue). The 192 -> 192 convs, epilogues
+included, run as ops/conv_gluon_wide.py's (consumers on tiles of their own, so one's epilogue runs
+under the other's products).
 
 The PyTorch reference (F.conv3d) runs where the kernel cannot: no Triton, CPU tensors outside
 tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_interpreter()).
@@ -40,7 +42,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from turbovid.ops import conv_gluon, gluon_switch, rms_silu
+from turbovid.ops import conv_gluon, conv_gluon_wide, gluon_switch, rms_silu
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,11 @@ def split_channels(cout: int) -> tuple[int, int]:
     return n1, 0 if rest == 0 else max(16, 1 << (rest - 1).bit_length())
 
 
+# the Gluon kernels launch() hands a C -> C 3x3x3 conv to on an H100, by C: (module, what a failure logs)
+_GLUON_KERNELS = {conv_gluon.CHANNELS: (conv_gluon, "the VAE's 96-channel Gluon conv"),
+                  conv_gluon_wide.CHANNELS: (conv_gluon_wide, "the VAE's 192-channel Gluon conv")}
+
+
 @dataclass(frozen=True)
 class PackedConv:
     weight: torch.Tensor  # [27 C, N1 + N2], row (dt * 9 + dh * 3 + dw) * C + c, column o
@@ -77,7 +84,7 @@ class PackedConv:
     n1: int
     n2: int
     ref_weight: torch.Tensor  # [Cout, C, 3, 3, 3], the reference path's
-    weight_k: Optional[torch.Tensor] = None  # 96 -> 96 convs: [96, 27 x 96], ops/conv_gluon.py's layout
+    weight_k: Optional[torch.Tensor] = None  # C -> C convs of a Gluon kernel: [C, 27 x C] (_GLUON_KERNELS)
 
 
 def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> PackedConv:
@@ -92,7 +99,8 @@ def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype)
     b = None if bias is None else bias.detach().to(dtype).contiguous()
     ref = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last_3d)  # cuDNN's NDHWC kernels
     packed = packed.to(dtype).contiguous()
-    weight_k = conv_gluon.pack_weight(packed) if cin == cout == conv_gluon.CHANNELS else None
+    kernel = _GLUON_KERNELS.get(cout) if cin == cout else None
+    weight_k = kernel[0].pack_weight(packed) if kernel else None
     return PackedConv(packed, b, cin, cout, n1, n2, ref, weight_k)
 
 
@@ -538,9 +546,10 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedCo
     kt, ks = taps
     use_tma = cfg.tma and TensorDescriptor is not None  # on the CPU: in the interpreter (tests)
     has_bias = bias and conv.bias is not None
-    if conv.weight_k is not None and conv_gluon.available(frames, c, conv.cout, taps, offset, out, residual is not None):
-        done = gluon_switch.attempt("the VAE's 96-channel Gluon conv", frames.device, log, conv_gluon.launch, frames,
-                                    history, conv.weight_k, conv.bias if has_bias else None, out, _stream_descriptor,
+    kernel, label = _GLUON_KERNELS.get(conv.cout, (None, "")) if conv.weight_k is not None else (None, "")
+    if kernel is not None and kernel.available(frames, c, conv.cout, taps, offset, out, residual is not None):
+        done = gluon_switch.attempt(label, frames.device, log, kernel.launch, frames, history, conv.weight_k,
+                                    conv.bias if has_bias else None, out, _stream_descriptor,
                                     None if gamma is None else gamma.contiguous(), silu, residual, x_out, history_out)
         if done is not None:
             return done
