@@ -82,7 +82,7 @@ def main() -> None:
 
     def conv192_sig() -> dict:
         def desc(block: list[int], width: int = conv_gluon_wide.BLOCK_K) -> str:
-            return f"tensordesc<bf16[{','.join(map(str, block))}],{conv_gluon_wide.shared_layout(len(block), width)!r}>"
+            return f"tensordesc<bf16[{','.join(map(str, block))}],{conv_gluon.shared_layout(len(block), width)!r}>"
         n1, n2 = conv_gluon_wide.N1, conv_gluon_wide.N2
         io = {f"{d}{i}": desc([1, conv_gluon_wide.TILE_ROWS // 2, conv_gluon_wide.TILE_COLS, n], n)
               for d in ("yd", "rd", "xd", "hd") for i, n in ((1, n1), (2, n2))}
@@ -286,7 +286,7 @@ def main() -> None:
           for what, norm in (("+ bias", False), ("+ bias + the next RMS norm + SiLU, the history written too", True))),
         *((f"VAE 192 -> 192 conv in Gluon (ping-pong consumers, 4 x 32-pixel tiles), {what}",
            conv_gluon_wide._conv192_kernel, conv192_sig(),
-           dict(C=192, STAGES=conv_gluon_wide.STAGES, A_LAYOUT=conv_gluon_wide.shared_layout(2), HAS_BIAS=True,
+           dict(C=192, STAGES=conv_gluon_wide.STAGES, A_LAYOUT=conv_gluon.shared_layout(2, conv_gluon_wide.BLOCK_K), HAS_BIAS=True,
                 HAS_RES=res, WRITE_X=res, NORM=norm, SILU=norm, HIST_OUT=norm,
                 CONSUMER_REGS=conv_gluon_wide.CONSUMER_REGS),
            [], 4, 3, conv_gluon_wide.MAXNREG)

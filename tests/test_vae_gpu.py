@@ -5,6 +5,7 @@ Run with `pytest -m gpu tests/test_vae_gpu.py`, or `python3 tests/test_vae_gpu.p
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import torch
 
@@ -231,6 +232,35 @@ def test_stream_history_order_compiles_no_second_kernel(monkeypatch):
     assert len(cache) == n
 
 
+def conv_case(frames: int, h: int, w: int, c: int, seed: int, device: str = "cuda") -> SimpleNamespace:
+    """A c -> c conv's random bf16 input, weights (+ bias), gamma and residual, the float32 references
+    of its three epilogues (plain; conv1: the next norm; conv2: + the residual, its sum) and the
+    bounds a kernel is held to: twice the error of the unfused cuDNN path against float32."""
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    buf = torch.randn(frames + 2, h, w, c, device=device, generator=g).bfloat16()
+    weight = torch.randn(c, c, 3, 3, 3, device=device, generator=g) / (27 * c) ** 0.5
+    packed = causal_conv.pack(weight, torch.randn(c, device=device, generator=g) * 0.1, torch.bfloat16)
+    p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
+    gamma = 1 + 0.2 * torch.randn(c, device=device, generator=g)
+    res = torch.randn(frames, h, w, c, device=device, generator=g).bfloat16()
+    plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
+    cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
+    conv1_ref = rms_silu_reference(plain_ref, gamma)
+    summed = res.float().clone()
+    conv2_ref = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty_like(plain_ref), gamma=gamma,
+                                                        residual=res.float(), x_out=summed)
+    return SimpleNamespace(
+        buf=buf, packed=packed, p32=p32, gamma=gamma, res=res, plain_ref=plain_ref, conv1_ref=conv1_ref,
+        conv2_ref=conv2_ref, summed=summed,
+        plain_bound=2 * rel(cudnn.float() + packed.bias.float(), plain_ref) + 1e-6,
+        conv1_bound=2 * rel(rms_silu(cudnn + packed.bias, gamma), conv1_ref) + 1e-6,
+        conv2_bound=2 * rel(rms_silu((cudnn.float() + packed.bias.float() + res.float()).bfloat16(), gamma),
+                            conv2_ref) + 1e-6)
+
+
 def test_gluon_96_channel_conv_and_its_epilogues(monkeypatch):
     """ops/conv_gluon.py, which causal_conv dispatches the 96 -> 96 conv to on an H100: at a 480p chunk
     and an odd shape (rows not a multiple of the tile's 6, columns not of 64), the history below or
@@ -252,23 +282,10 @@ def test_gluon_96_channel_conv_and_its_epilogues(monkeypatch):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
     for frames, h, w in ((4, 480, 832), (3, 28, 100)):
-        g = torch.Generator(device="cuda").manual_seed(3)
-        buf = torch.randn(frames + 2, h, w, 96, device="cuda", generator=g).bfloat16()
-        weight = torch.randn(96, 96, 3, 3, 3, device="cuda", generator=g) / (27 * 96) ** 0.5
-        packed = causal_conv.pack(weight, torch.randn(96, device="cuda", generator=g) * 0.1, torch.bfloat16)
-        p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
-        gamma = 1 + 0.2 * torch.randn(96, device="cuda", generator=g)
-        res = torch.randn(frames, h, w, 96, device="cuda", generator=g).bfloat16()
-        plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
-        cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
-        plain_bound = 2 * rel(cudnn.float() + packed.bias.float(), plain_ref) + 1e-6
-        conv1_ref = rms_silu_reference(plain_ref, gamma)
-        conv1_bound = 2 * rel(rms_silu(cudnn + packed.bias, gamma), conv1_ref) + 1e-6
-        summed = res.float().clone()
-        conv2_ref = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty_like(plain_ref), gamma=gamma,
-                                                            residual=res.float(), x_out=summed)
-        conv2_bound = 2 * rel(rms_silu((cudnn.float() + packed.bias.float() + res.float()).bfloat16(), gamma),
-                              conv2_ref) + 1e-6
+        k = conv_case(frames, h, w, 96, 3)
+        buf, packed, p32, gamma, res, summed = k.buf, k.packed, k.p32, k.gamma, k.res, k.summed
+        plain_ref, conv1_ref, conv2_ref = k.plain_ref, k.conv1_ref, k.conv2_ref
+        plain_bound, conv1_bound, conv2_bound = k.plain_bound, k.conv1_bound, k.conv2_bound
         pool = torch.full((frames + 6, h, w, 96), float("nan"), device="cuda", dtype=torch.bfloat16)
         for where, hist, frames_t in (("below", pool[:2], pool[4:4 + frames]),
                                       ("above", pool[frames + 4:frames + 6], pool[:frames]), ("none", None, None)):
@@ -322,24 +339,11 @@ def test_gluon_192_channel_conv_and_its_epilogues(monkeypatch):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
     for frames, h, w in ((8, 240, 416), (3, 30, 50)):
-        g = torch.Generator(device="cuda").manual_seed(5)
-        buf = torch.randn(frames + 2, h, w, c, device="cuda", generator=g).bfloat16()
-        weight = torch.randn(c, c, 3, 3, 3, device="cuda", generator=g) / (27 * c) ** 0.5
-        packed = causal_conv.pack(weight, torch.randn(c, device="cuda", generator=g) * 0.1, torch.bfloat16)
+        k = conv_case(frames, h, w, c, 5)
+        buf, packed, p32, gamma, res, summed = k.buf, k.packed, k.p32, k.gamma, k.res, k.summed
+        plain_ref, conv1_ref, conv2_ref = k.plain_ref, k.conv1_ref, k.conv2_ref
+        plain_bound, conv1_bound, conv2_bound = k.plain_bound, k.conv1_bound, k.conv2_bound
         assert packed.weight_k is not None
-        p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
-        gamma = 1 + 0.2 * torch.randn(c, device="cuda", generator=g)
-        res = torch.randn(frames, h, w, c, device="cuda", generator=g).bfloat16()
-        plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
-        cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
-        plain_bound = 2 * rel(cudnn.float() + packed.bias.float(), plain_ref) + 1e-6
-        conv1_ref = rms_silu_reference(plain_ref, gamma)
-        conv1_bound = 2 * rel(rms_silu(cudnn + packed.bias, gamma), conv1_ref) + 1e-6
-        summed = res.float().clone()
-        conv2_ref = causal_conv.causal_conv_fused_reference(buf.float(), p32, torch.empty_like(plain_ref), gamma=gamma,
-                                                            residual=res.float(), x_out=summed)
-        conv2_bound = 2 * rel(rms_silu((cudnn.float() + packed.bias.float() + res.float()).bfloat16(), gamma),
-                              conv2_ref) + 1e-6
         pool = torch.full((frames + 6, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
         for where, hist, frames_t in (("below", pool[:2], pool[4:4 + frames]),
                                       ("above", pool[frames + 4:frames + 6], pool[:frames]), ("none", None, None)):

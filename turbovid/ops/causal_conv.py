@@ -99,8 +99,7 @@ def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype)
     b = None if bias is None else bias.detach().to(dtype).contiguous()
     ref = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last_3d)  # cuDNN's NDHWC kernels
     packed = packed.to(dtype).contiguous()
-    kernel = _GLUON_KERNELS.get(cout) if cin == cout else None
-    weight_k = kernel[0].pack_weight(packed) if kernel else None
+    weight_k = conv_gluon.pack_weight(packed, cout) if cin == cout and cout in _GLUON_KERNELS else None
     return PackedConv(packed, b, cin, cout, n1, n2, ref, weight_k)
 
 

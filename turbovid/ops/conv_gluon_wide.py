@@ -33,15 +33,12 @@ the PyTorch reference (tests/test_vae_gpu.py).
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable, Optional
 
 import torch
 
-from turbovid.ops import gluon_switch
+from turbovid.ops import conv_gluon
 from turbovid.ops.conv_gluon import _sm_count
-
-log = logging.getLogger(__name__)
 
 try:
     from triton.experimental import gluon
@@ -49,7 +46,6 @@ try:
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from turbovid.ops.conv_gluon import _acc_layout, _barrier, _row_layout, _silu_normed, _tile, _tma_load, _tma_store
 except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
@@ -284,40 +280,23 @@ if gluon is not None:
             mbarrier.invalidate(turns.index(wg))
 
 
-def shared_layout(rank: int, width: int = BLOCK_K):
-    """A tile's shared-memory layout: `width` bf16 channels a row, swizzled (128 bytes at most)."""
-    return gl.NVMMASharedLayout(swizzle_byte_width=min(width * 2, 128), element_bitwidth=16, rank=rank)
-
-
 def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: list[int], width: int = BLOCK_K):
-    return GluonDescriptor(t, shape, strides, block, shared_layout(len(block), width))
-
-
-def pack_weight(packed_weight: torch.Tensor) -> torch.Tensor:
-    """causal_conv.PackedConv.weight [27 x 192, 192] -> [192, 27 x 192]: each output's row of taps, K
-    contiguous (the products' second operand, read transposed)."""
-    return packed_weight[:, :CHANNELS].t().contiguous()
+    return conv_gluon._descriptor(t, shape, strides, block, width)
 
 
 def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], offset: tuple[int, int],
               out: torch.Tensor, residual: bool = False) -> bool:
-    """Whether this kernel runs the conv: Gluon, an sm_90 GPU, a 192 -> 192 3x3x3 conv of bf16
-    frames, an output whose channels are contiguous. TURBOVID_GLUON=0 turns it off."""
-    if gluon is None or not gluon_switch.enabled("VAE 192-channel conv", log):
-        return False
-    if not (frames.is_cuda and torch.cuda.get_device_capability(frames.device) == (9, 0)):
-        return False
-    if gluon_switch.smem_optin(frames.device) < smem_bytes() + 1024:
-        return False
-    return (cin == CHANNELS and cout == CHANNELS and tuple(taps) == (3, 3) and tuple(offset) == (-1, -1)
-            and frames.dtype == torch.bfloat16 and out.stride(-1) == 1)
+    """Whether this kernel runs the conv (every epilogue, `residual` included): Gluon, an sm_90 GPU, a
+    192 -> 192 3x3x3 conv of bf16 frames, an output whose channels are contiguous.
+    TURBOVID_GLUON=0 turns it off."""
+    return conv_gluon.runs_here(frames, "VAE 192-channel conv", smem_bytes(), CHANNELS, cin, cout, taps, offset, out)
 
 
 def launch(frames: torch.Tensor, history: Optional[torch.Tensor], weight_k: torch.Tensor,
            bias: Optional[torch.Tensor], out: torch.Tensor, stream_descriptor: Callable, gamma=None,
            silu: bool = True, residual=None, x_out=None, history_out=None) -> torch.Tensor:
     """causal_conv.launch's conv and epilogue for checked arguments (available() true): frames
-    [T, H, W, 192] after `history` ([2, H, W, 192] or None: zeros), weight_k from pack_weight, bias
+    [T, H, W, 192] after `history` ([2, H, W, 192] or None: zeros), weight_k from conv_gluon.pack_weight, bias
     applied if given; out, residual, x_out and history_out are [*, H, W, 192] with contiguous
     channels. stream_descriptor(frames, history, box, make) builds the input's 5-D descriptor
     (causal_conv's, with this module's descriptor type)."""
@@ -334,7 +313,7 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], weight_k: torc
     _conv192_kernel[(min(n_tiles, _sm_count(frames.device)),)](
         xd, w1d, w2d, hslot, cslot, *io, out if bias is None else bias, out if gamma is None else gamma,
         h, w, n_tiles, float(CHANNELS) ** 0.5, t - 2,
-        C=CHANNELS, STAGES=STAGES, A_LAYOUT=shared_layout(2), HAS_BIAS=bias is not None,
+        C=CHANNELS, STAGES=STAGES, A_LAYOUT=conv_gluon.shared_layout(2, BLOCK_K), HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, WRITE_X=x_out is not None, NORM=gamma is not None, SILU=silu,
         HIST_OUT=history_out is not None, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=MAXNREG)
     return out
