@@ -545,8 +545,8 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedCo
     kt, ks = taps
     use_tma = cfg.tma and TensorDescriptor is not None  # on the CPU: in the interpreter (tests)
     has_bias = bias and conv.bias is not None
-    kernel, label = _GLUON_KERNELS.get(conv.cout, (None, "")) if conv.weight_k is not None else (None, "")
-    if kernel is not None and kernel.available(frames, c, conv.cout, taps, offset, out, residual is not None):
+    kernel, label = _GLUON_KERNELS.get(conv.cout, (None, ""))
+    if conv.weight_k is not None and kernel.available(frames, c, conv.cout, taps, offset, out, residual is not None):
         done = gluon_switch.attempt(label, frames.device, log, kernel.launch, frames, history, conv.weight_k,
                                     conv.bias if has_bias else None, out, _stream_descriptor,
                                     None if gamma is None else gamma.contiguous(), silu, residual, x_out, history_out)
