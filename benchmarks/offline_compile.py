@@ -64,7 +64,8 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from turbovid.ops.attention import blockmap, sagesla_kernel, sla_gluon, sla_kernel, tail_kernel
     from turbovid.ops.fused import layernorm_kernel, rope_kernel
-    from turbovid.ops import causal_conv, conv_gluon, conv_gluon_wide, conv_head, rms_silu, wide_attention
+    from turbovid.ops import (causal_conv, conv_gluon, conv_gluon_coop, conv_gluon_wide, conv_head, rms_silu,
+                              wide_attention)
     from turbovid.ops.quant import fp8_tensor_triton, int8, int8_gluon, int8_triton
 
     gcfg = int8_gluon.Config()
@@ -90,6 +91,15 @@ def main() -> None:
                     w1d=desc([n1, conv_gluon_wide.BLOCK_K]), w2d=desc([n2, conv_gluon_wide.BLOCK_K]), hslot="i32",
                     cslot="i32", **io, B="*bf16", G="*fp32", H="i32", W="i32", n_tiles="i32", scale="fp32",
                     hist_from="i32")
+
+    def conv384_sig(rows: int, cols: int) -> dict:
+        def desc(block: list[int], width: int = conv_gluon_coop.BLOCK_K) -> str:
+            return f"tensordesc<bf16[{','.join(map(str, block))}],{conv_gluon.shared_layout(len(block), width)!r}>"
+        nb = conv_gluon_coop.NB
+        io = {d: desc([1, rows // 2, cols, nb], nb) for d in ("yd", "rd", "xod", "hd")}
+        return dict(xd=desc([1, 1, rows, cols, conv_gluon_coop.BLOCK_K]), wd=desc([nb, conv_gluon_coop.BLOCK_K]),
+                    hslot="i32", cslot="i32", **io, B="*bf16", G="*fp32", H="i32", W="i32", n_tiles="i32",
+                    scale="fp32", hist_from="i32")
 
     def gluon_consts(cfg) -> dict:
         return dict(HAS_BIAS=True, STAGES=cfg.stages, GROUP_M=cfg.group_m, UNROLL=cfg.unroll, WS=cfg.ws)
@@ -294,6 +304,16 @@ def main() -> None:
                                   ("+ bias + the next RMS norm + SiLU, the history written too", True, False),
                                   ("+ bias + residual (the sum stored) + the next RMS norm + SiLU + history", True,
                                    True))),
+        *((f"VAE {c} -> 384 conv in Gluon (cooperative consumers, {rows} x {cols}-pixel tiles), {what}",
+           conv_gluon_coop._conv384_kernel, conv384_sig(rows, cols),
+           dict(C=c, STAGES=conv_gluon_coop.STAGES, A_LAYOUT=conv_gluon.shared_layout(2, conv_gluon_coop.BLOCK_K),
+                HAS_BIAS=True, HAS_RES=res, WRITE_X=res, NORM=norm, SILU=norm, HIST_OUT=norm,
+                CONSUMER_REGS=conv_gluon_coop.CONSUMER_REGS),
+           [], 4, 3, conv_gluon_coop.MAXNREG)
+          for what, c, rows, cols, norm, res in (
+              ("+ bias", 384, 8, 16, False, False),
+              ("+ bias + the next RMS norm + SiLU, the history written too", 192, 4, 32, True, False),
+              ("+ bias + residual (the sum stored) + the next RMS norm + SiLU + history", 384, 16, 8, True, True))),
         ("VAE middle attention: one head of 384 (256 + 128), 128 queries x 32 keys a step",
          wide_attention._wide_attn_kernel,
          dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", L="i32", sq_b="i32", sq_l="i32", sk_b="i32", sk_l="i32",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 
@@ -232,20 +233,22 @@ def test_stream_history_order_compiles_no_second_kernel(monkeypatch):
     assert len(cache) == n
 
 
-def conv_case(frames: int, h: int, w: int, c: int, seed: int, device: str = "cuda") -> SimpleNamespace:
-    """A c -> c conv's random bf16 input, weights (+ bias), gamma and residual, the float32 references
+def conv_case(frames: int, h: int, w: int, c: int, seed: int, device: str = "cuda",
+              cout: Optional[int] = None) -> SimpleNamespace:
+    """A c -> cout (c if None) conv's random bf16 input, weights (+ bias), gamma and residual, the float32 references
     of its three epilogues (plain; conv1: the next norm; conv2: + the residual, its sum) and the
     bounds a kernel is held to: twice the error of the unfused cuDNN path against float32."""
     def rel(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
+    cout = cout or c
     g = torch.Generator(device=device).manual_seed(seed)
     buf = torch.randn(frames + 2, h, w, c, device=device, generator=g).bfloat16()
-    weight = torch.randn(c, c, 3, 3, 3, device=device, generator=g) / (27 * c) ** 0.5
-    packed = causal_conv.pack(weight, torch.randn(c, device=device, generator=g) * 0.1, torch.bfloat16)
+    weight = torch.randn(cout, c, 3, 3, 3, device=device, generator=g) / (27 * c) ** 0.5
+    packed = causal_conv.pack(weight, torch.randn(cout, device=device, generator=g) * 0.1, torch.bfloat16)
     p32 = causal_conv.pack(packed.ref_weight.float(), packed.bias.float(), torch.float32)
-    gamma = 1 + 0.2 * torch.randn(c, device=device, generator=g)
-    res = torch.randn(frames, h, w, c, device=device, generator=g).bfloat16()
+    gamma = 1 + 0.2 * torch.randn(cout, device=device, generator=g)
+    res = torch.randn(frames, h, w, cout, device=device, generator=g).bfloat16()
     plain_ref = causal_conv.causal_conv_reference(buf.float(), p32)
     cudnn = causal_conv.causal_conv_reference(buf, packed, bias=False)
     conv1_ref = rms_silu_reference(plain_ref, gamma)
@@ -318,28 +321,37 @@ def test_gluon_96_channel_conv_and_its_epilogues(monkeypatch):
     assert 0 < len(cache) - compiled <= 6, len(cache) - compiled
 
 
-def test_gluon_192_channel_conv_and_its_epilogues(monkeypatch):
-    """ops/conv_gluon_wide.py, which causal_conv dispatches the 192 -> 192 convs to on an H100: at a
-    480p chunk (consumers on alternate tiles) and an odd shape (rows not a multiple of the tile's 4,
-    columns not of 32; fewer tiles than SMs), the history below or above the frames or none, into
-    NaN-filled views of a larger buffer: the plain conv, conv1 (the next norm + the history) and
-    conv2 (+ the residual sum stored in its place). Each within twice the error of the unfused
-    cuDNN path against float32, the history the output's last two frames, repeats bitwise the same,
-    and no fallback to the Triton kernel."""
-    from turbovid.ops import conv_gluon_wide, gluon_switch
+@pytest.mark.parametrize("module, kernel, c, cout, shapes", [
+    # 480p chunks (consumers on alternate tiles) and odd shapes (rows not a multiple of the tile's 4,
+    # columns not of 32; fewer tiles than SMs)
+    ("conv_gluon_wide", "_conv192_kernel", 192, 192, ((8, 240, 416), (3, 30, 50))),
+    # 480p's and 720p's tiles (8 x 16, 4 x 32) and odd shapes, one cutting 16 x 8 tiles
+    ("conv_gluon_coop", "_conv384_kernel", 384, 384, ((4, 120, 208), (3, 30, 50))),
+    ("conv_gluon_coop", "_conv384_kernel", 192, 384, ((2, 180, 320), (3, 22, 40))),
+])
+def test_gluon_wide_convs_and_their_epilogues(monkeypatch, module, kernel, c, cout, shapes):
+    """ops/conv_gluon_wide.py and conv_gluon_coop.py, which causal_conv dispatches the 192 -> 192 and
+    the convs to 384 channels to on an H100: at decode chunks and odd shapes, the history below or
+    above the frames or none, into NaN-filled views of a larger buffer: the plain conv, conv1 (the
+    next norm + the history) and conv2 (+ the residual sum stored in its place). Each within twice
+    the error of the unfused cuDNN path against float32, the history the output's last two frames,
+    repeats bitwise the same, and no fallback to the Triton kernel."""
+    import importlib
+
+    from turbovid.ops import gluon_switch
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon conv is compiled for sm_90")
     monkeypatch.setenv("TURBOVID_GLUON", "1")
-    c = conv_gluon_wide.CHANNELS
-    cache = conv_gluon_wide._conv192_kernel.device_caches[torch.cuda.current_device()][0]
+    cache = getattr(importlib.import_module(f"turbovid.ops.{module}"), kernel).device_caches[
+        torch.cuda.current_device()][0]
     compiled = len(cache)
 
     def rel(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
-    for frames, h, w in ((8, 240, 416), (3, 30, 50)):
-        k = conv_case(frames, h, w, c, 5)
+    for frames, h, w in shapes:
+        k = conv_case(frames, h, w, c, 5, cout=cout)
         buf, packed, p32, gamma, res, summed = k.buf, k.packed, k.p32, k.gamma, k.res, k.summed
         plain_ref, conv1_ref, conv2_ref = k.plain_ref, k.conv1_ref, k.conv2_ref
         plain_bound, conv1_bound, conv2_bound = k.plain_bound, k.conv1_bound, k.conv2_bound
@@ -356,13 +368,13 @@ def test_gluon_192_channel_conv_and_its_epilogues(monkeypatch):
                 hist.copy_(buf[:2])
                 frames_t.copy_(buf[2:])
                 want_plain = plain_ref
-            nxt = torch.full((frames + 2, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+            nxt = torch.full((frames + 2, h, w, cout), float("nan"), device="cuda", dtype=torch.bfloat16)
             y = causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:])
             assert nxt[:2].isnan().all() and rel(y, want_plain) <= plain_bound, (h, where, rel(y, want_plain))
             if hist is None:
                 continue
             nxt.fill_(float("nan"))
-            hist_out = torch.full((2, h, w, c), float("nan"), device="cuda", dtype=torch.bfloat16)
+            hist_out = torch.full((2, h, w, cout), float("nan"), device="cuda", dtype=torch.bfloat16)
             causal_conv.causal_conv_stream(frames_t, hist, packed, out=nxt[2:], gamma=gamma, history_out=hist_out)
             assert nxt[:2].isnan().all() and torch.equal(hist_out, nxt[-2:]), (h, where)
             assert rel(nxt[2:], conv1_ref) <= conv1_bound, (h, where, rel(nxt[2:], conv1_ref), conv1_bound)

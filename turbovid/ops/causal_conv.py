@@ -28,7 +28,8 @@ warp-specialized Gluon kernel (same contract; 1.05 against 1.50 ms at a 480p chu
 dispatches, and falls back to this kernel with one log line where that one fails. There a residual
 block's sum is left to the next norm's pass (residual_in_epilogue). The 192 -> 192 convs, epilogues
 included, run as ops/conv_gluon_wide.py's (consumers on tiles of their own, so one's epilogue runs
-under the other's products).
+under the other's products), and the convs to 384 channels as ops/conv_gluon_coop.py's (consumers
+sharing each tile's weights).
 
 The PyTorch reference (F.conv3d) runs where the kernel cannot: no Triton, CPU tensors outside
 tests (on CPU the kernel runs in Triton's interpreter after rms_silu.allow_interpreter()).
@@ -42,7 +43,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from turbovid.ops import conv_gluon, conv_gluon_wide, gluon_switch, rms_silu
+from turbovid.ops import conv_gluon, conv_gluon_coop, conv_gluon_wide, gluon_switch, rms_silu
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,11 @@ def split_channels(cout: int) -> tuple[int, int]:
     return n1, 0 if rest == 0 else max(16, 1 << (rest - 1).bit_length())
 
 
-# the Gluon kernels launch() hands a C -> C 3x3x3 conv to on an H100, by C: (module, what a failure logs)
-_GLUON_KERNELS = {conv_gluon.CHANNELS: (conv_gluon, "the VAE's 96-channel Gluon conv"),
-                  conv_gluon_wide.CHANNELS: (conv_gluon_wide, "the VAE's 192-channel Gluon conv")}
+# the Gluon kernels launch() hands a 3x3x3 conv to on an H100, by (C, Cout): (module, what a failure logs)
+_GLUON_KERNELS = {(conv_gluon.CHANNELS,) * 2: (conv_gluon, "the VAE's 96-channel Gluon conv"),
+                  (conv_gluon_wide.CHANNELS,) * 2: (conv_gluon_wide, "the VAE's 192-channel Gluon conv"),
+                  **{(c, conv_gluon_coop.CHANNELS): (conv_gluon_coop, "the VAE's 384-channel Gluon conv")
+                     for c in conv_gluon_coop.INPUTS}}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class PackedConv:
     n1: int
     n2: int
     ref_weight: torch.Tensor  # [Cout, C, 3, 3, 3], the reference path's
-    weight_k: Optional[torch.Tensor] = None  # C -> C convs of a Gluon kernel: [C, 27 x C] (_GLUON_KERNELS)
+    weight_k: Optional[torch.Tensor] = None  # convs of a Gluon kernel: [Cout, 27 x C] (_GLUON_KERNELS)
 
 
 def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> PackedConv:
@@ -99,7 +102,7 @@ def pack(weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype)
     b = None if bias is None else bias.detach().to(dtype).contiguous()
     ref = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last_3d)  # cuDNN's NDHWC kernels
     packed = packed.to(dtype).contiguous()
-    weight_k = conv_gluon.pack_weight(packed, cout) if cin == cout and cout in _GLUON_KERNELS else None
+    weight_k = conv_gluon.pack_weight(packed, cout) if (cin, cout) in _GLUON_KERNELS else None
     return PackedConv(packed, b, cin, cout, n1, n2, ref, weight_k)
 
 
@@ -545,7 +548,7 @@ def launch(frames: torch.Tensor, history: Optional[torch.Tensor], conv: PackedCo
     kt, ks = taps
     use_tma = cfg.tma and TensorDescriptor is not None  # on the CPU: in the interpreter (tests)
     has_bias = bias and conv.bias is not None
-    kernel, label = _GLUON_KERNELS.get(conv.cout, (None, ""))
+    kernel, label = _GLUON_KERNELS.get((c, conv.cout), (None, ""))
     if conv.weight_k is not None and kernel.available(frames, c, conv.cout, taps, offset, out, residual is not None):
         done = gluon_switch.attempt(label, frames.device, log, kernel.launch, frames, history, conv.weight_k,
                                     conv.bias if has_bias else None, out, _stream_descriptor,

@@ -356,25 +356,25 @@ def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: li
     return GluonDescriptor(t, shape, strides, block, shared_layout(len(block), width))
 
 
-def pack_weight(packed_weight: torch.Tensor, channels: int = CHANNELS) -> torch.Tensor:
-    """causal_conv.PackedConv.weight [27 C, C] -> [C, 27 C]: each output's row of taps, K contiguous
-    (the products' second operand, read transposed); this kernel's and conv_gluon_wide's."""
-    return packed_weight[:, :channels].t().contiguous()
+def pack_weight(packed_weight: torch.Tensor, cout: int = CHANNELS) -> torch.Tensor:
+    """causal_conv.PackedConv.weight [27 C, Cout (+ padding)] -> [Cout, 27 C]: each output's row of
+    taps, K contiguous (the products' second operand, read transposed); every Gluon conv's."""
+    return packed_weight[:, :cout].t().contiguous()
 
 
-def runs_here(frames: torch.Tensor, what: str, smem: int, channels: int, cin: int, cout: int,
-              taps: tuple[int, int], offset: tuple[int, int], out: torch.Tensor) -> bool:
-    """What a Gluon conv of `channels` -> `channels` needs (this kernel's, conv_gluon_wide's): Gluon
-    on (TURBOVID_GLUON, logged once as `what`), an sm_90 GPU with `smem` bytes of shared memory a
-    block, a 3x3x3 conv of bf16 frames, an output whose channels are contiguous."""
+def runs_here(frames: torch.Tensor, what: str, smem: int, taps: tuple[int, int], offset: tuple[int, int],
+              out: torch.Tensor) -> bool:
+    """What every Gluon conv needs (this kernel's, conv_gluon_wide's, conv_gluon_coop's) beside its
+    channel counts: Gluon on (TURBOVID_GLUON, logged once as `what`), an sm_90 GPU with `smem` bytes
+    of shared memory a block, a 3x3x3 conv of bf16 frames, an output whose channels are contiguous."""
     if gluon is None or not gluon_switch.enabled(what, log):
         return False
     if not (frames.is_cuda and torch.cuda.get_device_capability(frames.device) == (9, 0)):
         return False
     if gluon_switch.smem_optin(frames.device) < smem + 1024:
         return False
-    return (cin == channels and cout == channels and tuple(taps) == (3, 3) and tuple(offset) == (-1, -1)
-            and frames.dtype == torch.bfloat16 and out.stride(-1) == 1)
+    return (tuple(taps) == (3, 3) and tuple(offset) == (-1, -1) and frames.dtype == torch.bfloat16
+            and out.stride(-1) == 1)
 
 
 def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], offset: tuple[int, int],
@@ -386,8 +386,8 @@ def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], 
     2.10 ms at a 480p chunk (benchmarks/explore_conv_ws.py, H100, 2026-11-27). Its two programs an SM
     overlap one's epilogue with the other's products; here both consumers finish a tile together
     and the tensor cores wait for the three rows' loads, norms and stores."""
-    return not residual and runs_here(frames, "VAE 96-channel conv", smem_bytes(residual), CHANNELS, cin, cout, taps,
-                                      offset, out)
+    return (not residual and cin == CHANNELS and cout == CHANNELS
+            and runs_here(frames, "VAE 96-channel conv", smem_bytes(residual), taps, offset, out))
 
 
 @functools.lru_cache(maxsize=None)

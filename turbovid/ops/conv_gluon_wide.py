@@ -289,7 +289,8 @@ def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], 
     """Whether this kernel runs the conv (every epilogue, `residual` included): Gluon, an sm_90 GPU, a
     192 -> 192 3x3x3 conv of bf16 frames, an output whose channels are contiguous.
     TURBOVID_GLUON=0 turns it off."""
-    return conv_gluon.runs_here(frames, "VAE 192-channel conv", smem_bytes(), CHANNELS, cin, cout, taps, offset, out)
+    return (cin == CHANNELS and cout == CHANNELS
+            and conv_gluon.runs_here(frames, "VAE 192-channel conv", smem_bytes(), taps, offset, out))
 
 
 def launch(frames: torch.Tensor, history: Optional[torch.Tensor], weight_k: torch.Tensor,
