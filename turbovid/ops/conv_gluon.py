@@ -107,6 +107,20 @@ if gluon is not None:
         return t // (n_h * n_w), (t // n_w) % n_h * R, (t % n_w) * BW
 
     @gluon.jit
+    def _tap_step(i, f, h0, w0, hslot, cslot, C: gl.constexpr, BK: gl.constexpr):
+        """Step i of a tile of the wide kernels (conv_gluon_wide's, conv_gluon_coop's): 27 taps x C / BK
+        channel slices, tap-major. Returns the input box's coordinates in the 5-D descriptor over
+        [history; frames] (frame f + dt - 2 in its slot; rows h0 + dh - 1 .., columns w0 + dw - 1 ..)
+        and the weights' column (tap * C + slice)."""
+        tap = i // (C // BK)
+        c0 = (i % (C // BK)) * BK
+        dt = tap // 9
+        hist = (f + dt < 2).to(gl.int32)
+        slot = cslot + (hslot - cslot) * hist
+        frame = f + dt - 2 * (1 - hist)
+        return slot, frame, h0 + (tap // 3) % 3 - 1, w0 + tap % 3 - 1, c0, tap * C + c0
+
+    @gluon.jit
     def _loader(xd, w1d, w2d, a_bufs, b1_bufs, b2_bufs, ready, empty, hslot, cslot, H, W, n_tiles,
                 C: gl.constexpr, R: gl.constexpr, BW: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr):
         """Each step (dt, dw, slice) of this program's tiles into the next free stage: input frame

@@ -40,16 +40,13 @@ import torch
 from turbovid.ops import conv_gluon
 from turbovid.ops.conv_gluon import _sm_count
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
-    )
+from turbovid.ops.conv_gluon import gluon  # None: Triton without Gluon (< 3.5)
 
-    from turbovid.ops.conv_gluon import _acc_layout, _barrier, _row_layout, _silu_normed, _tile, _tma_load, _tma_store
-except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
-    gluon = None
+if gluon is not None:
+    from turbovid.ops.conv_gluon import (
+        _acc_layout, _barrier, _row_layout, _silu_normed, _tap_step, _tile, _tma_load, _tma_store, fence_async_shared,
+        gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+    )
 
 CHANNELS = 384  # outputs
 INPUTS = (192, 384)  # input channels it takes
@@ -89,28 +86,19 @@ if gluon is not None:
         """Each step (tap, slice) of this program's tiles into the next free stage: input frame f + dt of
         [history; frames] (its slot of the 5-D descriptor), rows h0 + dh - 1 .., columns w0 + dw - 1 ..
         (zeros outside), and the tap's weights for that slice as three 128-output blocks."""
-        NC: gl.constexpr = C // BK
         g = 0
         for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             f, h0, w0 = _tile(t, H, W, R, BW)
-            for i in range(27 * NC):
-                tap = i // NC
-                c0 = (i % NC) * BK
-                dt = tap // 9
-                dh = (tap // 3) % 3
-                dw = tap % 3
-                hist = (f + dt < 2).to(gl.int32)
-                slot = cslot + (hslot - cslot) * hist
-                frame = f + dt - 2 * (1 - hist)
+            for i in range(27 * (C // BK)):
+                slot, frame, hh, ww, c0, k = _tap_step(i, f, h0, w0, hslot, cslot, C, BK)
                 s = g % STAGES
                 mbarrier.wait(empty.index(s), phase=((g // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
                 bar = ready.index(s)
-                k = tap * C + c0
                 # the stage's 64 KiB as two expects of 32 (the ready barrier counts both arrivals): the
                 # form measured on the GPU (session 34); one expect of 64 KiB is within the barrier's
                 # range but was not run once the hang it was suspected of had its real cause (launch())
                 mbarrier.expect(bar, xd.block_type.nbytes + wd.block_type.nbytes)
-                _tma_load(xd, [slot, frame, h0 + dh - 1, w0 + dw - 1, c0], bar, a_bufs.index(s).reshape(xd.block_type.shape))
+                _tma_load(xd, [slot, frame, hh, ww, c0], bar, a_bufs.index(s).reshape(xd.block_type.shape))
                 _tma_load(wd, [0, k], bar, b_bufs.index(3 * s))
                 mbarrier.expect(bar, 2 * wd.block_type.nbytes)
                 _tma_load(wd, [_NB, k], bar, b_bufs.index(3 * s + 1))

@@ -47,7 +47,8 @@ try:
         fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
     )
 
-    from turbovid.ops.conv_gluon import _acc_layout, _barrier, _row_layout, _silu_normed, _tile, _tma_load, _tma_store
+    from turbovid.ops.conv_gluon import (_acc_layout, _barrier, _row_layout, _silu_normed, _tap_step, _tile, _tma_load,
+                                         _tma_store)
 except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5)
     gluon = None
 
@@ -83,26 +84,17 @@ if gluon is not None:
         """Each step (tap, slice) of this program's tiles into the next free stage: input frame f + dt of
         [history; frames] (its slot of the 5-D descriptor), rows h0 + dh - 1 .., columns w0 + dw - 1 ..
         (zeros outside), and the tap's weights for that slice."""
-        NC: gl.constexpr = C // BK
         NBYTES: gl.constexpr = xd.block_type.nbytes + w1d.block_type.nbytes + w2d.block_type.nbytes
         g = 0
         for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             f, h0, w0 = _tile(t, H, W, R, BW)
-            for i in range(27 * NC):
-                tap = i // NC
-                c0 = (i % NC) * BK
-                dt = tap // 9
-                dh = (tap // 3) % 3
-                dw = tap % 3
-                hist = (f + dt < 2).to(gl.int32)
-                slot = cslot + (hslot - cslot) * hist
-                frame = f + dt - 2 * (1 - hist)
+            for i in range(27 * (C // BK)):
+                slot, frame, hh, ww, c0, k = _tap_step(i, f, h0, w0, hslot, cslot, C, BK)
                 s = g % STAGES
                 mbarrier.wait(empty.index(s), phase=((g // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
                 bar = ready.index(s)
                 mbarrier.expect(bar, NBYTES)
-                _tma_load(xd, [slot, frame, h0 + dh - 1, w0 + dw - 1, c0], bar, a_bufs.index(s).reshape(xd.block_type.shape))
-                k = tap * C + c0
+                _tma_load(xd, [slot, frame, hh, ww, c0], bar, a_bufs.index(s).reshape(xd.block_type.shape))
                 _tma_load(w1d, [0, k], bar, b1_bufs.index(s))
                 _tma_load(w2d, [0, k], bar, b2_bufs.index(s))
                 g += 1
