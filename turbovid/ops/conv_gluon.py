@@ -107,6 +107,16 @@ if gluon is not None:
         return t // (n_h * n_w), (t // n_w) % n_h * R, (t % n_w) * BW
 
     @gluon.jit
+    def _invalidate(ready, empty, rbars, STAGES: gl.constexpr):
+        """The ring's barriers and the two consumers' residual barriers, once every partition is done
+        (every Gluon conv's)."""
+        for st in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(st))
+            mbarrier.invalidate(empty.index(st))
+        for wg in gl.static_range(2):
+            mbarrier.invalidate(rbars.index(wg))
+
+    @gluon.jit
     def _tap_step(i, f, h0, w0, hslot, cslot, C: gl.constexpr, BK: gl.constexpr):
         """Step i of a tile of the wide kernels (conv_gluon_wide's, conv_gluon_coop's): 27 taps x C / BK
         channel slices, tap-major. Returns the input box's coordinates in the 5-D descriptor over
@@ -353,11 +363,7 @@ if gluon is not None:
             (_loader, (xd, w1d, w2d, a_bufs, b1_bufs, b2_bufs, ready, empty, hslot, cslot, H, W, n_tiles, C, R, BW, BK,
                        STAGES)),
         ], [4, 1], [CONSUMER_REGS, 24])
-        for st in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(st))
-            mbarrier.invalidate(empty.index(st))
-        for wg in gl.static_range(2):
-            mbarrier.invalidate(rbars.index(wg))
+        _invalidate(ready, empty, rbars, STAGES)
 
 
 def shared_layout(rank: int, width: int = BLOCK_K):

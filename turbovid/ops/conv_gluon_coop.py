@@ -38,14 +38,12 @@ from typing import Callable, Optional
 import torch
 
 from turbovid.ops import conv_gluon
-from turbovid.ops.conv_gluon import _sm_count
-
-from turbovid.ops.conv_gluon import gluon  # None: Triton without Gluon (< 3.5)
+from turbovid.ops.conv_gluon import _sm_count, gluon  # gluon None: Triton without Gluon (< 3.5)
 
 if gluon is not None:
     from turbovid.ops.conv_gluon import (
-        _acc_layout, _barrier, _row_layout, _silu_normed, _tap_step, _tile, _tma_load, _tma_store, fence_async_shared,
-        gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+        _acc_layout, _barrier, _invalidate, _row_layout, _silu_normed, _tap_step, _tile, _tma_load, _tma_store,
+        fence_async_shared, gl, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
     )
 
 CHANNELS = 384  # outputs
@@ -251,11 +249,7 @@ if gluon is not None:
                          hist_from, 1, C, R, BW, BK, STAGES, HAS_BIAS, HAS_RES, WRITE_X, NORM, SILU, HIST_OUT)),
             (_loader, (xd, wd, a_bufs, b_bufs, ready, empty, hslot, cslot, H, W, n_tiles, C, R, BW, BK, STAGES)),
         ], [4, 1], [CONSUMER_REGS, 24])
-        for st in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(st))
-            mbarrier.invalidate(empty.index(st))
-        for wg in gl.static_range(2):
-            mbarrier.invalidate(rbars.index(wg))
+        _invalidate(ready, empty, rbars, STAGES)
 
 
 def available(frames: torch.Tensor, cin: int, cout: int, taps: tuple[int, int], offset: tuple[int, int],
