@@ -109,7 +109,7 @@ if gluon is not None:
     @gluon.jit
     def _invalidate(ready, empty, rbars, STAGES: gl.constexpr):
         """The ring's barriers and the two consumers' residual barriers, once every partition is done
-        (every Gluon conv's)."""
+        (this kernel's and conv_gluon_coop's; conv_gluon_wide's has turn barriers between them)."""
         for st in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(st))
             mbarrier.invalidate(empty.index(st))
